@@ -1,0 +1,55 @@
+"""Pieces every phase config shares: mesh presets, the logical-axis rule table, optimiser defaults.
+
+Nothing here touches devices; these are plain ml_collections values.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis name -> mesh axes. One small table (t5x/maxtext style); every parameter
+# and activation in the models carries these names. Anything not listed is replicated.
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),  # activations and data: split over both data-parallel axes
+    ("embed", "fsdp"),            # model width: FSDP shards parameters and optimiser state here
+    ("mlp", "tensor"),            # MLP hidden
+    ("heads", "tensor"),          # attention heads
+    ("kv_heads", "tensor"),       # GQA key/value heads
+    ("vocab", None),              # embedding-table rows
+    ("head_dim", None),
+    ("norm", None),
+)
+
+# Mesh presets, as (data, fsdp, tensor); -1 fills the remaining devices.
+MESH_PRESETS = {
+    "single": (1, 1, 1),      # one device, local debugging
+    "data": (-1, 1, 1),       # pure data parallel over every device (default)
+    "cpu8": (2, 2, 2),        # 8 fake CPU devices in tests
+    "gpu8": (1, -1, 1),       # an 8-GPU node: FSDP within the node
+    "tpu_fsdp": (1, -1, 1),   # TPU v5p slices: FSDP with batch 1 per device, as in the paper
+}
+
+
+def mesh_config(preset: str = "data") -> ml_collections.ConfigDict:
+  """Mesh settings; `shape` wins over `preset` when set."""
+  c = ml_collections.ConfigDict()
+  c.preset = preset  # name in configs.common.MESH_PRESETS
+  c.shape = ml_collections.FieldReference(None, field_type=tuple)  # explicit (data, fsdp, tensor); -1 fills
+  return c
+
+
+def optim_config(lr: float = 3e-4, warmup_steps: int = 100) -> ml_collections.ConfigDict:
+  """AdamW with linear warm-up and cosine decay (non-paper choice: the paper states no optimiser)."""
+  c = ml_collections.ConfigDict()
+  c.lr = lr                     # peak learning rate
+  c.warmup_steps = warmup_steps  # linear warm-up from 0
+  c.decay = "cosine"            # "cosine" (to end_lr_frac * lr at num_steps) or "constant"
+  c.end_lr_frac = 0.1           # final lr as a fraction of the peak
+  c.b1 = 0.9                    # Adam beta1
+  c.b2 = 0.99                   # Adam beta2
+  c.eps = 1e-8                  # Adam epsilon
+  c.weight_decay = 0.01         # decoupled weight decay (matrices only)
+  c.grad_clip = 1.0             # global-norm gradient clipping; 0 disables
+  return c

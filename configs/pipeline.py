@@ -1,0 +1,41 @@
+r"""Every phase in order on one dataset: the README's main job.
+
+  python -m dreamer4.main --config=configs/pipeline.py:toy --workdir=runs/toy
+
+Stages run in order inside the workdir: `data/` (collected EpisodeStore), `tokenizer/`, ...
+A stage whose workdir holds a finished result is skipped; an interrupted one resumes.
+Override a stage's settings with its prefix, e.g. --config.tokenizer.train.num_steps=500.
+
+Variants: toy (the laptop default), tiny (seconds; used by the end-to-end test).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import tokenizer as tokenizer_config
+
+VARIANTS = ("toy", "tiny")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "toy"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.phase = "pipeline"       # dreamer4.main runs the stages below in order
+  c.variant = variant
+  c.stages = ("collect", "tokenizer")  # stages to run, in this order
+
+  c.collect = ml_collections.ConfigDict()
+  c.collect.env = "toy"      # environment name (data_pipelines.envs.make_env)
+  c.collect.episodes = 400   # episodes in the dataset
+  c.collect.seed = 0         # collection seed
+  c.collect.skills = "0.9,0.6,0.3,0.0"  # behaviour-policy skills, one drawn per episode (mixed quality)
+  c.collect.size = 64        # frame height and width
+
+  c.tokenizer = tokenizer_config.get_config(variant)
+  if variant == "tiny":
+    c.collect.episodes = 24
+    c.collect.size = 16
+  return c

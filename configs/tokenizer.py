@@ -1,0 +1,114 @@
+r"""Phase 1a: train the causal tokenizer.
+
+Run (after `python -m data_pipelines.collect --env=toy --episodes=400 --output=runs/toy/data`):
+
+  python -m dreamer4.main --config=configs/tokenizer.py:toy --workdir=runs/toy/tokenizer \
+      --config.data.path=runs/toy/data
+
+Variants (the argument after the colon):
+  toy   the laptop default: 64x64 toy-world frames, a small model, about 15 minutes on 2 CPU cores.
+  tiny  seconds-long runs for tests (16x16 frames, 2+2 layers).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("toy", "tiny")
+
+
+def data_config(path: str = "", window: int = 2) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.path = path              # EpisodeStore directory or TensorStore kvstore URL
+  c.window = window          # frames per training window (inside one episode)
+  c.eval_fraction = 0.1      # share of episodes held out for evaluation (split by episode)
+  c.split_seed = 0           # seed of the train/eval episode split
+  c.seed = 0                 # data order seed (shuffle per epoch)
+  c.num_threads = 4          # Grain read threads per process
+  c.prefetch = 8             # Grain prefetch buffer (batches of windows)
+  return c
+
+
+def model_config(variant: str) -> ml_collections.ConfigDict:
+  """Tokenizer size. Widths/depths are our choice: the paper gives only the 400M total."""
+  c = ml_collections.ConfigDict()
+  c.patch_size = 8           # pixels per patch side (paper: 16 at 384x640)
+  c.num_latents = 16         # N_b learned latent tokens per frame (paper: 512)
+  c.latent_dim = 16          # D_b bottleneck channels, tanh (paper: 16)
+  c.width = 128              # model width
+  c.enc_depth = 4            # encoder layers
+  c.dec_depth = 4            # decoder layers
+  c.num_heads = 4            # attention heads
+  c.num_kv_heads = 4         # key/value heads (GQA when fewer than num_heads)
+  c.head_dim = 32            # per-head width
+  c.mlp_dim = 512            # SwiGLU hidden width
+  c.time_every = 4           # a causal time layer every N layers (the N-th of each group)
+  c.softcap = 50.0           # attention-logit soft cap c*tanh(x/c) (Gemma 2's value; paper: unstated)
+  c.dtype = "float32"        # compute dtype; parameters are always float32 (XLA:CPU bf16 is not faster)
+  c.remat = False            # rematerialise each block in the backward pass
+  if variant == "tiny":
+    c.patch_size = 4
+    c.num_latents = 4
+    c.latent_dim = 8
+    c.width = 32
+    c.enc_depth = 2
+    c.dec_depth = 2
+    c.num_heads = 2
+    c.num_kv_heads = 1
+    c.head_dim = 16
+    c.mlp_dim = 64
+    c.time_every = 2
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "toy"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/tokenizer.py: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.phase = "tokenizer"      # which phase dreamer4.main runs
+  c.variant = variant        # the variant this config was built from (for the record)
+  c.data = data_config(window=2)
+  c.model = model_config(variant)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.lpips_weight = 0.2  # Eq 5: MSE + 0.2 LPIPS, each RMS-normalised
+  c.loss.lpips_frames = 4    # LPIPS on this many random frames per step (our CPU-cost choice; <=0: all)
+  c.loss.max_mask_prob = 0.9  # MAE: per-image drop probability p ~ U(0, max_mask_prob)
+  c.loss.rms_decay = 0.99    # EMA decay of the RMS loss normaliser (non-paper choice)
+
+  c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
+  c.mesh = common.mesh_config("data")
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seed = 0           # model init and step randomness
+  c.train.batch_size = 8     # GLOBAL batch of windows (split over data x fsdp and processes)
+  c.train.num_steps = 2000   # optimiser steps (the schedule decays to the end)
+  c.train.stop_at_step = 0   # stop (with a checkpoint) at this step as if interrupted; 0: never
+  c.train.log_every = 50     # scalar metrics and progress
+  c.train.eval_every = 500   # held-out PSNR of unmasked reconstructions
+  c.train.summary_every = 500  # image grids (input / masked / reconstruction)
+  c.train.checkpoint_every = 500  # async Orbax checkpoint (state + data iterator)
+  c.train.keep_checkpoints = 3  # checkpoints kept
+  c.train.async_checkpoints = True  # save in the background
+  c.train.max_nonfinite = 20  # stop after this many non-finite steps in a row
+  c.train.profile_steps = 0  # steps captured by clu's Profile hook (0: off)
+  c.train.profile_first = 20  # first profiled step (relative to the start)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_batches = 4     # held-out batches per evaluation
+
+  if variant == "tiny":
+    c.data.window = 2
+    c.loss.lpips_frames = 2
+    c.train.batch_size = 8
+    c.train.num_steps = 6
+    c.train.log_every = 2
+    c.train.eval_every = 0
+    c.train.summary_every = 0
+    c.train.checkpoint_every = 3
+    c.optim.warmup_steps = 2
+    c.eval.num_batches = 1
+  return c

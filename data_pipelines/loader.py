@@ -1,0 +1,171 @@
+"""Training and evaluation batches from an EpisodeStore, and their assembly into global jax.Arrays.
+
+Batches stay numpy uint8 on the host (normalise on device: floats would quadruple
+host bytes). Only `global_batch` touches jax, and imports it lazily.
+
+Sharding across processes: every epoch is one permutation of all windows, drawn
+from (seed, epoch); process p takes positions p, p + P, p + 2P, ... of it, cut to
+the same whole number of batches on every process. The shards are therefore
+disjoint, together cover the epoch except for the dropped remainder, and every
+process yields the same number of batches per epoch (multi-host steps stay in
+lockstep).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from data_pipelines.windows import DEFAULT_FIELDS, WindowSource
+
+
+class _EpochShuffleShard(grain.MapDataset):
+  """Infinite MapDataset: element k is this process's k-th window over repeated, reshuffled epochs."""
+
+  def __init__(self, parent: grain.MapDataset, *, seed: int, per_process_epoch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._seed = int(seed)
+    self._per_epoch = int(per_process_epoch)
+    self._process_index = int(process_index)
+    self._process_count = int(process_count)
+    self._num_records = len(parent)
+    self._lock = threading.Lock()
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _order(self, epoch: int) -> np.ndarray:
+    # Reader threads straddle at most two epochs at a time; keep both permutations.
+    with self._lock:
+      perm = self._cache.get(epoch)
+      if perm is None:
+        perm = np.random.default_rng([self._seed, epoch]).permutation(self._num_records)
+        self._cache = {e: p for e, p in self._cache.items() if e >= epoch - 1}
+        self._cache[epoch] = perm
+      return perm
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, k = divmod(int(index), self._per_epoch)
+    return self._parent[int(self._order(epoch)[self._process_index + k * self._process_count])]
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_lock"] = None
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def __str__(self) -> str:
+    return f"_EpochShuffleShard(seed={self._seed}, shard={self._process_index}/{self._process_count})"
+
+
+def _check_batch_size(batch_size: int):
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}; set --config.data.batch_size to a positive value")
+
+
+def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episode_ids: Sequence[int],
+                   process_index: int = 0, process_count: int = 1, num_threads: int = 4, prefetch: int = 8,
+                   fields: Sequence[str] = DEFAULT_FIELDS) -> grain.DatasetIterator:
+  """An endless, checkpointable iterator of this process's training batches.
+
+  Args:
+    path: EpisodeStore location.
+    window: frames per window (T).
+    batch_size: windows per batch on THIS process (the global batch is
+      batch_size * process_count).
+    seed: data seed; epoch e is shuffled with (seed, e).
+    episode_ids: episodes to train on.
+    process_index: this process's index (jax.process_index()).
+    process_count: number of processes (jax.process_count()).
+    num_threads: reader threads.
+    prefetch: batches buffered ahead by the reader threads.
+    fields: per-frame arrays to read.
+
+  Returns:
+    A grain DatasetIterator yielding dicts of numpy arrays with leading dims
+    [B, T] (frames uint8 [B, T, H, W, C], first_T bool [B, T], index int64 [B]);
+    it supports get_state()/set_state() and
+    grain.checkpoint.CheckpointSave/CheckpointRestore.
+
+  Raises:
+    ValueError: bad batch size or process layout, empty episode list, or no
+      episode long enough for the window.
+  """
+  _check_batch_size(batch_size)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+  source = WindowSource(path, window, episode_ids, fields)
+  per_process = len(source) // process_count // batch_size * batch_size
+  if per_process == 0:
+    raise ValueError(f"dataset {path} has {len(source)} windows of {window} frames, fewer than one global batch "
+                     f"({batch_size} x {process_count} processes); collect more episodes or lower the batch size")
+  ds = _EpochShuffleShard(grain.MapDataset.source(source), seed=seed, per_process_epoch=per_process,
+                          process_index=process_index, process_count=process_count)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  return iter(ds.to_iter_dataset(read))
+
+
+def eval_batches(path: str, *, window: int, batch_size: int, episode_ids: Sequence[int], max_batches: int,
+                 fields: Sequence[str] = DEFAULT_FIELDS) -> list[dict[str, np.ndarray]]:
+  """A fixed list of at most `max_batches` full evaluation batches, without shuffling.
+
+  Windows are spread evenly over all eval windows (not the first few, which
+  would all come from one episode). Every batch is full so eval steps compile
+  once; when there are fewer windows than one batch, windows repeat.
+  """
+  _check_batch_size(batch_size)
+  if max_batches < 1:
+    raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+  source = WindowSource(path, window, episode_ids, fields)
+  n = len(source)
+  num_batches = min(max_batches, -(-n // batch_size))
+  count = num_batches * batch_size
+  picks = np.arange(count, dtype=np.int64) * n // count
+  batches = []
+  for b in range(num_batches):
+    records = [source[int(i)] for i in picks[b * batch_size:(b + 1) * batch_size]]
+    batches.append({k: np.stack([r[k] for r in records]) for k in records[0]})
+  return batches
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequence[str] = ("data", "fsdp")
+                 ) -> dict[str, Any]:
+  """Assembles each process's local batch into global jax.Arrays sharded on the batch axes.
+
+  Args:
+    local_batch: this process's numpy batch (leading dim = per-process batch).
+    mesh: the jax Mesh.
+    batch_axes: mesh axes the batch dimension is split over; axes the mesh lacks are skipped.
+
+  Returns:
+    Dict of jax.Array with leading dim batch_size * process_count.
+
+  Raises:
+    ValueError: if the global batch does not divide the product of the batch axes.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  axes = tuple(a for a in batch_axes if a in mesh.shape)
+  ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  sharding = NamedSharding(mesh, P(axes if axes else None))
+  out = {}
+  for key, x in local_batch.items():
+    global_b = x.shape[0] * jax.process_count()
+    if global_b % ways:
+      raise ValueError(f"global batch {global_b} does not divide the {ways} devices of mesh axes {axes}; "
+                       "set --config.data.batch_size to a multiple of them")
+    out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(x))
+  return out

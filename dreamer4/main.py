@@ -1,0 +1,60 @@
+r"""Entry point for every phase.
+
+  python -m dreamer4.main --config=configs/tokenizer.py:toy --workdir=runs/toy/tokenizer \
+      --config.data.path=runs/toy/data
+
+The config file picks the phase (`config.phase`). Bad input stops with one line on stderr
+("error: ..."), exit code 2, before anything in the workdir is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tokenizer.py:toy.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints, metrics, config.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+_LOCAL_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake CPU devices in this process (testing).")
+
+class _QuietLibraries(logging.Filter):
+  """Keeps Orbax's per-save INFO chatter out of the run log (warnings still show)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+  from absl import logging as absl_logging
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from dreamer4 import distributed
+  from dreamer4.phases import run
+  from data_pipelines.episodes import StoreError
+  from dreamer4.errors import UserError
+  try:
+    if _CONFIG.value is None:
+      raise UserError("--config is required, e.g. --config=configs/tokenizer.py:toy")
+    if not _WORKDIR.value:
+      raise UserError("--workdir is required: the directory for checkpoints and metrics")
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value)
+    summary = run(_CONFIG.value, _WORKDIR.value)
+  except (UserError, StoreError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if summary.get("stop_reason") == "nonfinite":
+    sys.exit(3)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  logging.getLogger("absl").setLevel(logging.INFO)
+  app.run(main)

@@ -1,0 +1,409 @@
+"""Block-causal axial transformer shared by the tokenizer and the dynamics model.
+
+PAPER.md §3.4: pre-RMSNorm blocks with RoPE, QKNorm, attention-logit soft capping,
+GQA and SwiGLU. Attention is factorised: most layers are space-only (tokens of one
+frame attend to each other, subject to a modality mask) and every `time_every`-th
+layer is time-only (each token position attends to the same position in the current
+and earlier frames). Stacking the two gives block-causal attention: frame t only
+ever sees frames <= t.
+
+Every parameter carries logical axis names (see `LOGICAL_AXES`) through
+`nnx.with_partitioning`; the mapping of those names to mesh axes lives elsewhere.
+
+Shape letters used in array names:
+  B batch, T frames (time), S tokens per frame, D model width, H query heads,
+  G kv heads, R query heads per kv head (H = G * R), K head dim, M mlp hidden,
+  Q / V query / key sequence length inside the attention function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# The only logical axis names a parameter may carry (None is also allowed).
+LOGICAL_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "norm")
+
+_NEG_INF = -1e30  # Finite so that a fully masked row can never produce NaNs.
+
+
+# ----------------------------------------------------------------------------------
+# Token layout and modality masks.
+# ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+  """Ordered per-frame token segments, e.g. ((\"patches\", 16), (\"latents\", 8)).
+
+  Attributes:
+    segments: Tuple of (modality name, token count) in the order the tokens are
+      concatenated along the S axis.
+  """
+
+  segments: tuple[tuple[str, int], ...]
+
+  def __post_init__(self):
+    names = [name for name, _ in self.segments]
+    if len(set(names)) != len(names):
+      raise ValueError(f"Duplicate modality names in layout: {names}")
+    for name, count in self.segments:
+      if count < 0:
+        raise ValueError(f"Negative token count for modality {name!r}: {count}")
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(name for name, _ in self.segments)
+
+  @property
+  def num_tokens(self) -> int:
+    return sum(count for _, count in self.segments)
+
+  def slice(self, name: str) -> slice:
+    """Returns the slice of the S axis that holds modality `name`."""
+    start = 0
+    for seg_name, count in self.segments:
+      if seg_name == name:
+        return slice(start, start + count)
+      start += count
+    raise KeyError(f"Modality {name!r} not in layout {self.names}")
+
+  def modality_of_token(self) -> list[str]:
+    """Returns the modality name of every token position, length S."""
+    return [name for name, count in self.segments for _ in range(count)]
+
+
+def space_mask(layout: TokenLayout, rule: Mapping[str, set[str] | frozenset[str]]) -> np.ndarray:
+  """Builds the within-frame attention mask from a "who reads whom" rule.
+
+  Args:
+    layout: The per-frame token layout.
+    rule: Maps each modality (query side) to the set of modalities it may read
+      (key side). Every modality of the layout must appear as a key of `rule`.
+
+  Returns:
+    A numpy bool array [S, S]; entry [i, j] is True when token i may attend to
+    token j. Built in numpy so it is a compile-time constant under jit.
+  """
+  missing = [name for name in layout.names if name not in rule]
+  if missing:
+    raise ValueError(f"Attention rule has no entry for modalities {missing}")
+  token_mods = layout.modality_of_token()
+  mask_SS = np.zeros((len(token_mods), len(token_mods)), dtype=bool)
+  for i, query_mod in enumerate(token_mods):
+    readable = rule[query_mod]
+    for j, key_mod in enumerate(token_mods):
+      mask_SS[i, j] = key_mod in readable
+  return mask_SS
+
+
+# Tokenizer encoder [P §3.1]: latents read every modality, patches only themselves.
+ENCODER_RULE = {
+    "patches": frozenset({"patches"}),
+    "latents": frozenset({"patches", "latents"}),
+}
+
+# Tokenizer decoder [P §3.1]: patch queries read themselves and the latents; the
+# latents only read themselves.
+DECODER_RULE = {
+    "queries": frozenset({"queries", "latents"}),
+    "latents": frozenset({"latents"}),
+}
+
+# Dynamics / agent modalities [P §3.2, §3.3], in our chosen token order.
+DYNAMICS_MODALITIES = ("spatial", "registers", "tau_d", "action", "agent")
+
+
+def dynamics_rule(modalities: Sequence[str] = DYNAMICS_MODALITIES) -> dict[str, frozenset[str]]:
+  """Attention rule for the dynamics/agent transformer.
+
+  The agent token reads every modality, but no other modality reads the agent
+  token, so adding agent tokens in phase 2 cannot change the world-model
+  predictions [P §3.3]. All non-agent modalities read each other freely.
+  """
+  everything = frozenset(modalities)
+  non_agent = everything - {"agent"}
+  return {m: (everything if m == "agent" else non_agent) for m in modalities}
+
+
+def time_mask(T: int, window: int | None = None, independent_B=None) -> jax.Array:
+  """Builds the causal frame-to-frame mask used by time layers.
+
+  Args:
+    T: Number of frames.
+    window: If set, frame t only reads frames s with t - window < s <= t, i.e. a
+      sliding causal window of `window` frames including itself.
+    independent_B: Optional bool [B]. Sequences flagged True are treated as
+      independent images: their time mask is the diagonal, so no frame reads any
+      other frame [P §4, "30% of videos as separate images"].
+
+  Returns:
+    Bool [T, T] when `independent_B` is None, else bool [B, T, T]. Entry [t, s] is
+    True when frame t may attend to frame s.
+  """
+  t_T1 = jnp.arange(T)[:, None]
+  s_1T = jnp.arange(T)[None, :]
+  mask_TT = s_1T <= t_T1
+  if window is not None:
+    if window < 1:
+      raise ValueError(f"time window must be >= 1, got {window}")
+    mask_TT = mask_TT & (s_1T > t_T1 - window)
+  if independent_B is None:
+    return mask_TT
+  independent_B = jnp.asarray(independent_B, dtype=bool)
+  diag_TT = jnp.eye(T, dtype=bool)
+  return jnp.where(independent_B[:, None, None], diag_TT[None], mask_TT[None])
+
+
+# ----------------------------------------------------------------------------------
+# Small functional pieces.
+# ----------------------------------------------------------------------------------
+
+
+def soft_cap(logits, cap: float | None):
+  """Attention-logit soft capping c * tanh(logits / c) [P §3.4]; no-op if cap falsy."""
+  if not cap:
+    return logits
+  return cap * jnp.tanh(logits / cap)
+
+
+def rope(x_NQHK, positions_Q, base: float = 10_000.0):
+  """Rotary position embedding (rotate-half form) over the last axis.
+
+  Args:
+    x_NQHK: [..., Q, H, K] queries or keys; K must be even.
+    positions_Q: Int [Q] positions of the Q axis.
+    base: RoPE frequency base.
+  """
+  K = x_NQHK.shape[-1]
+  if K % 2:
+    raise ValueError(f"RoPE needs an even head_dim, got {K}")
+  half = K // 2
+  freqs_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_QF = positions_Q.astype(jnp.float32)[:, None] * freqs_F[None, :]
+  sin_Q1F = jnp.sin(angles_QF)[:, None, :]
+  cos_Q1F = jnp.cos(angles_QF)[:, None, :]
+  x = x_NQHK.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  out = jnp.concatenate([x1 * cos_Q1F - x2 * sin_Q1F, x2 * cos_Q1F + x1 * sin_Q1F], axis=-1)
+  return out.astype(x_NQHK.dtype)
+
+
+def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None):
+  """Grouped-query attention on explicit queries, keys and values.
+
+  Keys and values are explicit arguments (rather than computed inside) so that a
+  later KV cache on time layers can feed cached k/v straight in.
+
+  Args:
+    q_NQHK: [..., Q, H, K] queries (already normed and rotated).
+    k_NVGK: [..., V, G, K] keys, G kv heads with H % G == 0.
+    v_NVGK: [..., V, G, K] values.
+    mask_NQV: Bool, broadcastable to [..., Q, V]; True where attention is allowed.
+    softcap: Logit soft cap c, or None.
+
+  Returns:
+    [..., Q, H, K] attention output, in the dtype of `v_NVGK`.
+  """
+  *lead, Q, H, K = q_NQHK.shape
+  G = k_NVGK.shape[-2]
+  if H % G:
+    raise ValueError(f"num_heads={H} must be a multiple of num_kv_heads={G}")
+  R = H // G
+  # Query head h uses kv head h // R, the same grouping as jnp.repeat(k, R, axis=-2).
+  q_NQGRK = q_NQHK.reshape(*lead, Q, G, R, K)
+  logits_NGRQV = jnp.einsum(
+      "...qgrk,...vgk->...grqv", q_NQGRK, k_NVGK, preferred_element_type=jnp.float32
+  )
+  logits_NGRQV = soft_cap(logits_NGRQV * (K**-0.5), softcap)
+  mask_NGRQV = jnp.asarray(mask_NQV)[..., None, None, :, :]
+  logits_NGRQV = jnp.where(mask_NGRQV, logits_NGRQV, _NEG_INF)
+  probs_NGRQV = jax.nn.softmax(logits_NGRQV, axis=-1)  # float32 softmax
+  out_NQGRK = jnp.einsum("...grqv,...vgk->...qgrk", probs_NGRQV.astype(v_NVGK.dtype), v_NVGK)
+  return out_NQGRK.reshape(*lead, Q, H, K)
+
+
+def _param(rngs: nnx.Rngs, init, shape, names):
+  """Creates an nnx.Param with logical partitioning names (validated)."""
+  if len(names) != len(shape):
+    raise ValueError(f"names {names} do not match shape {shape}")
+  for name in names:
+    if name is not None and name not in LOGICAL_AXES:
+      raise ValueError(f"Unknown logical axis {name!r}")
+  return nnx.Param(nnx.with_partitioning(init, tuple(names))(rngs.params(), shape, jnp.float32))
+
+
+def _fan_in_init(fan_in: int):
+  # Plain fan-in scaling; keeps activations ~unit variance at init.
+  return nnx.initializers.truncated_normal(stddev=fan_in**-0.5)
+
+
+# ----------------------------------------------------------------------------------
+# Modules.
+# ----------------------------------------------------------------------------------
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm over the last axis with a learned scale (logical axis "norm")."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6):
+    self.eps = eps
+    self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("norm",))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (x32 * inv * self.scale[...]).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with GQA, QKNorm, RoPE and logit soft capping."""
+
+  def __init__(self, *, width, num_heads, num_kv_heads, head_dim, softcap, rngs, dtype):
+    if num_heads % num_kv_heads:
+      raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
+    self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+    self.softcap = softcap
+    self.dtype = dtype
+    init_in = _fan_in_init(width)
+    self.wq = _param(rngs, init_in, (width, num_heads, head_dim), ("embed", "heads", "head_dim"))
+    self.wk = _param(rngs, init_in, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+    self.wv = _param(rngs, init_in, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+    self.wo = _param(
+        rngs, _fan_in_init(num_heads * head_dim), (num_heads, head_dim, width), ("heads", "head_dim", "embed")
+    )
+    # QKNorm [P §3.4]: RMSNorm of q and k per head over head_dim.
+    self.q_norm = RMSNorm(head_dim, rngs=rngs)
+    self.k_norm = RMSNorm(head_dim, rngs=rngs)
+
+  def project_kv(self, x_NVD, positions_V):
+    """Returns normed, rotated keys and values [..., V, G, K] (the future cache entries)."""
+    x = x_NVD.astype(self.dtype)
+    k_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wk[...].astype(self.dtype))
+    v_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wv[...].astype(self.dtype))
+    k_NVGK = rope(self.k_norm(k_NVGK), positions_V)
+    return k_NVGK, v_NVGK
+
+  def project_q(self, x_NQD, positions_Q):
+    x = x_NQD.astype(self.dtype)
+    q_NQHK = jnp.einsum("...qd,dhk->...qhk", x, self.wq[...].astype(self.dtype))
+    return rope(self.q_norm(q_NQHK), positions_Q)
+
+  def __call__(self, x_NQD, mask_NQV, positions_Q):
+    """Self-attention over the second-to-last axis of x_NQD."""
+    q_NQHK = self.project_q(x_NQD, positions_Q)
+    k_NVGK, v_NVGK = self.project_kv(x_NQD, positions_Q)
+    out_NQHK = attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap=self.softcap)
+    return jnp.einsum("...qhk,hkd->...qd", out_NQHK, self.wo[...].astype(self.dtype))
+
+
+class SwiGLU(nnx.Module):
+  """SwiGLU MLP: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, *, width, mlp_dim, rngs, dtype):
+    self.dtype = dtype
+    self.w_gate = _param(rngs, _fan_in_init(width), (width, mlp_dim), ("embed", "mlp"))
+    self.w_up = _param(rngs, _fan_in_init(width), (width, mlp_dim), ("embed", "mlp"))
+    self.w_down = _param(rngs, _fan_in_init(mlp_dim), (mlp_dim, width), ("mlp", "embed"))
+
+  def __call__(self, x_ND):
+    x = x_ND.astype(self.dtype)
+    gate = x @ self.w_gate[...].astype(self.dtype)
+    up = x @ self.w_up[...].astype(self.dtype)
+    return (jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block, either space-only or causal time-only."""
+
+  def __init__(self, *, is_time: bool, width, num_heads, num_kv_heads, head_dim, mlp_dim, softcap, rngs, dtype):
+    self.is_time = is_time
+    self.attn_norm = RMSNorm(width, rngs=rngs)
+    self.attn = Attention(
+        width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        softcap=softcap, rngs=rngs, dtype=dtype,
+    )
+    self.mlp_norm = RMSNorm(width, rngs=rngs)
+    self.mlp = SwiGLU(width=width, mlp_dim=mlp_dim, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x_BTSD, space_mask_SS, time_mask_BTT):
+    B, T, S, D = x_BTSD.shape
+    h_BTSD = self.attn_norm(x_BTSD)
+    if self.is_time:
+      # Axial time attention: each token position s reads position s of frames
+      # <= t. Our choice: RoPE over the absolute frame index within the sequence.
+      h_BSTD = jnp.swapaxes(h_BTSD, 1, 2)
+      mask_B1TT = time_mask_BTT[:, None]  # broadcast over the S axis
+      a_BSTD = self.attn(h_BSTD, mask_B1TT, jnp.arange(T))
+      a_BTSD = jnp.swapaxes(a_BSTD, 1, 2)
+    else:
+      # Space attention within one frame. Our choice: 1-D RoPE over the token
+      # index inside the frame (patches in raster order, then the other segments).
+      a_BTSD = self.attn(h_BTSD, space_mask_SS, jnp.arange(S))
+    x_BTSD = x_BTSD + a_BTSD.astype(x_BTSD.dtype)
+    m_BTSD = self.mlp(self.mlp_norm(x_BTSD))
+    return x_BTSD + m_BTSD.astype(x_BTSD.dtype)
+
+
+class Transformer(nnx.Module):
+  """Stack of space layers with a causal time layer every `time_every` layers.
+
+  Layer i (0-based) is a time layer when (i + 1) % time_every == 0, i.e. the last
+  layer of each group, following Fig 2b (3 space layers then 1 time layer). A
+  stack shallower than `time_every` has no time layers and is purely per-frame.
+  """
+
+  def __init__(
+      self, *, width: int, depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
+      mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
+      dtype=jnp.float32, remat: bool = False,
+  ):
+    if time_every < 1:
+      raise ValueError(f"time_every must be >= 1, got {time_every}")
+    self.width = width
+    self.dtype = dtype
+    self.remat = remat
+    self.time_layers = tuple((i + 1) % time_every == 0 for i in range(depth))
+    self.blocks = nnx.List([
+        Block(
+            is_time=is_time, width=width, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            head_dim=head_dim, mlp_dim=mlp_dim, softcap=softcap, rngs=rngs, dtype=dtype,
+        )
+        for is_time in self.time_layers
+    ])
+    self.final_norm = RMSNorm(width, rngs=rngs)
+
+  def __call__(self, x_BTSD, *, space_mask_SS, time_mask_BTT):
+    """Applies the stack.
+
+    Args:
+      x_BTSD: [B, T, S, D] tokens.
+      space_mask_SS: Bool [S, S] within-frame mask (see `space_mask`).
+      time_mask_BTT: Bool [B, T, T] or [T, T] frame mask (see `time_mask`).
+
+    Returns:
+      [B, T, S, D] after the final RMSNorm.
+    """
+    B, T, S, D = x_BTSD.shape
+    space_mask_SS = jnp.asarray(space_mask_SS, dtype=bool)
+    time_mask_BTT = jnp.asarray(time_mask_BTT, dtype=bool)
+    if time_mask_BTT.ndim == 2:
+      time_mask_BTT = time_mask_BTT[None]
+    if space_mask_SS.shape != (S, S):
+      raise ValueError(f"space mask {space_mask_SS.shape} does not match S={S}")
+    if time_mask_BTT.shape[-2:] != (T, T):
+      raise ValueError(f"time mask {time_mask_BTT.shape} does not match T={T}")
+
+    def run_block(block, x_BTSD, space_mask_SS, time_mask_BTT):
+      return block(x_BTSD, space_mask_SS, time_mask_BTT)
+
+    if self.remat:
+      run_block = nnx.remat(run_block)
+    for block in self.blocks:
+      x_BTSD = run_block(block, x_BTSD, space_mask_SS, time_mask_BTT)
+    return self.final_norm(x_BTSD)

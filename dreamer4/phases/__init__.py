@@ -1,0 +1,22 @@
+"""Phases plug into the one trainer; `run` dispatches on `config.phase`."""
+
+from __future__ import annotations
+
+PHASES = ("tokenizer", "pipeline")
+
+
+def make_phase_factory(name: str):
+  if name == "tokenizer":
+    from dreamer4.phases.tokenizer import make_phase
+    return make_phase
+  from dreamer4.errors import ConfigError
+  raise ConfigError(f"--config.phase={name!r} is unknown; choose one of {', '.join(PHASES)}")
+
+
+def run(config, workdir: str) -> dict:
+  """Runs the phase named by `config.phase` in `workdir` (the in-process API of dreamer4.main)."""
+  if config.phase == "pipeline":
+    from dreamer4.pipeline import run_pipeline
+    return run_pipeline(config, workdir)
+  from dreamer4.training.trainer import train_and_evaluate
+  return train_and_evaluate(config, workdir, make_phase_factory(config.phase))

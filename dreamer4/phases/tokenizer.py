@@ -1,0 +1,69 @@
+"""Phase 1a: the causal tokenizer (MAE + tanh bottleneck, MSE + 0.2 LPIPS, RMS-normalised)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dreamer4.errors import ConfigError
+from dreamer4.models import lpips
+from dreamer4.models.tokenizer import Tokenizer
+from dreamer4.objectives import normalize
+from dreamer4.objectives.tokenizer import tokenizer_loss
+from dreamer4.training import metrics as mt
+from dreamer4.training.state import ModelDef
+
+
+class TokenizerPhase:
+  """Plugs the tokenizer into the trainer (see dreamer4/training/trainer.py `Phase`)."""
+
+  name = "tokenizer"
+  data_fields = ("frames",)
+
+  def __init__(self, config, store):
+    self.config = config
+    frame_shape = tuple(store.frame_shape)
+    self.frame_shape = frame_shape
+    try:
+      self.model_def = ModelDef.build(lambda rng: Tokenizer.from_config(config.model, frame_shape, nnx.Rngs(rng)))
+    except ValueError as e:
+      raise ConfigError(f"{e} (dataset {store.path} has frames {frame_shape})") from None
+    self._lpips = None
+
+  def init_aux(self):
+    return normalize.rms_init(("mse", "lpips"))
+
+  def frozen(self):
+    if self._lpips is None:
+      self._lpips = lpips.load_lpips_params()
+    return {"lpips": self._lpips}
+
+  def loss_fn(self, params, aux, batch, rng, frozen):
+    c = self.config.loss
+    model = self.model_def.merge(params)
+    return tokenizer_loss(model, frozen["lpips"], batch["frames"], aux, rng,
+                          lpips_weight=c.lpips_weight, lpips_frames=c.lpips_frames,
+                          max_mask_prob=c.max_mask_prob, rms_decay=c.rms_decay)
+
+  def eval_fn(self, params, batch, frozen):
+    """PSNR (dB) and MSE of *unmasked* reconstructions on held-out episodes."""
+    model = self.model_def.merge(params)
+    frames = batch["frames"].astype(jnp.float32) / 255.0
+    recon = model(frames)["recon_BTHWC"]
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])
+    return {"psnr": mt.psnr(flat(jnp.clip(recon, 0, 1)), flat(frames)).mean(),
+            "mse": ((recon - frames) ** 2).mean()}
+
+  def summary_fn(self, params, batch, rng, frozen):
+    """Image grids: input, masked input, reconstruction from the masked input (first frames)."""
+    model = self.model_def.merge(params)
+    frames = batch["frames"][:8, -1:].astype(jnp.float32) / 255.0  # the last frame of up to 8 windows
+    out = model(frames, mask_rng=rng, max_mask_prob=self.config.loss.max_mask_prob)
+    first = lambda x: jnp.clip(x[:, 0], 0, 1)
+    return {"input": first(frames), "masked_input": first(out["masked_input_BTHWC"]),
+            "reconstruction": first(out["recon_BTHWC"])}
+
+
+def make_phase(config, store) -> TokenizerPhase:
+  return TokenizerPhase(config, store)

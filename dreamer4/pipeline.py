@@ -1,0 +1,71 @@
+"""Runs the stages of configs/pipeline.py in order inside one workdir.
+
+Layout: WORKDIR/data (EpisodeStore), WORKDIR/<phase> (one workdir per phase). A stage is
+skipped when its workdir holds a finished result (run_summary.json at the final step) and
+resumes from its checkpoints when it was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from etils import epath
+
+from dreamer4.errors import ConfigError
+
+TRAINED_STAGES = ("tokenizer",)
+
+
+def stage_finished(stage_dir: str, num_steps: int) -> bool:
+  path = epath.Path(stage_dir) / "run_summary.json"
+  if not path.exists():
+    return False
+  summary = json.loads(path.read_text())
+  return summary.get("stop_reason") == "finished" and int(summary.get("step", -1)) >= num_steps
+
+
+def collect_stage(config, data_path: str) -> None:
+  from data_pipelines.collect import collect
+  from data_pipelines.episodes import EpisodeStore, StoreError
+  have = 0
+  try:
+    have = EpisodeStore.open(data_path).num_episodes
+  except StoreError:
+    if epath.Path(data_path).exists() and any(epath.Path(data_path).iterdir()):
+      raise
+  if have >= config.collect.episodes:
+    logging.info("collect: %s already holds %d episodes; skipped", data_path, have)
+    return
+  skills = tuple(float(s) for s in str(config.collect.skills).split(","))
+  summary = collect(config.collect.env, data_path, config.collect.episodes - have,
+                    config.collect.seed + have, skills, config.collect.size, have > 0)
+  logging.info("collect: %s", summary)
+
+
+def run_pipeline(config, workdir: str) -> dict:
+  from dreamer4.phases import run
+  data_path = os.path.join(workdir, "data")
+  results = {}
+  for stage in config.stages:
+    if stage == "collect":
+      collect_stage(config, data_path)
+      continue
+    if stage not in TRAINED_STAGES:
+      raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, "
+                        f"{', '.join(TRAINED_STAGES)}")
+    cfg = config[stage]
+    if not cfg.data.path:
+      cfg.data.path = data_path
+    stage_dir = os.path.join(workdir, stage)
+    if stage_finished(stage_dir, cfg.train.num_steps):
+      logging.info("%s: finished result in %s; skipped", stage, stage_dir)
+      results[stage] = json.loads((epath.Path(stage_dir) / "run_summary.json").read_text())
+      continue
+    summary = run(cfg, stage_dir)
+    results[stage] = {k: v for k, v in summary.items() if k != "state"}
+    if summary["stop_reason"] != "finished":
+      break
+  results["stop_reason"] = results.get(config.stages[-1], {}).get("stop_reason", "finished")
+  return results

@@ -1,0 +1,119 @@
+"""Async Orbax checkpoints holding the train state and the Grain iterator state together.
+
+Restores are complete or fail loudly: the target tree (with the *current* mesh's
+shardings) is compared with the checkpoint's metadata first, so a workdir holding an
+incompatible model stops with one line instead of a partial load deep inside Orbax.
+A checkpoint that cannot be read falls back to the previous step with a warning; nothing
+is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dreamer4.errors import CheckpointError
+
+
+def _paths(tree) -> dict[str, Any]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(k): v for k, v in flat}
+
+
+class Checkpointer:
+  """A thin wrapper over `ocp.CheckpointManager` with items "state" and (optionally) "data"."""
+
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, with_data: bool = True):
+    self.directory = directory
+    self.with_data = with_data
+    handlers = {"state": ocp.StandardCheckpointHandler()}
+    if with_data:
+      handlers["data"] = grain.checkpoint.CheckpointHandler()
+    self._mngr = ocp.CheckpointManager(
+        directory,
+        item_names=tuple(handlers),
+        item_handlers=handlers,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+            async_options=ocp.AsyncOptions(timeout_secs=600)),
+    )
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state, data_iter=None, *, force: bool = False) -> bool:
+    args = {"state": ocp.args.StandardSave(state)}
+    if self.with_data:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    return self._mngr.save(int(step), args=ocp.args.Composite(**args), force=force)
+
+  def check_compatible(self, step: int, abstract_state) -> None:
+    """Raises CheckpointError naming the first leaf whose shape/dtype/presence differs."""
+    try:
+      meta = self._mngr.item_metadata(step)["state"]
+    except Exception as e:  # unreadable metadata is handled like a damaged checkpoint
+      raise CheckpointError(f"checkpoint {self.directory}/{step}: metadata unreadable ({type(e).__name__})") from e
+    if meta is None:
+      return
+    want, have = _paths(abstract_state), _paths(meta)
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    if missing or extra:
+      what = f"lacks {missing[0]}" if missing else f"has unexpected {extra[0]}"
+      raise CheckpointError(
+          f"checkpoint {self.directory}/{step} {what}: it was written by a different model or phase; "
+          f"use a new --workdir or the config that wrote it")
+    for k, w in want.items():
+      h = have[k]
+      if tuple(w.shape) != tuple(h.shape):
+        raise CheckpointError(
+            f"checkpoint {self.directory}/{step}: {k} has shape {tuple(h.shape)} but the config builds "
+            f"{tuple(w.shape)}; use a new --workdir or the model config that wrote it")
+
+  def restore(self, step: int, abstract_state, data_iter=None):
+    """Restores onto the shardings carried by `abstract_state` (any mesh / process count)."""
+    self.check_compatible(step, abstract_state)
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if self.with_data and data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = self._mngr.restore(step, args=ocp.args.Composite(**args))
+    return out["state"]
+
+  def restore_latest_good(self, abstract_state, data_iter=None):
+    """(step, state) from the newest readable checkpoint, or (None, None) when there is none.
+
+    An incompatible model raises; a damaged step (unreadable files) logs a warning naming
+    it and falls back to the previous one.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore(step, abstract_state, data_iter)
+      except CheckpointError as e:
+        if "metadata unreadable" not in str(e):
+          raise
+        logging.warning("checkpoint step %d is damaged (%s); trying the previous one", step, e)
+      except Exception as e:  # noqa: BLE001 -- any read failure means this step is damaged
+        logging.warning("checkpoint step %d in %s is damaged (%s: %s); trying the previous one",
+                        step, self.directory, type(e).__name__, str(e)[:200])
+    return None, None
+
+  def wait(self):
+    self._mngr.wait_until_finished()
+    self._mngr.check_for_errors()
+
+  def close(self):
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+def host_scalar(x) -> np.ndarray:
+  """A 0-d numpy array (safe for multi-host saves, unlike host-local jax scalars)."""
+  return np.asarray(x)

@@ -1,0 +1,58 @@
+"""CLU metric writers (TensorBoard), averaged step metrics, and image grids.
+
+`clu.metric_writers` imports TensorFlow (about 20 s on 2 cores), so it is imported lazily,
+only by the process that writes.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import numpy as np
+from clu import metrics as clu_metrics
+
+
+def create_writer(workdir: str):
+  """TensorBoard + logging writer on process 0, logging only elsewhere."""
+  from clu import metric_writers  # lazy: imports TensorFlow
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
+                                              asynchronous=True)
+
+
+class MeanMetrics:
+  """Averages a stream of scalar metric dicts between writes, with clu.metrics.Average."""
+
+  def __init__(self):
+    self._acc: dict[str, clu_metrics.Average] = {}
+
+  def update(self, values: Mapping[str, np.ndarray]):
+    for k, v in values.items():
+      m = clu_metrics.Average.from_model_output(np.asarray(v, np.float32))
+      self._acc[k] = m if k not in self._acc else self._acc[k].merge(m)
+
+  def compute_and_reset(self) -> dict[str, float]:
+    out = {k: float(m.compute()) for k, m in self._acc.items()}
+    self._acc = {}
+    return out
+
+
+def image_grid(images_NHWC: np.ndarray, cols: int) -> np.ndarray:
+  """Tiles N images into one [rows*H, cols*W, C] uint8 grid (1-px gaps)."""
+  images = np.asarray(images_NHWC)
+  if images.dtype != np.uint8:
+    images = (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+  n, h, w, c = images.shape
+  rows = -(-n // cols)
+  grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1, c), 255, np.uint8)
+  for i in range(n):
+    r, q = divmod(i, cols)
+    grid[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = images[i]
+  return grid
+
+
+def psnr(a, b, max_val: float = 1.0):
+  """PSNR in dB per leading item, images in [0, max_val] (works on numpy or jax arrays)."""
+  xp = np if isinstance(a, np.ndarray) else jax.numpy
+  mse = ((a - b) ** 2).reshape(a.shape[0], -1).mean(axis=1)
+  return 10.0 * xp.log10(max_val**2 / xp.maximum(mse, 1e-10))

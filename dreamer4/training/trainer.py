@@ -1,0 +1,261 @@
+"""The one training loop. Phases plug in a model, a loss and evaluations; the loop owns the rest.
+
+Sections: workdir and config · data · mesh · train state · checkpoint and resume · jitted
+steps · periodic actions · the loop. No phase has a loop of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
+
+from data_pipelines import loader as data_loader
+from data_pipelines.episodes import EpisodeStore
+from dreamer4 import sharding as shd
+from dreamer4.errors import ConfigError, UserError
+from dreamer4.training import metrics as mt
+from dreamer4.training import state as st
+from dreamer4.training.checkpoint import Checkpointer
+
+
+class Phase(Protocol):
+  """What a phase gives the trainer (see dreamer4/phases/)."""
+
+  name: str
+  data_fields: tuple[str, ...]            # batch fields the step reads
+  model_def: st.ModelDef                  # the trainable model
+
+  def init_aux(self) -> Any: ...          # non-trainable state (e.g. RMS normalisers)
+  def frozen(self) -> Any: ...            # constant inputs of the step (numpy pytree)
+  def loss_fn(self, params, aux, batch, rng, frozen): ...   # -> loss, (aux, metrics)
+  def eval_fn(self, params, batch, frozen) -> dict: ...     # -> scalar means for one batch
+  def summary_fn(self, params, batch, rng, frozen) -> dict: ...  # -> images [N,H,W,C]
+
+
+class _Preemption:
+  """SIGTERM sets a flag; every process acts on it at the same step (process 0's view wins)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def install(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some test runners): no handler
+      self._old = None
+
+  def _handle(self, *_):
+    self.requested = True
+
+  def uninstall(self):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.asarray(int(self.requested), np.int32))
+    return bool(np.max(flags))
+
+
+def write_config(workdir: str, config) -> None:
+  if jax.process_index() == 0:
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def open_dataset(config) -> EpisodeStore:
+  if not config.data.path:
+    raise ConfigError("--config.data.path is empty; point it at an EpisodeStore "
+                      "(make one with python -m data_pipelines.collect --env=toy --output=PATH)")
+  return EpisodeStore.open(config.data.path)
+
+
+def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeStore], Phase]) -> dict:
+  """Trains `make_phase(config, store)` in `workdir`; resumes from its latest good checkpoint.
+
+  Returns a summary dict (steps, timings, compile count, final metrics, and the final state).
+  """
+  t_start = time.time()
+  ctc = config.train
+
+  # ---------------------------------------------------------------- data
+  store = open_dataset(config)
+  train_ids, eval_ids = store.split(config.data.eval_fraction, seed=config.data.split_seed)
+  phase = make_phase(config, store)
+
+  # ---------------------------------------------------------------- mesh
+  mesh = shd.make_mesh(config.mesh)
+  shd.check_batch_divides(ctc.batch_size, mesh)
+  local_batch = ctc.batch_size // jax.process_count()
+  logging.info("mesh %s over %d devices, %d processes; global batch %d (%d per process)",
+               dict(mesh.shape), jax.device_count(), jax.process_count(), ctc.batch_size, local_batch)
+
+  # ---------------------------------------------------------------- train state
+  tx = st.make_optimizer(config.optim, ctc.num_steps)
+  mdef = phase.model_def
+
+  def init_fn(rng):
+    return st.init_state(mdef.init_params(rng), tx, phase.init_aux())
+
+  base_key = jax.random.key(ctc.seed)
+  abstract = jax.eval_shape(init_fn, base_key)
+  shardings = st.state_shardings(abstract, mdef.param_shardings(mesh), tx, mesh)
+  rep = shd.replicated(mesh)
+  frozen = jax.device_put(phase.frozen(), rep)
+  logging.info("model %s: %.2fM parameters", phase.name, mdef.num_params() / 1e6)
+
+  # ---------------------------------------------------------------- checkpoint and resume
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  data_iter = data_loader.train_iterator(
+      config.data.path, window=config.data.window, batch_size=local_batch, seed=config.data.seed,
+      episode_ids=train_ids, process_index=jax.process_index(), process_count=jax.process_count(),
+      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+  ckpt = Checkpointer(ckpt_dir, keep=ctc.keep_checkpoints, async_save=ctc.async_checkpoints)
+  with jax.set_mesh(mesh):
+    start_step, state = ckpt.restore_latest_good(st.to_abstract(abstract, shardings), data_iter)
+    if state is None:
+      start_step = 0
+      state = jax.jit(init_fn, out_shardings=shardings)(base_key)
+  # All validation passed: only now write into the workdir.
+  write_config(workdir, config)
+  logging.info("%s from step %d", "resuming" if start_step else "starting", start_step)
+
+  # ---------------------------------------------------------------- jitted steps
+  step_core = st.make_train_step(phase.loss_fn, tx)
+
+  def train_step(state, batch, key, frozen):
+    # The step's randomness depends only on the iteration count: resumed runs match.
+    rng = jax.random.fold_in(key, state["step"] + state["skipped"])
+    return step_core(state, batch, rng, frozen)
+
+  p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
+  p_eval = jax.jit(lambda params, batch, frozen: phase.eval_fn(params, batch, frozen), out_shardings=rep)
+  p_summary = jax.jit(lambda params, batch, rng, frozen: phase.summary_fn(params, batch, rng, frozen),
+                      out_shardings=rep)
+
+  def to_device(local):
+    return data_loader.global_batch({f: local[f] for f in phase.data_fields}, mesh)
+
+  eval_local = data_loader.eval_batches(
+      config.data.path, window=config.data.window, batch_size=local_batch, episode_ids=eval_ids,
+      max_batches=config.eval.num_batches)  # the same eval windows on every process
+
+  def evaluate(state) -> dict[str, float]:
+    acc = mt.MeanMetrics()
+    with jax.set_mesh(mesh):
+      for b in eval_local:
+        acc.update(jax.device_get(p_eval(state["params"], to_device(b), frozen)))
+    return {f"eval/{k}": v for k, v in acc.compute_and_reset().items()}
+
+  # ---------------------------------------------------------------- periodic actions
+  writer = mt.create_writer(workdir)
+  hooks = []
+  if jax.process_index() == 0:
+    from clu import periodic_actions  # lazy: imports TensorFlow
+    hooks.append(periodic_actions.ReportProgress(num_train_steps=ctc.num_steps, writer=writer,
+                                                 every_steps=ctc.log_every))
+    if ctc.profile_steps > 0:
+      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=ctc.profile_steps,
+                                            first_profile=start_step + ctc.profile_first))
+  preempt = _Preemption()
+  preempt.install()
+
+  # ---------------------------------------------------------------- the loop
+  acc = mt.MeanMetrics()
+  step = start_step
+  stop_at = ctc.stop_at_step if ctc.stop_at_step > 0 else ctc.num_steps
+  summary: dict[str, Any] = dict(start_step=start_step)
+  eval_metrics: dict[str, float] = {}
+  first_step_s = None
+  t_after_first = None
+  last_saved = start_step if start_step else -1
+  stop_reason = "finished"
+  try:
+    while step < min(stop_at, ctc.num_steps):
+      t0 = time.time()
+      local = next(data_iter)
+      with jax.set_mesh(mesh):
+        state, metrics = p_train(state, to_device(local), base_key, frozen)
+      iteration = step + 1
+      if first_step_s is None:
+        jax.block_until_ready(state["step"])
+        first_step_s = time.time() - t0  # includes the one compile
+        t_after_first = time.time()
+      acc.update(metrics)
+      for h in hooks:
+        h(iteration)
+      if iteration % ctc.log_every == 0 or iteration == ctc.num_steps:
+        values = acc.compute_and_reset()
+        nonfinite = int(jax.device_get(state["nonfinite"]))
+        values["skipped_steps"] = float(jax.device_get(state["skipped"]))
+        writer.write_scalars(iteration, values)
+        if nonfinite >= ctc.max_nonfinite:
+          stop_reason = "nonfinite"
+          raise FloatingPointError(
+              f"{nonfinite} non-finite steps in a row at step {iteration} (limit "
+              f"--config.train.max_nonfinite={ctc.max_nonfinite}); the last good checkpoint is kept")
+      if ctc.eval_every and iteration % ctc.eval_every == 0:
+        eval_metrics = evaluate(state)
+        writer.write_scalars(iteration, eval_metrics)
+      if ctc.summary_every and iteration % ctc.summary_every == 0 and eval_local:
+        write_summaries(writer, iteration, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh)
+      step = iteration
+      if preempt.agreed():
+        stop_reason = "preempted"
+        break
+      if iteration % ctc.checkpoint_every == 0:
+        _save(ckpt, iteration, state, data_iter, ctc)
+        last_saved = iteration
+    jax.block_until_ready(state)
+    steps_timed = step - start_step - 1
+    t_timed = time.time() - t_after_first if t_after_first else 0.0
+    if step != last_saved and int(jax.device_get(state["nonfinite"])) == 0:
+      _save(ckpt, step, state, data_iter, ctc, force=True)
+    if stop_reason == "finished" and step >= ctc.num_steps:
+      eval_metrics = evaluate(state)
+      writer.write_scalars(step, eval_metrics)
+  finally:
+    preempt.uninstall()
+    ckpt.close()
+    writer.flush()
+
+  summary.update(
+      step=step, stop_reason=stop_reason,
+      compiles=p_train._cache_size(),
+      first_step_s=first_step_s,
+      step_s=(t_timed / steps_timed) if steps_timed > 0 else None,  # excludes the compiling step
+      wall_s=time.time() - t_start,
+      eval=eval_metrics,
+      state=state,
+  )
+  if jax.process_index() == 0:
+    keep = {k: v for k, v in summary.items() if k != "state"}
+    (epath.Path(workdir) / "run_summary.json").write_text(json.dumps(keep, indent=2, default=str))
+  logging.info("%s: step %d, %s", phase.name, step, {k: v for k, v in summary.items() if k != "state"})
+  return summary
+
+
+def _save(ckpt: Checkpointer, step: int, state, data_iter, ctc, force: bool = False):
+  # A non-finite step never changes the state (make_train_step), so what is saved is finite.
+  ckpt.save(step, state, data_iter, force=force)
+  if not ctc.async_checkpoints:
+    ckpt.wait()
+
+
+def write_summaries(writer, step, p_summary, state, batch, key, frozen, mesh):
+  with jax.set_mesh(mesh):
+    images = jax.device_get(p_summary(state["params"], batch, jax.random.fold_in(key, step), frozen))
+  writer.write_images(step, {k: mt.image_grid(v, cols=min(8, len(v)))[None] for k, v in images.items()})
