@@ -24,6 +24,12 @@ from data_pipelines.envs import ENVS, make_env
 from data_pipelines.envs.toy import ScriptedPolicy
 
 
+# Episodes are committed in groups of about one shard of frames: each commit
+# rewrites the partly filled shard, so committing per episode is several times
+# slower. A crash loses at most the uncommitted group.
+COMMIT_FRAMES = 1024
+
+
 class CollectError(ValueError):
   """Bad collect input; the message names the flag and the fix."""
 
@@ -116,6 +122,7 @@ def collect(env_name: str, output: str, episodes: int, seed: int = 0, skills: Se
   first = store.num_episodes
   null_discrete, _ = env.action_spec.null_action()
   returns, successes, frames_total = [], [], 0
+  pending, pending_frames = [], 0
   t0 = time.perf_counter()
   for k in range(first, first + episodes):
     env_seed, policy_seed, u = _episode_seeds(seed, k)
@@ -130,12 +137,17 @@ def collect(env_name: str, output: str, episodes: int, seed: int = 0, skills: Se
       actions.append(action)
       rewards.append(reward)
     t = len(frames)
-    labelled_T = np.arange(t) > 0  # the first frame holds the null action
-    store.append(np.stack(frames), np.stack(actions).astype(np.int32), np.asarray(rewards, np.float32),
-                 np.full((t,), task, np.int32), labelled_T)
+    pending.append(dict(frames_THWC=np.stack(frames), actions_discrete_TA=np.stack(actions).astype(np.int32),
+                        rewards_T=np.asarray(rewards, np.float32), tasks_T=np.full((t,), task, np.int32),
+                        action_labelled_T=np.arange(t) > 0))  # the first frame holds the null action
+    pending_frames += t
+    if pending_frames >= COMMIT_FRAMES:
+      store.append_many(pending)
+      pending, pending_frames = [], 0
     returns.append(float(np.sum(rewards)))
     successes.append(bool(info.get("success", False)))
     frames_total += t
+  store.append_many(pending)
   seconds = time.perf_counter() - t0
   return {
       "output": output,

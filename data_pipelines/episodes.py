@@ -50,7 +50,7 @@ SMALL_CHUNK = 4096  # rows per chunk of the small per-frame and per-episode arra
 MIN_CAPACITY = 1024  # first allocation along N; then doubled as needed
 FIX_HINT = "re-create it with python -m data_pipelines.collect"
 
-# Arrays every store has; their trailing shape depends on metadata (see _core_arrays).
+# Arrays every store has; their trailing shape depends on metadata (see _expected_arrays).
 CORE_ARRAYS = ("frames", "actions_discrete", "actions_continuous", "action_labelled", "rewards", "tasks")
 OFFSETS = "episode_offsets"
 
@@ -89,8 +89,7 @@ def kvstore_spec(path: str) -> dict[str, Any]:
   path = os.fspath(path)
   if "://" not in path:
     return {"driver": "file", "path": os.path.abspath(path).rstrip("/") + "/"}
-  spec = _ts().KvStore.Spec(path.rstrip("/") + "/").to_json()
-  return spec
+  return _ts().KvStore.Spec(path.rstrip("/") + "/").to_json()
 
 
 def _sub(base: dict[str, Any], name: str) -> dict[str, Any]:
@@ -100,9 +99,9 @@ def _sub(base: dict[str, Any], name: str) -> dict[str, Any]:
 def _array_metadata(trailing: Sequence[int], dtype: np.dtype, per_frame_sharded: bool) -> dict[str, Any]:
   """zarr3 metadata for an array of shape [0, *trailing] that grows along axis 0."""
   trailing = [int(t) for t in trailing]
-  zstd = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "zstd", "configuration": {"level": 3}}]
-  if dtype == np.bool_ or np.dtype(dtype).itemsize == 1:
-    zstd[0] = {"name": "bytes"}
+  # zarr3 forbids an endianness on single-byte types.
+  to_bytes = {"name": "bytes"} if np.dtype(dtype).itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
+  zstd = [to_bytes, {"name": "zstd", "configuration": {"level": 3}}]
   if per_frame_sharded:
     # Shards keep the file count low (one per 1024 frames); inner chunks keep a
     # 16-frame window read from decoding more than it needs.
@@ -175,7 +174,7 @@ class EpisodeStore:
     store = cls(path, kvstore_spec(path), "a")
     if store._kv.list().result():
       raise StoreError(f"dataset {path}: refusing to create a store where files already exist; "
-                       "choose an empty location or append to it with --append")
+                       "choose an empty location, or append to it (collect --append)")
     frame_shape = tuple(int(s) for s in frame_shape)
     if len(frame_shape) != 3 or min(frame_shape) < 1:
       raise StoreError(f"dataset {path}: frame_shape must be (H, W, C) with positive sizes, got {frame_shape}")
@@ -428,13 +427,51 @@ class EpisodeStore:
     Raises:
       StoreError: if the store is read-only or an input disagrees with the metadata.
     """
+    return self.append_many([dict(frames_THWC=frames_THWC, actions_discrete_TA=actions_discrete_TA,
+                                  rewards_T=rewards_T, tasks_T=tasks_T, action_labelled_T=action_labelled_T,
+                                  actions_continuous_TA=actions_continuous_TA, extra=extra)])[0]
+
+  def append_many(self, episodes: Sequence[dict[str, Any]]) -> list[int]:
+    """Appends several episodes (each a dict of `append`'s arguments) under ONE commit.
+
+    Cheaper than one `append` per episode: each commit rewrites the partly filled
+    shard and syncs files, so a collector batching about a shard of frames per
+    commit is several times faster. All or none of the episodes become visible.
+
+    Returns:
+      The new episodes' indices.
+    """
     if self._mode != "a":
       raise StoreError(f"dataset {self._path}: opened read-only; open it with mode='a' to append")
+    if not episodes:
+      return []
+    per_episode = [self._episode_rows(**ep) for ep in episodes]
+    lengths = [rows["frames"].shape[0] for rows in per_episode]
+    rows = {name: np.concatenate([r[name] for r in per_episode]) for name in per_episode[0]}
+    for name in {n for r in per_episode for n in r} - set(rows):
+      self._fail(f"append: extra array {name!r} must be given for every episode of one append_many call")
+    start, e = self._num_frames, self._num_episodes
+    new_offsets = start + np.cumsum(lengths, dtype=np.int64)
+    stop, new_e = int(new_offsets[-1]), e + len(episodes)
+    self._grow(stop, new_e + 1)
+    # Arrays are independent keys, so their writes run concurrently; the commit
+    # below waits for every one of them first.
+    futures = [self._arrays[name][start:stop].write(x) for name, x in rows.items()]
+    futures.append(self._arrays[OFFSETS][e + 1:new_e + 1].write(new_offsets))
+    for f in futures:
+      f.result()
+    self._write_json("commit.json", {"num_episodes": new_e, "num_frames": stop})
+    self._num_episodes, self._num_frames = new_e, stop
+    self._offsets = np.concatenate([self._offsets, new_offsets])
+    return list(range(e, new_e))
+
+  def _episode_rows(self, frames_THWC, actions_discrete_TA, rewards_T, tasks_T, action_labelled_T,
+                    actions_continuous_TA=None, extra=None) -> dict[str, np.ndarray]:
+    """Validates one episode against the metadata; returns name -> rows in the stored dtype."""
     frames_THWC = np.asarray(frames_THWC)
     if frames_THWC.ndim != 4 or frames_THWC.shape[0] < 1:
       self._fail(f"append: frames must be [T, H, W, C] with T >= 1, got shape {list(frames_THWC.shape)}")
     t = frames_THWC.shape[0]
-    spec = self.action_spec
     given = {"frames": frames_THWC, "actions_discrete": actions_discrete_TA,
              "actions_continuous": actions_continuous_TA, "action_labelled": action_labelled_T,
              "rewards": rewards_T, "tasks": tasks_T}
@@ -447,7 +484,7 @@ class EpisodeStore:
       if x is None:
         if name in self._metadata["extra_arrays"]:
           continue
-        self._fail(f"append: {name} is required by the action spec {spec.to_json()}")
+        self._fail(f"append: {name} is required by the action spec {self.action_spec.to_json()}")
       x = np.asarray(x)
       if x.shape != (t,) + tuple(trailing):
         self._fail(f"append: {name} has shape {list(x.shape)}, expected {[t, *trailing]}")
@@ -455,24 +492,11 @@ class EpisodeStore:
         self._fail(f"append: {name} has dtype {x.dtype}, expected {dtype}")
       rows[name] = x.astype(dtype, copy=False)
     for name, x in given.items():
-      if x is not None and name not in rows and name not in CORE_ARRAYS:
-        self._fail(f"append: unknown array {name!r}; add it first with add_array")
       if x is not None and name in ("actions_discrete", "actions_continuous") and name not in rows:
         self._fail(f"append: {name} given but the action spec has no such columns")
-
-    start, stop = self._num_frames, self._num_frames + t
-    e = self._num_episodes
-    self._grow(stop, e + 2)
-    # All arrays are independent keys, so their writes may run concurrently; the
-    # commit below waits for every one of them first.
-    futures = [self._arrays[name][start:stop].write(x) for name, x in rows.items()]
-    futures.append(self._arrays[OFFSETS][e + 1:e + 2].write(np.array([stop], np.int64)))
-    for f in futures:
-      f.result()
-    self._write_json("commit.json", {"num_episodes": e + 1, "num_frames": stop})
-    self._num_episodes, self._num_frames = e + 1, stop
-    self._offsets = np.append(self._offsets, np.int64(stop))
-    return e
+      if x is not None and name not in rows and name not in CORE_ARRAYS:
+        self._fail(f"append: unknown array {name!r}; add it first with add_array")
+    return rows
 
   def _grow(self, frames_needed: int, offsets_needed: int):
     """Resizes arrays (metadata only) so they hold the next append; doubles to amortise."""

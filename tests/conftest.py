@@ -8,6 +8,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+# Several tests compile the same train step (resume, pipeline); a per-session persistent
+# compilation cache turns the repeats into cache hits.
+import tempfile  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="dreamer4-jax-cache-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 from absl import flags  # noqa: E402
 

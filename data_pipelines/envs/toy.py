@@ -81,7 +81,9 @@ class ToyWorld:
     self.frame_shape = (size, size, 3)
     self._cell = size // GRID
     self._build_sprites()
-    self._rng = None
+    self._rng = None  # set by reset; step before reset is an error
+    self.task = 0
+    self.steps = 0
 
   def _build_sprites(self):
     """Precomputes the background and each sprite as (mask [c,c,1], colour tile [c,c,3])."""

@@ -70,11 +70,11 @@ class Tokenizer(nnx.Module):
     self.enc_layout = tr.TokenLayout((("patches", P), ("latents", N)))
     self.dec_layout = tr.TokenLayout((("queries", P), ("latents", N)))
 
-    param = tr._param  # pylint: disable=protected-access
+    param = tr.make_param
     small = nnx.initializers.truncated_normal(stddev=0.02)
     zeros = nnx.initializers.zeros
     # Encoder side.
-    self.patch_in_kernel = param(rngs, tr._fan_in_init(Q), (Q, D), (None, "embed"))
+    self.patch_in_kernel = param(rngs, tr.fan_in_init(Q), (Q, D), (None, "embed"))
     self.patch_in_bias = param(rngs, zeros, (D,), ("embed",))
     # Our choice (paper leaves it open): a learned absolute position embedding per
     # patch, added after masking so masked patches still know where they are, on
@@ -89,14 +89,14 @@ class Tokenizer(nnx.Module):
         remat=remat,
     )
     self.encoder = tr.Transformer(depth=enc_depth, **tf_kwargs)
-    self.bottleneck_kernel = param(rngs, tr._fan_in_init(D), (D, L), ("embed", None))
+    self.bottleneck_kernel = param(rngs, tr.fan_in_init(D), (D, L), ("embed", None))
     self.bottleneck_bias = param(rngs, zeros, (L,), (None,))
     # Decoder side.
-    self.latent_up_kernel = param(rngs, tr._fan_in_init(L), (L, D), (None, "embed"))
+    self.latent_up_kernel = param(rngs, tr.fan_in_init(L), (L, D), (None, "embed"))
     self.latent_up_bias = param(rngs, zeros, (D,), ("embed",))
     self.patch_queries = param(rngs, small, (P, D), (None, "embed"))
     self.decoder = tr.Transformer(depth=dec_depth, **tf_kwargs)
-    self.readout_kernel = param(rngs, tr._fan_in_init(D), (D, Q), ("embed", None))
+    self.readout_kernel = param(rngs, tr.fan_in_init(D), (D, Q), ("embed", None))
     self.readout_bias = param(rngs, zeros, (Q,), (None,))
 
   @classmethod

@@ -228,7 +228,7 @@ def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None):
   return out_NQGRK.reshape(*lead, Q, H, K)
 
 
-def _param(rngs: nnx.Rngs, init, shape, names):
+def make_param(rngs: nnx.Rngs, init, shape, names):
   """Creates an nnx.Param with logical partitioning names (validated)."""
   if len(names) != len(shape):
     raise ValueError(f"names {names} do not match shape {shape}")
@@ -238,7 +238,7 @@ def _param(rngs: nnx.Rngs, init, shape, names):
   return nnx.Param(nnx.with_partitioning(init, tuple(names))(rngs.params(), shape, jnp.float32))
 
 
-def _fan_in_init(fan_in: int):
+def fan_in_init(fan_in: int):
   # Plain fan-in scaling; keeps activations ~unit variance at init.
   return nnx.initializers.truncated_normal(stddev=fan_in**-0.5)
 
@@ -253,7 +253,7 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6):
     self.eps = eps
-    self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("norm",))
+    self.scale = make_param(rngs, nnx.initializers.ones, (dim,), ("norm",))
 
   def __call__(self, x):
     x32 = x.astype(jnp.float32)
@@ -270,12 +270,12 @@ class Attention(nnx.Module):
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.softcap = softcap
     self.dtype = dtype
-    init_in = _fan_in_init(width)
-    self.wq = _param(rngs, init_in, (width, num_heads, head_dim), ("embed", "heads", "head_dim"))
-    self.wk = _param(rngs, init_in, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
-    self.wv = _param(rngs, init_in, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
-    self.wo = _param(
-        rngs, _fan_in_init(num_heads * head_dim), (num_heads, head_dim, width), ("heads", "head_dim", "embed")
+    init_in = fan_in_init(width)
+    self.wq = make_param(rngs, init_in, (width, num_heads, head_dim), ("embed", "heads", "head_dim"))
+    self.wk = make_param(rngs, init_in, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+    self.wv = make_param(rngs, init_in, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+    self.wo = make_param(
+        rngs, fan_in_init(num_heads * head_dim), (num_heads, head_dim, width), ("heads", "head_dim", "embed")
     )
     # QKNorm [P §3.4]: RMSNorm of q and k per head over head_dim.
     self.q_norm = RMSNorm(head_dim, rngs=rngs)
@@ -307,9 +307,9 @@ class SwiGLU(nnx.Module):
 
   def __init__(self, *, width, mlp_dim, rngs, dtype):
     self.dtype = dtype
-    self.w_gate = _param(rngs, _fan_in_init(width), (width, mlp_dim), ("embed", "mlp"))
-    self.w_up = _param(rngs, _fan_in_init(width), (width, mlp_dim), ("embed", "mlp"))
-    self.w_down = _param(rngs, _fan_in_init(mlp_dim), (mlp_dim, width), ("mlp", "embed"))
+    self.w_gate = make_param(rngs, fan_in_init(width), (width, mlp_dim), ("embed", "mlp"))
+    self.w_up = make_param(rngs, fan_in_init(width), (width, mlp_dim), ("embed", "mlp"))
+    self.w_down = make_param(rngs, fan_in_init(mlp_dim), (mlp_dim, width), ("mlp", "embed"))
 
   def __call__(self, x_ND):
     x = x_ND.astype(self.dtype)

@@ -20,9 +20,17 @@ import orbax.checkpoint as ocp
 from dreamer4.errors import CheckpointError
 
 
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
 def _paths(tree) -> dict[str, Any]:
+  """Leaves by a path string that reads the same for live trees and Orbax metadata trees."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(k): v for k, v in flat}
+  return {"/".join(_key_name(k) for k in path): v for path, v in flat}
 
 
 class Checkpointer:

@@ -34,7 +34,7 @@ def test_round_trip(tmp_path, scheme):
   assert meta["schema_version"] == 1 and meta["env"] == "synthetic" and meta["fps"] == 10
   for i, ep in enumerate(episodes):
     _assert_episode_equal(store.read_episode(i), ep)
-  np.testing.assert_array_equal(store.read("frames", 5, 22), np.concatenate([e["frames_THWC"] for e in episodes[1:3]]))
+  np.testing.assert_array_equal(store.read("frames", 5, 23), np.concatenate([e["frames_THWC"] for e in episodes[1:3]]))
   with pytest.raises(IndexError, match="outside the committed range"):
     store.read("rewards", 0, store.num_frames + 1)
 
@@ -151,10 +151,8 @@ def test_unknown_schema_version(tmp_path):
 def test_wrong_dtype(tmp_path):
   path = str(tmp_path / "s")
   make_store(path, [3])
-  zarr_json = os.path.join(path, "frames", "zarr.json")
-  meta = json.load(open(zarr_json))
-  meta["data_type"] = "int16"
-  json.dump(meta, open(zarr_json, "w"))
+  ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(path, "frames")},
+           "metadata": {"shape": [3, *FRAME], "data_type": "int16"}}, create=True, delete_existing=True).result()
   with pytest.raises(StoreError, match=r"dataset .*: array 'frames' has dtype int16, expected uint8; re-create it with "
                      r"python -m data_pipelines.collect"):
     EpisodeStore.open(path)
@@ -187,3 +185,18 @@ def test_corrupt_chunk_names_array_and_range(tmp_path):
   store = EpisodeStore.open(path)  # the frames array is only read lazily
   with pytest.raises(StoreError, match=r"array 'frames' rows \[2, 9\) could not be read, a chunk may be corrupt"):
     store.read("frames", 2, 9)
+
+
+def test_append_many_one_commit(tmp_path):
+  path = str(tmp_path / "s")
+  store, first = make_store(path, [4])
+  batch = [episode(e, n) for e, n in ((1, 3), (2, 8), (3, 1))]
+  assert store.append_many(batch) == [1, 2, 3]
+  reader = EpisodeStore.open(path)
+  np.testing.assert_array_equal(reader.episode_offsets, [0, 4, 7, 15, 16])
+  for i, ep in enumerate(first + batch):
+    _assert_episode_equal(reader.read_episode(i), ep)
+  bad = [episode(4, 2), dict(episode(5, 2), rewards_T=np.zeros(5))]
+  with pytest.raises(StoreError, match=r"rewards has shape \[5\], expected \[2\]"):
+    store.append_many(bad)
+  assert EpisodeStore.open(path).num_episodes == 4  # all or nothing

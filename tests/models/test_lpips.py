@@ -10,7 +10,7 @@ from dreamer4.models.lpips import load_lpips_params, lpips_distance
 
 @pytest.fixture(scope="module")
 def params():
-  return load_lpips_params()
+  return jax.device_put(load_lpips_params())
 
 
 def _images(N=3, size=32, seed=0):

@@ -1,0 +1,74 @@
+"""collect: in-process core and the command line (exit codes, one-line errors, no damage)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_pipelines.collect import CollectError, collect
+from data_pipelines.episodes import EpisodeStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "data_pipelines.collect", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def _snapshot(path):
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      p = os.path.join(root, name)
+      out[p] = (os.stat(p).st_mtime_ns, open(p, "rb").read())
+  return out
+
+
+def test_collect_in_process(tmp_path):
+  path = str(tmp_path / "s")
+  summary = collect("toy", path, episodes=6, seed=0, skills=(1.0,), size=16, append=False, max_steps=20)
+  assert summary["episodes"] == 6 and summary["success_rate"] == 1.0 and summary["mean_return"] == 1.0
+  store = EpisodeStore.open(path)
+  assert store.num_episodes == 6 and store.num_frames == summary["frames"]
+  ep = store.read_episode(0)
+  assert ep["rewards"][-1] == 1.0 and ep["rewards"][:-1].sum() == 0
+  assert not ep["action_labelled"][0] and ep["action_labelled"][1:].all()
+  assert ep["actions_discrete"][0, 0] == 0 and (ep["tasks"] == ep["tasks"][0]).all()
+  more = collect("toy", path, episodes=2, seed=0, skills=(0.0,), size=16, append=True, max_steps=20)
+  assert more["total_episodes"] == 8
+  appended = EpisodeStore.open(path).read_episode(6)["frames"]
+  assert not np.array_equal(appended[0], ep["frames"][0])  # appended episodes use fresh seeds
+  with pytest.raises(CollectError, match="--append: .* holds env 'toy' with frames"):
+    collect("toy", path, episodes=1, seed=0, skills=(0.5,), size=32, append=True)
+
+
+def test_cli_writes_requested_episodes(tmp_path):
+  path = str(tmp_path / "s")
+  result = _run("--env=toy", "--episodes=3", f"--output={path}", "--size=16", "--skills=1.0,0.0", "--max_steps=12")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("collected 3 episodes")
+  assert EpisodeStore.open(path).num_episodes == 3
+
+
+def test_cli_errors(tmp_path):
+  missing = tmp_path / "never"
+  result = _run("--env=pong9000", "--episodes=2", f"--output={missing}")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --env: unknown env 'pong9000'")
+  assert not missing.exists()
+
+  result = _run("--episodes=0", f"--output={missing}")
+  assert result.returncode == 2 and result.stderr.startswith("error: --episodes") and not missing.exists()
+
+  path = str(tmp_path / "s")
+  collect("toy", path, episodes=2, seed=0, skills=(1.0,), size=16, append=False, max_steps=10)
+  before = _snapshot(path)
+  result = _run("--episodes=2", f"--output={path}", "--size=16")
+  assert result.returncode == 2
+  assert result.stderr.strip().count("\n") == 0 and "already exist" in result.stderr and "--append" in result.stderr
+  assert _snapshot(path) == before

@@ -1,0 +1,181 @@
+"""WindowSource and the Grain loader: windows, determinism, process shards, resumable state, global batches."""
+
+import pickle
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+
+from data_pipelines import loader
+from data_pipelines.windows import WindowSource, window_table
+from tests.data_pipelines.helpers import make_store
+
+LENGTHS = [12, 3, 20, 7, 9, 15, 4, 11]
+WINDOW = 5
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("loader") / "store")
+  make_store(path, LENGTHS)
+  return path
+
+
+def _num_windows(ids):
+  return sum(max(LENGTHS[i] - WINDOW + 1, 0) for i in ids)
+
+
+def _check_window(record_frames_TWHC, first_T):
+  """Every frame of a window comes from one episode, at consecutive time steps."""
+  ep_T = record_frames_TWHC[:, 0, 0, 0]
+  t_T = record_frames_TWHC[:, 0, 1, 0].astype(int)
+  assert (ep_T == ep_T[0]).all()
+  np.testing.assert_array_equal(np.diff(t_T), 1)
+  np.testing.assert_array_equal(first_T, t_T == 0)
+
+
+def test_window_table():
+  starts, ep_starts = window_table(np.array([0, 4, 6, 13]), [2, 0, 1], 3)
+  np.testing.assert_array_equal(starts, [6, 7, 8, 9, 10, 0, 1])  # episode 1 (2 frames) has none
+  np.testing.assert_array_equal(ep_starts, [6, 6, 6, 6, 6, 0, 0])
+
+
+def test_windows_stay_inside_episodes(store_path):
+  ids = np.arange(len(LENGTHS))
+  source = WindowSource(store_path, WINDOW, ids)
+  assert len(source) == _num_windows(ids)
+  seen_first = 0
+  for i in range(len(source)):
+    rec = source[i]
+    assert rec["frames"].shape == (WINDOW, 8, 8, 3) and rec["frames"].dtype == np.uint8
+    assert rec["actions_discrete"].shape == (WINDOW, 1) and rec["index"] == i
+    _check_window(rec["frames"], rec["first_T"])
+    seen_first += int(rec["first_T"][0])
+  assert seen_first == sum(n >= WINDOW for n in LENGTHS)
+  clone = pickle.loads(pickle.dumps(source))
+  assert clone._store is None
+  np.testing.assert_array_equal(clone[3]["frames"], source[3]["frames"])
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_train_iterator_deterministic(store_path):
+  kw = dict(window=WINDOW, batch_size=4, episode_ids=np.arange(8), num_threads=2)
+  a = _take(loader.train_iterator(store_path, seed=3, **kw), 6)
+  b = _take(loader.train_iterator(store_path, seed=3, **kw), 6)
+  c = _take(loader.train_iterator(store_path, seed=4, **kw), 6)
+  assert a[0]["frames"].shape == (4, WINDOW, 8, 8, 3) and a[0]["frames"].dtype == np.uint8
+  assert a[0]["first_T"].shape == (4, WINDOW) and a[0]["index"].shape == (4,)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert any(not np.array_equal(x["index"], y["index"]) for x, y in zip(a, c))
+  for batch in a:
+    for frames_TWHC, first_T in zip(batch["frames"], batch["first_T"]):
+      _check_window(frames_TWHC, first_T)
+
+
+def test_process_shards_disjoint_and_cover_epoch(store_path):
+  ids = np.arange(8)
+  n, batch, count = _num_windows(ids), 3, 2
+  per_process = n // count // batch * batch
+  shards = []
+  for p in range(count):
+    it = loader.train_iterator(store_path, window=WINDOW, batch_size=batch, seed=0, episode_ids=ids,
+                               process_index=p, process_count=count)
+    epochs = [np.concatenate([b["index"] for b in _take(it, per_process // batch)]) for _ in range(2)]
+    assert all(len(set(e)) == per_process for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])  # each epoch is reshuffled
+    shards.append(epochs[0])
+  assert set(shards[0]).isdisjoint(shards[1])
+  covered = set(shards[0]) | set(shards[1])
+  assert len(covered) == count * per_process and len(covered) > n - count * batch
+
+
+def test_state_round_trip_mid_epoch(store_path):
+  kw = dict(window=WINDOW, batch_size=4, seed=1, episode_ids=np.arange(8))
+  it = loader.train_iterator(store_path, **kw)
+  _take(it, 5)
+  state = it.get_state()
+  expected = _take(it, 4)
+  resumed = loader.train_iterator(store_path, **kw)
+  resumed.set_state(state)
+  for x, y in zip(expected, _take(resumed, 4)):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_orbax_checkpoint_of_iterator(store_path, tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+
+  kw = dict(window=WINDOW, batch_size=4, seed=2, episode_ids=np.arange(8))
+  it = loader.train_iterator(store_path, **kw)
+  _take(it, 3)
+  with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as mngr:
+    mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+    expected = next(it)
+    resumed = loader.train_iterator(store_path, **kw)
+    mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  np.testing.assert_array_equal(next(resumed)["index"], expected["index"])
+
+
+def test_eval_batches(store_path):
+  kw = dict(window=WINDOW, batch_size=4, episode_ids=[2, 5])
+  a = loader.eval_batches(store_path, max_batches=3, **kw)
+  b = loader.eval_batches(store_path, max_batches=3, **kw)
+  assert len(a) == 3 and all(x["frames"].shape == (4, WINDOW, 8, 8, 3) for x in a)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["index"], y["index"])
+  idx = np.concatenate([x["index"] for x in a])
+  assert len(set(idx)) == 12 and (np.diff(idx) > 0).all()
+  everything = loader.eval_batches(store_path, max_batches=100, **kw)
+  assert len(everything) == -(-_num_windows([2, 5]) // 4)
+
+
+def test_clear_errors(store_path):
+  kw = dict(seed=0, episode_ids=np.arange(8))
+  with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+    loader.train_iterator(store_path, window=WINDOW, batch_size=0, **kw)
+  with pytest.raises(ValueError, match=r"dataset .* has no episode of at least 21 frames \(longest: 20\); lower "
+                     r"--config.data.window or collect longer episodes"):
+    loader.train_iterator(store_path, window=21, batch_size=2, **kw)
+  with pytest.raises(ValueError, match="the episode list is empty"):
+    loader.train_iterator(store_path, window=WINDOW, batch_size=2, seed=0, episode_ids=[])
+  with pytest.raises(ValueError, match="fewer than one global batch"):
+    loader.train_iterator(store_path, window=WINDOW, batch_size=1000, **kw)
+  with pytest.raises(ValueError, match="no per-frame array 'latents'"):
+    WindowSource(store_path, WINDOW, [0], fields=("frames", "latents"))
+
+
+def test_global_batch_on_8_devices(store_path):
+  mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+  local = next(loader.train_iterator(store_path, window=WINDOW, batch_size=8, seed=0, episode_ids=np.arange(8)))
+  batch = loader.global_batch(local, mesh)
+  assert batch["frames"].shape == (8, WINDOW, 8, 8, 3) and batch["frames"].dtype == np.uint8
+  assert batch["index"].shape == (8,)
+  assert len(batch["frames"].sharding.device_set) == 8
+  assert batch["frames"].addressable_shards[0].data.shape == (1, WINDOW, 8, 8, 3)
+  np.testing.assert_array_equal(np.asarray(batch["frames"]), local["frames"])
+  with pytest.raises(ValueError, match="global batch 6 does not divide the 8 devices"):
+    loader.global_batch({"x": np.zeros((6, 2))}, mesh)
+
+
+def test_data_modules_are_jax_free():
+  """Collector-side modules load neither jax nor tensorstore at import. (grain itself imports
+  jax modules, without touching devices, so windows/loader are checked by their source.)"""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  code = ("import sys, data_pipelines.collect, data_pipelines.envs, data_pipelines.episodes; "
+          "assert 'jax' not in sys.modules and 'tensorstore' not in sys.modules")
+  result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-500:]
+  for name in ("windows.py", "episodes.py"):
+    text = open(os.path.join(root, "data_pipelines", name)).read()
+    assert "import jax" not in text and "from jax" not in text

@@ -1,0 +1,150 @@
+"""The trainer end to end on the tiny tokenizer: sharding, checkpoints, resume, bad input."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data_pipelines import loader
+from data_pipelines.episodes import EpisodeStore
+from dreamer4 import sharding as shd
+from dreamer4.errors import CheckpointError, ConfigError
+from dreamer4.phases.tokenizer import TokenizerPhase
+from dreamer4.training import state as st
+from dreamer4.training.checkpoint import Checkpointer
+from dreamer4.training.trainer import train_and_evaluate
+from dreamer4.phases.tokenizer import make_phase
+
+
+def _mesh(shape, n):
+  import ml_collections
+  return shd.make_mesh(ml_collections.ConfigDict({"preset": "data", "shape": shape}), jax.devices()[:n])
+
+
+def _snapshot(root):
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(dirpath, f)
+      out[p] = (os.path.getsize(p), os.path.getmtime(p))
+  return out
+
+
+def _one_batch(config):
+  store = EpisodeStore.open(config.data.path)
+  train_ids, _ = store.split(0.1)
+  it = loader.train_iterator(config.data.path, window=config.data.window, batch_size=config.train.batch_size,
+                             seed=0, episode_ids=train_ids)
+  return store, next(it)
+
+
+def test_sharded_step_matches_single_device(tiny_config):
+  store, local = _one_batch(tiny_config)
+  phase = TokenizerPhase(tiny_config, store)
+  tx = st.make_optimizer(tiny_config.optim, 10)
+  step = st.make_train_step(phase.loss_fn, tx)
+  frozen_np = phase.frozen()
+  results = {}
+  for name, shape, n in (("single", (1, 1, 1), 1), ("sharded", (2, 2, 2), 8)):
+    mesh = _mesh(shape, n)
+    init = lambda rng: st.init_state(phase.model_def.init_params(rng), tx, phase.init_aux())
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    shardings = st.state_shardings(abstract, phase.model_def.param_shardings(mesh), tx, mesh)
+    with jax.set_mesh(mesh):
+      state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+      batch = loader.global_batch({"frames": local["frames"]}, mesh)
+      frozen = jax.device_put(frozen_np, shd.replicated(mesh))
+      grad_fn = jax.jit(jax.grad(lambda p: phase.loss_fn(p, state["aux"], batch, jax.random.key(1), frozen)[0]))
+      grads = grad_fn(state["params"])
+      new_state, metrics = jax.jit(step, out_shardings=(shardings, shd.replicated(mesh)))(
+          state, batch, jax.random.key(1), frozen)
+    if name == "sharded":  # the FSDP/tensor rules really split something
+      specs = [s.spec for s in jax.tree.leaves(shardings["params"])]
+      assert any(any(a is not None for a in spec) for spec in specs)
+    results[name] = jax.device_get((metrics["loss"], grads, new_state["params"]))
+  (l1, g1, p1), (l8, g8, p8) = results["single"], results["sharded"]
+  assert abs(float(l1) - float(l8)) < 1e-5 * max(1.0, abs(float(l1)))
+  gmax = max(float(np.abs(g).max()) for g in jax.tree.leaves(g1))
+  gdiff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)))
+  assert gdiff <= 1e-4 * gmax, (gdiff, gmax)
+  # One AdamW step moves each weight by at most ~lr; the two runs agree far below that.
+  pdiff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
+  assert pdiff < 0.05 * tiny_config.optim.lr * 0 + 2e-4, pdiff
+
+
+def test_checkpoint_restores_onto_other_meshes(tiny_config, tmp_path):
+  store, _ = _one_batch(tiny_config)
+  phase = TokenizerPhase(tiny_config, store)
+  tx = st.make_optimizer(tiny_config.optim, 10)
+  init = lambda rng: st.init_state(phase.model_def.init_params(rng), tx, phase.init_aux())
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  mesh = _mesh((2, 2, 2), 8)
+  sh = st.state_shardings(abstract, phase.model_def.param_shardings(mesh), tx, mesh)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=sh)(jax.random.key(3))
+  ckpt = Checkpointer(str(tmp_path / "ck"), with_data=False)
+  ckpt.save(7, state)
+  ckpt.close()
+  want = jax.device_get(state)
+  for shape, n in (((8, 1, 1), 8), ((1, 2, 2), 4), ((1, 1, 1), 1)):
+    mesh2 = _mesh(shape, n)
+    sh2 = st.state_shardings(abstract, phase.model_def.param_shardings(mesh2), tx, mesh2)
+    ck2 = Checkpointer(str(tmp_path / "ck"), with_data=False)
+    with jax.set_mesh(mesh2):
+      got = ck2.restore(7, st.to_abstract(abstract, sh2))
+    ck2.close()
+    leaves = jax.tree.leaves(got)
+    assert all(set(x.sharding.device_set) <= set(jax.devices()[:n]) for x in leaves)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(jax.device_get(got))):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
+  straight = train_and_evaluate(tiny_config, str(tmp_path / "a"), make_phase)
+  assert straight["step"] == tiny_config.train.num_steps and straight["compiles"] == 1
+
+  cfg = tiny_config.copy_and_resolve_references()
+  cfg.train.stop_at_step = 3
+  first = train_and_evaluate(cfg, str(tmp_path / "b"), make_phase)
+  assert first["step"] == 3 and first["stop_reason"] == "finished"
+  cfg.train.stop_at_step = 0
+  second = train_and_evaluate(cfg, str(tmp_path / "b"), make_phase)
+  assert second["start_step"] == 3 and second["step"] == tiny_config.train.num_steps
+  assert second["compiles"] == 1
+
+  a = jax.device_get(straight["state"])
+  b = jax.device_get(second["state"])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+  # Real TensorBoard event files with the training scalars.
+  from tensorboard.backend.event_processing import event_accumulator
+  events = [f for f in os.listdir(tmp_path / "a") if f.startswith("events.out.tfevents")]
+  assert events
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "a"), size_guidance={"tensors": 0})
+  acc.Reload()
+  tags = set(acc.Tags()["tensors"])
+  assert {"loss", "mse", "eval/psnr"} <= tags, tags
+  assert np.isfinite(straight["eval"]["eval/psnr"])
+
+  # A workdir holding an incompatible model is refused and left untouched.
+  before = _snapshot(tmp_path / "a")
+  bad = tiny_config.copy_and_resolve_references()
+  bad.model.width = 48
+  with pytest.raises(CheckpointError, match=r"shape .* use a new --workdir"):
+    train_and_evaluate(bad, str(tmp_path / "a"), make_phase)
+  assert _snapshot(tmp_path / "a") == before
+
+
+@pytest.mark.parametrize("shape,batch,match", [
+    ((3, 1, 1), 8, r"mesh.shape=\(3, 1, 1\) needs a multiple of 3 devices"),
+    ((-1, 1, 1), 6, r"batch_size=6 does not divide over the 8 data-parallel devices"),
+])
+def test_bad_mesh_or_batch_stops_before_writing(tiny_config, tmp_path, shape, batch, match):
+  cfg = tiny_config.copy_and_resolve_references()
+  cfg.mesh.shape = shape
+  cfg.train.batch_size = batch
+  with pytest.raises(ConfigError, match=match):
+    train_and_evaluate(cfg, str(tmp_path / "w"), make_phase)
+  assert not (tmp_path / "w").exists()
