@@ -71,7 +71,7 @@ class _EpochShuffleShard(grain.MapDataset):
 
 def _check_batch_size(batch_size: int):
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}; set --config.data.batch_size to a positive value")
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}; set the batch size (--config.train.batch_size) to a positive value")
 
 
 def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episode_ids: Sequence[int],

@@ -24,6 +24,25 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (with 
 _PID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 _LOCAL_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake CPU devices in this process (testing).")
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that reports a bad flag or config override as one line, exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    # A config file that raised: keep its own last line (the reason), not the traceback.
+    msg = lines[0].rstrip(":") + (f": {lines[-1]}" if len(lines) > 1 else "")
+  except (AttributeError, KeyError) as e:  # ml_collections: an override names a key the config lacks
+    key = str(e).strip("'\"")
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
+    msg = (f"{bad[0] if bad else '--config'}: the config has no key {key!r}; "
+           f"check the spelling against the config file")
+  except Exception as e:  # noqa: BLE001 -- e.g. a config file's get_config raising on a bad variant
+    msg = f"--config: {str(e).strip().splitlines()[-1]}"
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
 class _QuietLibraries(logging.Filter):
   """Keeps Orbax's per-save INFO chatter out of the run log (warnings still show)."""
 
@@ -57,4 +76,4 @@ def main(argv):
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   logging.getLogger("absl").setLevel(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

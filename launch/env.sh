@@ -11,7 +11,7 @@ if [ ! -f "$_stamp" ]; then
   if [ ! -x "$_root/.venv/bin/python" ]; then
     "$_py" -m venv "$_root/.venv"
   fi
-  "$_root/.venv/bin/python" -m ensurepip -q >/dev/null 2>&1 || true
+  "$_root/.venv/bin/python" -m ensurepip >/dev/null 2>&1 || true
   "$_root/.venv/bin/python" -m pip install -q --disable-pip-version-check uv
   "$_root/.venv/bin/python" -m uv pip install -q --python "$_root/.venv/bin/python" \
     -r "$_root/pyproject.toml" --extra test

@@ -19,3 +19,14 @@ from absl import flags  # noqa: E402
 
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+  """A small real toy-world EpisodeStore (16x16 frames) shared by the session."""
+  from data_pipelines.collect import collect
+  path = str(tmp_path_factory.mktemp("data") / "toy16")
+  collect("toy", path, episodes=24, seed=0, skills=(0.9, 0.3), size=16)
+  return path

@@ -119,10 +119,16 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeS
 
   # ---------------------------------------------------------------- checkpoint and resume
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  data_iter = data_loader.train_iterator(
-      config.data.path, window=config.data.window, batch_size=local_batch, seed=config.data.seed,
-      episode_ids=train_ids, process_index=jax.process_index(), process_count=jax.process_count(),
-      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+  try:
+    data_iter = data_loader.train_iterator(
+        config.data.path, window=config.data.window, batch_size=local_batch, seed=config.data.seed,
+        episode_ids=train_ids, process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+    eval_local = data_loader.eval_batches(
+        config.data.path, window=config.data.window, batch_size=local_batch, episode_ids=eval_ids,
+        max_batches=config.eval.num_batches)  # the same eval windows on every process
+  except ValueError as e:  # the loader's one-line messages name the dataset and the setting
+    raise UserError(str(e)) from None
   ckpt = Checkpointer(ckpt_dir, keep=ctc.keep_checkpoints, async_save=ctc.async_checkpoints)
   with jax.set_mesh(mesh):
     start_step, state = ckpt.restore_latest_good(st.to_abstract(abstract, shardings), data_iter)
@@ -149,9 +155,6 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeS
   def to_device(local):
     return data_loader.global_batch({f: local[f] for f in phase.data_fields}, mesh)
 
-  eval_local = data_loader.eval_batches(
-      config.data.path, window=config.data.window, batch_size=local_batch, episode_ids=eval_ids,
-      max_batches=config.eval.num_batches)  # the same eval windows on every process
 
   def evaluate(state) -> dict[str, float]:
     acc = mt.MeanMetrics()

@@ -1,15 +1,6 @@
-"""A tiny real toy-world EpisodeStore shared by the training tests."""
+"""The tiny tokenizer config on the session's toy store."""
 
 import pytest
-
-from data_pipelines.collect import collect
-
-
-@pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("data") / "toy16")
-  collect("toy", path, episodes=24, seed=0, skills=(0.9, 0.3), size=16)
-  return path
 
 
 @pytest.fixture

@@ -44,7 +44,6 @@ def test_sharded_step_matches_single_device(tiny_config):
   store, local = _one_batch(tiny_config)
   phase = TokenizerPhase(tiny_config, store)
   tx = st.make_optimizer(tiny_config.optim, 10)
-  step = st.make_train_step(phase.loss_fn, tx)
   frozen_np = phase.frozen()
   results = {}
   for name, shape, n in (("single", (1, 1, 1), 1), ("sharded", (2, 2, 2), 8)):
@@ -56,22 +55,18 @@ def test_sharded_step_matches_single_device(tiny_config):
       state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
       batch = loader.global_batch({"frames": local["frames"]}, mesh)
       frozen = jax.device_put(frozen_np, shd.replicated(mesh))
-      grad_fn = jax.jit(jax.grad(lambda p: phase.loss_fn(p, state["aux"], batch, jax.random.key(1), frozen)[0]))
-      grads = grad_fn(state["params"])
-      new_state, metrics = jax.jit(step, out_shardings=(shardings, shd.replicated(mesh)))(
-          state, batch, jax.random.key(1), frozen)
-    if name == "sharded":  # the FSDP/tensor rules really split something
+      loss_and_grads = jax.jit(jax.value_and_grad(
+          lambda p: phase.loss_fn(p, state["aux"], batch, jax.random.key(1), frozen)[0]))
+      loss, grads = loss_and_grads(state["params"])
+    if name == "sharded":  # the FSDP/tensor rules really split parameters and their gradients
       specs = [s.spec for s in jax.tree.leaves(shardings["params"])]
-      assert any(any(a is not None for a in spec) for spec in specs)
-    results[name] = jax.device_get((metrics["loss"], grads, new_state["params"]))
-  (l1, g1, p1), (l8, g8, p8) = results["single"], results["sharded"]
+      assert sum(any(a is not None for a in spec) for spec in specs) >= 10
+    results[name] = jax.device_get((loss, grads))
+  (l1, g1), (l8, g8) = results["single"], results["sharded"]
   assert abs(float(l1) - float(l8)) < 1e-5 * max(1.0, abs(float(l1)))
   gmax = max(float(np.abs(g).max()) for g in jax.tree.leaves(g1))
   gdiff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)))
-  assert gdiff <= 1e-4 * gmax, (gdiff, gmax)
-  # One AdamW step moves each weight by at most ~lr; the two runs agree far below that.
-  pdiff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
-  assert pdiff < 0.05 * tiny_config.optim.lr * 0 + 2e-4, pdiff
+  assert gmax > 0 and gdiff <= 1e-4 * gmax, (gdiff, gmax)
 
 
 def test_checkpoint_restores_onto_other_meshes(tiny_config, tmp_path):

@@ -1,0 +1,381 @@
+"""Interactive dynamics model (PAPER.md §4; paper §3.2, Fig 2b).
+
+The model reads frozen-tokenizer latents that were corrupted per frame to a signal
+level tau (diffusion forcing) and predicts the clean latents of every frame
+(x-prediction). Each frame is one block of tokens, in this order (a TokenLayout):
+
+  spatial    S_z = num_latents // group tokens: `group` adjacent latent tokens are
+             concatenated (512x16 -> 256x32 in the paper, group = 2) and linearly
+             projected to the model width.
+  registers  S_r learned register tokens.
+  tau_d      ONE token: [E_tau(tau index) (D/2) | E_d(d index) (D/2)].
+  action     ONE token: learned base embedding + sum of per-component encodings
+             (only the base embedding on unlabelled frames).
+  agent      Optional agent tokens (phase 2+): learned tokens + task embedding.
+             No other modality reads them (`transformer.dynamics_rule`).
+
+Index conventions (shared with `objectives/shortcut.py` and `inference/sampler.py`;
+the paper only says both are "discrete embedding lookups", the rest is our choice):
+  tau index  j_max = tau * k_max in 0..k_max. k_max is clean (tau = 1): it has its
+             own embedding row, which the shortcut loss never trains (Eq 4 only draws
+             tau < 1); it exists for callers that feed clean history.
+  d index    e with d = 2**-e, e in 0..log2(k_max): e = 0 is one jump from noise
+             (d = 1), e = log2(k_max) is d_min = 1/k_max (the flow-matching step).
+
+Frame t's action token holds the action that LED TO frame t (data_pipelines
+convention); the first frame of an episode is unlabelled.
+
+Shape letters: B batch, T frames, N latent tokens, L latent channels, S tokens per
+frame, D width, A action columns, K agent tokens, G = group * L grouped channels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from data_pipelines.envs.base import ActionSpec
+from dreamer4.errors import ConfigError
+from dreamer4.models import transformer as tr
+
+
+# ----------------------------------------------------------------------------------
+# Index conventions for the (tau, d) embeddings.
+# ----------------------------------------------------------------------------------
+
+
+def log2_exact(k: int, name: str = "config.model.k_max") -> int:
+  """log2 of a positive power of two, or a ConfigError naming `name`."""
+  k = int(k)
+  if k < 1 or k & (k - 1):
+    raise ConfigError(f"{name} must be a power of two >= 1, got {k}")
+  return k.bit_length() - 1
+
+
+def d_index(steps: int) -> int:
+  """d index of the step size d = 1 / steps (steps a power of two)."""
+  return log2_exact(steps, "steps per frame")
+
+
+def d_min_index(k_max: int) -> int:
+  """d index of the smallest step d_min = 1 / k_max."""
+  return log2_exact(k_max)
+
+
+def d_from_index(d_idx, dtype=jnp.float32):
+  """Step size 2**-d_idx as floats (exact for the small integers used here)."""
+  return jnp.exp2(-jnp.asarray(d_idx).astype(dtype))
+
+
+# ----------------------------------------------------------------------------------
+# The model.
+# ----------------------------------------------------------------------------------
+
+
+class Dynamics(nnx.Module):
+  """Block-causal shortcut/flow transformer over tokenizer latents (x-prediction)."""
+
+  def __init__(
+      self, *, num_latents: int, latent_dim: int, group: int, num_registers: int,
+      action_spec: ActionSpec, k_max: int = 64, width: int, depth: int, num_heads: int,
+      num_kv_heads: int, head_dim: int, mlp_dim: int, time_every: int,
+      softcap: float | None, context: int, num_agent_tokens: int = 0, num_tasks: int = 0,
+      rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
+  ):
+    if group < 1 or num_latents % group:
+      raise ConfigError(
+          f"config.model.group={group} must be >= 1 and divide the tokenizer's "
+          f"num_latents={num_latents}; pick a divisor of {num_latents}."
+      )
+    if num_registers < 0:
+      raise ConfigError(f"config.model.num_registers must be >= 0, got {num_registers}")
+    if width % 2:
+      raise ConfigError(
+          f"config.model.width={width} must be even: the (tau, d) token is two D/2 halves."
+      )
+    if context < 0:
+      raise ConfigError(f"config.model.context must be >= 0 (0 = unlimited), got {context}")
+    if num_agent_tokens < 0 or num_tasks < 0:
+      raise ConfigError("config.model.num_agent_tokens and num_tasks must be >= 0")
+    self.log2_k_max = log2_exact(k_max)
+    self.k_max = int(k_max)
+    self.num_latents = num_latents
+    self.latent_dim = latent_dim
+    self.group = group
+    self.num_spatial = num_latents // group
+    self.num_registers = num_registers
+    self.num_agent_tokens = num_agent_tokens
+    self.num_tasks = num_tasks
+    self.action_spec = action_spec
+    self.width = width
+    self.context = context
+    self.dtype = dtype
+    D, G = width, group * latent_dim
+
+    segments = [("spatial", self.num_spatial), ("registers", num_registers), ("tau_d", 1),
+                ("action", 1), ("agent", num_agent_tokens)]
+    # Empty segments are left out so the layout (and mask) only has real tokens.
+    self.layout = tr.TokenLayout(tuple((n, c) for n, c in segments if c > 0))
+
+    param = tr.make_param
+    small = nnx.initializers.truncated_normal(stddev=0.02)
+    zeros = nnx.initializers.zeros
+
+    # Spatial tokens: a linear map of the grouped latents.
+    self.latent_in_kernel = param(rngs, tr.fan_in_init(G), (G, D), (None, "embed"))
+    self.latent_in_bias = param(rngs, zeros, (D,), ("embed",))
+    if num_registers:
+      self.registers = param(rngs, small, (num_registers, D), (None, "embed"))
+    # (tau, d) token halves. Half-width dims stay unsharded (D/2 need not divide
+    # the FSDP axis); the tables are tiny.
+    self.tau_embed = param(rngs, small, (self.k_max + 1, D // 2), ("vocab", None))
+    self.d_embed = param(rngs, small, (self.log2_k_max + 1, D // 2), ("vocab", None))
+
+    # Action token. All lookups share one table: a discrete component of `size`
+    # classes owns `size` rows; each bit of a binary component owns 2 rows. Column
+    # c of actions_discrete reads row offset_c + clip(value, 0, size_c - 1).
+    offsets, sizes, rows = [], [], 0
+    for comp in action_spec.components:
+      if comp.kind == "discrete":
+        offsets.append(rows)
+        sizes.append(comp.size)
+        rows += comp.size
+      elif comp.kind == "binary":
+        for _ in range(comp.size):
+          offsets.append(rows)
+          sizes.append(2)
+          rows += 2
+    self._action_offsets = tuple(offsets)  # static Python ints, one per discrete column
+    self._action_sizes = tuple(sizes)
+    self.action_base = param(rngs, small, (D,), ("embed",))
+    if rows:
+      self.action_table = param(rngs, small, (rows, D), ("vocab", "embed"))
+    Ac = action_spec.continuous_columns
+    if Ac:
+      # One linear over all continuous columns equals the sum of one linear per
+      # continuous component (block structure), so a single kernel suffices. The bias
+      # lets a labelled all-zero action differ from the unlabelled base token.
+      self.action_cont_kernel = param(rngs, tr.fan_in_init(Ac), (Ac, D), (None, "embed"))
+      self.action_cont_bias = param(rngs, zeros, (D,), ("embed",))
+
+    if num_agent_tokens:
+      self.agent_tokens = param(rngs, small, (num_agent_tokens, D), (None, "embed"))
+      if num_tasks:
+        self.task_embed = param(rngs, small, (num_tasks, D), ("vocab", "embed"))
+
+    self.transformer = tr.Transformer(
+        width=D, depth=depth, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        head_dim=head_dim, mlp_dim=mlp_dim, time_every=time_every, softcap=softcap,
+        rngs=rngs, dtype=dtype, remat=remat,
+    )
+    self.readout_kernel = param(rngs, tr.fan_in_init(D), (D, G), ("embed", None))
+    self.readout_bias = param(rngs, zeros, (G,), (None,))
+
+  @classmethod
+  def from_config(cls, model_cfg, num_latents: int, latent_dim: int, action_spec: ActionSpec,
+                  rngs: nnx.Rngs) -> "Dynamics":
+    """Builds the model from `config.model` (an ml_collections ConfigDict).
+
+    `num_latents` / `latent_dim` come from the frozen tokenizer, `action_spec` from
+    the dataset.
+    """
+    return cls(
+        num_latents=int(num_latents),
+        latent_dim=int(latent_dim),
+        group=int(model_cfg.group),
+        num_registers=int(model_cfg.num_registers),
+        action_spec=action_spec,
+        k_max=int(model_cfg.get("k_max", 64)),
+        width=int(model_cfg.width),
+        depth=int(model_cfg.depth),
+        num_heads=int(model_cfg.num_heads),
+        num_kv_heads=int(model_cfg.num_kv_heads),
+        head_dim=int(model_cfg.head_dim),
+        mlp_dim=int(model_cfg.mlp_dim),
+        time_every=int(model_cfg.time_every),
+        softcap=model_cfg.softcap,
+        context=int(model_cfg.context),
+        num_agent_tokens=int(model_cfg.get("num_agent_tokens", 0)),
+        num_tasks=int(model_cfg.get("num_tasks", 0)),
+        rngs=rngs,
+        dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
+        remat=bool(model_cfg.get("remat", False)),
+    )
+
+  # --------------------------------------------------------------------------------
+  # Token construction and readout. Kept separate from the transformer call so a
+  # later KV-cached step can embed one frame, run the blocks with cached time-layer
+  # keys/values (`Attention.project_kv` already yields the cache entries), and read
+  # out with the same code.
+  # --------------------------------------------------------------------------------
+
+  def group_latents(self, z_BTNL):
+    """[B,T,N,L] -> [B,T,S_z,G]: spatial token s holds latents s*group .. s*group+group-1."""
+    B, T, N, L = z_BTNL.shape
+    return z_BTNL.reshape(B, T, self.num_spatial, self.group * L)
+
+  def ungroup_latents(self, z_BTSG):
+    B, T = z_BTSG.shape[:2]
+    return z_BTSG.reshape(B, T, self.num_latents, self.latent_dim)
+
+  def embed_tau_d(self, tau_idx_BT, d_idx_BT):
+    """The (tau, d) token [B,T,1,D]: concatenated halves of two lookups."""
+    tau_idx_BT = jnp.clip(jnp.asarray(tau_idx_BT, jnp.int32), 0, self.k_max)
+    d_idx_BT = jnp.clip(jnp.asarray(d_idx_BT, jnp.int32), 0, self.log2_k_max)
+    tau_BTD = jnp.take(self.tau_embed[...], tau_idx_BT, axis=0)
+    d_BTD = jnp.take(self.d_embed[...], d_idx_BT, axis=0)
+    return jnp.concatenate([tau_BTD, d_BTD], axis=-1)[:, :, None].astype(self.dtype)
+
+  def embed_actions(self, actions_discrete_BTA, action_labelled_BT, actions_continuous_BTA=None):
+    """The action token [B,T,1,D].
+
+    Args:
+      actions_discrete_BTA: int32 [B,T,Ad] (discrete and binary columns in spec
+        order); may be None when the spec has no such columns.
+      action_labelled_BT: bool [B,T]; False frames get only the base embedding.
+      actions_continuous_BTA: float [B,T,Ac], required iff the spec has continuous
+        columns.
+    """
+    spec = self.action_spec
+    labelled_BT = jnp.asarray(action_labelled_BT, dtype=bool)
+    B, T = labelled_BT.shape
+    sum_BTD = jnp.zeros((B, T, self.width), jnp.float32)
+    if self._action_offsets:
+      if actions_discrete_BTA is None or actions_discrete_BTA.shape[-1] != spec.discrete_columns:
+        got = None if actions_discrete_BTA is None else actions_discrete_BTA.shape
+        raise ValueError(f"actions_discrete_BTA must have {spec.discrete_columns} columns, got {got}")
+      offsets_A = np.asarray(self._action_offsets, np.int32)
+      max_A = np.asarray(self._action_sizes, np.int32) - 1
+      idx_BTA = jnp.clip(jnp.asarray(actions_discrete_BTA, jnp.int32), 0, max_A) + offsets_A
+      sum_BTD = sum_BTD + jnp.take(self.action_table[...], idx_BTA, axis=0).sum(axis=2)
+    if spec.continuous_columns:
+      if actions_continuous_BTA is None or actions_continuous_BTA.shape[-1] != spec.continuous_columns:
+        got = None if actions_continuous_BTA is None else actions_continuous_BTA.shape
+        raise ValueError(
+            f"actions_continuous_BTA must have {spec.continuous_columns} columns, got {got}"
+        )
+      cont_BTD = jnp.asarray(actions_continuous_BTA, jnp.float32) @ self.action_cont_kernel[...]
+      sum_BTD = sum_BTD + cont_BTD + self.action_cont_bias[...]
+    # where (not multiply) so garbage actions on unlabelled frames cannot leak in,
+    # even as NaNs.
+    act_BTD = self.action_base[...] + jnp.where(labelled_BT[..., None], sum_BTD, 0.0)
+    return act_BTD[:, :, None].astype(self.dtype)
+
+  def embed_agent(self, B: int, T: int, tasks_BT=None):
+    """Agent tokens [B,T,K,D]; `tasks_BT=None` means the learned tokens alone."""
+    agent_BTKD = jnp.broadcast_to(self.agent_tokens[...], (B, T) + self.agent_tokens.shape)
+    if tasks_BT is not None and self.num_tasks:
+      tasks_BT = jnp.clip(jnp.asarray(tasks_BT, jnp.int32), 0, self.num_tasks - 1)
+      agent_BTKD = agent_BTKD + jnp.take(self.task_embed[...], tasks_BT, axis=0)[:, :, None]
+    return agent_BTKD.astype(self.dtype)
+
+  def embed(self, z_BTNL, tau_idx_BT, d_idx_BT, actions_discrete_BTA, action_labelled_BT, *,
+            actions_continuous_BTA=None, tasks_BT=None):
+    """Builds the per-frame token blocks x_BTSD in layout order."""
+    B, T, N, L = z_BTNL.shape
+    if (N, L) != (self.num_latents, self.latent_dim):
+      raise ValueError(f"z_BTNL has latents {N}x{L}, model expects "
+                       f"{self.num_latents}x{self.latent_dim}")
+    dt = self.dtype
+    parts = {}
+    z_BTSG = self.group_latents(z_BTNL).astype(dt)
+    parts["spatial"] = z_BTSG @ self.latent_in_kernel[...].astype(dt) + self.latent_in_bias[...].astype(dt)
+    if self.num_registers:
+      parts["registers"] = jnp.broadcast_to(self.registers[...].astype(dt), (B, T) + self.registers.shape)
+    parts["tau_d"] = self.embed_tau_d(tau_idx_BT, d_idx_BT)
+    parts["action"] = self.embed_actions(actions_discrete_BTA, action_labelled_BT, actions_continuous_BTA)
+    if self.num_agent_tokens:
+      parts["agent"] = self.embed_agent(B, T, tasks_BT)
+    return jnp.concatenate([parts[name] for name in self.layout.names], axis=2)
+
+  def readout(self, y_BTSD):
+    """Clean-latent estimate z1_hat [B,T,N,L] (float32) from the spatial outputs."""
+    s_BTSD = y_BTSD[:, :, self.layout.slice("spatial")]
+    out_BTSG = s_BTSD @ self.readout_kernel[...].astype(self.dtype) + self.readout_bias[...].astype(self.dtype)
+    return self.ungroup_latents(out_BTSG.astype(jnp.float32))
+
+  def time_mask(self, T: int, independent_B=None):
+    """Causal time mask with the sliding window `context` (0 = unlimited)."""
+    return tr.time_mask(T, window=self.context or None, independent_B=independent_B)
+
+  def __call__(self, z_BTNL, tau_idx_BT, d_idx_BT, actions_discrete_BTA, action_labelled_BT, *,
+               actions_continuous_BTA=None, tasks_BT=None, independent_B=None,
+               return_tokens: bool = False):
+    """Predicts clean latents for every frame.
+
+    Args:
+      z_BTNL: Corrupted latents z~ = (1 - tau) z0 + tau z1, per frame.
+      tau_idx_BT: int32 signal-level index, tau = tau_idx / k_max (0..k_max).
+      d_idx_BT: int32 step-size index, d = 2**-d_idx (0..log2 k_max).
+      actions_discrete_BTA: int32 [B,T,Ad] discrete/binary action columns.
+      action_labelled_BT: bool [B,T]; False = use the "no action" base token.
+      actions_continuous_BTA: float [B,T,Ac] continuous columns, if any.
+      tasks_BT: int32 task ids for the agent tokens (ignored without agent tokens).
+      independent_B: Optional bool [B]; True rows get a diagonal time mask and are
+        treated as independent images [P §4].
+      return_tokens: Also return the transformer's output tokens.
+
+    Returns:
+      dict with z1_hat_BTNL (float32); agent_BTKD when the model has agent tokens;
+      tokens_BTSD when `return_tokens`.
+    """
+    B, T = z_BTNL.shape[:2]
+    x_BTSD = self.embed(
+        z_BTNL, tau_idx_BT, d_idx_BT, actions_discrete_BTA, action_labelled_BT,
+        actions_continuous_BTA=actions_continuous_BTA, tasks_BT=tasks_BT,
+    )
+    y_BTSD = self.transformer(
+        x_BTSD,
+        space_mask_SS=tr.space_mask(self.layout, tr.dynamics_rule(self.layout.names)),
+        time_mask_BTT=self.time_mask(T, independent_B),
+    )
+    out = {"z1_hat_BTNL": self.readout(y_BTSD)}
+    if self.num_agent_tokens:
+      out["agent_BTKD"] = y_BTSD[:, :, self.layout.slice("agent")]
+    if return_tokens:
+      out["tokens_BTSD"] = y_BTSD
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# Closures for the objective and the sampler, which only see apply functions.
+# ----------------------------------------------------------------------------------
+
+
+def make_training_fn(model: Dynamics, actions_discrete_BTA, action_labelled_BT, *,
+                     actions_continuous_BTA=None, tasks_BT=None):
+  """apply_fn(z, tau_idx, d_idx, independent_B) -> z1_hat for `shortcut_loss`.
+
+  The loss runs its bootstrap passes on the first n rows of the batch only, so the
+  closure slices every per-row input to the leading z.shape[0] rows.
+  """
+
+  def apply_fn(z_BTNL, tau_idx_BT, d_idx_BT, independent_B=None):
+    n = z_BTNL.shape[0]
+    rows = lambda a: None if a is None else a[:n]
+    return model(
+        z_BTNL, tau_idx_BT, d_idx_BT, rows(actions_discrete_BTA), rows(action_labelled_BT),
+        actions_continuous_BTA=rows(actions_continuous_BTA), tasks_BT=rows(tasks_BT),
+        independent_B=independent_B,
+    )["z1_hat_BTNL"]
+
+  return apply_fn
+
+
+def make_sampling_fn(model: Dynamics):
+  """apply_fn(z, tau_idx, d_idx, actions) -> z1_hat for `inference.sampler.generate`.
+
+  `actions` is the window of a dict with keys "discrete" [B,T,Ad] int32,
+  "labelled" [B,T] bool and optionally "continuous" [B,T,Ac] float32.
+  """
+
+  def apply_fn(z_BTNL, tau_idx_BT, d_idx_BT, actions):
+    return model(
+        z_BTNL, tau_idx_BT, d_idx_BT, actions.get("discrete"), actions["labelled"],
+        actions_continuous_BTA=actions.get("continuous"),
+    )["z1_hat_BTNL"]
+
+  return apply_fn
+
