@@ -48,6 +48,8 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.softcap = 50.0           # attention-logit soft cap c*tanh(x/c) (Gemma 2's value; paper: unstated)
   c.dtype = "float32"        # compute dtype; parameters are always float32 (XLA:CPU bf16 is not faster)
   c.remat = False            # rematerialise each block in the backward pass
+  c.context = 2              # time layers read at most this many frames (= data.window: encoding
+                             # whole episodes later keeps each frame's context as in training)
   if variant == "tiny":
     c.patch_size = 4
     c.num_latents = 4

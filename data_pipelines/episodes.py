@@ -507,7 +507,8 @@ class EpisodeStore:
         self._arrays[name] = arr.resize(exclusive_max=[new] + [None] * (arr.rank - 1), expand_only=True,
                                         resize_metadata_only=True).result()
 
-  def add_array(self, name: str, trailing_shape: Sequence[int], dtype: Any, attrs: dict[str, Any] | None = None):
+  def add_array(self, name: str, trailing_shape: Sequence[int], dtype: Any, attrs: dict[str, Any] | None = None,
+                overwrite: bool = False):
     """Adds a per-frame array [N, *trailing_shape] (e.g. tokenizer latents) next to frames.
 
     Existing rows read as zeros until written with `write`. `attrs` (JSON) is kept
@@ -515,6 +516,8 @@ class EpisodeStore:
     """
     if self._mode != "a":
       raise StoreError(f"dataset {self._path}: opened read-only; open it with mode='a' to add arrays")
+    if overwrite and name in self._metadata["extra_arrays"]:
+      self._arrays.pop(name, None)  # replaced below (delete_existing); e.g. latents of a new tokenizer
     if name in self._arrays or name in CORE_ARRAYS or not name.replace("_", "").isalnum():
       raise StoreError(f"dataset {self._path}: cannot add array {name!r}: the name is taken or not alphanumeric")
     dtype = np.dtype(dtype)
@@ -529,6 +532,18 @@ class EpisodeStore:
     self._arrays[name] = arr
     self._metadata["extra_arrays"][name] = {"trailing_shape": trailing, "dtype": dtype.name,
                                             "attrs": dict(attrs or {})}
+    self._write_json("metadata.json", self._metadata)
+
+  def array_attrs(self, name: str) -> dict[str, Any] | None:
+    """The attrs of an added array (None when the store has no such array)."""
+    entry = self._metadata["extra_arrays"].get(name)
+    return None if entry is None else dict(entry["attrs"])
+
+  def set_array_attrs(self, name: str, attrs: dict[str, Any]) -> None:
+    """Replaces an added array's attrs (e.g. to mark it complete after the last write)."""
+    if self._mode != "a" or name not in self._metadata["extra_arrays"]:
+      raise StoreError(f"dataset {self._path}: cannot set attrs of {name!r} (open with mode='a'; add it first)")
+    self._metadata["extra_arrays"][name]["attrs"] = dict(attrs)
     self._write_json("metadata.json", self._metadata)
 
   def write(self, name: str, start: int, values: np.ndarray) -> None:

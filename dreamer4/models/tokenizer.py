@@ -50,7 +50,7 @@ class Tokenizer(nnx.Module):
       self, *, frame_shape, patch_size: int, num_latents: int, latent_dim: int, width: int,
       enc_depth: int, dec_depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
-      dtype=jnp.float32, remat: bool = False,
+      dtype=jnp.float32, remat: bool = False, context: int = 0,
   ):
     H, W, C = frame_shape
     if H % patch_size or W % patch_size:
@@ -65,6 +65,10 @@ class Tokenizer(nnx.Module):
     self.num_latents = num_latents
     self.latent_dim = latent_dim
     self.dtype = dtype
+    # Sliding time window (frames) of the time layers; 0 = the whole clip. Encoding or
+    # decoding whole episodes with the training window keeps every frame's temporal
+    # context in distribution (our choice; the paper trains on 16-frame windows).
+    self.context = int(context)
     P, Q, N, L, D = self.num_patches, self.patch_dim, num_latents, latent_dim, width
 
     self.enc_layout = tr.TokenLayout((("patches", P), ("latents", N)))
@@ -119,13 +123,14 @@ class Tokenizer(nnx.Module):
         rngs=rngs,
         dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
         remat=bool(model_cfg.get("remat", False)),
+        context=int(model_cfg.get("context", 0)),
     )
 
   # --------------------------------------------------------------------------------
 
   def _time_mask(self, T):
-    # The tokenizer always uses plain causal time attention over the clip.
-    return tr.time_mask(T)
+    # Causal time attention, limited to the last `context` frames when set.
+    return tr.time_mask(T, window=self.context or None)
 
   def sample_mask(self, rng, B: int, T: int, max_mask_prob: float = 0.9):
     """MAE mask [B,T,P] (True = masked): per image p ~ U(0, max_mask_prob), then
@@ -135,7 +140,7 @@ class Tokenizer(nnx.Module):
     u_BTP = jax.random.uniform(drop_rng, (B, T, self.num_patches))
     return u_BTP < p_BT[..., None]
 
-  def _encode_patches(self, patches_BTPQ, mask_BTP):
+  def _encode_patches(self, patches_BTPQ, mask_BTP, time_mask_BTT=None):
     B, T = patches_BTPQ.shape[:2]
     x_BTPD = patches_BTPQ.astype(self.dtype) @ self.patch_in_kernel[...].astype(self.dtype)
     x_BTPD = x_BTPD + self.patch_in_bias[...].astype(self.dtype)
@@ -149,18 +154,22 @@ class Tokenizer(nnx.Module):
     y_BTSD = self.encoder(
         x_BTSD,
         space_mask_SS=tr.space_mask(self.enc_layout, tr.ENCODER_RULE),
-        time_mask_BTT=self._time_mask(T),
+        time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
     )
     lat_BTND = y_BTSD[:, :, self.enc_layout.slice("latents")]
     z_BTNL = lat_BTND @ self.bottleneck_kernel[...].astype(self.dtype)
     z_BTNL = jnp.tanh((z_BTNL + self.bottleneck_bias[...].astype(self.dtype)).astype(jnp.float32))
     return z_BTNL
 
-  def encode(self, frames_BTHWC):
-    """Frames in [0,1], [B,T,H,W,C] -> latents z in [-1,1], [B,T,N,L] (no masking)."""
-    return self._encode_patches(patchify(frames_BTHWC, self.patch_size), None)
+  def encode(self, frames_BTHWC, time_mask_BTT=None):
+    """Frames in [0,1], [B,T,H,W,C] -> latents z in [-1,1], [B,T,N,L] (no masking).
 
-  def _decode_patches(self, z_BTNL):
+    `time_mask_BTT` overrides the causal (windowed) time mask, e.g. to keep packed
+    episodes from reading each other when encoding a whole dataset.
+    """
+    return self._encode_patches(patchify(frames_BTHWC, self.patch_size), None, time_mask_BTT)
+
+  def _decode_patches(self, z_BTNL, time_mask_BTT=None):
     B, T = z_BTNL.shape[:2]
     lat_BTND = z_BTNL.astype(self.dtype) @ self.latent_up_kernel[...].astype(self.dtype)
     lat_BTND = lat_BTND + self.latent_up_bias[...].astype(self.dtype)
@@ -171,7 +180,7 @@ class Tokenizer(nnx.Module):
     y_BTSD = self.decoder(
         x_BTSD,
         space_mask_SS=tr.space_mask(self.dec_layout, tr.DECODER_RULE),
-        time_mask_BTT=self._time_mask(T),
+        time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
     )
     q_BTPD = y_BTSD[:, :, self.dec_layout.slice("queries")]
     out_BTPQ = q_BTPD @ self.readout_kernel[...].astype(self.dtype)
@@ -180,9 +189,14 @@ class Tokenizer(nnx.Module):
     # always in [0,1] (valid LPIPS input) with a smooth gradient, unlike clipping.
     return jax.nn.sigmoid(out_BTPQ)
 
-  def decode(self, z_BTNL):
+  def decode(self, z_BTNL, time_mask_BTT=None):
     """Latents [B,T,N,L] -> frames in [0,1], [B,T,H,W,C] (float32)."""
-    return unpatchify(self._decode_patches(z_BTNL), self.frame_shape, self.patch_size)
+    return unpatchify(self._decode_patches(z_BTNL, time_mask_BTT), self.frame_shape, self.patch_size)
+
+  @property
+  def receptive_field(self) -> int:
+    """How many past frames (beyond the current one) can reach a frame's latents."""
+    return (self.context - 1) * sum(self.encoder.time_layers) if self.context else -1
 
   def __call__(self, frames_BTHWC, *, mask_rng=None, max_mask_prob: float = 0.9):
     """Encodes (with MAE masking when `mask_rng` is given) and decodes.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PHASES = ("tokenizer", "pipeline")
+PHASES = ("tokenizer", "encode", "pipeline")
 
 
 def make_phase_factory(name: str):
@@ -15,6 +15,9 @@ def make_phase_factory(name: str):
 
 def run(config, workdir: str) -> dict:
   """Runs the phase named by `config.phase` in `workdir` (the in-process API of dreamer4.main)."""
+  if config.phase == "encode":
+    from dreamer4.phases.encode import encode_dataset
+    return encode_dataset(config, workdir)
   if config.phase == "pipeline":
     from dreamer4.pipeline import run_pipeline
     return run_pipeline(config, workdir)

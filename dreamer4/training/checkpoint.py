@@ -125,3 +125,36 @@ class Checkpointer:
 def host_scalar(x) -> np.ndarray:
   """A 0-d numpy array (safe for multi-host saves, unlike host-local jax scalars)."""
   return np.asarray(x)
+
+
+def restore_params(directory: str, abstract_params, step: int | None = None):
+  """(step, params) of a finished phase: only the "params" subtree, onto the target shardings.
+
+  Used to freeze an earlier phase (e.g. the tokenizer under the dynamics model). Shapes are
+  checked against the checkpoint's metadata first; a mismatch raises CheckpointError.
+  """
+  mngr = ocp.CheckpointManager(directory, item_names=("state",),
+                               item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+  try:
+    steps = sorted(mngr.all_steps())
+    if not steps:
+      raise CheckpointError(f"{directory} holds no checkpoint; train that phase first (its workdir is "
+                            f"the parent of {directory})")
+    step = steps[-1] if step is None else step
+    meta = mngr.item_metadata(step)["state"]
+    have = _paths(meta.get("params", {}) if hasattr(meta, "get") else meta["params"])
+    for k, w in _paths(abstract_params).items():
+      if k not in have:
+        raise CheckpointError(f"checkpoint {directory}/{step} lacks params/{k}: it was written by a "
+                              f"different model; point the config at the right workdir")
+      if tuple(have[k].shape) != tuple(w.shape):
+        raise CheckpointError(
+            f"checkpoint {directory}/{step}: params/{k} has shape {tuple(have[k].shape)} but the "
+            f"config builds {tuple(w.shape)}; the model settings disagree with the checkpoint")
+    target = {"params": abstract_params}
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)))
+    return step, out["state"]["params"]
+  finally:
+    mngr.close()
