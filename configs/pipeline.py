@@ -2,7 +2,8 @@ r"""Every phase in order on one dataset: the README's main job.
 
   python -m dreamer4.main --config=configs/pipeline.py:toy --workdir=runs/toy
 
-Stages run in order inside the workdir: `data/` (collected EpisodeStore), `tokenizer/`, ...
+Stages run in order inside the workdir: `data/` (collected EpisodeStore), `tokenizer/`,
+the encode job (latents into `data/`), `dynamics/`, ...
 A stage whose workdir holds a finished result is skipped; an interrupted one resumes.
 Override a stage's settings with its prefix, e.g. --config.tokenizer.train.num_steps=500.
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import dynamics as dynamics_config
+from configs import encode as encode_config
 from configs import tokenizer as tokenizer_config
 
 VARIANTS = ("toy", "tiny")
@@ -25,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.phase = "pipeline"       # dreamer4.main runs the stages below in order
   c.variant = variant
-  c.stages = ("collect", "tokenizer")  # stages to run, in this order
+  c.stages = ("collect", "tokenizer", "encode", "dynamics")  # stages to run, in this order
 
   c.collect = ml_collections.ConfigDict()
   c.collect.env = "toy"      # environment name (data_pipelines.envs.make_env)
@@ -35,7 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.collect.size = 64        # frame height and width
 
   c.tokenizer = tokenizer_config.get_config(variant)
+  c.encode = encode_config.get_config()
+  c.dynamics = dynamics_config.get_config(variant)
   if variant == "tiny":
     c.collect.episodes = 24
     c.collect.size = 16
+    c.collect.skills = "0.3,0.0"  # long episodes, so held-out windows of data.long_window exist
   return c

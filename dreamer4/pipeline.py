@@ -15,7 +15,7 @@ from etils import epath
 
 from dreamer4.errors import ConfigError
 
-TRAINED_STAGES = ("tokenizer",)
+TRAINED_STAGES = ("tokenizer", "dynamics")
 
 
 def stage_finished(stage_dir: str, num_steps: int) -> bool:
@@ -52,12 +52,20 @@ def run_pipeline(config, workdir: str) -> dict:
     if stage == "collect":
       collect_stage(config, data_path)
       continue
+    if stage == "encode":  # skips itself when the store already holds this tokenizer's latents
+      cfg = config.encode
+      cfg.data.path = cfg.data.path or data_path
+      cfg.tokenizer_workdir = cfg.tokenizer_workdir or os.path.join(workdir, "tokenizer")
+      results[stage] = run(cfg, os.path.join(workdir, "encode"))
+      continue
     if stage not in TRAINED_STAGES:
-      raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, "
+      raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, encode, "
                         f"{', '.join(TRAINED_STAGES)}")
     cfg = config[stage]
     if not cfg.data.path:
       cfg.data.path = data_path
+    if "tokenizer_workdir" in cfg and not cfg.tokenizer_workdir:
+      cfg.tokenizer_workdir = os.path.join(workdir, "tokenizer")
     stage_dir = os.path.join(workdir, stage)
     if stage_finished(stage_dir, cfg.train.num_steps):
       logging.info("%s: finished result in %s; skipped", stage, stage_dir)

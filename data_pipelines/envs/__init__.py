@@ -10,7 +10,12 @@ from data_pipelines.envs.toy import ToyWorld
 # Name -> constructor. Wrappers of heavy third-party envs (craftax, atari) should
 # register a function that imports their dependency lazily, so `import
 # data_pipelines.envs` stays cheap and jax-free.
-ENVS: dict[str, Callable[..., Env]] = {"toy": ToyWorld}
+def _craftax(**kwargs: Any) -> Env:
+  from data_pipelines.envs.craftax import CraftaxClassic  # pylint: disable=g-import-not-at-top
+  return CraftaxClassic(**kwargs)
+
+
+ENVS: dict[str, Callable[..., Env]] = {"toy": ToyWorld, "craftax": _craftax}
 
 
 def make_env(name: str, **kwargs: Any) -> Env:

@@ -223,10 +223,12 @@ def _make_expert(jax, jnp):
     short_of_table_wood = have[0] < req[stage, 0] + table_wood
 
     # ---- survival drives, with hysteresis kept in pstate (refill drink / food until nearly full).
-    drink_on = (state.player_drink <= 3) | (pstate["drink"] & (state.player_drink < 8))
-    food_on = (state.player_food <= 3) | (pstate["food"] & (state.player_food < 8))
+    drink_on = (state.player_drink <= 4) | (pstate["drink"] & (state.player_drink < 9))
+    food_on = (state.player_food <= 4) | (pstate["food"] & (state.player_food < 9))
     zombie_adjacent = jnp.any(zombies[nb_yx[:, 0], nb_yx[:, 1]])
-    sleepy = (state.player_energy <= 2) & ~state.is_sleeping
+    # Sleep when tired, or to heal faster when hurt (sleep starts only below 9 energy).
+    sleepy = ((state.player_energy <= 2) | ((state.player_health <= 3) & (state.player_energy < 8)))
+    sleepy = sleepy & ~state.is_sleeping
     # Shelter before sleeping: mobs spawn 10+ cells away, so a pocket of a few walkable cells
     # walled off by blocks is safe. Measure the walkable region reachable from the player.
     free_SS = walkable[w]
@@ -237,7 +239,8 @@ def _make_expert(jax, jnp):
       return reach | (nb & free_SS)
 
     reach = jax.lax.fori_loop(0, 8, grow, jnp.zeros((side, side), bool).at[c, c].set(True))
-    sheltered = reach.sum() <= 4
+    # Give up walling in after a while (the place-stone dance can cycle in open ground).
+    sheltered = (reach.sum() <= 4) | (pstate["shelter"] > 24)
 
     # Target codes: 0 none, else a block id; 100 = cow, 101 = zombie.
     # Mode: 0 navigate to target and "do"; 1 immediate action; 2 place (needs a free facing cell).
@@ -263,11 +266,11 @@ def _make_expert(jax, jnp):
     cur = pick(crafting & ~near_table & ~table_close, 2, ACT["place_table"], 0, cur)
     cur = pick(crafting & ~near_table & ~table_close & short_of_table_wood, 0, ACT["do"], TREE, cur)
     cur = pick(climbing & collect_res, 0, ACT["do"], res_target, cur)
-    # Survival overrides.
-    cur = pick(food_on, 0, ACT["do"], 100, cur)
-    cur = pick(drink_on, 0, ACT["do"], WATER, cur)
+    # Survival overrides: rest, then food and water (which may interrupt resting), then fighting.
     cur = pick(sleepy & (sheltered | (inv.stone == 0)), 1, ACT["sleep"], 0, cur)
     cur = pick(sleepy & ~sheltered & (inv.stone > 0), 2, ACT["place_stone"], 0, cur)
+    cur = pick(food_on & (jnp.any(cows) | ~sleepy), 0, ACT["do"], 100, cur)
+    cur = pick(drink_on & (jnp.any(w == WATER) | ~sleepy), 0, ACT["do"], WATER, cur)
     cur = pick(zombie_adjacent, 0, ACT["do"], 101, cur)
     mode, action_now, target = cur
 
@@ -321,7 +324,9 @@ def _make_expert(jax, jnp):
     rand_a = jnp.where((into_lava | (rand_a == ACT["sleep"])) & (skill > 0), ACT["noop"], rand_a)
     use_expert = jax.random.uniform(k_eps) < skill
     action = jnp.where(use_expert, action, rand_a).astype(jnp.int32)
-    new_pstate = {"heading": heading_out.astype(jnp.int32), "drink": drink_on, "food": food_on}
+    shelter = jnp.where(sleepy & ~sheltered & (inv.stone > 0), pstate["shelter"] + 1, 0)
+    new_pstate = {"heading": heading_out.astype(jnp.int32), "drink": drink_on, "food": food_on,
+                  "shelter": shelter.astype(jnp.int32)}
     return action, new_pstate
 
   return expert
@@ -331,7 +336,7 @@ def initial_policy_state(key=None) -> dict[str, Any]:
   """The expert's per-episode memory: exploration heading and refill flags."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   del key
-  return {"heading": jnp.int32(0), "drink": jnp.bool_(False), "food": jnp.bool_(False)}
+  return {"heading": jnp.int32(0), "drink": jnp.bool_(False), "food": jnp.bool_(False), "shelter": jnp.int32(0)}
 
 
 # ---------------------------------------------------------------------------- numpy wrapper
@@ -361,29 +366,32 @@ class CraftaxClassic:
     self.state = None
     self.task = 0
     self.steps = 0
-    self._jit = None
+    self._carry = None
+    self._expert = None
 
   def _fns(self):
-    if self._jit is None:
-      import jax  # pylint: disable=g-import-not-at-top
-      f = _craftax_fns(self.size, self.max_steps)
-      self._jit = {"reset": jax.jit(f["reset"]), "step": jax.jit(f["step"]), "expert": jax.jit(f["expert"])}
-    return self._jit
+    # The collector's batched programs with one env and one step per call, so a process that
+    # both collects (num_envs=1, chunk=1) and steps this wrapper compiles craftax only once.
+    return _batched_fns(self.size, self.max_steps, 1)
 
   def reset(self, seed: int, task: int | None = None) -> tuple[np.ndarray, int]:
     """Starts an episode from `seed`; returns (first frame uint8 [H,W,3], task id).
 
-    The task id only labels the episode (and steers `expert_action`); default 0.
+    The task id only labels the episode; default 0.
     """
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     self.task = 0 if task is None else int(task)
     if not 0 <= self.task < len(ACHIEVEMENT_NAMES):
       raise ValueError(f"CraftaxClassic: task must be in [0, {len(ACHIEVEMENT_NAMES)}), got {task}")
-    reset_key, self._step_key, self._policy_key = episode_keys(seed)
-    frame, self.state = self._fns()["reset"](reset_key)
-    self._pstate = initial_policy_state()
+    reset_key, step_key, policy_key = episode_keys(seed)
+    new_worlds, _, _ = self._fns()
+    frames, states = new_worlds(reset_key[None])
+    self._carry = {"state": states, "pstate": _batched_policy_state(1), "t": jnp.zeros((1,), jnp.int32),
+                   "done": jnp.zeros((1,), bool), "step_key": step_key[None], "policy_key": policy_key[None],
+                   "goal": jnp.full((1,), len(STAGES) - 1, jnp.int32), "skill": jnp.ones((1,), jnp.float32)}
+    self.state = jax_tree_first(states)
     self.steps = 0
-    return np.asarray(frame), self.task
+    return np.asarray(frames[0]), self.task
 
   def step(self, action: Any) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
     """Applies an action (int or int32 [1]); returns (frame, reward, done, info).
@@ -392,27 +400,36 @@ class CraftaxClassic:
     unlocked by this step), "achievements" (bool [22], all so far), "success"
     (the task's achievement is unlocked) and "task".
     """
-    import jax  # pylint: disable=g-import-not-at-top
     if self.state is None:
       raise RuntimeError("CraftaxClassic.step called before reset")
     a = int(np.asarray(action).reshape(-1)[0])
     if not 0 <= a < len(ACTION_NAMES):
       raise ValueError(f"CraftaxClassic: action must be in [0, {len(ACTION_NAMES)}), got {a}")
-    key = jax.random.fold_in(self._step_key, self.steps)
-    frame, self.state, unlocked, done, died = self._fns()["step"](self.state, np.int32(a), key)
+    _, _, rollout = self._fns()
+    self._carry, out = rollout(self._carry, np.full((1, 1), a, np.int32))
+    self.state = jax_tree_first(self._carry["state"])
     self.steps += 1
-    unlocked = np.asarray(unlocked)
+    unlocked = np.asarray(out["unlocked"][0, 0])
     achievements = np.asarray(self.state.achievements)
-    info = {"terminal": bool(died), "unlocked": unlocked, "achievements": achievements,
+    info = {"terminal": bool(out["died"][0, 0]), "unlocked": unlocked, "achievements": achievements,
             "success": bool(achievements[self.task]), "task": self.task}
-    return np.asarray(frame), float(unlocked.sum()), bool(done), info
+    return np.asarray(out["frame"][0, 0]), float(unlocked.sum()), bool(out["done"][0, 0]), info
 
   def expert_action(self, goal_stage: int = len(STAGES) - 1, skill: float = 1.0) -> np.ndarray:
-    """The scripted expert's next action (int32 [1]) for the current state."""
+    """The scripted expert's next action (int32 [1]) for the current state (its memory is not kept)."""
     import jax  # pylint: disable=g-import-not-at-top
-    key = jax.random.fold_in(self._policy_key, self.steps)
-    a, self._pstate = self._fns()["expert"](self.state, self._pstate, np.int32(goal_stage), np.float32(skill), key)
+    if self._expert is None:
+      self._expert = jax.jit(_craftax_fns(self.size, self.max_steps)["expert"])
+    c = self._carry
+    key = jax.random.fold_in(c["policy_key"][0], self.steps)
+    a, _ = self._expert(self.state, jax_tree_first(c["pstate"]), np.int32(goal_stage), np.float32(skill), key)
     return np.array([int(a)], np.int32)
+
+
+def jax_tree_first(tree):
+  """Row 0 of every leaf of a batched pytree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: x[0], tree)
 
 
 def episode_keys(seed: int):
@@ -424,8 +441,12 @@ def episode_keys(seed: int):
 # ---------------------------------------------------------------------------- batched collection
 
 
+@functools.lru_cache(maxsize=None)
 def _batched_fns(size: int, max_steps: int, chunk: int):
-  """Jitted batched functions: new_worlds(keys), merge(...) and rollout(carry) over `chunk` steps."""
+  """Jitted batched functions: new_worlds(keys), merge(...) and rollout(carry, forced) over `chunk` steps.
+
+  Cached, so the wrapper and the collector share compiled programs (same shapes: no recompilation).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   f = _craftax_fns(size, max_steps)
@@ -450,22 +471,25 @@ def _batched_fns(size: int, max_steps: int, chunk: int):
       out[name] = sel(x, carry[name])
     return out
 
-  def one_env_step(state, pstate, t, done, step_key, policy_key, goal, skill):
+  def one_env_step(state, pstate, t, done, step_key, policy_key, goal, skill, forced_action):
     action, pstate = f["expert"](state, pstate, goal, skill, jax.random.fold_in(policy_key, t))
+    action = jnp.where(forced_action >= 0, forced_action, action)
     frame, new_state, unlocked, new_done, died = f["step"](state, action, jax.random.fold_in(step_key, t))
     # Past the end of an episode the slot idles; its outputs are ignored on the host.
     return frame, new_state, pstate, action, unlocked, new_done | done, died
 
   @jax.jit
-  def rollout(carry):
-    def body(c, _):
+  def rollout(carry, forced_actions):
+    """forced_actions int32 [chunk, B]: the action to take, or -1 for the expert's."""
+    def body(c, forced):
       frame, state, pstate, action, unlocked, done, died = jax.vmap(one_env_step)(
-          c["state"], c["pstate"], c["t"], c["done"], c["step_key"], c["policy_key"], c["goal"], c["skill"])
+          c["state"], c["pstate"], c["t"], c["done"], c["step_key"], c["policy_key"], c["goal"], c["skill"],
+          forced)
       was_done = c["done"]
       c = dict(c, state=state, pstate=pstate, t=c["t"] + 1, done=done)
       return c, {"frame": frame, "action": action, "unlocked": unlocked, "done": done, "died": died,
                  "was_done": was_done}
-    return jax.lax.scan(body, carry, None, length=chunk)
+    return jax.lax.scan(body, carry, forced_actions)
 
   return new_worlds, merge, rollout
 
@@ -498,6 +522,7 @@ def collect_batched(episode_params: Callable[[int], tuple[int, float, int]], *, 
     raise ValueError("collect_batched: give max_episodes or max_frames")
   num_envs = max(1, min(num_envs, max_episodes or num_envs))
   new_worlds, merge, rollout = _batched_fns(size, max_steps, chunk)
+  no_force = jnp.full((chunk, num_envs), -1, jnp.int32)
   t0 = time.perf_counter()
 
   next_episode = 0
@@ -528,6 +553,7 @@ def collect_batched(episode_params: Callable[[int], tuple[int, float, int]], *, 
   successes: dict[int, bool] = {}
   carry = None
   total_frames, env_steps = 0, 0
+  last_log = -1e9
 
   def flush(assign, fresh_idx):
     """Moves the worlds reserve[fresh_idx[b]] into the slots b where assign[b]."""
@@ -576,7 +602,7 @@ def collect_batched(episode_params: Callable[[int], tuple[int, float, int]], *, 
     active = slot_episode >= 0
     if not active.any():
       break
-    carry, out = rollout(carry)
+    carry, out = rollout(carry, no_force)
     out = jax.device_get(out)
     env_steps += chunk * num_envs
     for b in np.flatnonzero(active):
@@ -596,8 +622,9 @@ def collect_batched(episode_params: Callable[[int], tuple[int, float, int]], *, 
         slot_parts[b] = []
         slot_episode[b] = -1
     emit_ready()
-    if log is not None:
-      secs = time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    if log is not None and secs - last_log >= 30.0:
+      last_log = secs
       log(f"craftax: {len(successes)} episodes, {total_frames} frames, {total_frames / secs:.0f} frames/s")
   emit_ready()
   seconds = time.perf_counter() - t0
@@ -610,7 +637,8 @@ def collect_batched(episode_params: Callable[[int], tuple[int, float, int]], *, 
 
 def _batched_policy_state(n: int) -> dict[str, Any]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  return {"heading": jnp.zeros((n,), jnp.int32), "drink": jnp.zeros((n,), bool), "food": jnp.zeros((n,), bool)}
+  return {"heading": jnp.zeros((n,), jnp.int32), "drink": jnp.zeros((n,), bool), "food": jnp.zeros((n,), bool),
+          "shelter": jnp.zeros((n,), jnp.int32)}
 
 
 def _finish(parts: Sequence[dict[str, np.ndarray]], goal_stage: int) -> dict[str, Any]:

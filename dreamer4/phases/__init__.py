@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-PHASES = ("tokenizer", "encode", "pipeline")
+PHASES = ("tokenizer", "encode", "dynamics", "pipeline")
 
 
 def make_phase_factory(name: str):
   if name == "tokenizer":
     from dreamer4.phases.tokenizer import make_phase
+    return make_phase
+  if name == "dynamics":
+    from dreamer4.phases.dynamics import make_phase
     return make_phase
   from dreamer4.errors import ConfigError
   raise ConfigError(f"--config.phase={name!r} is unknown; choose one of {', '.join(PHASES)}")

@@ -20,6 +20,7 @@ class TokenizerPhase:
 
   name = "tokenizer"
   data_fields = ("frames",)
+  read_fields = ("frames",)  # what the loader reads from the store
 
   def __init__(self, config, store):
     self.config = config
@@ -65,7 +66,8 @@ class TokenizerPhase:
             "reconstruction": first(out["recon_BTHWC"])}
 
 
-def make_phase(config, store) -> TokenizerPhase:
+def make_phase(config, store, mesh=None) -> TokenizerPhase:
+  del mesh  # the tokenizer has no frozen inputs to place
   return TokenizerPhase(config, store)
 
 

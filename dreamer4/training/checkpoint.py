@@ -34,14 +34,19 @@ def _paths(tree) -> dict[str, Any]:
 
 
 class Checkpointer:
-  """A thin wrapper over `ocp.CheckpointManager` with items "state" and (optionally) "data"."""
+  """A thin wrapper over `ocp.CheckpointManager`: item "state" plus one item per data iterator.
 
-  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, with_data: bool = True):
+  `data_names` names the Grain iterators saved beside the state (e.g. ("data", "data_long")
+  when short and long batches come from two iterators); () saves the state alone.
+  """
+
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+               data_names: tuple[str, ...] = ("data",)):
     self.directory = directory
-    self.with_data = with_data
+    self.data_names = tuple(data_names)
     handlers = {"state": ocp.StandardCheckpointHandler()}
-    if with_data:
-      handlers["data"] = grain.checkpoint.CheckpointHandler()
+    for name in self.data_names:
+      handlers[name] = grain.checkpoint.CheckpointHandler()
     self._mngr = ocp.CheckpointManager(
         directory,
         item_names=tuple(handlers),
@@ -57,10 +62,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
-  def save(self, step: int, state, data_iter=None, *, force: bool = False) -> bool:
+  def save(self, step: int, state, data_iters: dict | None = None, *, force: bool = False) -> bool:
     args = {"state": ocp.args.StandardSave(state)}
-    if self.with_data:
-      args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    for name in self.data_names:
+      args[name] = grain.checkpoint.CheckpointSave(data_iters[name])
     return self._mngr.save(int(step), args=ocp.args.Composite(**args), force=force)
 
   def check_compatible(self, step: int, abstract_state) -> None:
@@ -86,16 +91,19 @@ class Checkpointer:
             f"checkpoint {self.directory}/{step}: {k} has shape {tuple(h.shape)} but the config builds "
             f"{tuple(w.shape)}; use a new --workdir or the model config that wrote it")
 
-  def restore(self, step: int, abstract_state, data_iter=None):
-    """Restores onto the shardings carried by `abstract_state` (any mesh / process count)."""
+  def restore(self, step: int, abstract_state, data_iters: dict | None = None):
+    """Restores onto the shardings carried by `abstract_state` (any mesh / process count).
+
+    The Grain iterators in `data_iters` are advanced in place to their saved positions.
+    """
     self.check_compatible(step, abstract_state)
     args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if self.with_data and data_iter is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    for name, it in (data_iters or {}).items():
+      args[name] = grain.checkpoint.CheckpointRestore(it)
     out = self._mngr.restore(step, args=ocp.args.Composite(**args))
     return out["state"]
 
-  def restore_latest_good(self, abstract_state, data_iter=None):
+  def restore_latest_good(self, abstract_state, data_iters: dict | None = None):
     """(step, state) from the newest readable checkpoint, or (None, None) when there is none.
 
     An incompatible model raises; a damaged step (unreadable files) logs a warning naming
@@ -103,7 +111,7 @@ class Checkpointer:
     """
     for step in reversed(self.all_steps()):
       try:
-        return step, self.restore(step, abstract_state, data_iter)
+        return step, self.restore(step, abstract_state, data_iters)
       except CheckpointError as e:
         if "metadata unreadable" not in str(e):
           raise

@@ -56,3 +56,15 @@ def psnr(a, b, max_val: float = 1.0):
   xp = np if isinstance(a, np.ndarray) else jax.numpy
   mse = ((a - b) ** 2).reshape(a.shape[0], -1).mean(axis=1)
   return 10.0 * xp.log10(max_val**2 / xp.maximum(mse, 1e-10))
+
+
+def write_gif(path: str, videos_RTHWC: np.ndarray, fps: int = 8) -> None:
+  """Writes R videos side by side (one row each) as an animated GIF."""
+  import os
+
+  from PIL import Image
+  v = np.asarray(videos_RTHWC)
+  frames = [image_grid(v[:, t], cols=1) for t in range(v.shape[1])]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pil = [Image.fromarray(f) for f in frames]
+  pil[0].save(path, save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)

@@ -83,8 +83,8 @@ def open_dataset(config) -> EpisodeStore:
   return EpisodeStore.open(config.data.path)
 
 
-def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeStore], Phase]) -> dict:
-  """Trains `make_phase(config, store)` in `workdir`; resumes from its latest good checkpoint.
+def train_and_evaluate(config, workdir: str, make_phase: Callable[..., Phase]) -> dict:
+  """Trains `make_phase(config, store, mesh)` in `workdir`; resumes from its latest good checkpoint.
 
   Returns a summary dict (steps, timings, compile count, final metrics, and the final state).
   """
@@ -94,11 +94,11 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeS
   # ---------------------------------------------------------------- data
   store = open_dataset(config)
   train_ids, eval_ids = store.split(config.data.eval_fraction, seed=config.data.split_seed)
-  phase = make_phase(config, store)
 
   # ---------------------------------------------------------------- mesh
   mesh = shd.make_mesh(config.mesh)
   shd.check_batch_divides(ctc.batch_size, mesh)
+  phase = make_phase(config, store, mesh)
   local_batch = ctc.batch_size // jax.process_count()
   logging.info("mesh %s over %d devices, %d processes; global batch %d (%d per process)",
                dict(mesh.shape), jax.device_count(), jax.process_count(), ctc.batch_size, local_batch)
@@ -114,24 +114,44 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeS
   abstract = jax.eval_shape(init_fn, base_key)
   shardings = st.state_shardings(abstract, mdef.param_shardings(mesh), tx, mesh)
   rep = shd.replicated(mesh)
-  frozen = jax.device_put(phase.frozen(), rep)
+  # Constant inputs: numpy goes to every device once; arrays already placed (a frozen
+  # earlier phase restored onto this mesh) keep their shardings.
+  frozen = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, rep), phase.frozen())
   logging.info("model %s: %.2fM parameters", phase.name, mdef.num_params() / 1e6)
 
   # ---------------------------------------------------------------- checkpoint and resume
   ckpt_dir = os.path.join(workdir, "checkpoints")
+  long_window = int(config.data.get("long_window", 0))
+  fields = tuple(getattr(phase, "read_fields", None) or data_loader.DEFAULT_FIELDS)
   try:
-    data_iter = data_loader.train_iterator(
-        config.data.path, window=config.data.window, batch_size=local_batch, seed=config.data.seed,
-        episode_ids=train_ids, process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+    def make_iter(window):
+      return data_loader.train_iterator(
+          config.data.path, window=window, batch_size=local_batch, seed=config.data.seed,
+          episode_ids=train_ids, process_index=jax.process_index(), process_count=jax.process_count(),
+          num_threads=config.data.num_threads, prefetch=config.data.prefetch, fields=fields)
+    # Alternating batch lengths (PAPER §3.2): short windows most steps, a long one every
+    # `long_every` steps and for the last `long_final_steps`; exactly two step shapes.
+    data_iters = {"data": make_iter(config.data.window)}
+    if long_window:
+      data_iters["data_long"] = make_iter(long_window)
     eval_local = data_loader.eval_batches(
-        config.data.path, window=config.data.window, batch_size=local_batch, episode_ids=eval_ids,
-        max_batches=config.eval.num_batches)  # the same eval windows on every process
+        config.data.path, window=long_window or config.data.window, batch_size=local_batch,
+        episode_ids=eval_ids, max_batches=config.eval.num_batches, fields=fields)
   except ValueError as e:  # the loader's one-line messages name the dataset and the setting
     raise UserError(str(e)) from None
-  ckpt = Checkpointer(ckpt_dir, keep=ctc.keep_checkpoints, async_save=ctc.async_checkpoints)
+
+  def batch_kind(iteration: int) -> str:
+    if not long_window:
+      return "data"
+    if iteration > ctc.num_steps - ctc.get("long_final_steps", 0):
+      return "data_long"
+    every = ctc.get("long_every", 0)
+    return "data_long" if every and iteration % every == 0 else "data"
+
+  ckpt = Checkpointer(ckpt_dir, keep=ctc.keep_checkpoints, async_save=ctc.async_checkpoints,
+                      data_names=tuple(data_iters))
   with jax.set_mesh(mesh):
-    start_step, state = ckpt.restore_latest_good(st.to_abstract(abstract, shardings), data_iter)
+    start_step, state = ckpt.restore_latest_good(st.to_abstract(abstract, shardings), data_iters)
     if state is None:
       start_step = 0
       state = jax.jit(init_fn, out_shardings=shardings)(base_key)
@@ -189,7 +209,7 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeS
   try:
     while step < min(stop_at, ctc.num_steps):
       t0 = time.time()
-      local = next(data_iter)
+      local = next(data_iters[batch_kind(step + 1)])
       with jax.set_mesh(mesh):
         state, metrics = p_train(state, to_device(local), base_key, frozen)
       iteration = step + 1
@@ -214,22 +234,26 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeS
         eval_metrics = evaluate(state)
         writer.write_scalars(iteration, eval_metrics)
       if ctc.summary_every and iteration % ctc.summary_every == 0 and eval_local:
-        write_summaries(writer, iteration, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh)
+        write_summaries(writer, iteration, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh,
+                        workdir)
       step = iteration
       if preempt.agreed():
         stop_reason = "preempted"
         break
       if iteration % ctc.checkpoint_every == 0:
-        _save(ckpt, iteration, state, data_iter, ctc)
+        _save(ckpt, iteration, state, data_iters, ctc)
         last_saved = iteration
     jax.block_until_ready(state)
     steps_timed = step - start_step - 1
     t_timed = time.time() - t_after_first if t_after_first else 0.0
     if step != last_saved and int(jax.device_get(state["nonfinite"])) == 0:
-      _save(ckpt, step, state, data_iter, ctc, force=True)
+      _save(ckpt, step, state, data_iters, ctc, force=True)
     if stop_reason == "finished" and step >= ctc.num_steps:
       eval_metrics = evaluate(state)
       writer.write_scalars(step, eval_metrics)
+      if eval_local:
+        write_summaries(writer, step, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh,
+                        workdir)
   finally:
     preempt.uninstall()
     ckpt.close()
@@ -251,14 +275,25 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[[Any, EpisodeS
   return summary
 
 
-def _save(ckpt: Checkpointer, step: int, state, data_iter, ctc, force: bool = False):
+def _save(ckpt: Checkpointer, step: int, state, data_iters, ctc, force: bool = False):
   # A non-finite step never changes the state (make_train_step), so what is saved is finite.
-  ckpt.save(step, state, data_iter, force=force)
+  ckpt.save(step, state, data_iters, force=force)
   if not ctc.async_checkpoints:
     ckpt.wait()
 
 
-def write_summaries(writer, step, p_summary, state, batch, key, frozen, mesh):
+def write_summaries(writer, step, p_summary, state, batch, key, frozen, mesh, workdir):
+  """Image grids to TensorBoard. [N,h,w,c] arrays tile 8 wide; [R,T,h,w,c] arrays are R
+  videos of T frames: one strip per row, and a GIF per array under workdir/videos."""
   with jax.set_mesh(mesh):
     images = jax.device_get(p_summary(state["params"], batch, jax.random.fold_in(key, step), frozen))
-  writer.write_images(step, {k: mt.image_grid(v, cols=min(8, len(v)))[None] for k, v in images.items()})
+  grids = {}
+  for name, v in images.items():
+    v = np.asarray(v)
+    if v.ndim == 5:
+      grids[name] = mt.image_grid(v.reshape((-1,) + v.shape[2:]), cols=v.shape[1])[None]
+      if jax.process_index() == 0:
+        mt.write_gif(os.path.join(workdir, "videos", f"{name}_{step:07d}.gif"), v)
+    else:
+      grids[name] = mt.image_grid(v, cols=min(8, len(v)))[None]
+  writer.write_images(step, grids)

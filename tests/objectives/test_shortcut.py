@@ -1,5 +1,7 @@
 """Tests for the shortcut forcing objective."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,13 +22,18 @@ def test_division_free_form_equals_velocity_form():
   tau = levels["tau_BT"].at[0, 0].set(0.0).at[0, 1].set(63 / 64)
   keys = jax.random.split(jax.random.key(1), 4)
   z1_hat, z_tilde, b1, b2 = (3.0 * jax.random.normal(k, (B, T, N, L)) for k in keys)
-  division_free = np.asarray(sc.bootstrap_frame_loss(z1_hat, z_tilde, b1, b2, tau))
-  velocity = np.asarray(sc.bootstrap_target_velocity_form(z1_hat, z_tilde, b1, b2, tau))
+
+  @jax.jit
+  def both(z1_hat, z_tilde, b1, b2, tau):
+    forms = (sc.bootstrap_frame_loss, sc.bootstrap_target_velocity_form)
+    values = [f(z1_hat, z_tilde, b1, b2, tau) for f in forms]
+    # Gradients w.r.t. the prediction (the target is under sg in both forms).
+    grads = [jax.grad(lambda x, f=f: f(x, z_tilde, b1, b2, tau).sum())(z1_hat) for f in forms]
+    return values, grads
+
+  (division_free, velocity), (g1, g2) = both(z1_hat, z_tilde, b1, b2, tau)
   assert division_free.shape == (B, T)
-  np.testing.assert_allclose(division_free, velocity, rtol=2e-5, atol=1e-6)
-  # And the gradients w.r.t. the prediction agree (the target is under sg in both).
-  g1 = jax.grad(lambda x: sc.bootstrap_frame_loss(x, z_tilde, b1, b2, tau).sum())(z1_hat)
-  g2 = jax.grad(lambda x: sc.bootstrap_target_velocity_form(x, z_tilde, b1, b2, tau).sum())(z1_hat)
+  np.testing.assert_allclose(np.asarray(division_free), np.asarray(velocity), rtol=2e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=2e-4, atol=1e-6)
 
 
@@ -65,8 +72,10 @@ def test_ramp_weights_and_exact_targets():
   k_max, B, T = 16, 8, 6
   z1 = jax.random.normal(jax.random.key(0), (B, T, 2, 3))
   c = 0.5
-  loss, m = sc.shortcut_loss(_const_apply(z1 + c), z1, jax.random.key(1), k_max=k_max,
-                             bootstrap_fraction=0.5, return_frames=True)
+  loss_fn = jax.jit(functools.partial(
+      sc.shortcut_loss, _const_apply(z1 + c), k_max=k_max, bootstrap_fraction=0.5,
+      return_frames=True), static_argnames="ramp")
+  loss, m = loss_fn(z1, jax.random.key(1), ramp=True)
   f = {k: np.asarray(v) for k, v in m["frames"].items()}
   np.testing.assert_allclose(f["weight_BT"], 0.9 * f["tau_BT"] + 0.1, rtol=1e-6)
   np.testing.assert_array_equal(f["tau_BT"], f["tau_idx_BT"] / k_max)
@@ -85,8 +94,7 @@ def test_ramp_weights_and_exact_targets():
   np.testing.assert_allclose(float(m["flow_mse"]), c * c, rtol=1e-5)
   assert float(m["bootstrap_rows"]) == 4 and float(m["independent_rows"]) == 2
   assert int(f["independent_B"].sum()) == 2
-  _, m_flat = sc.shortcut_loss(_const_apply(z1 + c), z1, jax.random.key(1), k_max=k_max,
-                               bootstrap_fraction=0.5, ramp=False, return_frames=True)
+  _, m_flat = loss_fn(z1, jax.random.key(1), ramp=False)
   np.testing.assert_array_equal(np.asarray(m_flat["frames"]["weight_BT"]), 1.0)
   np.testing.assert_allclose(float(m_flat["flow_loss"]), c * c, rtol=1e-5)
 
@@ -101,8 +109,11 @@ def test_bootstrap_passes_advance_the_whole_sequence():
     calls.append(tuple(np.asarray(a) for a in (z, tau_idx, d_idx, independent_B)))
     return jnp.broadcast_to(target[: z.shape[0]], z.shape)
 
-  _, m = sc.shortcut_loss(apply_fn, z1, jax.random.key(5), k_max=k_max, bootstrap_fraction=0.5,
-                          independent_fraction=0.25, return_frames=True)
+  # disable_jit runs the 2-step bootstrap scan as a Python loop, so the recorder
+  # sees concrete arrays.
+  with jax.disable_jit():
+    sc.shortcut_loss(apply_fn, z1, jax.random.key(5), k_max=k_max, bootstrap_fraction=0.5,
+                     independent_fraction=0.25)
   assert [c[0].shape[0] for c in calls] == [4, 2, 2]  # main pass, two half-step passes
   (z_t, tau_idx, d_idx, ind), (z_a, tau_a, d_a, ind_a), (z_b, tau_b, d_b, ind_b) = calls
   assert ind.sum() == 1
@@ -128,7 +139,8 @@ def test_bootstrap_passes_advance_the_whole_sequence():
   assert abs(noise.std() - 1.0) < 0.2
 
   calls.clear()
-  sc.shortcut_loss(apply_fn, z1, jax.random.key(5), k_max=k_max, bootstrap_fraction=0.0)
+  with jax.disable_jit():
+    sc.shortcut_loss(apply_fn, z1, jax.random.key(5), k_max=k_max, bootstrap_fraction=0.0)
   assert len(calls) == 1 and np.all(calls[0][2] == 3)  # flow only: d = d_min everywhere
 
 
@@ -144,8 +156,12 @@ def _model():
     return Dynamics.from_config(cfg, 4, 4, SPEC, nnx.Rngs(0))
 
 
+GRAD_NAMES = ("transformer", "latent_in_kernel", "readout_kernel", "tau_embed", "d_embed",
+              "action_table", "action_base")
+
+
 def _global_norm(tree):
-  return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 def test_real_model_loss_gradients_and_short_fit():
@@ -159,30 +175,26 @@ def test_real_model_loss_gradients_and_short_fit():
                           jax.random.randint(keys[2], (B, T, 2), 0, 2)], axis=-1)
   labelled = jnp.ones((B, T), bool).at[:, 0].set(False)
 
-  def loss_fn(model, rng, bootstrap_fraction):
-    apply_fn = make_training_fn(model, disc, labelled)
-    return sc.shortcut_loss(apply_fn, z1, rng, k_max=8, bootstrap_fraction=bootstrap_fraction)
-
   @nnx.jit
   def train_step(model, opt, rng):
-    (loss, metrics), grads = nnx.value_and_grad(
-        lambda m: loss_fn(m, rng, 0.5), has_aux=True)(model)
+    def loss_fn(model):
+      apply_fn = make_training_fn(model, disc, labelled)
+      return sc.shortcut_loss(apply_fn, z1, rng, k_max=8, bootstrap_fraction=0.5)
+
+    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     opt.update(model, grads)
-    return loss, metrics, grads
+    return loss, metrics, {name: _global_norm(grads[name]) for name in GRAD_NAMES}
 
-  @nnx.jit
-  def flow_loss(model):
-    return loss_fn(model, jax.random.key(123), 0.0)[1]["flow_loss"]
-
-  before = float(flow_loss(model))
-  loss, metrics, grads = train_step(model, opt, jax.random.key(1))
+  # A fixed batch and a fixed key (same noise and levels every step): the reported
+  # losses are those of the parameters before each update.
+  rng = jax.random.key(1)
+  loss, first, grad_norms = train_step(model, opt, rng)
   assert np.isfinite(float(loss)) and float(loss) > 0
-  assert float(metrics["bootstrap_rows"]) == 2
-  for name in ("transformer", "latent_in_kernel", "readout_kernel", "tau_embed", "d_embed",
-               "action_table", "action_base"):
-    g = _global_norm(grads[name])
-    assert np.isfinite(g) and g > 0, name
-  for i in range(2, 13):
-    train_step(model, opt, jax.random.key(i))
-  after = float(flow_loss(model))
-  assert after < 0.8 * before, (before, after)
+  assert float(first["bootstrap_rows"]) == 2 and float(first["bootstrap_frames"]) > 0
+  for name, g in grad_norms.items():
+    assert np.isfinite(float(g)) and float(g) > 0, name
+  for _ in range(9):
+    loss, last, _ = train_step(model, opt, rng)
+  # Measured: flow loss 0.32 -> 0.09 after 9 Adam(3e-3) steps.
+  assert float(last["flow_loss"]) < 0.7 * float(first["flow_loss"]), (first, last)
+  assert float(loss) < float(first["loss"])

@@ -27,7 +27,7 @@ def tokenizer_workdir(tmp_path_factory, tiny_store):
   phase = TokenizerPhase(cfg, EpisodeStore.open(tiny_store))
   tx = st.make_optimizer(cfg.optim, 10)
   state = jax.jit(lambda r: st.init_state(phase.model_def.init_params(r), tx, phase.init_aux()))(jax.random.key(5))
-  ck = Checkpointer(f"{workdir}/checkpoints", with_data=False)
+  ck = Checkpointer(f"{workdir}/checkpoints", data_names=())
   ck.save(4, state)
   ck.close()
   write_config(workdir, cfg)

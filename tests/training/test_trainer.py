@@ -79,14 +79,14 @@ def test_checkpoint_restores_onto_other_meshes(tiny_config, tmp_path):
   sh = st.state_shardings(abstract, phase.model_def.param_shardings(mesh), tx, mesh)
   with jax.set_mesh(mesh):
     state = jax.jit(init, out_shardings=sh)(jax.random.key(3))
-  ckpt = Checkpointer(str(tmp_path / "ck"), with_data=False)
+  ckpt = Checkpointer(str(tmp_path / "ck"), data_names=())
   ckpt.save(7, state)
   ckpt.close()
   want = jax.device_get(state)
   for shape, n in (((8, 1, 1), 8), ((1, 2, 2), 4), ((1, 1, 1), 1)):
     mesh2 = _mesh(shape, n)
     sh2 = st.state_shardings(abstract, phase.model_def.param_shardings(mesh2), tx, mesh2)
-    ck2 = Checkpointer(str(tmp_path / "ck"), with_data=False)
+    ck2 = Checkpointer(str(tmp_path / "ck"), data_names=())
     with jax.set_mesh(mesh2):
       got = ck2.restore(7, st.to_abstract(abstract, sh2))
     ck2.close()

@@ -1,0 +1,113 @@
+r"""Phase 1b: the interactive dynamics model, shortcut forcing on frozen-tokenizer latents.
+
+Run (after the tokenizer and the encode job, see configs/encode.py):
+
+  python -m dreamer4.main --config=configs/dynamics.py:toy --workdir=runs/toy/dynamics \
+      --config.data.path=runs/toy/data --config.tokenizer_workdir=runs/toy/tokenizer
+
+Variants: toy (the laptop default), tiny (seconds; tests).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from configs import tokenizer as tokenizer_config
+
+VARIANTS = ("toy", "tiny")
+
+
+def model_config(variant: str) -> ml_collections.ConfigDict:
+  """Dynamics size. Widths/depths are our choice (paper: 1.6B total, unstated shapes)."""
+  c = ml_collections.ConfigDict()
+  c.group = 2                # latent tokens concatenated per spatial token (paper: 512x16 -> 256x32)
+  c.num_registers = 2        # S_r learned register tokens per frame (paper: unstated)
+  c.k_max = 64               # finest step size 1/k_max; the tau/d grid (paper: unstated, 64 common)
+  c.width = 128              # model width
+  c.depth = 8                # layers (a time layer every time_every)
+  c.num_heads = 4            # query heads
+  c.num_kv_heads = 2         # GQA key/value heads (the paper uses GQA everywhere in the dynamics)
+  c.head_dim = 32            # per-head width
+  c.mlp_dim = 512            # SwiGLU hidden width
+  c.time_every = 4           # a causal time layer every N layers (the N-th of each group)
+  c.softcap = 50.0           # attention-logit soft cap
+  c.context = 16             # C: sliding time window in frames; must be < data.long_window
+  c.dtype = "float32"        # compute dtype (params are float32)
+  c.remat = False            # rematerialise each block
+  if variant == "tiny":
+    c.num_registers = 1
+    c.k_max = 8
+    c.width = 32
+    c.depth = 2
+    c.num_heads = 2
+    c.num_kv_heads = 1
+    c.head_dim = 16
+    c.mlp_dim = 64
+    c.time_every = 2
+    c.context = 4
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "toy"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/dynamics.py: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.phase = "dynamics"       # which phase dreamer4.main runs
+  c.variant = variant
+  c.tokenizer_workdir = ""   # workdir of the finished tokenizer (frozen; its latents must be in the store)
+  c.data = tokenizer_config.data_config(window=8)
+  c.data.long_window = 20    # T2: long windows (> model.context); 0 disables alternating lengths
+  c.model = model_config(variant)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.bootstrap_fraction = 0.5  # rows trained with Eq-4 step sizes (3 forward passes); the rest flow-only
+  c.loss.independent_fraction = 0.3  # rows trained as independent images (diagonal time mask) [P §4]
+  c.loss.rms_decay = 0.99    # EMA decay of the RMS loss normaliser
+
+  c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
+  c.mesh = common.mesh_config("data")
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seed = 0           # model init and step randomness
+  c.train.batch_size = 16    # GLOBAL batch of windows
+  c.train.num_steps = 3000   # optimiser steps
+  c.train.long_every = 10    # every N-th step uses a long window (T2)
+  c.train.long_final_steps = 300  # the last N steps use long windows only (long finetune)
+  c.train.stop_at_step = 0   # stop (with a checkpoint) at this step as if interrupted; 0: never
+  c.train.log_every = 50     # scalar metrics and progress
+  c.train.eval_every = 1000  # rollout evaluation
+  c.train.summary_every = 0  # (videos are written by the evaluation)
+  c.train.checkpoint_every = 500  # async Orbax checkpoint (state + both data iterators)
+  c.train.keep_checkpoints = 3  # checkpoints kept
+  c.train.async_checkpoints = True  # save in the background
+  c.train.max_nonfinite = 20  # stop after this many non-finite steps in a row
+  c.train.profile_steps = 0  # steps captured by clu's Profile hook (0: off)
+  c.train.profile_first = 20  # first profiled step
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_batches = 2     # held-out batches per evaluation
+  c.eval.context_frames = 4  # C_eval: true frames given before generating
+  c.eval.horizon = 16        # frames generated (window = context_frames + horizon <= data.long_window)
+  c.eval.sampling_steps = (1, 2, 4, 8, 64)  # K values compared (shortcut steps per frame)
+  c.eval.context_noise = 0.1  # history corrupted to signal 1 - 0.1 (the paper's "tau_ctx = 0.1")
+  c.eval.videos = 4          # rollouts written to TensorBoard (truth | generated)
+
+  if variant == "tiny":
+    c.data.window = 4
+    c.data.long_window = 6
+    c.train.batch_size = 8
+    c.train.num_steps = 6
+    c.train.long_every = 3
+    c.train.long_final_steps = 1
+    c.train.log_every = 2
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 3
+    c.optim.warmup_steps = 2
+    c.eval.num_batches = 1
+    c.eval.context_frames = 2
+    c.eval.horizon = 4
+    c.eval.sampling_steps = (1, 4)
+    c.eval.videos = 2
+  return c

@@ -1,0 +1,123 @@
+"""Phase 1b: interactive dynamics on frozen-tokenizer latents, trained with shortcut forcing.
+
+The train step reads latents (written into the store by the encode job), never pixels.
+Evaluation generates `eval.horizon` frames after `eval.context_frames` true ones, decodes
+them with the frozen tokenizer, and reports PSNR/SSIM per horizon step for each number
+of sampling steps K, plus the same rollout with shuffled actions (action sensitivity).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dreamer4.errors import ConfigError, UserError
+from dreamer4.evaluation import video_metrics as vm
+from dreamer4.inference.sampler import generate
+from dreamer4.models.dynamics import Dynamics, make_sampling_fn, make_training_fn
+from dreamer4.objectives import normalize
+from dreamer4.objectives.shortcut import shortcut_loss
+from dreamer4.phases.encode import LATENTS, latents_attrs, latents_ready
+from dreamer4.phases.tokenizer import load_tokenizer
+from dreamer4.training.state import ModelDef
+
+
+class DynamicsPhase:
+  """Plugs the dynamics model into the trainer (see dreamer4/training/trainer.py `Phase`)."""
+
+  name = "dynamics"
+  data_fields = ("latents", "actions_discrete", "action_labelled")
+  read_fields = ("latents", "actions_discrete", "action_labelled")
+
+  def __init__(self, config, store, mesh):
+    self.config = config
+    tcfg, self.tok_def, self.tok_params, step = load_tokenizer(config.tokenizer_workdir, mesh, store.frame_shape)
+    attrs = latents_attrs(config.tokenizer_workdir, step, tcfg)
+    if not latents_ready(store, attrs):
+      have = store.array_attrs(LATENTS)
+      raise UserError(
+          f"dataset {store.path} holds no complete latents of tokenizer {config.tokenizer_workdir} step "
+          f"{step} (found: {have}); run python -m dreamer4.main --config=configs/encode.py "
+          f"--config.data.path={store.path} --config.tokenizer_workdir={config.tokenizer_workdir}")
+    self.num_latents, self.latent_dim = attrs["num_latents"], attrs["latent_dim"]
+    m = config.model
+    long_window = int(config.data.get("long_window", 0))
+    if m.context and long_window and long_window <= m.context:
+      raise ConfigError(f"--config.data.long_window={long_window} must exceed --config.model.context="
+                        f"{m.context} (PAPER §3.2: batch length > context length)")
+    ev = config.eval
+    if ev.context_frames + ev.horizon > (long_window or config.data.window):
+      raise ConfigError(f"--config.eval.context_frames + --config.eval.horizon = {ev.context_frames + ev.horizon} "
+                        f"exceeds the evaluation window {long_window or config.data.window} (data.long_window)")
+    action_spec = store.action_spec
+    try:
+      self.model_def = ModelDef.build(lambda rng: Dynamics.from_config(
+          m, self.num_latents, self.latent_dim, action_spec, nnx.Rngs(rng)))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
+  def init_aux(self):
+    return normalize.rms_init(("dynamics",))
+
+  def frozen(self):
+    return {"tokenizer": self.tok_params}
+
+  def loss_fn(self, params, aux, batch, rng, frozen):
+    del frozen  # the step never decodes to pixels
+    c = self.config
+    model = self.model_def.merge(params)
+    apply_fn = make_training_fn(model, batch["actions_discrete"], batch["action_labelled"])
+    loss, metrics = shortcut_loss(apply_fn, batch["latents"], rng, k_max=c.model.k_max,
+                                  bootstrap_fraction=c.loss.bootstrap_fraction,
+                                  independent_fraction=c.loss.independent_fraction)
+    norm, aux = normalize.rms_normalize(aux, "dynamics", loss, decay=c.loss.rms_decay)
+    return norm, (aux, dict(metrics, shortcut_loss=loss))
+
+  # ---------------------------------------------------------------- evaluation
+
+  def _rollouts(self, params, tok_params, batch, rng, k: int, shuffle_actions: bool = False):
+    """Decoded (truth, generated) frames [B, H, h, w, c] for one K."""
+    ev, m = self.config.eval, self.config.model
+    C, H = ev.context_frames, ev.horizon
+    z_BTNL = batch["latents"][:, :C + H]
+    actions = {"discrete": batch["actions_discrete"][:, :C + H], "labelled": batch["action_labelled"][:, :C + H]}
+    if shuffle_actions:  # another window's actions: the rollout should get clearly worse
+      actions = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), actions)
+    model = self.model_def.merge(params)
+    out = generate(make_sampling_fn(model), z_BTNL[:, :C], actions, rng, horizon=H, k=k, k_max=m.k_max,
+                   context_noise=ev.context_noise, window=m.context or (C + H))
+    tokenizer = self.tok_def.merge(tok_params)
+    gen_BTNL = jnp.concatenate([z_BTNL[:, :C], out["z_BHNL"]], axis=1)
+    truth = tokenizer.decode(z_BTNL)[:, C:]
+    gen = tokenizer.decode(gen_BTNL)[:, C:]
+    return truth, gen
+
+  def eval_fn(self, params, batch, frozen):
+    ev = self.config.eval
+    out = {}
+    key = jax.random.key(0)  # the same noise for every K and for shuffled actions
+    for k in ev.sampling_steps:
+      truth, gen = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
+      p_H, s_H = vm.psnr_BT(gen, truth).mean(0), vm.ssim_BT(gen, truth).mean(0)
+      out[f"psnr_k{k}"], out[f"ssim_k{k}"] = p_H.mean(), s_H.mean()
+      if int(k) == 4:
+        for h in range(ev.horizon):
+          out[f"psnr_k4_h{h + 1:02d}"] = p_H[h]
+          out[f"ssim_k4_h{h + 1:02d}"] = s_H[h]
+    truth, gen = self._rollouts(params, frozen["tokenizer"], batch, key, 4, shuffle_actions=True)
+    out["psnr_k4_shuffled_actions"] = vm.psnr_BT(gen, truth).mean()
+    out["ssim_k4_shuffled_actions"] = vm.ssim_BT(gen, truth).mean()
+    return out
+
+  def summary_fn(self, params, batch, rng, frozen):
+    """Truth (top) and K=4 generation (bottom) strips, one pair per video, [R, H, h, w, c]."""
+    n = self.config.eval.videos
+    small = jax.tree.map(lambda a: a[:n], batch)
+    truth, gen = self._rollouts(params, frozen["tokenizer"], small, rng, 4)
+    rows = jnp.stack([truth, gen], axis=1).reshape((-1,) + truth.shape[1:])
+    return {"rollout_truth_vs_generated": jnp.clip(rows, 0.0, 1.0)}
+
+
+def make_phase(config, store, mesh) -> DynamicsPhase:
+  return DynamicsPhase(config, store, mesh)

@@ -1,0 +1,102 @@
+"""Craftax-Classic: wrapper determinism, store round trip, achievement labels, a small batched collection.
+
+Every test here shares one compiled program set (one env, one step per call): the collector runs
+with num_envs=1 and chunk=1, which is what the wrapper uses, so craftax compiles once per session.
+The first craftax use in a fresh venv also processes its textures (about 30 s) and caches them in
+site-packages.
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("craftax")
+
+from data_pipelines.collect import _episode_seeds, collect  # noqa: E402
+from data_pipelines.envs import craftax as cx  # noqa: E402
+from data_pipelines.envs import make_env  # noqa: E402
+from data_pipelines.episodes import EpisodeStore  # noqa: E402
+from data_pipelines.report import compute_report  # noqa: E402
+
+SIZE = 64
+MAX_STEPS = 30
+EPISODES = 3
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("craftax") / "store")
+  summary = collect("craftax", path, episodes=EPISODES, seed=3, skills=(1.0, 0.5), size=SIZE,
+                    max_steps=MAX_STEPS, num_envs=1, chunk=1)
+  return path, summary
+
+
+def test_names_match_craftax():
+  from craftax.craftax_classic.constants import Achievement, Action  # pylint: disable=g-import-not-at-top
+  assert cx.ACHIEVEMENT_NAMES == tuple(a.name.lower() for a in sorted(Achievement, key=lambda a: a.value))
+  assert cx.ACTION_NAMES == tuple(a.name.lower() for a in sorted(Action, key=lambda a: a.value))
+  env = make_env("craftax", size=SIZE, max_steps=MAX_STEPS)
+  assert env.task_names == cx.ACHIEVEMENT_NAMES and len(env.task_names) == 22
+  comp, = env.action_spec.components
+  assert comp.kind == "discrete" and comp.size == 17 and comp.labels == cx.ACTION_NAMES
+
+
+def test_small_collection_writes_a_store(collected):
+  path, summary = collected
+  store = EpisodeStore.open(path)
+  assert summary["episodes"] == EPISODES and store.num_episodes == EPISODES
+  assert store.num_frames == summary["frames"] and store.frame_shape == (SIZE, SIZE, 3)
+  assert (store.episode_lengths <= MAX_STEPS + 1).all()
+  for e in range(EPISODES):
+    ep = store.read_episode(e)
+    assert ep["frames"].dtype == np.uint8 and ep["frames"].std() > 0
+    assert not ep["action_labelled"][0] and ep["action_labelled"][1:].all()
+    assert ep["actions_discrete"][0, 0] == 0 and (ep["actions_discrete"] < 17).all()
+    np.testing.assert_array_equal(ep["rewards"], ep["achievement_unlocks"].sum(-1))
+    assert (ep["achievement_unlocks"].sum(0) <= 1).all()  # an achievement unlocks at most once
+    assert (ep["tasks"] == ep["tasks"][0]).all() and ep["tasks"][0] in cx.STAGE_ACHIEVEMENTS
+  report = compute_report(store)
+  unlocks = store.read("achievement_unlocks", 0, store.num_frames)
+  assert [a["events"] for a in report["achievements"]] == unlocks.sum(0).tolist()
+  assert report["returns"]["mean"] == pytest.approx(summary["mean_return"])
+
+
+def test_wrapper_replays_the_store_and_labels_agree(collected):
+  path, _ = collected
+  store = EpisodeStore.open(path)
+  env = make_env("craftax", size=SIZE, max_steps=MAX_STEPS)
+  for e in range(EPISODES):
+    ep = store.read_episode(e)
+    frame, _ = env.reset(_episode_seeds(3, e)[0])
+    np.testing.assert_array_equal(frame, ep["frames"][0])
+    flags = np.zeros((22,), bool)
+    done = False
+    for t in range(1, len(ep["frames"])):
+      assert not done
+      frame, reward, done, info = env.step(ep["actions_discrete"][t])
+      np.testing.assert_array_equal(frame, ep["frames"][t])
+      assert reward == ep["rewards"][t]
+      np.testing.assert_array_equal(info["unlocked"], ep["achievement_unlocks"][t].astype(bool))
+      # The labels are exactly the env's own achievement flags switching on.
+      env_flags = np.asarray(env.state.achievements)
+      np.testing.assert_array_equal(env_flags, flags | info["unlocked"])
+      assert reward == (env_flags & ~flags).sum()
+      flags = env_flags
+    assert done
+
+
+def test_wrapper_is_deterministic_for_a_seed(collected):
+  del collected  # only to share the compiled programs
+  env = make_env("craftax", size=SIZE, max_steps=MAX_STEPS)
+  actions = [5, 1, 3, 5, 2, 4, 5, 0]
+
+  def run(seed):
+    frame, _ = env.reset(seed)
+    frames = [frame] + [env.step(a)[0] for a in actions]
+    return np.stack(frames)
+
+  a, b, c = run(11), run(11), run(12)
+  assert a.shape == (len(actions) + 1, SIZE, SIZE, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a[0], c[0])
+  with pytest.raises(ValueError, match="action must be in"):
+    env.step(17)
