@@ -37,6 +37,7 @@ def mesh_config(preset: str = "data") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = preset  # name in configs.common.MESH_PRESETS
   c.shape = ml_collections.FieldReference(None, field_type=tuple)  # explicit (data, fsdp, tensor); -1 fills
+  c.num_devices = 0          # use only the first N devices (0: all; e.g. 1 for one-device debugging)
   return c
 
 

@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500  # async Orbax checkpoint (state + both data iterators)
   c.train.keep_checkpoints = 3  # checkpoints kept
   c.train.async_checkpoints = True  # save in the background
-  c.train.max_nonfinite = 20  # stop after this many non-finite steps in a row
+  c.train.max_nonfinite = 20  # stop once this many steps in a row were non-finite (checked at log steps)
   c.train.profile_steps = 0  # steps captured by clu's Profile hook (0: off)
   c.train.profile_first = 20  # first profiled step
 

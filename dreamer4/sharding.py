@@ -48,6 +48,12 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Builds the ("data", "fsdp", "tensor") mesh with Auto axis types (see STACK_NOTES P12)."""
   devices = list(devices if devices is not None else jax.devices())
+  n = int(mesh_cfg.get("num_devices", 0) or 0)
+  if n:
+    if jax.process_count() > 1 or n > len(devices):
+      raise ConfigError(f"--config.mesh.num_devices={n} needs a single process with at least {n} devices "
+                        f"({len(devices)} here, {jax.process_count()} processes); use 0 for all devices")
+    devices = devices[:n]
   shape = resolve_mesh_shape(mesh_cfg, len(devices))
   axis_types = (AxisType.Auto,) * len(shape)
   if devices == list(jax.devices()):

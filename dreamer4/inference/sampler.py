@@ -121,7 +121,8 @@ def generate(
 
     def step_body(j, z_BNL):
       z_BWNL = jax.lax.dynamic_update_slice_in_dim(hist_BWNL, z_BNL[:, None], here, axis=1)
-      tau_idx_BW = jnp.broadcast_to(jnp.where(is_here_W, j * grid, ctx_idx), (B, W)).astype(jnp.int32)
+      tau_idx_W = jnp.where(is_here_W, j * grid, ctx_idx)
+      tau_idx_BW = jnp.broadcast_to(tau_idx_W, (B, W)).astype(jnp.int32)
       z1_hat_BNL = apply_fn(z_BWNL, tau_idx_BW, d_idx_BW, actions_win)
       z1_hat_BNL = jax.lax.dynamic_index_in_dim(z1_hat_BNL, here, axis=1, keepdims=False)
       # d / (1 - tau) = 1 / (k - j), exactly 1 at the last step. Written as a lerp

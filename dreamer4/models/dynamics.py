@@ -31,7 +31,6 @@ frame, D width, A action columns, K agent tokens, G = group * L grouped channels
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -75,7 +74,24 @@ def d_from_index(d_idx, dtype=jnp.float32):
 
 
 class Dynamics(nnx.Module):
-  """Block-causal shortcut/flow transformer over tokenizer latents (x-prediction)."""
+  """Block-causal shortcut/flow transformer over tokenizer latents (x-prediction).
+
+  Args:
+    num_latents: N, latent tokens per frame from the tokenizer.
+    latent_dim: L, channels per latent token.
+    group: Adjacent latent tokens concatenated per spatial token (S_z = N / group).
+    num_registers: S_r learned register tokens per frame (count not in the paper).
+    action_spec: The dataset's action space.
+    k_max: Finest step grid, a power of two (not in the paper; 64 as in lucidrains).
+    width, depth, num_heads, num_kv_heads, head_dim, mlp_dim, time_every, softcap:
+      Transformer sizes (see `transformer.Transformer`).
+    context: Sliding causal time window C in frames (itself included); 0 = unlimited.
+    num_agent_tokens: Agent tokens per frame (phase 2+); 0 = none.
+    num_tasks: Size of the task-embedding table of the agent tokens.
+    rngs: Parameter initialisation RNGs.
+    dtype: Compute dtype; parameters stay float32.
+    remat: Rematerialise each transformer block in the backward pass.
+  """
 
   def __init__(
       self, *, num_latents: int, latent_dim: int, group: int, num_registers: int,
@@ -114,6 +130,8 @@ class Dynamics(nnx.Module):
     self.dtype = dtype
     D, G = width, group * latent_dim
 
+    # Our choice: S_a = 1 action token per frame holding the sum over components
+    # (the paper leaves S_a open; one token is what the sum naturally gives).
     segments = [("spatial", self.num_spatial), ("registers", num_registers), ("tau_d", 1),
                 ("action", 1), ("agent", num_agent_tokens)]
     # Empty segments are left out so the layout (and mask) only has real tokens.
@@ -222,6 +240,7 @@ class Dynamics(nnx.Module):
 
   def embed_tau_d(self, tau_idx_BT, d_idx_BT):
     """The (tau, d) token [B,T,1,D]: concatenated halves of two lookups."""
+    # Clipped because a gather past the table end would silently return fill values.
     tau_idx_BT = jnp.clip(jnp.asarray(tau_idx_BT, jnp.int32), 0, self.k_max)
     d_idx_BT = jnp.clip(jnp.asarray(d_idx_BT, jnp.int32), 0, self.log2_k_max)
     tau_BTD = jnp.take(self.tau_embed[...], tau_idx_BT, axis=0)
@@ -245,21 +264,25 @@ class Dynamics(nnx.Module):
     if self._action_offsets:
       if actions_discrete_BTA is None or actions_discrete_BTA.shape[-1] != spec.discrete_columns:
         got = None if actions_discrete_BTA is None else actions_discrete_BTA.shape
-        raise ValueError(f"actions_discrete_BTA must have {spec.discrete_columns} columns, got {got}")
+        raise ValueError(
+            f"actions_discrete_BTA must have {spec.discrete_columns} columns, got {got}"
+        )
       offsets_A = np.asarray(self._action_offsets, np.int32)
       max_A = np.asarray(self._action_sizes, np.int32) - 1
       idx_BTA = jnp.clip(jnp.asarray(actions_discrete_BTA, jnp.int32), 0, max_A) + offsets_A
       sum_BTD = sum_BTD + jnp.take(self.action_table[...], idx_BTA, axis=0).sum(axis=2)
     if spec.continuous_columns:
-      if actions_continuous_BTA is None or actions_continuous_BTA.shape[-1] != spec.continuous_columns:
-        got = None if actions_continuous_BTA is None else actions_continuous_BTA.shape
+      cont_BTA = actions_continuous_BTA
+      if cont_BTA is None or cont_BTA.shape[-1] != spec.continuous_columns:
+        got = None if cont_BTA is None else cont_BTA.shape
         raise ValueError(
             f"actions_continuous_BTA must have {spec.continuous_columns} columns, got {got}"
         )
-      cont_BTD = jnp.asarray(actions_continuous_BTA, jnp.float32) @ self.action_cont_kernel[...]
-      sum_BTD = sum_BTD + cont_BTD + self.action_cont_bias[...]
-    # where (not multiply) so garbage actions on unlabelled frames cannot leak in,
-    # even as NaNs.
+      # Zero the inputs of unlabelled frames first: a NaN there would otherwise
+      # reach the kernel's gradient through the masked branch below.
+      cont_BTA = jnp.where(labelled_BT[..., None], jnp.asarray(cont_BTA, jnp.float32), 0.0)
+      sum_BTD = sum_BTD + cont_BTA @ self.action_cont_kernel[...] + self.action_cont_bias[...]
+    # where (not multiply) so whatever the unlabelled frames hold cannot leak in.
     act_BTD = self.action_base[...] + jnp.where(labelled_BT[..., None], sum_BTD, 0.0)
     return act_BTD[:, :, None].astype(self.dtype)
 
@@ -281,11 +304,16 @@ class Dynamics(nnx.Module):
     dt = self.dtype
     parts = {}
     z_BTSG = self.group_latents(z_BTNL).astype(dt)
-    parts["spatial"] = z_BTSG @ self.latent_in_kernel[...].astype(dt) + self.latent_in_bias[...].astype(dt)
+    parts["spatial"] = (z_BTSG @ self.latent_in_kernel[...].astype(dt)
+                        + self.latent_in_bias[...].astype(dt))
     if self.num_registers:
-      parts["registers"] = jnp.broadcast_to(self.registers[...].astype(dt), (B, T) + self.registers.shape)
+      parts["registers"] = jnp.broadcast_to(
+          self.registers[...].astype(dt), (B, T) + self.registers.shape
+      )
     parts["tau_d"] = self.embed_tau_d(tau_idx_BT, d_idx_BT)
-    parts["action"] = self.embed_actions(actions_discrete_BTA, action_labelled_BT, actions_continuous_BTA)
+    parts["action"] = self.embed_actions(
+        actions_discrete_BTA, action_labelled_BT, actions_continuous_BTA
+    )
     if self.num_agent_tokens:
       parts["agent"] = self.embed_agent(B, T, tasks_BT)
     return jnp.concatenate([parts[name] for name in self.layout.names], axis=2)
@@ -293,7 +321,8 @@ class Dynamics(nnx.Module):
   def readout(self, y_BTSD):
     """Clean-latent estimate z1_hat [B,T,N,L] (float32) from the spatial outputs."""
     s_BTSD = y_BTSD[:, :, self.layout.slice("spatial")]
-    out_BTSG = s_BTSD @ self.readout_kernel[...].astype(self.dtype) + self.readout_bias[...].astype(self.dtype)
+    dt = self.dtype
+    out_BTSG = s_BTSD @ self.readout_kernel[...].astype(dt) + self.readout_bias[...].astype(dt)
     return self.ungroup_latents(out_BTSG.astype(jnp.float32))
 
   def time_mask(self, T: int, independent_B=None):
@@ -371,8 +400,14 @@ def make_sampling_fn(model: Dynamics):
   "labelled" [B,T] bool and optionally "continuous" [B,T,Ac] float32.
   """
 
+  # Sampling takes no gradients, so rematerialising blocks would only cost time,
+  # and nnx.remat inside the sampler's lax loops fails (it updates Variables from
+  # an inner trace). So sample with a remat-free view that shares the parameters.
+  view = nnx.merge(*nnx.split(model))
+  view.transformer.remat = False
+
   def apply_fn(z_BTNL, tau_idx_BT, d_idx_BT, actions):
-    return model(
+    return view(
         z_BTNL, tau_idx_BT, d_idx_BT, actions.get("discrete"), actions["labelled"],
         actions_continuous_BTA=actions.get("continuous"),
     )["z1_hat_BTNL"]

@@ -171,23 +171,18 @@ def shortcut_loss(
     # d/2 in grid units is k_max >> (e + 1) >= 1 on bootstrap frames.
     half_grid_bT = jnp.right_shift(jnp.int32(k_max), jnp.minimum(half_idx_bT, log2_k_max))
 
-    def half_step(carry, _):
-      # Pass 1 starts from (z~, tau); pass 2 from (z', tau + d/2). b = (f - z) /
-      # (1 - tau_in) is b' resp. b''; 1 - tau_in >= d/2 > 0 on bootstrap frames and
-      # 1 - tau > 0 on the rest (tau < 1 always), so no division by zero.
-      z_in_bTNL, tau_in_idx_bT = carry
-      f_bTNL = jax.lax.stop_gradient(apply_fn(z_in_bTNL, tau_in_idx_bT, half_idx_bT, ind_b))
-      tau_in_bT = tau_in_idx_bT.astype(jnp.float32) / k_max
-      b_bTNL = (f_bTNL.astype(jnp.float32) - z_in_bTNL) / _bt11(1.0 - tau_in_bT)
-      # Only bootstrap frames move; the others stay at their own z~ as context.
-      z_next_bTNL = jnp.where(is_boot_bT11, z_in_bTNL + b_bTNL * _bt11(0.5 * d_bT), z_in_bTNL)
-      tau_next_idx_bT = jnp.where(is_boot_bT, tau_in_idx_bT + half_grid_bT, tau_in_idx_bT)
-      return (z_next_bTNL, tau_next_idx_bT), b_bTNL
-
-    # The two passes share one compiled body (a 2-step scan): the model is traced
-    # once for both, which halves their share of the compile time.
-    _, b_2bTNL = jax.lax.scan(half_step, (zt_bTNL, tau_idx_bT), None, length=2)
-    b1_bTNL, b2_bTNL = b_2bTNL[0], b_2bTNL[1]
+    # Pass 1: the first half step from z~ at (tau, d/2) gives b'.
+    f1_bTNL = jax.lax.stop_gradient(apply_fn(zt_bTNL, tau_idx_bT, half_idx_bT, ind_b))
+    b1_bTNL = (f1_bTNL.astype(jnp.float32) - zt_bTNL) / _bt11(1.0 - tau_bT)  # tau < 1 always
+    # Only bootstrap frames move to z' at tau + d/2; the others stay at their own z~
+    # (and level) as context for the second pass.
+    z_mid_bTNL = jnp.where(is_boot_bT11, zt_bTNL + b1_bTNL * _bt11(0.5 * d_bT), zt_bTNL)
+    tau_mid_idx_bT = jnp.where(is_boot_bT, tau_idx_bT + half_grid_bT, tau_idx_bT)
+    # Pass 2: the second half step from z' at (tau + d/2, d/2) gives b''.
+    f2_bTNL = jax.lax.stop_gradient(apply_fn(z_mid_bTNL, tau_mid_idx_bT, half_idx_bT, ind_b))
+    # 1 - tau - d/2 >= d/2 > 0 on bootstrap frames; 1 elsewhere keeps values finite.
+    denom_bT = jnp.where(is_boot_bT, 1.0 - tau_bT - 0.5 * d_bT, 1.0)
+    b2_bTNL = (f2_bTNL.astype(jnp.float32) - z_mid_bTNL) / _bt11(denom_bT)
     boot_bT = bootstrap_frame_loss(z1_hat_BTNL[rows], zt_bTNL, b1_bTNL, b2_bTNL, tau_bT)
     boot_BT = boot_BT.at[rows].set(boot_bT)
 

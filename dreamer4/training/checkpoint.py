@@ -14,6 +14,7 @@ from typing import Any
 
 import grain
 import jax
+from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -106,8 +107,9 @@ class Checkpointer:
   def restore_latest_good(self, abstract_state, data_iters: dict | None = None):
     """(step, state) from the newest readable checkpoint, or (None, None) when there is none.
 
-    An incompatible model raises; a damaged step (unreadable files) logs a warning naming
-    it and falls back to the previous one.
+    An incompatible model raises. A damaged step (unreadable or truncated files) is logged
+    with a warning naming it, moved aside to `<step>.damaged` (kept, never deleted: it may be
+    someone's only copy of that step) and the previous step is tried.
     """
     for step in reversed(self.all_steps()):
       try:
@@ -115,11 +117,27 @@ class Checkpointer:
       except CheckpointError as e:
         if "metadata unreadable" not in str(e):
           raise
-        logging.warning("checkpoint step %d is damaged (%s); trying the previous one", step, e)
+        reason = str(e)
       except Exception as e:  # noqa: BLE001 -- any read failure means this step is damaged
-        logging.warning("checkpoint step %d in %s is damaged (%s: %s); trying the previous one",
-                        step, self.directory, type(e).__name__, str(e)[:200])
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+      logging.warning("checkpoint step %d in %s is damaged (%s); falling back to the previous step",
+                      step, self.directory, reason)
+      self._set_aside(step)
     return None, None
+
+  def _set_aside(self, step: int):
+    src = epath.Path(self.directory) / str(step)
+    if jax.process_index() == 0 and src.exists():
+      dst = epath.Path(self.directory) / f"{step}.damaged"
+      n = 1
+      while dst.exists():
+        dst = epath.Path(self.directory) / f"{step}.damaged{n}"
+        n += 1
+      src.rename(dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+    self._mngr.reload()
 
   def wait(self):
     self._mngr.wait_until_finished()

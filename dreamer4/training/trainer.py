@@ -86,8 +86,20 @@ def open_dataset(config) -> EpisodeStore:
 def train_and_evaluate(config, workdir: str, make_phase: Callable[..., Phase]) -> dict:
   """Trains `make_phase(config, store, mesh)` in `workdir`; resumes from its latest good checkpoint.
 
+  SIGTERM (preemption) at any point after the call starts makes the loop save the current
+  step and return with stop_reason "preempted".
+
   Returns a summary dict (steps, timings, compile count, final metrics, and the final state).
   """
+  preempt = _Preemption()
+  preempt.install()
+  try:
+    return _train_and_evaluate(config, workdir, make_phase, preempt)
+  finally:
+    preempt.uninstall()
+
+
+def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption") -> dict:
   t_start = time.time()
   ctc = config.train
 
@@ -193,11 +205,10 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[..., Phase]) -
     if ctc.profile_steps > 0:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=ctc.profile_steps,
                                             first_profile=start_step + ctc.profile_first))
-  preempt = _Preemption()
-  preempt.install()
 
   # ---------------------------------------------------------------- the loop
   acc = mt.MeanMetrics()
+  pending: list = []
   step = start_step
   stop_at = ctc.stop_at_step if ctc.stop_at_step > 0 else ctc.num_steps
   summary: dict[str, Any] = dict(start_step=start_step)
@@ -217,10 +228,13 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[..., Phase]) -
         jax.block_until_ready(state["step"])
         first_step_s = time.time() - t0  # includes the one compile
         t_after_first = time.time()
-      acc.update(metrics)
+      pending.append(metrics)  # stays on device: no host sync inside the loop
       for h in hooks:
         h(iteration)
       if iteration % ctc.log_every == 0 or iteration == ctc.num_steps:
+        for m in jax.device_get(pending):
+          acc.update(m)
+        pending = []
         values = acc.compute_and_reset()
         nonfinite = int(jax.device_get(state["nonfinite"]))
         values["skipped_steps"] = float(jax.device_get(state["skipped"]))
@@ -255,7 +269,6 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[..., Phase]) -
         write_summaries(writer, step, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh,
                         workdir)
   finally:
-    preempt.uninstall()
     ckpt.close()
     writer.flush()
 

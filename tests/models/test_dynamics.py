@@ -135,7 +135,8 @@ def test_unlabelled_frames_use_only_base_embedding(model):
   base = np.broadcast_to(np.asarray(model.action_base[...]), (B, T, 32))
   np.testing.assert_array_equal(np.asarray(tok[:, :, 0]), base)
   # Wildly different (even out-of-range / NaN) actions: still exactly the base.
-  tok2 = model.embed_actions(x["disc"] * 7 + 3, jnp.zeros((B, T), bool), jnp.full((B, T, 2), jnp.nan))
+  nan_BTA = jnp.full((B, T, 2), jnp.nan)
+  tok2 = model.embed_actions(x["disc"] * 7 + 3, jnp.zeros((B, T), bool), nan_BTA)
   np.testing.assert_array_equal(np.asarray(tok2[:, :, 0]), base)
   # Labelled frames do carry the action.
   tok3 = model.embed_actions(x["disc"], jnp.ones((B, T), bool), x["cont"])
@@ -213,7 +214,8 @@ def test_apply_fn_helpers_slice_rows(model):
   full = _z1(model, x)
   np.testing.assert_allclose(np.asarray(train_fn(model, x, x)), full, rtol=1e-5, atol=1e-5)
   # The bootstrap passes call it on the first rows only; the actions follow.
-  np.testing.assert_allclose(np.asarray(train_fn(model, x, {k: v[:1] for k, v in x.items()})), full[:1], rtol=1e-5, atol=1e-5)
+  first = train_fn(model, x, {k: v[:1] for k, v in x.items()})
+  np.testing.assert_allclose(np.asarray(first), full[:1], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(sample_fn(model, x)), full, rtol=1e-5, atol=1e-5)
 
 

@@ -1,0 +1,317 @@
+r"""Train-step throughput and MFU against a matmul peak measured in the same process.
+
+  python -m benchmarks.train_step [--phase=tokenizer] [--sizes=small,matmul] [--steps=3] \
+      [--devices=1] [--out=results.jsonl]
+
+Prints one JSON line per measurement (and appends them to --out when given):
+
+  {"bench": "matmul_peak", ...}   jitted float32 a @ b, best of a few runs, GFLOP/s
+  {"bench": "train_step", ...}    one line per size: frames/s, step and compile time,
+                                  model FLOPs (analytic and XLA's), MFU and HFU
+
+The step is the trainer's own: `make_train_step` of the phase's loss, jitted with the
+state's committed shardings, donated state, compiled once (`compiles` counts the jit
+cache entries afterwards), fed uint8 batches read by the real loader from a toy-world
+EpisodeStore collected into a temporary directory.
+
+MFU  = analytic model FLOPs per step (benchmarks/flops.py) / step time / matmul peak.
+HFU  = XLA's count of the compiled step (cost_analysis, which includes elementwise
+       work) / step time / matmul peak.
+
+Sizes:
+  small   configs/tokenizer.py:toy as it is (64x64 frames, LPIPS on 4 frames per step).
+  matmul  a wider tokenizer where matmuls dominate: LPIPS off, width 512, 64 patches +
+          64 latents per frame, 16 frames per step.
+
+--devices=N runs on N fake CPU devices over a ("data") mesh. That checks the sharded path
+only; the fake devices share the same cores, so its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app, flags
+
+PHASES = ("tokenizer",)
+SIZES = ("small", "matmul")
+
+_PHASE = flags.DEFINE_enum("phase", "tokenizer", PHASES, "Which phase's train step to measure.")
+_SIZES = flags.DEFINE_list("sizes", list(SIZES), f"Benchmark sizes, any of {', '.join(SIZES)}.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per size (after one warm-up step).")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after the compile.")
+_DEVICES = flags.DEFINE_integer("devices", 1, "Fake CPU devices for the data mesh (correctness only).")
+_PEAK_SIZES = flags.DEFINE_list("peak_sizes", ["1024", "2048"], "Matrix sizes of the matmul peak.")
+_DATA = flags.DEFINE_string("data", "", "An existing toy EpisodeStore with 64x64 frames; default: "
+                            "collect one into a temporary directory.")
+_OUT = flags.DEFINE_string("out", "", "Append the JSON lines to this file as well.")
+
+
+# ------------------------------------------------------------------------------------------ peak
+
+
+def matmul_peak(sizes: Sequence[int] = (1024, 2048), repeats: int = 5, dtype: str = "float32") -> list[dict]:
+  """Measures jitted `a @ b` throughput, best of `repeats` runs per size.
+
+  Args:
+    sizes: square matrix sizes n (2 n^3 FLOPs each).
+    repeats: timed runs per size after one warm-up; the fastest counts.
+    dtype: element type.
+
+  Returns:
+    One dict per size with n, dtype, seconds (best) and gflops.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  matmul = jax.jit(lambda a, b: a @ b)
+  out = []
+  for n in sizes:
+    ka, kb = jax.random.split(jax.random.key(n))
+    a = jax.random.normal(ka, (n, n), dtype)
+    b = jax.random.normal(kb, (n, n), dtype)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      matmul(a, b).block_until_ready()
+      best = min(best, time.perf_counter() - t0)
+    out.append(dict(bench="matmul_peak", n=int(n), dtype=dtype, seconds=best, gflops=2 * n**3 / best / 1e9))
+  return out
+
+
+# ------------------------------------------------------------------------------------------ sizes
+
+
+def size_config(size: str):
+  """The tokenizer config of one benchmark size (see the module docstring)."""
+  from configs import tokenizer
+
+  if size == "small":
+    return tokenizer.get_config("toy")
+  if size == "matmul":
+    c = tokenizer.get_config("toy")
+    m = c.model
+    m.patch_size = 8        # 64x64 frames -> 64 patches
+    m.num_latents = 64      # + 64 latents = 128 tokens per frame
+    m.width = 512
+    m.num_heads = 8
+    m.num_kv_heads = 8
+    m.head_dim = 64
+    m.mlp_dim = 2048        # 4x width (SwiGLU)
+    m.enc_depth = 4
+    m.dec_depth = 4
+    c.loss.lpips_weight = 0.0
+    c.train.batch_size = 8  # x window 2 = 16 frames, 2048 tokens per matmul
+    return c
+  raise ValueError(f"--sizes: unknown size {size!r}; choose from {', '.join(SIZES)}")
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def _mse_only_loss(phase) -> Callable:
+  """The tokenizer loss without its LPIPS term (tokenizer_loss always runs the VGG).
+
+  Same masking, MSE and RMS normaliser as dreamer4/objectives/tokenizer.py; the
+  "lpips" normaliser entry passes through untouched.
+  """
+  import jax
+  import jax.numpy as jnp
+  from dreamer4.objectives.normalize import rms_normalize
+
+  c = phase.config.loss
+
+  def loss_fn(params, aux, batch, rng, frozen):
+    del frozen
+    model = phase.model_def.merge(params)
+    mask_rng, _ = jax.random.split(rng)
+    frames = batch["frames"].astype(jnp.float32) / 255.0
+    out = model(frames, mask_rng=mask_rng, max_mask_prob=c.max_mask_prob)
+    mse = jnp.mean(jnp.square(out["recon_BTHWC"] - frames))
+    loss, aux = rms_normalize(aux, "mse", mse, decay=c.rms_decay)
+    metrics = {"loss": jax.lax.stop_gradient(loss), "mse": jax.lax.stop_gradient(mse)}
+    return loss, (aux, metrics)
+
+  return loss_fn
+
+
+# ------------------------------------------------------------------------------------------ step
+
+
+def _read_batches(data_path: str, window: int, batch_size: int, count: int) -> list[dict]:
+  """`count` training batches from the real loader, read up front so the timing excludes I/O."""
+  from data_pipelines import loader
+  from data_pipelines.episodes import EpisodeStore
+
+  store = EpisodeStore.open(data_path)
+  train_ids, _ = store.split(0.1)
+  it = loader.train_iterator(data_path, window=window, batch_size=batch_size, seed=0, episode_ids=train_ids,
+                             num_threads=1, prefetch=1)
+  batches = [{"frames": next(it)["frames"]} for _ in range(count)]
+  del it
+  return batches
+
+
+def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup: int = 1,
+                   peak_gflops: float | None = None, size: str = "custom") -> dict[str, Any]:
+  """Builds the tokenizer train step as the trainer does and times it.
+
+  Args:
+    config: a configs/tokenizer.py config; `config.loss.lpips_weight == 0` drops the
+      LPIPS term (and its VGG cost) from the loss.
+    data_path: EpisodeStore whose frames match the config.
+    mesh: the device mesh; default `make_mesh(config.mesh)` over all devices.
+    steps: timed steps.
+    warmup: untimed steps after the first (compiling) call.
+    peak_gflops: measured matmul peak for MFU/HFU; None leaves them out.
+    size: name recorded in the result.
+
+  Returns:
+    A JSON-ready dict (see the module docstring).
+  """
+  import jax
+  import numpy as np
+  from data_pipelines import loader
+  from data_pipelines.episodes import EpisodeStore
+  from dreamer4 import sharding as shd
+  from dreamer4.phases.tokenizer import TokenizerPhase
+  from dreamer4.training import state as st
+  from benchmarks import flops as fl
+
+  if steps < 1:
+    raise ValueError(f"--steps must be >= 1, got {steps}")
+  store = EpisodeStore.open(data_path)
+  phase = TokenizerPhase(config, store)
+  use_lpips = float(config.loss.lpips_weight) > 0
+  loss_fn = phase.loss_fn if use_lpips else _mse_only_loss(phase)
+  if mesh is None:
+    mesh = shd.make_mesh(config.mesh)
+  B, T = int(config.train.batch_size), int(config.data.window)
+  shd.check_batch_divides(B, mesh)
+
+  tx = st.make_optimizer(config.optim, 1000)
+  mdef = phase.model_def
+
+  def init_fn(rng):
+    return st.init_state(mdef.init_params(rng), tx, phase.init_aux())
+
+  key = jax.random.key(0)
+  abstract = jax.eval_shape(init_fn, key)
+  shardings = st.state_shardings(abstract, mdef.param_shardings(mesh), tx, mesh)
+  rep = shd.replicated(mesh)
+  step_core = st.make_train_step(loss_fn, tx)
+
+  def train_step(state, batch, key, frozen):
+    rng = jax.random.fold_in(key, state["step"] + state["skipped"])
+    return step_core(state, batch, rng, frozen)
+
+  p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
+  batches = _read_batches(data_path, T, B, 1 + warmup + steps)
+
+  with jax.set_mesh(mesh):
+    state = jax.jit(init_fn, out_shardings=shardings)(key)
+    frozen = jax.device_put(phase.frozen() if use_lpips else {}, rep)
+    to_device = lambda b: loader.global_batch(b, mesh)
+
+    # Lower and compile once; the jit call below reuses this executable.
+    first = to_device(batches[0])
+    t0 = time.perf_counter()
+    compiled = p_train.lower(state, first, key, frozen).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    t0 = time.perf_counter()
+    state, metrics = p_train(state, first, key, frozen)
+    jax.block_until_ready(state)
+    first_step_s = time.perf_counter() - t0
+    for b in batches[1:1 + warmup]:
+      state, metrics = p_train(state, to_device(b), key, frozen)
+    jax.block_until_ready(state)
+
+    times = []
+    for b in batches[1 + warmup:]:
+      t0 = time.perf_counter()
+      state, metrics = p_train(state, to_device(b), key, frozen)
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - t0)
+  loss = float(np.asarray(jax.device_get(metrics["loss"])))
+
+  step_s = statistics.median(times)
+  analytic = fl.tokenizer_train_flops(config.model, tuple(store.frame_shape), B, T,
+                                      lpips_frames=int(config.loss.lpips_frames), lpips=use_lpips)
+  result = dict(
+      bench="train_step", phase=phase.name, size=size, devices=int(mesh.size),
+      mesh={k: int(v) for k, v in mesh.shape.items()}, frame_shape=list(store.frame_shape),
+      batch=B, window=T, width=int(config.model.width), lpips=use_lpips,
+      params=int(mdef.num_params()), tokens_per_step=B * T * (mdef.abstract_params["patch_pos"].shape[0]
+                                                                + int(config.model.num_latents)),
+      compiles=int(p_train._cache_size()), compile_s=compile_s, first_step_s=first_step_s,
+      steps=len(times), step_s=step_s, step_s_min=min(times), frames_per_s=B * T / step_s,
+      flops_analytic=int(analytic["total"]),
+      flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},
+      flops_xla=xla_flops, analytic_over_xla=analytic["total"] / xla_flops if xla_flops else None,
+      achieved_gflops=analytic["total"] / step_s / 1e9, achieved_gflops_xla=xla_flops / step_s / 1e9,
+      loss=loss,
+  )
+  if peak_gflops:
+    result["peak_gflops"] = peak_gflops
+    result["mfu"] = result["achieved_gflops"] / peak_gflops
+    result["hfu"] = result["achieved_gflops_xla"] / peak_gflops
+  return result
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _emit(record: dict, out_path: str):
+  line = json.dumps(record, sort_keys=False)
+  print(line, flush=True)
+  if out_path:
+    with open(out_path, "a", encoding="utf-8") as f:
+      f.write(line + "\n")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for s in _SIZES.value:
+    if s not in SIZES:
+      raise app.UsageError(f"--sizes: unknown size {s!r}; choose from {', '.join(SIZES)}")
+  if _DEVICES.value < 1:
+    raise app.UsageError(f"--devices must be >= 1, got {_DEVICES.value}")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  import jax
+
+  if _DEVICES.value > 1:
+    jax.config.update("jax_num_cpu_devices", _DEVICES.value)
+
+  peaks = matmul_peak([int(n) for n in _PEAK_SIZES.value])
+  for rec in peaks:
+    _emit(rec, _OUT.value)
+  peak = max(r["gflops"] for r in peaks)
+
+  with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
+    data_path = _DATA.value
+    if not data_path:
+      from data_pipelines.collect import collect
+      data_path = os.path.join(tmp, "toy64")
+      collect("toy", data_path, episodes=24, seed=0, skills=(0.9, 0.5, 0.0), size=64)
+    for size in _SIZES.value:
+      config = size_config(size)
+      config.data.path = data_path
+      rec = run_train_step(config, data_path, steps=_STEPS.value, warmup=_WARMUP.value, peak_gflops=peak,
+                           size=size)
+      _emit(rec, _OUT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
