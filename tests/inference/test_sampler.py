@@ -142,6 +142,7 @@ def model():
   cfg = ml_collections.ConfigDict(dict(
       group=2, num_registers=1, k_max=K_MAX, width=32, depth=2, num_heads=2, num_kv_heads=1,
       head_dim=16, mlp_dim=64, time_every=2, softcap=50.0, context=4, dtype="float32",
+      remat=True,  # sampling must cope with a model trained with remat
   ))
   with nnx.use_eager_sharding(False):
     return Dynamics.from_config(cfg, NM, LM, SPEC, nnx.Rngs(0))
@@ -182,3 +183,4 @@ def test_one_step_equals_the_models_clean_prediction(model):
   np.testing.assert_allclose(z_gen[:, -1], expected, rtol=1e-5, atol=1e-5)
   # The history holds the generated frames at the context level, not clean.
   assert not np.allclose(hist[:, C:], z_gen)
+  assert model.transformer.remat  # the sampler's remat-free view left the model alone
