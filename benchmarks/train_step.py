@@ -10,18 +10,30 @@ Prints one JSON line per measurement (and appends them to --out when given):
                                   model FLOPs (analytic and XLA's), MFU and HFU
 
 The step is the trainer's own: `make_train_step` of the phase's loss, jitted with the
-state's committed shardings, donated state, compiled once (`compiles` counts the jit
-cache entries afterwards), fed uint8 batches read by the real loader from a toy-world
-EpisodeStore collected into a temporary directory.
+state's committed shardings and donated state, compiled once (`compiles` reads the jit
+cache size afterwards). It is fed uint8 batches that the real loader reads from a
+toy-world EpisodeStore collected into a temporary directory; the batches are read and
+placed on the devices before the clock starts, so the timing is the step alone (the
+loader has its own benchmark). `step_s` is the median of the timed steps.
 
-MFU  = analytic model FLOPs per step (benchmarks/flops.py) / step time / matmul peak.
-HFU  = XLA's count of the compiled step (cost_analysis, which includes elementwise
-       work) / step time / matmul peak.
+Model FLOPs per step are counted twice:
+  flops_analytic  matmuls and convolutions only (benchmarks/flops.py: 6 * weights *
+                  tokens for the transformer blocks, attention products, LPIPS VGG).
+  flops_xla       XLA's count for the compiled step (`cost_analysis()["flops"]`, times
+                  the devices), which also counts elementwise work (norms, softmax,
+                  Adam) and skips the zero padding of convolutions.
+MFU = flops_analytic / step_s / peak (the usual definition); HFU ("hardware FLOPs
+utilisation") = flops_xla / step_s / peak. The peak is the best float32 a @ b throughput
+at the largest --peak_sizes (2048 by default), measured at the start and again right
+before each size's timed steps; the larger of the two counts. On a shared machine both
+the peak and the step time move with the load, so MFU is noisy (even > 1 is possible).
 
 Sizes:
-  small   configs/tokenizer.py:toy as it is (64x64 frames, LPIPS on 4 frames per step).
-  matmul  a wider tokenizer where matmuls dominate: LPIPS off, width 512, 64 patches +
-          64 latents per frame, 16 frames per step.
+  small   configs/tokenizer.py:toy as it is (64x64 frames, width 128, 2.2M parameters,
+          LPIPS on 4 of the 16 frames per step, which is most of the FLOPs).
+  matmul  a wider tokenizer where the block matmuls dominate: LPIPS off, width 768,
+          6 heads of 128, SwiGLU 3072, 4+4 layers (76M parameters), 64 patches + 64
+          latents per frame, 8 x 2 frames per step: every block matmul has 2048 rows.
 
 --devices=N runs on N fake CPU devices over a ("data") mesh. That checks the sharded path
 only; the fake devices share the same cores, so its timings mean nothing.
@@ -32,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any, Callable, Sequence
@@ -47,7 +58,8 @@ _SIZES = flags.DEFINE_list("sizes", list(SIZES), f"Benchmark sizes, any of {', '
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per size (after one warm-up step).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after the compile.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Fake CPU devices for the data mesh (correctness only).")
-_PEAK_SIZES = flags.DEFINE_list("peak_sizes", ["1024", "2048"], "Matrix sizes of the matmul peak.")
+_PEAK_SIZES = flags.DEFINE_list("peak_sizes", ["1024", "2048"],
+                                "Matrix sizes of the matmul peak; the largest one is the MFU reference.")
 _DATA = flags.DEFINE_string("data", "", "An existing toy EpisodeStore with 64x64 frames; default: "
                             "collect one into a temporary directory.")
 _OUT = flags.DEFINE_string("out", "", "Append the JSON lines to this file as well.")
@@ -100,15 +112,15 @@ def size_config(size: str):
     m = c.model
     m.patch_size = 8        # 64x64 frames -> 64 patches
     m.num_latents = 64      # + 64 latents = 128 tokens per frame
-    m.width = 512
-    m.num_heads = 8
-    m.num_kv_heads = 8
-    m.head_dim = 64
-    m.mlp_dim = 2048        # 4x width (SwiGLU)
+    m.width = 768
+    m.num_heads = 6
+    m.num_kv_heads = 6
+    m.head_dim = 128        # few wide heads: bigger attention matmuls than 12 x 64
+    m.mlp_dim = 3072        # 4x width (SwiGLU)
     m.enc_depth = 4
     m.dec_depth = 4
     c.loss.lpips_weight = 0.0
-    c.train.batch_size = 8  # x window 2 = 16 frames, 2048 tokens per matmul
+    c.train.batch_size = 8  # x window 2 = 16 frames: 2048 rows in every block matmul
     return c
   raise ValueError(f"--sizes: unknown size {size!r}; choose from {', '.join(SIZES)}")
 
@@ -160,7 +172,8 @@ def _read_batches(data_path: str, window: int, batch_size: int, count: int) -> l
 
 
 def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup: int = 1,
-                   peak_gflops: float | None = None, size: str = "custom") -> dict[str, Any]:
+                   peak_gflops: float | None = None, peak_fn: Callable[[], float] | None = None,
+                   size: str = "custom") -> dict[str, Any]:
   """Builds the tokenizer train step as the trainer does and times it.
 
   Args:
@@ -168,9 +181,12 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
       LPIPS term (and its VGG cost) from the loss.
     data_path: EpisodeStore whose frames match the config.
     mesh: the device mesh; default `make_mesh(config.mesh)` over all devices.
-    steps: timed steps.
-    warmup: untimed steps after the first (compiling) call.
-    peak_gflops: measured matmul peak for MFU/HFU; None leaves them out.
+    steps: timed steps (the median counts).
+    warmup: untimed steps after the compile (at least 1).
+    peak_gflops: measured matmul peak (GFLOP/s) for MFU/HFU; None (and no
+      `peak_fn`) leaves them out.
+    peak_fn: measures the peak again right before the timed steps; the larger of
+      that and `peak_gflops` is used (on a shared machine the peak drifts).
     size: name recorded in the result.
 
   Returns:
@@ -185,9 +201,11 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
   from dreamer4.training import state as st
   from benchmarks import flops as fl
 
-  if steps < 1:
-    raise ValueError(f"--steps must be >= 1, got {steps}")
+  if steps < 1 or warmup < 1:
+    raise ValueError(f"need --steps >= 1 and --warmup >= 1, got {steps} and {warmup}")
+  t_start = time.perf_counter()
   store = EpisodeStore.open(data_path)
+  frame_shape = tuple(int(x) for x in store.frame_shape)
   phase = TokenizerPhase(config, store)
   use_lpips = float(config.loss.lpips_weight) > 0
   loss_fn = phase.loss_fn if use_lpips else _mse_only_loss(phase)
@@ -212,53 +230,63 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
     rng = jax.random.fold_in(key, state["step"] + state["skipped"])
     return step_core(state, batch, rng, frozen)
 
+  # As in dreamer4/training/trainer.py: committed output shardings, donated state.
   p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
-  batches = _read_batches(data_path, T, B, 1 + warmup + steps)
+  batches = _read_batches(data_path, T, B, warmup + steps)
 
   with jax.set_mesh(mesh):
     state = jax.jit(init_fn, out_shardings=shardings)(key)
     frozen = jax.device_put(phase.frozen() if use_lpips else {}, rep)
-    to_device = lambda b: loader.global_batch(b, mesh)
+    device_batches = [loader.global_batch(b, mesh) for b in batches]
+    jax.block_until_ready((state, frozen, device_batches))
+    setup_s = time.perf_counter() - t_start
 
-    # Lower and compile once; the jit call below reuses this executable.
-    first = to_device(batches[0])
+    # Compile once, ahead of time, for the cost analysis; the jit calls below reuse
+    # the executable (`compiles` stays 1).
     t0 = time.perf_counter()
-    compiled = p_train.lower(state, first, key, frozen).compile()
+    compiled = p_train.lower(state, device_batches[0], key, frozen).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    # The cost analysis describes one device's SPMD program: scale to the whole mesh
+    # (work that is replicated, not split, then counts once per device, as it runs).
+    cost = {k: float(v) * mesh.size for k, v in dict(cost or {}).items()
+            if k in ("flops", "bytes accessed", "transcendentals")}
+    xla_flops = cost.get("flops", 0.0)
 
     t0 = time.perf_counter()
-    state, metrics = p_train(state, first, key, frozen)
+    for b in device_batches[:warmup]:
+      state, metrics = p_train(state, b, key, frozen)
     jax.block_until_ready(state)
-    first_step_s = time.perf_counter() - t0
-    for b in batches[1:1 + warmup]:
-      state, metrics = p_train(state, to_device(b), key, frozen)
-    jax.block_until_ready(state)
-
+    warmup_s = (time.perf_counter() - t0) / warmup
+    if peak_fn is not None:
+      peak_gflops = max(peak_gflops or 0.0, peak_fn())  # right next to the timed steps
     times = []
-    for b in batches[1 + warmup:]:
+    for b in device_batches[warmup:]:
       t0 = time.perf_counter()
-      state, metrics = p_train(state, to_device(b), key, frozen)
+      state, metrics = p_train(state, b, key, frozen)
       jax.block_until_ready(state)
       times.append(time.perf_counter() - t0)
   loss = float(np.asarray(jax.device_get(metrics["loss"])))
 
   step_s = statistics.median(times)
-  analytic = fl.tokenizer_train_flops(config.model, tuple(store.frame_shape), B, T,
+  analytic = fl.tokenizer_train_flops(config.model, frame_shape, B, T,
                                       lpips_frames=int(config.loss.lpips_frames), lpips=use_lpips)
+  patches = (frame_shape[0] // int(config.model.patch_size)) * (frame_shape[1] // int(config.model.patch_size))
   result = dict(
       bench="train_step", phase=phase.name, size=size, devices=int(mesh.size),
-      mesh={k: int(v) for k, v in mesh.shape.items()}, frame_shape=list(store.frame_shape),
-      batch=B, window=T, width=int(config.model.width), lpips=use_lpips,
-      params=int(mdef.num_params()), tokens_per_step=B * T * (mdef.abstract_params["patch_pos"].shape[0]
-                                                                + int(config.model.num_latents)),
-      compiles=int(p_train._cache_size()), compile_s=compile_s, first_step_s=first_step_s,
+      mesh={k: int(v) for k, v in mesh.shape.items()}, frame_shape=list(frame_shape),
+      batch=B, window=T, width=int(config.model.width), heads=int(config.model.num_heads),
+      head_dim=int(config.model.head_dim), mlp_dim=int(config.model.mlp_dim),
+      depth=int(config.model.enc_depth) + int(config.model.dec_depth), lpips=use_lpips,
+      params=int(mdef.num_params()), tokens_per_step=B * T * (patches + int(config.model.num_latents)),
+      compiles=int(p_train._cache_size()), setup_s=setup_s, compile_s=compile_s, warmup_step_s=warmup_s,
       steps=len(times), step_s=step_s, step_s_min=min(times), frames_per_s=B * T / step_s,
       flops_analytic=int(analytic["total"]),
       flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},
-      flops_xla=xla_flops, analytic_over_xla=analytic["total"] / xla_flops if xla_flops else None,
+      flops_xla=xla_flops, bytes_accessed_xla=cost.get("bytes accessed", 0.0),
+      transcendentals_xla=cost.get("transcendentals", 0.0),
+      analytic_over_xla=analytic["total"] / xla_flops if xla_flops else None,
       achieved_gflops=analytic["total"] / step_s / 1e9, achieved_gflops_xla=xla_flops / step_s / 1e9,
       loss=loss,
   )
@@ -286,6 +314,8 @@ def main(argv):
   for s in _SIZES.value:
     if s not in SIZES:
       raise app.UsageError(f"--sizes: unknown size {s!r}; choose from {', '.join(SIZES)}")
+  if _PHASE.value != "tokenizer":
+    raise app.UsageError(f"--phase={_PHASE.value} has no train-step benchmark yet")
   if _DEVICES.value < 1:
     raise app.UsageError(f"--devices must be >= 1, got {_DEVICES.value}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -294,10 +324,11 @@ def main(argv):
   if _DEVICES.value > 1:
     jax.config.update("jax_num_cpu_devices", _DEVICES.value)
 
-  peaks = matmul_peak([int(n) for n in _PEAK_SIZES.value])
+  peak_sizes = [int(n) for n in _PEAK_SIZES.value]
+  peaks = matmul_peak(peak_sizes)
   for rec in peaks:
-    _emit(rec, _OUT.value)
-  peak = max(r["gflops"] for r in peaks)
+    _emit(dict(rec, when="start"), _OUT.value)
+  peak = max(r["gflops"] for r in peaks if r["n"] == max(peak_sizes))
 
   with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
     data_path = _DATA.value
@@ -306,10 +337,18 @@ def main(argv):
       data_path = os.path.join(tmp, "toy64")
       collect("toy", data_path, episodes=24, seed=0, skills=(0.9, 0.5, 0.0), size=64)
     for size in _SIZES.value:
+
+      def peak_again(size=size) -> float:
+        recs = matmul_peak([max(peak_sizes)], repeats=3)
+        for rec in recs:
+          _emit(dict(rec, when=f"before {size}"), _OUT.value)
+        return max(r["gflops"] for r in recs)
+
       config = size_config(size)
       config.data.path = data_path
       rec = run_train_step(config, data_path, steps=_STEPS.value, warmup=_WARMUP.value, peak_gflops=peak,
-                           size=size)
+                           peak_fn=peak_again, size=size)
+      peak = max(peak, rec.get("peak_gflops", 0.0))
       _emit(rec, _OUT.value)
 
 

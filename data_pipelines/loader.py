@@ -4,8 +4,11 @@ Batches stay numpy uint8 on the host (normalise on device: floats would quadrupl
 host bytes). Only `global_batch` touches jax, and imports it lazily.
 
 Sharding across processes: every epoch is one permutation of all windows, drawn
-from (seed, epoch); process p takes positions p, p + P, p + 2P, ... of it, cut to
-the same whole number of batches on every process. The shards are therefore
+from (seed, epoch), cut into global batches of B*P positions; within each, process p
+takes the block of B positions [p*B, (p+1)*B). The global batch that
+`global_batch` assembles is therefore the same windows in the same order whatever
+the process count (a 4-process run sees exactly the batches of a 1-process run),
+cut to the same whole number of batches on every process. The shards are therefore
 disjoint, together cover the epoch except for the dropped remainder, and every
 process yields the same number of batches per epoch (multi-host steps stay in
 lockstep).
@@ -27,8 +30,9 @@ class _EpochShuffleShard(grain.MapDataset):
   """Infinite MapDataset: element k is this process's k-th window over repeated, reshuffled epochs."""
 
   def __init__(self, parent: grain.MapDataset, *, seed: int, per_process_epoch: int, process_index: int,
-               process_count: int):
+               process_count: int, block: int = 1):
     super().__init__(parent)
+    self._block = int(block)
     self._seed = int(seed)
     self._per_epoch = int(per_process_epoch)
     self._process_index = int(process_index)
@@ -54,7 +58,9 @@ class _EpochShuffleShard(grain.MapDataset):
     if isinstance(index, slice):
       return self.slice(index)
     epoch, k = divmod(int(index), self._per_epoch)
-    return self._parent[int(self._order(epoch)[self._process_index + k * self._process_count])]
+    b, i = divmod(k, self._block)  # b-th global batch, i-th row of this process's block
+    position = (b * self._process_count + self._process_index) * self._block + i
+    return self._parent[int(self._order(epoch)[position])]
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -111,7 +117,7 @@ def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episod
     raise ValueError(f"dataset {path} has {len(source)} windows of {window} frames, fewer than one global batch "
                      f"({batch_size} x {process_count} processes); collect more episodes or lower the batch size")
   ds = _EpochShuffleShard(grain.MapDataset.source(source), seed=seed, per_process_epoch=per_process,
-                          process_index=process_index, process_count=process_count)
+                          process_index=process_index, process_count=process_count, block=batch_size)
   ds = ds.batch(batch_size, drop_remainder=True)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(read))

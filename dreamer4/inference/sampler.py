@@ -13,9 +13,11 @@ context frames are corrupted the same way, to the same level, with the same d_mi
 key (one convention for both; PITFALLS "KV-cache keying mismatch").
 
 No KV cache yet: every step recomputes a fixed window of `window` frames that ends
-at the frame being generated. Early on, when fewer frames exist, the window starts
-at frame 0 and the frame being generated sits inside it; the unfilled frames after
-it cannot influence it because attention is causal in time.
+at the frame being generated, cut out of a buffer that holds all C + horizon frames
+(latents are small; the buffer keeps shapes static). Early on, when fewer frames
+exist, the window starts at frame 0 and the frame being generated sits inside it;
+the unfilled frames after it cannot influence it because attention is causal in
+time. Each step is one model pass; the history needs no separate re-encode pass.
 
 Index conventions are those of `dreamer4.models.dynamics` (tau index = tau * k_max,
 d index e with d = 2**-e).
@@ -123,8 +125,8 @@ def generate(
       z_BWNL = jax.lax.dynamic_update_slice_in_dim(hist_BWNL, z_BNL[:, None], here, axis=1)
       tau_idx_W = jnp.where(is_here_W, j * grid, ctx_idx)
       tau_idx_BW = jnp.broadcast_to(tau_idx_W, (B, W)).astype(jnp.int32)
-      z1_hat_BNL = apply_fn(z_BWNL, tau_idx_BW, d_idx_BW, actions_win)
-      z1_hat_BNL = jax.lax.dynamic_index_in_dim(z1_hat_BNL, here, axis=1, keepdims=False)
+      z1_hat_BWNL = apply_fn(z_BWNL, tau_idx_BW, d_idx_BW, actions_win)
+      z1_hat_BNL = jax.lax.dynamic_index_in_dim(z1_hat_BWNL, here, axis=1, keepdims=False)
       # d / (1 - tau) = 1 / (k - j), exactly 1 at the last step. Written as a lerp
       # so that the last step returns z1_hat bit-exactly (z + (z1_hat - z) would not).
       a = 1.0 / jnp.asarray(k - j, jnp.float32)

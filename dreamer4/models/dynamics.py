@@ -53,11 +53,6 @@ def log2_exact(k: int, name: str = "config.model.k_max") -> int:
   return k.bit_length() - 1
 
 
-def d_index(steps: int) -> int:
-  """d index of the step size d = 1 / steps (steps a power of two)."""
-  return log2_exact(steps, "steps per frame")
-
-
 def d_min_index(k_max: int) -> int:
   """d index of the smallest step d_min = 1 / k_max."""
   return log2_exact(k_max)
