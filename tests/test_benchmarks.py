@@ -1,5 +1,7 @@
 """The train-step benchmark's code path at a tiny, matmul-dominated size."""
 
+import math
+
 import jax
 import ml_collections
 
@@ -37,6 +39,7 @@ def test_train_step_benchmark_numbers(tiny_store):
   assert rec["compiles"] == 1
   assert rec["devices"] == 1 and not rec["lpips"]
   assert rec["steps"] == 2 and rec["step_s"] > 0 and rec["frames_per_s"] > 0
+  assert math.isfinite(rec["loss"])
   assert rec["flops_xla"] > 0 and rec["flops_analytic"] > 0
   assert rec["flops_analytic_parts"]["lpips"] == 0
   assert 0.5 < rec["analytic_over_xla"] < 2.0, rec["analytic_over_xla"]
