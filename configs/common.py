@@ -54,3 +54,23 @@ def optim_config(lr: float = 3e-4, warmup_steps: int = 100) -> ml_collections.Co
   c.weight_decay = 0.01         # decoupled weight decay (matrices only)
   c.grad_clip = 1.0             # global-norm gradient clipping; 0 disables
   return c
+
+
+def train_config(*, batch_size: int, num_steps: int, eval_every: int, summary_every: int,
+                 checkpoint_every: int = 500, log_every: int = 50) -> ml_collections.ConfigDict:
+  """The trainer's loop settings, shared by every phase."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                 # model init and step randomness
+  c.batch_size = batch_size  # GLOBAL batch of windows (split over data x fsdp and over processes)
+  c.num_steps = num_steps    # optimiser steps (the schedule decays to the end)
+  c.stop_at_step = 0         # stop (with a checkpoint) at this step as if interrupted; 0: never
+  c.log_every = log_every    # scalar metrics and progress
+  c.eval_every = eval_every  # held-out evaluation (0: only at the end)
+  c.summary_every = summary_every  # images / videos to TensorBoard (0: only at the end)
+  c.checkpoint_every = checkpoint_every  # async Orbax checkpoint (state + data iterators)
+  c.keep_checkpoints = 3     # checkpoints kept
+  c.async_checkpoints = True  # save in the background
+  c.max_nonfinite = 20       # stop once this many steps in a row were non-finite (checked at log steps)
+  c.profile_steps = 0        # steps captured by clu's Profile hook (0: off)
+  c.profile_first = 20       # first profiled step (relative to the start)
+  return c

@@ -69,22 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
   c.mesh = common.mesh_config("data")
 
-  c.train = ml_collections.ConfigDict()
-  c.train.seed = 0           # model init and step randomness
-  c.train.batch_size = 16    # GLOBAL batch of windows
-  c.train.num_steps = 1500   # optimiser steps
+  c.train = common.train_config(batch_size=16, num_steps=1500, eval_every=500, summary_every=0)
   c.train.long_every = 10    # every N-th step uses a long window (T2)
   c.train.long_final_steps = 150  # the last N steps use long windows only (long finetune)
-  c.train.stop_at_step = 0   # stop (with a checkpoint) at this step as if interrupted; 0: never
-  c.train.log_every = 50     # scalar metrics and progress
-  c.train.eval_every = 500   # rollout evaluation
-  c.train.summary_every = 0  # (videos are written by the evaluation)
-  c.train.checkpoint_every = 500  # async Orbax checkpoint (state + both data iterators)
-  c.train.keep_checkpoints = 3  # checkpoints kept
-  c.train.async_checkpoints = True  # save in the background
-  c.train.max_nonfinite = 20  # stop once this many steps in a row were non-finite (checked at log steps)
-  c.train.profile_steps = 0  # steps captured by clu's Profile hook (0: off)
-  c.train.profile_first = 20  # first profiled step
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_batches = 2     # held-out batches per evaluation

@@ -84,20 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
   c.mesh = common.mesh_config("data")
 
-  c.train = ml_collections.ConfigDict()
-  c.train.seed = 0           # model init and step randomness
-  c.train.batch_size = 8     # GLOBAL batch of windows (split over data x fsdp and processes)
-  c.train.num_steps = 2000   # optimiser steps (the schedule decays to the end)
-  c.train.stop_at_step = 0   # stop (with a checkpoint) at this step as if interrupted; 0: never
-  c.train.log_every = 50     # scalar metrics and progress
-  c.train.eval_every = 500   # held-out PSNR of unmasked reconstructions
-  c.train.summary_every = 500  # image grids (input / masked / reconstruction)
-  c.train.checkpoint_every = 500  # async Orbax checkpoint (state + data iterator)
-  c.train.keep_checkpoints = 3  # checkpoints kept
-  c.train.async_checkpoints = True  # save in the background
-  c.train.max_nonfinite = 20  # stop once this many steps in a row were non-finite (checked at log steps)
-  c.train.profile_steps = 0  # steps captured by clu's Profile hook (0: off)
-  c.train.profile_first = 20  # first profiled step (relative to the start)
+  c.train = common.train_config(batch_size=8, num_steps=2000, eval_every=500, summary_every=500)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_batches = 4     # held-out batches per evaluation
