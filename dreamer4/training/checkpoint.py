@@ -10,6 +10,7 @@ is deleted.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import grain
@@ -19,6 +20,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dreamer4.errors import CheckpointError
+
+
+def absolute(path: str) -> str:
+  """Orbax needs absolute paths: a relative local path is made absolute; URLs (gs://...) stay."""
+  return path if "://" in str(path) else os.path.abspath(path)
 
 
 def _key_name(k) -> str:
@@ -43,7 +49,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
                data_names: tuple[str, ...] = ("data",)):
-    self.directory = directory
+    self.directory = directory = absolute(directory)
     self.data_names = tuple(data_names)
     handlers = {"state": ocp.StandardCheckpointHandler()}
     for name in self.data_names:
@@ -159,6 +165,7 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
   Used to freeze an earlier phase (e.g. the tokenizer under the dynamics model). Shapes are
   checked against the checkpoint's metadata first; a mismatch raises CheckpointError.
   """
+  directory = absolute(directory)
   mngr = ocp.CheckpointManager(directory, item_names=("state",),
                                item_handlers={"state": ocp.PyTreeCheckpointHandler()})
   try:

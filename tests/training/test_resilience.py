@@ -103,7 +103,7 @@ def test_too_many_nonfinite_steps_stop_with_last_good_checkpoint(one_device_conf
 
 
 def _main_cmd(store, work, steps):
-  return [sys.executable, "-m", "dreamer4.main", "--config=configs/tokenizer.py:tiny", f"--workdir={work}",
+  return [sys.executable, "-m", "dreamer4.main", f"--config={ROOT}/configs/tokenizer.py:tiny", f"--workdir={work}",
           f"--config.data.path={store}", f"--config.train.num_steps={steps}", "--config.mesh.num_devices=1",
           "--config.train.checkpoint_every=1000", "--config.train.log_every=1"]
 
@@ -117,7 +117,8 @@ def _env(tmp_path):
 
 def test_sigterm_saves_the_current_step_and_restart_loses_nothing(tiny_store, tmp_path):
   work = tmp_path / "run"
-  proc = subprocess.Popen(_main_cmd(tiny_store, work, 50), cwd=ROOT, env=_env(tmp_path),
+  # A relative --workdir (run from tmp_path): checkpoints must still work (Orbax wants absolute paths).
+  proc = subprocess.Popen(_main_cmd(tiny_store, "run", 50), cwd=tmp_path, env=_env(tmp_path),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   # config.json is written once the state exists, right before the loop starts.
@@ -132,8 +133,8 @@ def test_sigterm_saves_the_current_step_and_restart_loses_nothing(tiny_store, tm
   ck = Checkpointer(str(work / "checkpoints"), data_names=())
   assert ck.latest_step() == summary["step"]  # the step it stopped at was saved: nothing lost
   ck.close()
-  cmd = _main_cmd(tiny_store, work, summary["step"] + 2)
-  done = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+  cmd = _main_cmd(tiny_store, "run", summary["step"] + 2)
+  done = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   resumed = json.loads((work / "run_summary.json").read_text())
   assert resumed["start_step"] == summary["step"] and resumed["step"] == summary["step"] + 2
