@@ -289,6 +289,17 @@ class Attention(nnx.Module):
     k_NVGK = rope(self.k_norm(k_NVGK), positions_V)
     return k_NVGK, v_NVGK
 
+  def project_kv_unrotated(self, x_NVD):
+    """Normed keys (before RoPE) and values [..., V, G, K].
+
+    A KV cache stores keys unrotated so that it can rotate them at read time with
+    positions relative to the frame being decoded (see `Block.decode_time`).
+    """
+    x = x_NVD.astype(self.dtype)
+    k_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wk[...].astype(self.dtype))
+    v_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wv[...].astype(self.dtype))
+    return self.k_norm(k_NVGK), v_NVGK
+
   def project_q(self, x_NQD, positions_Q):
     x = x_NQD.astype(self.dtype)
     q_NQHK = jnp.einsum("...qd,dhk->...qhk", x, self.wq[...].astype(self.dtype))
@@ -349,6 +360,78 @@ class Block(nnx.Module):
     m_BTSD = self.mlp(self.mlp_norm(x_BTSD))
     return x_BTSD + m_BTSD.astype(x_BTSD.dtype)
 
+  def decode(self, x_BSD, space_mask_SS, cache_k_BSMGK=None, cache_v_BSMGK=None,
+             cache_pos_M=None, cache_valid_M=None, query_pos=None, keys_rotated: bool = False):
+    """Applies the block to ONE frame, time layers reading cached past frames.
+
+    Args:
+      x_BSD: [B, S, D] tokens of the frame being decoded.
+      space_mask_SS: Bool [S, S] within-frame mask (space layers only).
+      cache_k_BSMGK: Time layers: unrotated keys of M cached past frames.
+      cache_v_BSMGK: Time layers: their values.
+      cache_pos_M: Time layers: int RoPE positions of the cached frames.
+      cache_valid_M: Time layers: bool, False for empty cache slots.
+      query_pos: Time layers: int RoPE position of the current frame.
+      keys_rotated: Time layers: the cached keys already carry RoPE.
+
+    Returns:
+      (y_BSD, k_BSGK, v_BSGK): the block output and, for time layers, the current
+      frame's unrotated keys and values (the entries a cache would store); None
+      for space layers.
+    """
+    h_BSD = self.attn_norm(x_BSD)
+    k_BSGK = v_BSGK = None
+    if self.is_time:
+      a_BSD, k_BSGK, v_BSGK = self.decode_time(
+          h_BSD, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M, query_pos,
+          keys_rotated=keys_rotated,
+      )
+    else:
+      a_BSD = self.attn(h_BSD, space_mask_SS, jnp.arange(x_BSD.shape[-2]))
+    x_BSD = x_BSD + a_BSD.astype(x_BSD.dtype)
+    m_BSD = self.mlp(self.mlp_norm(x_BSD))
+    return x_BSD + m_BSD.astype(x_BSD.dtype), k_BSGK, v_BSGK
+
+  def decode_time(self, h_BSD, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M, query_pos,
+                  keys_rotated: bool = False):
+    """Time attention of one frame over cached frames plus itself.
+
+    Each token position s reads position s of the cached frames, exactly as the
+    axial time layer of `__call__` does. RoPE is relative, so only the offsets
+    query_pos - cache_pos_M matter; keys are rotated here (not when cached) so the
+    caller can choose positions that reproduce the angles of an uncached pass.
+    With `keys_rotated` the cached keys are taken as already rotated (by
+    `rotate_cached_keys`), so several passes over one cache rotate it once.
+    """
+    attn = self.attn
+    h_BS1D = h_BSD[:, :, None]
+    query_pos_1 = jnp.reshape(jnp.asarray(query_pos, jnp.int32), (1,))
+    q_BS1HK = attn.project_q(h_BS1D, query_pos_1)
+    k_BS1GK, v_BS1GK = attn.project_kv_unrotated(h_BS1D)
+    cache_k_BSMGK = cache_k_BSMGK.astype(attn.dtype)
+    if not keys_rotated:
+      cache_k_BSMGK = rope(cache_k_BSMGK, cache_pos_M)
+    # The same computation as `attend` over [cache | self], but with the softmax
+    # taken over two logit blocks so the (large) cache is never copied by a concat.
+    B, S, _, H, K = q_BS1HK.shape
+    G = k_BS1GK.shape[-2]
+    q_BSGRK = q_BS1HK[:, :, 0].reshape(B, S, G, H // G, K)
+    k_self_BSGK = rope(k_BS1GK, query_pos_1)[:, :, 0]
+    logits_BSGRM = jnp.einsum("bsgrk,bsmgk->bsgrm", q_BSGRK, cache_k_BSMGK,
+                              preferred_element_type=jnp.float32)
+    logits_BSGR1 = jnp.einsum("bsgrk,bsgk->bsgr", q_BSGRK, k_self_BSGK,
+                              preferred_element_type=jnp.float32)[..., None]
+    logits_BSGRM = soft_cap(logits_BSGRM * (K**-0.5), attn.softcap)
+    logits_BSGR1 = soft_cap(logits_BSGR1 * (K**-0.5), attn.softcap)
+    logits_BSGRM = jnp.where(jnp.asarray(cache_valid_M, bool), logits_BSGRM, _NEG_INF)
+    probs_BSGRV = jax.nn.softmax(jnp.concatenate([logits_BSGRM, logits_BSGR1], axis=-1), axis=-1)
+    probs_BSGRV = probs_BSGRV.astype(attn.dtype)
+    M = logits_BSGRM.shape[-1]
+    out_BSGRK = jnp.einsum("bsgrm,bsmgk->bsgrk", probs_BSGRV[..., :M], cache_v_BSMGK.astype(attn.dtype))
+    out_BSGRK = out_BSGRK + probs_BSGRV[..., M:] * v_BS1GK[:, :, 0, :, None, :]
+    a_BSD = jnp.einsum("bshk,hkd->bsd", out_BSGRK.reshape(B, S, H, K), attn.wo[...].astype(attn.dtype))
+    return a_BSD, k_BS1GK[:, :, 0], v_BS1GK[:, :, 0]
+
 
 class Transformer(nnx.Module):
   """Stack of space layers with a causal time layer every `time_every` layers.
@@ -407,3 +490,56 @@ class Transformer(nnx.Module):
     for block in self.blocks:
       x_BTSD = run_block(block, x_BTSD, space_mask_SS, time_mask_BTT)
     return self.final_norm(x_BTSD)
+
+  @property
+  def time_layer_indices(self) -> tuple[int, ...]:
+    """Indices (into `blocks`) of the time layers, in order."""
+    return tuple(i for i, is_time in enumerate(self.time_layers) if is_time)
+
+  def rotate_cached_keys(self, cache_k_LBSMGK, cache_pos_M):
+    """Applies RoPE to unrotated cached keys once, for `decode(keys_rotated=True)`."""
+    return rope(cache_k_LBSMGK.astype(self.dtype), cache_pos_M)
+
+  def decode(self, x_BSD, *, space_mask_SS, cache_k_LBSMGK, cache_v_LBSMGK, cache_pos_M,
+             cache_valid_M, query_pos, keys_rotated: bool = False):
+    """Applies the stack to ONE frame whose time layers read a KV cache.
+
+    Equivalent to `__call__` on the cached frames plus this one, read at the last
+    frame, when the cache holds the time-layer keys/values those frames had
+    (uncached RoPE positions reproduced by `cache_pos_M` and `query_pos`).
+
+    Args:
+      x_BSD: [B, S, D] tokens of the current frame.
+      space_mask_SS: Bool [S, S] within-frame mask.
+      cache_k_LBSMGK: Unrotated keys, stacked over the time layers (L of them, in
+        `time_layer_indices` order), M cached frames each.
+      cache_v_LBSMGK: The matching values.
+      cache_pos_M: Int RoPE positions of the cached frames.
+      cache_valid_M: Bool, False for empty cache slots.
+      query_pos: Int RoPE position of the current frame.
+      keys_rotated: The cached keys already carry RoPE (`rotate_cached_keys`).
+
+    Returns:
+      (y_BSD, k_LBSGK, v_LBSGK): output after the final RMSNorm and the current
+      frame's unrotated time-layer keys/values (to write into the cache).
+    """
+    space_mask_SS = jnp.asarray(space_mask_SS, dtype=bool)
+    new_k, new_v = [], []
+    layer = 0
+    for block in self.blocks:
+      if block.is_time:
+        x_BSD, k_BSGK, v_BSGK = block.decode(
+            x_BSD, space_mask_SS, cache_k_LBSMGK[layer], cache_v_LBSMGK[layer], cache_pos_M,
+            cache_valid_M, query_pos, keys_rotated=keys_rotated,
+        )
+        new_k.append(k_BSGK)
+        new_v.append(v_BSGK)
+        layer += 1
+      else:
+        x_BSD, _, _ = block.decode(x_BSD, space_mask_SS)
+    B, S, _ = x_BSD.shape
+    if new_k:
+      k_LBSGK, v_LBSGK = jnp.stack(new_k), jnp.stack(new_v)
+    else:  # no time layers: an empty stack keeps the cache code uniform
+      k_LBSGK = v_LBSGK = jnp.zeros((0, B, S, 1, 1), self.dtype)
+    return self.final_norm(x_BSD), k_LBSGK, v_LBSGK

@@ -1,0 +1,232 @@
+"""KV-cached frame-by-frame decoding for the dynamics model (PAPER.md §4.4).
+
+Only time layers read past frames, so a cache of their keys/values for the last
+W - 1 finished frames is all the state that generation needs: a new frame runs the
+space layers on itself alone and its time layers attend over cache + itself.
+
+Layout: one ring buffer for all time layers, k/v [L, B, S, M, G, K] with
+M = W - 1 slots (L time layers, S tokens per frame, G kv heads, K head dim), plus
+the absolute frame index held by each slot (-1 = empty) and the number of frames
+committed so far (= absolute index of the frame being generated). All shapes are
+static, so one jitted step serves every frame.
+
+Convention (one for primed and generated frames; PITFALLS "KV-cache keying
+mismatch"): the K denoising steps of a frame share the cache and never write it;
+the current frame's own k/v are recomputed at each step. When a frame is finished
+(or primed) it is corrupted ONCE to the context level, tau index
+round((1 - context_noise) * k_max) with d = d_min and noise drawn once, re-encoded
+against the cache, and its time-layer k/v are written. `commit_frame` is the one
+function that does this for both.
+
+RoPE: keys are cached unrotated and rotated at read time (once per frame, shared
+by its k + 1 passes: `rotated_keys`). The frame being decoded
+sits at position here = min(p, W - 1) and a cached frame s at here - (p - s), which
+are exactly the window-relative positions `sampler.generate` uses (its window
+starts at max(p - W + 1, 0)); since RoPE only sees offsets, this also equals any
+absolute-position reference. Exactness vs `sampler.generate`: generate recomputes
+the whole window every frame, so in ITS pass the oldest window frame sees no
+earlier frames, while a cached frame's k/v were computed when that frame was new,
+seeing its own full window. With one time layer these coincide (the time-layer
+inputs are per-frame); with several time layers and more than W frames they
+differ, and the cached path equals a full-history recomputation under the model's
+sliding time mask (absolute positions) instead. Tests check both.
+
+Shape letters: B batch, N latent tokens, L latent channels (in z) or time layers
+(in k/v), S tokens per frame, M cache slots, G kv heads, K head dim, C context.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dreamer4.errors import ConfigError
+from dreamer4.inference.sampler import context_tau_index
+from dreamer4.models import transformer as tr
+from dreamer4.models.dynamics import Dynamics, d_min_index, log2_exact
+
+
+class KVCache(NamedTuple):
+  """Time-layer keys/values of the last M committed frames (a pytree).
+
+  Attributes:
+    k_LBSMGK: Unrotated keys, [num time layers, B, S, M, G, K].
+    v_LBSMGK: Values, same shape.
+    frame_M: int32 absolute frame index held by each slot, -1 when empty.
+    length: int32 scalar, frames committed so far (the next frame's index).
+  """
+
+  k_LBSMGK: jax.Array
+  v_LBSMGK: jax.Array
+  frame_M: jax.Array
+  length: jax.Array
+
+  @property
+  def slots(self) -> int:
+    return self.frame_M.shape[0]
+
+
+def cache_window(model: Dynamics, window: int | None = None) -> int:
+  """Frames one decoded frame reads (itself included); defaults to model.context."""
+  W = int(window if window is not None else model.context)
+  if W < 1:
+    raise ConfigError(
+        f"KV-cached decoding needs a finite window >= 1, got {W} (model.context="
+        f"{model.context}); pass window= explicitly for an unlimited-context model."
+    )
+  if model.context and W > model.context:
+    raise ConfigError(f"window={W} exceeds the model's time window context={model.context}")
+  return W
+
+
+def init_cache(model: Dynamics, batch: int, window: int | None = None) -> KVCache:
+  """An empty cache for `batch` sequences and a window of `window` frames."""
+  M = cache_window(model, window) - 1
+  blocks = model.transformer.blocks
+  num_time = len(model.transformer.time_layer_indices)
+  S = model.layout.num_tokens
+  if num_time:
+    attn = blocks[model.transformer.time_layer_indices[0]].attn
+    G, K = attn.num_kv_heads, attn.head_dim
+  else:
+    G, K = 1, 1
+  zeros = jnp.zeros((num_time, batch, S, M, G, K), model.dtype)
+  return KVCache(zeros, zeros, jnp.full((M,), -1, jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def _frame_axis(action: Any):
+  """Adds the T = 1 axis to every leaf of one frame's action pytree."""
+  return jax.tree.map(lambda a: None if a is None else jnp.asarray(a)[:, None], action)
+
+
+def _positions(cache: KVCache):
+  """(query position, cache positions [M], valid [M]) for the next frame.
+
+  Window-relative positions, identical to those of sampler.generate (module doc).
+  """
+  p = cache.length
+  here = jnp.minimum(p, cache.slots)
+  return here, here - (p - cache.frame_M), cache.frame_M >= 0
+
+
+def rotated_keys(model: Dynamics, cache: KVCache):
+  """The cache's keys with RoPE applied for the next frame, [L, B, S, M, G, K].
+
+  Every pass of one frame (its k denoising steps and its commit) reads the same
+  cache at the same positions, so the rotation is done once per frame.
+  """
+  _, cache_pos_M, _ = _positions(cache)
+  return model.transformer.rotate_cached_keys(cache.k_LBSMGK, cache_pos_M)
+
+
+def frame_forward(model: Dynamics, cache: KVCache, z_BNL, tau_idx_B, d_idx_B, action,
+                  rotated_k_LBSMGK=None):
+  """One pass of the current frame against the cache (the cache is not written).
+
+  Args:
+    model: The dynamics model.
+    cache: The cache of finished frames.
+    z_BNL: Current (corrupted) latents of the frame.
+    tau_idx_B: int32 signal-level index per row (or a scalar).
+    d_idx_B: int32 step-size index per row (or a scalar).
+    action: dict with "labelled" [B] bool, "discrete" [B, Ad] int32 (if the spec
+      has such columns) and "continuous" [B, Ac] float (if it has those).
+    rotated_k_LBSMGK: Optional `rotated_keys(model, cache)`, to skip re-rotating.
+
+  Returns:
+    (z1_hat_BNL float32, k_LBSGK, v_LBSGK): the clean estimate and the frame's
+    time-layer keys/values at this (tau, d) key.
+  """
+  B = z_BNL.shape[0]
+  act = _frame_axis(action)
+  tau_idx_B1 = jnp.broadcast_to(jnp.asarray(tau_idx_B, jnp.int32), (B,))[:, None]
+  d_idx_B1 = jnp.broadcast_to(jnp.asarray(d_idx_B, jnp.int32), (B,))[:, None]
+  x_B1SD = model.embed(
+      z_BNL[:, None], tau_idx_B1, d_idx_B1, act.get("discrete"), act["labelled"],
+      actions_continuous_BTA=act.get("continuous"),
+  )
+  here, cache_pos_M, cache_valid_M = _positions(cache)
+  rotated = rotated_k_LBSMGK is not None
+  y_BSD, k_LBSGK, v_LBSGK = model.transformer.decode(
+      x_B1SD[:, 0],
+      space_mask_SS=tr.space_mask(model.layout, tr.dynamics_rule(model.layout.names)),
+      cache_k_LBSMGK=rotated_k_LBSMGK if rotated else cache.k_LBSMGK,
+      cache_v_LBSMGK=cache.v_LBSMGK, cache_pos_M=cache_pos_M, cache_valid_M=cache_valid_M,
+      query_pos=here, keys_rotated=rotated,
+  )
+  z1_hat_BNL = model.readout(y_BSD[:, None])[:, 0]
+  return z1_hat_BNL, k_LBSGK, v_LBSGK
+
+
+def write_frame(cache: KVCache, k_LBSGK, v_LBSGK) -> KVCache:
+  """Writes a finished frame's k/v into the ring slot of the oldest frame."""
+  M = cache.slots
+  if M == 0:  # window 1: frames never read the past
+    return cache._replace(length=cache.length + 1)
+  slot = cache.length % M
+  k = jax.lax.dynamic_update_index_in_dim(
+      cache.k_LBSMGK, k_LBSGK.astype(cache.k_LBSMGK.dtype), slot, axis=3)
+  v = jax.lax.dynamic_update_index_in_dim(
+      cache.v_LBSMGK, v_LBSGK.astype(cache.v_LBSMGK.dtype), slot, axis=3)
+  frame_M = cache.frame_M.at[slot].set(cache.length)
+  return KVCache(k, v, frame_M, cache.length + 1)
+
+
+def context_keys(model: Dynamics, context_noise: float) -> tuple[int, int, float]:
+  """(tau index, d index, signal level) every history frame is encoded with."""
+  ctx_idx = context_tau_index(context_noise, model.k_max)
+  return ctx_idx, d_min_index(model.k_max), ctx_idx / model.k_max
+
+
+def commit_frame(model: Dynamics, cache: KVCache, z_BNL, noise_BNL, action, *,
+                 context_noise: float, rotated_k_LBSMGK=None) -> KVCache:
+  """Corrupts a finished (or primed) frame to the context level and caches it.
+
+  The one entry point for both primed and generated frames, so both use the same
+  keys: tau index round((1 - context_noise) * k_max), d = d_min, and the given
+  noise (drawn once by the caller).
+  """
+  ctx_idx, d_min_idx, signal = context_keys(model, context_noise)
+  z_ctx_BNL = (1.0 - signal) * noise_BNL + signal * z_BNL.astype(jnp.float32)
+  _, k_LBSGK, v_LBSGK = frame_forward(model, cache, z_ctx_BNL, ctx_idx, d_min_idx, action,
+                                      rotated_k_LBSMGK)
+  return write_frame(cache, k_LBSGK, v_LBSGK)
+
+
+def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action, *, k: int,
+                  rotated_k_LBSMGK=None):
+  """Takes `k` shortcut steps from noise z0 on the grid tau = j/k with d = 1/k.
+
+  The same update as `sampler.generate`: z <- z + (z1_hat - z) / (k - j), written
+  as a lerp so the last step returns z1_hat exactly.
+  """
+  log2_k = log2_exact(k, "steps per frame k")
+  if k > model.k_max:
+    raise ValueError(f"steps per frame k={k} exceeds k_max={model.k_max}")
+  grid = model.k_max // k
+
+  def body(j, z_BNL):
+    z1_hat_BNL, _, _ = frame_forward(model, cache, z_BNL, j * grid, log2_k, action,
+                                     rotated_k_LBSMGK)
+    a = 1.0 / jnp.asarray(k - j, jnp.float32)
+    return (1.0 - a) * z_BNL + a * z1_hat_BNL
+
+  return jax.lax.fori_loop(0, k, body, z0_BNL.astype(jnp.float32))
+
+
+def prime(model: Dynamics, cache: KVCache, context_z_BCNL, context_actions, noise_BCNL, *,
+          context_noise: float) -> KVCache:
+  """Commits C context frames in order (a lax.scan of `commit_frame`)."""
+  if context_z_BCNL.shape[1] == 0:
+    return cache
+  swap = lambda a: jnp.swapaxes(jnp.asarray(a), 0, 1)
+  xs = (swap(context_z_BCNL), swap(noise_BCNL), jax.tree.map(swap, context_actions))
+
+  def body(cache, x):
+    z_BNL, noise_BNL, action = x
+    return commit_frame(model, cache, z_BNL, noise_BNL, action, context_noise=context_noise), None
+
+  cache, _ = jax.lax.scan(body, cache, xs)
+  return cache
