@@ -2,7 +2,7 @@ r"""Collect episodes of a scripted behaviour policy into an EpisodeStore.
 
   python -m data_pipelines.collect --env=toy --episodes=200 --output=/tmp/toy_data \
       [--seed=0] [--skills=0.9,0.5,0.0] [--size=64] [--max_steps=64] [--append]
-  python -m data_pipelines.collect --env=craftax --output=/tmp/craftax_data \
+  python -m data_pipelines.collect --env=craftax --output=runs/craftax/data \
       [--frames=1000000] [--episodes=N] [--num_envs=64] [--max_steps=2000]
 
 Each episode draws its policy skill uniformly from --skills, so one dataset mixes

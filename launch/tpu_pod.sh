@@ -6,8 +6,9 @@
 set -euo pipefail
 tpu="${1:?usage: tpu_pod.sh TPU_NAME ZONE ARGS}"; zone="${2:?zone}"; shift 2
 cd "$(dirname "$0")/.."
-tar czf /tmp/dreamer4-code.tgz --exclude=.venv --exclude=runs --exclude=.git .
-gcloud compute tpus tpu-vm scp /tmp/dreamer4-code.tgz "$tpu":~/ --zone="$zone" --worker=all
+archive="$(mktemp -d)/dreamer4-code.tgz"
+tar czf "$archive" --exclude=.venv --exclude=runs --exclude=.git .
+gcloud compute tpus tpu-vm scp "$archive" "$tpu":~/ --zone="$zone" --worker=all
 args=$(printf '%q ' "$@")
 gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command \
   "mkdir -p dreamer4 && tar xzf dreamer4-code.tgz -C dreamer4 && cd dreamer4 && source launch/env.sh && \
