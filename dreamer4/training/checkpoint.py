@@ -16,7 +16,6 @@ from typing import Any
 import grain
 import jax
 from etils import epath
-import numpy as np
 import orbax.checkpoint as ocp
 
 from dreamer4.errors import CheckpointError
@@ -152,11 +151,6 @@ class Checkpointer:
   def close(self):
     self._mngr.wait_until_finished()
     self._mngr.close()
-
-
-def host_scalar(x) -> np.ndarray:
-  """A 0-d numpy array (safe for multi-host saves, unlike host-local jax scalars)."""
-  return np.asarray(x)
 
 
 def restore_params(directory: str, abstract_params, step: int | None = None):

@@ -14,7 +14,6 @@ import time
 from typing import Any, Callable, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
@@ -33,6 +32,7 @@ class Phase(Protocol):
 
   name: str
   data_fields: tuple[str, ...]            # batch fields the step reads
+  read_fields: tuple[str, ...]            # store arrays the loader reads (data_fields plus extras)
   model_def: st.ModelDef                  # the trainable model
 
   def init_aux(self) -> Any: ...          # non-trainable state (e.g. RMS normalisers)
