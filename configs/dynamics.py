@@ -5,7 +5,12 @@ Run (after the tokenizer and the encode job, see configs/encode.py):
   python -m dreamer4.main --config=configs/dynamics.py:toy --workdir=runs/toy/dynamics \
       --config.data.path=runs/toy/data --config.tokenizer_workdir=runs/toy/tokenizer
 
-Variants: toy (the laptop default), tiny (seconds; tests).
+Variants: toy (the laptop default), tiny (seconds; tests), paper (the paper's Minecraft
+dynamics model: about 1.6B parameters, 256 spatial tokens from 512x16 latents, context 192,
+batch lengths 64 / 256, bf16 compute, remat, FSDP; check what fits first with
+  python -m dreamer4.main --dry_run --config=configs/dynamics.py:paper --cpu_devices=8 \
+      --config.train.batch_size=8
+which takes the latent shape from --config.data.latent_shape when no tokenizer is named).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import ml_collections
 from configs import common
 from configs import tokenizer as tokenizer_config
 
-VARIANTS = ("toy", "tiny")
+VARIANTS = ("toy", "tiny", "paper")
 
 
 def model_config(variant: str) -> ml_collections.ConfigDict:
@@ -46,6 +51,26 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.mlp_dim = 64
     c.time_every = 2
     c.context = 4
+  if variant == "paper":
+    # Widths/depths are ours (paper: "1.6B"); close to the third-party reference of
+    # PAPER.md §7.2 (width 2048, 32 layers, 16 heads, 4 registers), with GQA (4 KV heads)
+    # and a SwiGLU hidden width that brings the total to 1.59B.
+    c.group = 2              # 512x16 latents -> 256 spatial tokens x 32 [P App. A]
+    c.num_registers = 4
+    c.k_max = 64
+    c.width = 2048
+    c.depth = 32
+    c.num_heads = 16
+    c.num_kv_heads = 4       # GQA in every layer of the dynamics model [P §3.4]
+    c.head_dim = 128
+    c.mlp_dim = 6400
+    c.time_every = 4         # time attention in one layer of four [P §3.4]
+    c.context = 192          # C = 192 frames (9.6 s at 20 FPS) [P §4]
+    # Mixed precision: parameters, gradients and Adam state stay float32; matmuls and the
+    # residual stream run in bfloat16; RMSNorm, RoPE, attention logits/softmax, the
+    # readout and the loss are computed in float32.
+    c.dtype = "bfloat16"
+    c.remat = True           # recompute each block in the backward pass (activation memory)
   return c
 
 
@@ -59,6 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer_workdir = ""   # workdir of the finished tokenizer (frozen; its latents must be in the store)
   c.data = tokenizer_config.data_config(window=8)
   c.data.long_window = 20    # T2: long windows (> model.context); 0 disables alternating lengths
+  # (num_latents, latent_dim) of the tokenizer's latents, used only by --dry_run without a
+  # tokenizer_workdir; a real run reads them from the store's latents.
+  c.data.latent_shape = ml_collections.FieldReference(None, field_type=tuple)
   c.model = model_config(variant)
 
   c.loss = ml_collections.ConfigDict()
@@ -97,4 +125,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.horizon = 4
     c.eval.sampling_steps = (1, 4)
     c.eval.videos = 2
+  if variant == "paper":
+    c.data.window = 64       # T1: short batches [P §4]
+    c.data.long_window = 256  # T2: long batches (> context 192)
+    c.data.latent_shape = (512, 16)  # the paper tokenizer's latents (for --dry_run without one)
+    c.mesh = common.mesh_config("tpu_fsdp")  # FSDP over every device [P §4]
+    c.train.batch_size = 256  # one sequence per device on 256 TPU-v5p [P §4]; set to the device count
+    c.train.num_steps = 200_000  # not reported; a placeholder
+    c.train.long_every = 10  # the short:long ratio is not reported; our choice
+    c.train.long_final_steps = 10_000  # long-only finetune at the end (length not reported)
+    c.train.eval_every = 5000
+    c.train.checkpoint_every = 1000
+    c.train.log_every = 100
+    c.optim = common.optim_config(lr=3e-4, warmup_steps=2000)  # not reported; our choice
+    c.eval.context_frames = 32
+    c.eval.horizon = 64
+    c.eval.sampling_steps = (1, 2, 4, 8, 64)
   return c

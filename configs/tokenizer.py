@@ -8,6 +8,11 @@ Run (after `python -m data_pipelines.collect --env=toy --episodes=400 --output=r
 Variants (the argument after the colon):
   toy   the laptop default: 64x64 toy-world frames, a small model, about 15 minutes on 2 CPU cores.
   tiny  seconds-long runs for tests (16x16 frames, 2+2 layers).
+  paper the paper's Minecraft tokenizer (about 400M parameters, 384x640 frames, 16x16 patches,
+        512 latents x 16 channels, 16-frame windows), bf16 compute, remat, FSDP over every
+        device with one window per device. Check what fits first:
+          python -m dreamer4.main --dry_run --config=configs/tokenizer.py:paper --cpu_devices=8 \
+              --config.train.batch_size=8
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("toy", "tiny")
+VARIANTS = ("toy", "tiny", "paper")
 
 
 def data_config(path: str = "", window: int = 2) -> ml_collections.ConfigDict:
@@ -28,6 +33,9 @@ def data_config(path: str = "", window: int = 2) -> ml_collections.ConfigDict:
   c.seed = 0                 # data order seed (shuffle per epoch)
   c.num_threads = 4          # Grain read threads per process
   c.prefetch = 8             # Grain prefetch buffer (batches of windows)
+  # (H, W, C) of the frames, used only by --dry_run when no data.path is given; a real run
+  # takes the frame shape from the store.
+  c.frame_shape = ml_collections.FieldReference(None, field_type=tuple)
   return c
 
 
@@ -62,6 +70,27 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.head_dim = 16
     c.mlp_dim = 64
     c.time_every = 2
+  if variant == "paper":
+    # Widths/depths are ours (paper: "400M"); they follow the third-party reference of
+    # PAPER.md §2.4 (width 1024, 16+16 layers, 8 heads) with a SwiGLU hidden width of
+    # about 8/3 of its 4096 GELU FFN, which gives 403M parameters.
+    c.patch_size = 16        # 384x640 -> 24x40 = 960 patches [P App. A]
+    c.num_latents = 512      # N_b [P App. A]
+    c.latent_dim = 16        # D_b
+    c.width = 1024
+    c.enc_depth = 16
+    c.dec_depth = 16
+    c.num_heads = 8
+    c.num_kv_heads = 8       # the paper scopes GQA to the dynamics model
+    c.head_dim = 128
+    c.mlp_dim = 2688
+    c.time_every = 4         # one causal time layer in four [P §3.4]
+    # Mixed precision: parameters, gradients and Adam state stay float32; matmuls and the
+    # residual stream run in bfloat16; RMSNorm, RoPE, attention logits/softmax, the
+    # tanh bottleneck, the pixel readout and the losses are computed in float32.
+    c.dtype = "bfloat16"
+    c.remat = True           # recompute each block in the backward pass (activation memory)
+    c.context = 16           # = data.window
   return c
 
 
@@ -100,4 +129,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 3
     c.optim.warmup_steps = 2
     c.eval.num_batches = 1
+  if variant == "paper":
+    c.data.window = 16       # 16-frame windows (PAPER.md §2.4 reference; the paper gives none)
+    c.data.frame_shape = (384, 640, 3)  # Minecraft frames zero-padded to 384x640 [P App. A]
+    c.loss.lpips_frames = 0  # LPIPS on every frame: a random subset would gather frames across devices
+    c.mesh = common.mesh_config("tpu_fsdp")  # FSDP over every device [P §4]
+    c.train.batch_size = 256  # one window per device on 256 TPU-v5p [P §4]; set to the device count
+    c.train.num_steps = 200_000  # not reported; a placeholder
+    c.train.eval_every = 5000
+    c.train.summary_every = 5000
+    c.train.checkpoint_every = 1000
+    c.train.log_every = 100
+    c.optim = common.optim_config(lr=3e-4, warmup_steps=2000)  # not reported; our choice
   return c

@@ -7,6 +7,13 @@ Recognised, in order:
   - SLURM (SLURM_JOB_ID with more than one task) and Cloud TPU pods (TPU_WORKER_HOSTNAMES with
     more than one host): jax's own cluster detection, no arguments;
   - otherwise a single process: nothing is initialised.
+
+Failure detection: every process sends heartbeats to the coordination service (on process
+0). A process silent for `heartbeat_timeout_s` (main's --heartbeat_timeout, default 60 s)
+counts as dead and the service terminates the others (SIGABRT, non-zero exit), so a
+killed or hung peer never leaves the job hanging in a collective; a killed process 0 is
+noticed by the others at once. Restart every process: the run resumes from the last
+checkpoint.
 """
 
 from __future__ import annotations

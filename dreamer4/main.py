@@ -23,6 +23,13 @@ _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 _LOCAL_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake CPU devices in this process (testing).")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", int(os.environ.get("DREAMER4_HEARTBEAT_TIMEOUT", "60")),
+    "Multi-process runs: seconds without a heartbeat after which a process counts as dead and the "
+    "others exit (non-zero) instead of hanging (env DREAMER4_HEARTBEAT_TIMEOUT).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the phase's train step on the mesh with abstract "
+                             "inputs, print parameters / memory / FLOPs per device, write nothing, exit.")
+_DRY_RUN_OUTPUT = flags.DEFINE_string("dry_run_output", None, "With --dry_run: also write the report (JSON) here.")
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that reports a bad flag or config override as one line, exit code 2."""
@@ -62,15 +69,32 @@ def main(argv):
   try:
     if _CONFIG.value is None:
       raise UserError("--config is required, e.g. --config=configs/tokenizer.py:toy")
+    if _DRY_RUN.value:  # the workdir is not needed and never touched
+      from dreamer4.dry_run import memory_aware_cpu_scheduler
+      memory_aware_cpu_scheduler()
+      distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value, _HEARTBEAT.value)
+      _dry_run(_CONFIG.value, _DRY_RUN_OUTPUT.value)
+      return
     if not _WORKDIR.value:
       raise UserError("--workdir is required: the directory for checkpoints and metrics")
-    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value)
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value, _HEARTBEAT.value)
     summary = run(_CONFIG.value, _WORKDIR.value)
   except (UserError, StoreError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if summary.get("stop_reason") == "nonfinite":
     sys.exit(3)
+
+
+def _dry_run(config, output: str | None) -> None:
+  import json
+  from dreamer4.dry_run import dry_run, format_report
+  report = dry_run(config)
+  print(format_report(report))
+  print(json.dumps(report), flush=True)  # the last line: the report as JSON
+  if output:
+    with open(output, "w") as f:
+      json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":

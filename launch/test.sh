@@ -3,4 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
+# tests/test_play.py drives the play page in a real headless browser (Debian's chromium + chromedriver).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "[test] installing chromium and chromium-driver (apt) for tests/test_play.py" >&2
+  _sudo=""; [ "$(id -u)" -eq 0 ] || _sudo="sudo"
+  $_sudo apt-get update -qq >/dev/null && \
+    DEBIAN_FRONTEND=noninteractive $_sudo apt-get install -y -qq chromium chromium-driver >/dev/null || \
+    echo "[test] could not install chromium; tests/test_play.py will fail and say so" >&2
+fi
 exec python -m pytest tests -q -ra "$@"

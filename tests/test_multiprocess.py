@@ -1,16 +1,24 @@
-"""Real multi-process runs on loopback (gloo): 1, 2 and 4 processes reach the same parameters.
+"""Real multi-process runs on loopback (gloo).
 
-Each run trains the tiny tokenizer for a few steps on the same 4 CPU devices in total
-(4x1, 2x2 and 1x4 process x device layouts). The loader gives every process a block of
-each global batch, so the global batches are identical and so must be the results. The
-checkpoints written by 2 and 4 processes are then restored here, by one process with a
-different mesh.
+1. 1, 2 and 4 processes reach the same parameters: each run trains the tiny tokenizer for
+   a few steps on the same 4 CPU devices in total (4x1, 2x2 and 1x4 process x device
+   layouts). The loader gives every process a block of each global batch, so the global
+   batches are identical and so must be the results. The checkpoints written by 2 and 4
+   processes are then restored here, by one process with a different mesh. The dynamics
+   step is checked the same way (1 and 2 processes) on latents of the 1-process tokenizer.
+2. A process killed mid-run makes the other exit (non-zero) within the heartbeat timeout
+   instead of hanging, and restarting both resumes from the last checkpoint.
+
+Runs stop with --config.train.stop_at_step (as if interrupted) so that no process compiles
+the end-of-run evaluation; all subprocesses share one persistent compilation cache.
 """
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import ml_collections
@@ -19,12 +27,18 @@ import pytest
 
 from data_pipelines.episodes import EpisodeStore
 from dreamer4 import sharding as shd
-from dreamer4.phases.tokenizer import TokenizerPhase
 from dreamer4.training import state as st
 from dreamer4.training.checkpoint import restore_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2
+NUM_STEPS = 1000  # the schedule's length; runs stop early at STEPS (no end-of-run evaluation)
+HEARTBEAT_S = 10
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 def _free_port():
@@ -33,48 +47,127 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(store, workdir, nproc, tmp_path):
+def _launch(config, workdir, nproc, tmp_path, cache_dir, *, devices=4, stop_at=STEPS, extra=(), tag=""):
   port = _free_port()
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             JAX_COMPILATION_CACHE_DIR=cache_dir)
   env.pop("XLA_FLAGS", None)
   env.pop("JAX_NUM_CPU_DEVICES", None)
   procs = []
   for pid in range(nproc):
-    cmd = [sys.executable, "-m", "dreamer4.main", "--config=configs/tokenizer.py:tiny", f"--workdir={workdir}",
-           f"--config.data.path={store}", f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every=1000",
-           "--config.train.log_every=1", "--config.data.num_threads=1",
-           f"--cpu_devices={4 // nproc}"]
+    cmd = [sys.executable, "-m", "dreamer4.main", f"--config={config}", f"--workdir={workdir}",
+           f"--config.train.num_steps={NUM_STEPS}", f"--config.train.stop_at_step={stop_at}",
+           "--config.train.log_every=1", "--config.data.num_threads=1", f"--cpu_devices={devices // nproc}",
+           *extra]
     if nproc > 1:
       cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={nproc}", f"--process_id={pid}"]
-    log = open(tmp_path / f"{os.path.basename(workdir)}_{pid}.log", "w")
+    log = open(tmp_path / f"{os.path.basename(workdir)}{tag}_{pid}.log", "w")
     procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
   return procs
 
 
-def test_one_two_four_processes_agree(tiny_store, tmp_path):
+def _wait_ok(procs, tmp_path, timeout=900):
+  for p, log in procs:
+    p.wait(timeout=timeout)
+    log.close()
+    assert p.returncode == 0, open(log.name).read()[-3000:]
+
+
+def _restore_all(model_def, runs, mesh):
+  abstract = st.to_abstract(model_def.abstract_params, model_def.param_shardings(mesh))
+  out = {}
+  for n, w in runs.items():
+    with jax.set_mesh(mesh):
+      step, p = restore_params(os.path.join(w, "checkpoints"), abstract)
+    assert step == STEPS, (n, step)
+    out[n] = jax.device_get(p)
+  return out
+
+
+def _assert_same(params, ref, others):
+  for n in others:
+    for a, b in zip(jax.tree.leaves(params[ref]), jax.tree.leaves(params[n])):
+      np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
+
+
+def test_one_two_four_processes_agree(tiny_store, tmp_path, cache_dir):
+  tok = "configs/tokenizer.py:tiny"
   runs = {n: str(tmp_path / f"p{n}") for n in (1, 2, 4)}
-  procs = {n: _launch(tiny_store, w, n, tmp_path) for n, w in runs.items()}
-  for n, group in procs.items():
-    for p, log in group:
-      p.wait(timeout=600)
-      log.close()
-      assert p.returncode == 0, (tmp_path / f"p{n}_0.log").read_text()[-3000:]
+  procs = {n: _launch(tok, w, n, tmp_path, cache_dir, extra=[f"--config.data.path={tiny_store}"])
+           for n, w in runs.items()}
+  for group in procs.values():
+    _wait_ok(group, tmp_path)
 
   from configs import tokenizer
+  from dreamer4.phases.tokenizer import TokenizerPhase
   cfg = tokenizer.get_config("tiny")
   cfg.data.path = tiny_store
   phase = TokenizerPhase(cfg, EpisodeStore.open(tiny_store))
   mesh = shd.make_mesh(ml_collections.ConfigDict({"preset": "cpu8", "shape": None}))  # 1 process, (2,2,2)
-  abstract = st.to_abstract(phase.model_def.abstract_params, phase.model_def.param_shardings(mesh))
-  params = {}
-  for n, w in runs.items():
-    with jax.set_mesh(mesh):
-      step, p = restore_params(os.path.join(w, "checkpoints"), abstract)
-    assert step == STEPS
-    params[n] = jax.device_get(p)
-  for n in (2, 4):
-    for a, b in zip(jax.tree.leaves(params[1]), jax.tree.leaves(params[n])):
-      np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
+  params = _restore_all(phase.model_def, runs, mesh)
+  _assert_same(params, 1, (2, 4))
   # The runs really trained: parameters moved away from their initial values.
-  moved = max(float(np.abs(a).max()) for a in jax.tree.leaves(params[1]))
-  assert moved > 0
+  init = jax.device_get(phase.model_def.init_params(jax.random.key(0)))
+  assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params[1]), jax.tree.leaves(init))) > 0
+
+  # ---- the dynamics step on the latents of the 1-process tokenizer, in a store of long episodes
+  # (held-out windows of data.long_window must exist); encode writes the latents into it.
+  from data_pipelines.collect import collect
+  store = str(tmp_path / "store")
+  collect("toy", store, episodes=24, seed=0, skills=(0.3, 0.0), size=16)
+  from configs import encode
+  from dreamer4.phases.encode import encode_dataset
+  ecfg = encode.get_config()
+  ecfg.data.path, ecfg.tokenizer_workdir = store, runs[1]
+  encode_dataset(ecfg, str(tmp_path / "encode"))
+
+  dyn = {n: str(tmp_path / f"d{n}") for n in (1, 2)}
+  procs = {n: _launch("configs/dynamics.py:tiny", w, n, tmp_path, cache_dir,
+                      extra=[f"--config.data.path={store}", f"--config.tokenizer_workdir={runs[1]}"])
+           for n, w in dyn.items()}
+  for group in procs.values():
+    _wait_ok(group, tmp_path)
+  from configs import dynamics
+  from dreamer4.phases.dynamics import DynamicsPhase
+  dcfg = dynamics.get_config("tiny")
+  dcfg.data.path, dcfg.tokenizer_workdir = store, runs[1]
+  dphase = DynamicsPhase(dcfg, EpisodeStore.open(store), mesh)
+  _assert_same(_restore_all(dphase.model_def, dyn, mesh), 1, (2,))
+
+
+def _finished_steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def test_killed_process_stops_the_other_and_restart_resumes(tiny_store, tmp_path, cache_dir):
+  tok = "configs/tokenizer.py:tiny"
+  workdir = str(tmp_path / "hb")
+  common = [f"--config.data.path={tiny_store}", f"--heartbeat_timeout={HEARTBEAT_S}",
+            "--config.train.checkpoint_every=2", "--config.train.async_checkpoints=false"]
+  procs = _launch(tok, workdir, 2, tmp_path, cache_dir, stop_at=NUM_STEPS, extra=common)
+  deadline = time.time() + 600
+  while len(_finished_steps(workdir)) < 2:  # training is under way: checkpoints 2 and 4 exist
+    assert all(p.poll() is None for p, _ in procs), open(procs[0][1].name).read()[-3000:]
+    assert time.time() < deadline, "no checkpoint within 600 s"
+    time.sleep(0.5)
+  procs[1][0].kill()  # SIGKILL: no chance to say goodbye
+  t_kill = time.time()
+  survivor, log = procs[0]
+  try:
+    survivor.wait(timeout=HEARTBEAT_S + 50)
+  except subprocess.TimeoutExpired:
+    survivor.kill()
+    pytest.fail(f"the surviving process still runs {HEARTBEAT_S + 50} s after its peer was killed")
+  took = time.time() - t_kill
+  for p, lg in procs:
+    p.wait()
+    lg.close()
+  assert survivor.returncode != 0
+  assert took < HEARTBEAT_S + 50, took
+
+  last = _finished_steps(workdir)[-1]
+  procs = _launch(tok, workdir, 2, tmp_path, cache_dir, stop_at=last + 2, extra=common, tag="_restart")
+  _wait_ok(procs, tmp_path)
+  summary = json.loads(open(os.path.join(workdir, "run_summary.json")).read())
+  assert summary["start_step"] == last and summary["step"] == last + 2, summary

@@ -122,7 +122,7 @@ def rotated_keys(model: Dynamics, cache: KVCache):
 
 
 def frame_forward(model: Dynamics, cache: KVCache, z_BNL, tau_idx_B, d_idx_B, action,
-                  rotated_k_LBSMGK=None):
+                  rotated_k_LBSMGK=None, tasks_B=None, with_agent: bool = False):
   """One pass of the current frame against the cache (the cache is not written).
 
   Args:
@@ -134,10 +134,12 @@ def frame_forward(model: Dynamics, cache: KVCache, z_BNL, tau_idx_B, d_idx_B, ac
     action: dict with "labelled" [B] bool, "discrete" [B, Ad] int32 (if the spec
       has such columns) and "continuous" [B, Ac] float (if it has those).
     rotated_k_LBSMGK: Optional `rotated_keys(model, cache)`, to skip re-rotating.
+    tasks_B: Optional int32 task ids for the agent tokens (phase 2+ models).
+    with_agent: Also return the agent tokens' outputs [B, K_agent, D].
 
   Returns:
     (z1_hat_BNL float32, k_LBSGK, v_LBSGK): the clean estimate and the frame's
-    time-layer keys/values at this (tau, d) key.
+    time-layer keys/values at this (tau, d) key; plus agent_BKD with `with_agent`.
   """
   B = z_BNL.shape[0]
   act = _frame_axis(action)
@@ -146,6 +148,7 @@ def frame_forward(model: Dynamics, cache: KVCache, z_BNL, tau_idx_B, d_idx_B, ac
   x_B1SD = model.embed(
       z_BNL[:, None], tau_idx_B1, d_idx_B1, act.get("discrete"), act["labelled"],
       actions_continuous_BTA=act.get("continuous"),
+      tasks_BT=None if tasks_B is None else jnp.asarray(tasks_B, jnp.int32)[:, None],
   )
   here, cache_pos_M, cache_valid_M = _positions(cache)
   rotated = rotated_k_LBSMGK is not None
@@ -157,6 +160,8 @@ def frame_forward(model: Dynamics, cache: KVCache, z_BNL, tau_idx_B, d_idx_B, ac
       query_pos=here, keys_rotated=rotated,
   )
   z1_hat_BNL = model.readout(y_BSD[:, None])[:, 0]
+  if with_agent:
+    return z1_hat_BNL, k_LBSGK, v_LBSGK, y_BSD[:, model.layout.slice("agent")]
   return z1_hat_BNL, k_LBSGK, v_LBSGK
 
 
@@ -181,18 +186,24 @@ def context_keys(model: Dynamics, context_noise: float) -> tuple[int, int, float
 
 
 def commit_frame(model: Dynamics, cache: KVCache, z_BNL, noise_BNL, action, *,
-                 context_noise: float, rotated_k_LBSMGK=None) -> KVCache:
+                 context_noise: float, rotated_k_LBSMGK=None, tasks_B=None,
+                 with_agent: bool = False):
   """Corrupts a finished (or primed) frame to the context level and caches it.
 
   The one entry point for both primed and generated frames, so both use the same
   keys: tau index round((1 - context_noise) * k_max), d = d_min, and the given
   noise (drawn once by the caller).
+
+  With `with_agent` it returns (cache, agent_BKD): the agent tokens' outputs of this
+  pass. This is where the agent reads a frame (phase 2 trains its heads on the same
+  context-level corruption; see dreamer4/phases/agent.py).
   """
   ctx_idx, d_min_idx, signal = context_keys(model, context_noise)
   z_ctx_BNL = (1.0 - signal) * noise_BNL + signal * z_BNL.astype(jnp.float32)
-  _, k_LBSGK, v_LBSGK = frame_forward(model, cache, z_ctx_BNL, ctx_idx, d_min_idx, action,
-                                      rotated_k_LBSMGK)
-  return write_frame(cache, k_LBSGK, v_LBSGK)
+  out = frame_forward(model, cache, z_ctx_BNL, ctx_idx, d_min_idx, action, rotated_k_LBSMGK,
+                      tasks_B=tasks_B, with_agent=with_agent)
+  cache = write_frame(cache, out[1], out[2])
+  return (cache, out[3]) if with_agent else cache
 
 
 def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action, *, k: int,
@@ -217,16 +228,23 @@ def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action, *, k: int,
 
 
 def prime(model: Dynamics, cache: KVCache, context_z_BCNL, context_actions, noise_BCNL, *,
-          context_noise: float) -> KVCache:
-  """Commits C context frames in order (a lax.scan of `commit_frame`)."""
+          context_noise: float, tasks_B=None, with_agent: bool = False):
+  """Commits C context frames in order (a lax.scan of `commit_frame`).
+
+  With `with_agent` (C >= 1) it returns (cache, agent_BKD of the last context frame).
+  """
   if context_z_BCNL.shape[1] == 0:
+    if with_agent:
+      raise ValueError("prime(with_agent=True) needs at least one context frame")
     return cache
   swap = lambda a: jnp.swapaxes(jnp.asarray(a), 0, 1)
   xs = (swap(context_z_BCNL), swap(noise_BCNL), jax.tree.map(swap, context_actions))
 
   def body(cache, x):
     z_BNL, noise_BNL, action = x
-    return commit_frame(model, cache, z_BNL, noise_BNL, action, context_noise=context_noise), None
+    out = commit_frame(model, cache, z_BNL, noise_BNL, action, context_noise=context_noise,
+                       tasks_B=tasks_B, with_agent=with_agent)
+    return (out[0], out[1]) if with_agent else (out, None)
 
-  cache, _ = jax.lax.scan(body, cache, xs)
-  return cache
+  cache, agents = jax.lax.scan(body, cache, xs)
+  return (cache, agents[-1]) if with_agent else cache

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PHASES = ("tokenizer", "encode", "dynamics", "pipeline")
+PHASES = ("tokenizer", "encode", "dynamics", "agent", "imagine", "pipeline")
 
 
 def make_phase_factory(name: str):
@@ -11,6 +11,12 @@ def make_phase_factory(name: str):
     return make_phase
   if name == "dynamics":
     from dreamer4.phases.dynamics import make_phase
+    return make_phase
+  if name == "agent":
+    from dreamer4.phases.agent import make_phase
+    return make_phase
+  if name == "imagine":
+    from dreamer4.phases.imagine import make_phase
     return make_phase
   from dreamer4.errors import ConfigError
   raise ConfigError(f"--config.phase={name!r} is unknown; choose one of {', '.join(PHASES)}")

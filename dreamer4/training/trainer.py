@@ -167,6 +167,8 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
     if state is None:
       start_step = 0
       state = jax.jit(init_fn, out_shardings=shardings)(base_key)
+      if hasattr(phase, "warm_start"):  # e.g. phase 2 starts from the phase-1b weights
+        state = dict(state, params=phase.warm_start(state["params"], shardings["params"]))
   # All validation passed: only now write into the workdir.
   write_config(workdir, config)
   logging.info("%s from step %d", "resuming" if start_step else "starting", start_step)
@@ -309,4 +311,5 @@ def write_summaries(writer, step, p_summary, state, batch, key, frozen, mesh, wo
         mt.write_gif(os.path.join(workdir, "videos", f"{name}_{step:07d}.gif"), v)
     else:
       grids[name] = mt.image_grid(v, cols=min(8, len(v)))[None]
-  writer.write_images(step, grids)
+  if grids:
+    writer.write_images(step, grids)

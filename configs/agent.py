@@ -1,0 +1,69 @@
+r"""Phase 2: agent tokens, multi-token behaviour cloning and reward model (PAPER.md §5).
+
+Run (after the dynamics phase):
+
+  python -m dreamer4.main --config=configs/agent.py:toy --workdir=runs/toy/agent \
+      --config.data.path=runs/toy/data --config.dynamics_workdir=runs/toy/dynamics
+
+The world model is rebuilt from the dynamics workdir's config.json and warm-started from
+its checkpoint; agent tokens, task embedding and heads start fresh. Variants: toy, tiny.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from configs import tokenizer as tokenizer_config
+
+VARIANTS = ("toy", "tiny")
+
+
+def agent_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.num_agent_tokens = 1     # agent tokens per frame (paper: unstated; one is enough for one task id)
+  c.mtp = 8                  # L: heads predict offsets n = 0..L [P §5.2]
+  c.head_hidden = 256        # head MLP width (paper: "small MLP", unstated)
+  c.head_layers = 2          # head MLP depth (unstated)
+  c.context_noise = 0.1      # the heads read frames at the context noise level (our choice, see models/agent.py)
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "toy"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/agent.py: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.phase = "agent"
+  c.variant = variant
+  c.dynamics_workdir = ""    # finished phase-1b workdir (its config.json and checkpoints)
+  c.data = tokenizer_config.data_config(window=16)
+  c.agent = agent_config()
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.bootstrap_fraction = 0.5
+  c.loss.independent_fraction = 0.3
+  c.loss.rms_decay = 0.99
+  c.loss.dynamics_weight = 1.0  # each term RMS-normalised, then weighted [P §5.3: equal weights]
+  c.loss.bc_weight = 1.0
+  c.loss.reward_weight = 1.0
+
+  c.optim = common.optim_config(lr=3e-4, warmup_steps=50)
+  c.mesh = common.mesh_config("data")
+  c.train = common.train_config(batch_size=16, num_steps=600, eval_every=300, summary_every=0)
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_batches = 2
+
+  if variant == "tiny":
+    c.data.window = 4
+    c.agent.mtp = 2
+    c.agent.head_hidden = 16
+    c.agent.head_layers = 1
+    c.train.batch_size = 8
+    c.train.num_steps = 4
+    c.train.log_every = 2
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 2
+    c.optim.warmup_steps = 1
+    c.eval.num_batches = 1
+  return c

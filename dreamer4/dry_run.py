@@ -1,0 +1,257 @@
+r"""`--dry_run`: compile a phase's train step on the configured mesh without data or parameters.
+
+  python -m dreamer4.main --dry_run --config=configs/dynamics.py:paper --cpu_devices=8 \
+      --config.train.batch_size=8
+
+builds the phase's model definition and the same jitted train step as the trainer
+(dreamer4/training/trainer.py), lowers it with abstract inputs (`jax.ShapeDtypeStruct`s
+carrying the mesh shardings: nothing is initialised, no data is read), compiles it, and
+reports per step shape (short and, for the dynamics phase, long windows):
+
+  params_total / params_per_device    model parameters (per device: the largest shard set)
+  state_bytes_per_device              params + optimiser state + aux, as sharded
+  memory (per device, from `compiled.memory_analysis()`): argument / output / alias /
+      temp / generated-code bytes, and peak = argument + output - alias + temp
+  flops_per_device (`compiled.cost_analysis()`) and flops_total = flops_per_device x devices
+
+The workdir is never touched. Shapes that the store would give a real run come from
+the config when no store is named: `config.data.frame_shape` (tokenizer) and
+`config.data.latent_shape` (dynamics; or the tokenizer workdir's config.json).
+
+Caveat: the compiler is the one of the devices present. With fake CPU devices
+(--cpu_devices) the numbers are XLA:CPU's, which only approximate a GPU/TPU compile
+(different fusion; XLA:CPU computes bf16 matmuls in float32, so some bf16 activations are
+counted at 4 bytes). XLA:CPU's default concurrency-optimised scheduler hoists rematerialised
+forward passes out of the backward pass, which undoes remat in the estimate;
+`memory_aware_cpu_scheduler()` (called by main before the backend starts) switches it to
+the memory-optimised scheduler. Even so, XLA:CPU keeps more of each rematerialised layer
+alive than remat alone would (the estimate grows by several GiB per layer at paper scale),
+so with many unrolled layers the CPU figure is an upper bound.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from data_pipelines.envs.base import ActionComponent, ActionSpec
+from dreamer4 import sharding as shd
+from dreamer4.errors import ConfigError
+from dreamer4.training import state as st
+
+# Action space assumed when no store is named (dynamics): a VPT-style Minecraft action,
+# 20 binary keys plus a foveated 11x11 mouse grid. Only the action table's size (about
+# (40 + 121) x width parameters) depends on it.
+ASSUMED_ACTIONS = ActionSpec((ActionComponent("keys", "binary", 20), ActionComponent("mouse", "discrete", 121)))
+
+
+CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+
+
+def memory_aware_cpu_scheduler() -> None:
+  """Adds CPU_SCHEDULER_FLAG to XLA_FLAGS; must run before the XLA backend starts.
+
+  (Passing it as a per-compile option is accepted but has no effect in jax 0.10.2.)
+  """
+  import os
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_scheduler_type" not in flags and "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {CPU_SCHEDULER_FLAG}".strip()
+
+
+class _Shapes:
+  """The part of an EpisodeStore a phase's model needs (frame shape, action spec, path)."""
+
+  def __init__(self, frame_shape, action_spec, path):
+    self.frame_shape = tuple(frame_shape) if frame_shape else None
+    self.action_spec = action_spec
+    self.path = path
+
+
+def _store_or_config(config) -> _Shapes:
+  path = config.data.get("path", "")
+  if path:  # metadata only; no window is read
+    from data_pipelines.episodes import EpisodeStore
+    store = EpisodeStore.open(path)
+    return _Shapes(store.frame_shape, store.action_spec, store.path)
+  frame_shape = config.data.get("frame_shape", None)
+  return _Shapes(frame_shape, ASSUMED_ACTIONS, "(no store: config.data.frame_shape)")
+
+
+def _tokenizer_phase(config, shapes: _Shapes):
+  from dreamer4.phases.tokenizer import TokenizerPhase
+  if not shapes.frame_shape:
+    raise ConfigError("--dry_run of the tokenizer needs the frame shape: set --config.data.path=STORE "
+                      "or --config.data.frame_shape=(H,W,C)")
+  phase = TokenizerPhase(config, shapes)
+  return phase, {"frames": (tuple(shapes.frame_shape), jnp.uint8)}, {"lpips": phase.frozen()["lpips"]}, None
+
+
+def _latent_shape(config) -> tuple[int, int]:
+  workdir = config.get("tokenizer_workdir", "")
+  if workdir:
+    import ml_collections
+    from etils import epath
+    cfg_path = epath.Path(workdir) / "config.json"
+    if not cfg_path.exists():
+      raise ConfigError(f"--config.tokenizer_workdir={workdir} has no config.json; train the tokenizer first, "
+                        f"or leave it empty and set --config.data.latent_shape=(N,L) for a dry run")
+    tcfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    return int(tcfg.model.num_latents), int(tcfg.model.latent_dim)
+  shape = config.data.get("latent_shape", None)
+  if not shape or len(shape) != 2:
+    raise ConfigError("--dry_run of the dynamics phase needs the latent shape: set "
+                      "--config.tokenizer_workdir=DIR or --config.data.latent_shape=(num_latents,latent_dim)")
+  return int(shape[0]), int(shape[1])
+
+
+def _dynamics_phase(config, shapes: _Shapes):
+  from dreamer4.models.dynamics import Dynamics
+  from dreamer4.phases.dynamics import DynamicsPhase
+  N, L = _latent_shape(config)
+  m = config.model
+  long_window = int(config.data.get("long_window", 0))
+  if m.context and long_window and long_window <= m.context:
+    raise ConfigError(f"--config.data.long_window={long_window} must exceed --config.model.context="
+                      f"{m.context} (PAPER §3.2: batch length > context length)")
+  spec = shapes.action_spec
+  # The phase without its frozen tokenizer and store checks: only loss_fn is used here,
+  # and the train step never reads the tokenizer (jit drops the unused argument).
+  phase = DynamicsPhase.__new__(DynamicsPhase)
+  phase.config = config
+  phase.num_latents, phase.latent_dim = N, L
+  try:
+    phase.model_def = st.ModelDef.build(lambda rng: Dynamics.from_config(m, N, L, spec, nnx.Rngs(rng)))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  fields = {"latents": ((N, L), jnp.float32), "action_labelled": ((), jnp.bool_)}
+  if spec.discrete_columns:
+    fields["actions_discrete"] = ((spec.discrete_columns,), jnp.int32)
+  return phase, fields, {}, (N, L)
+
+
+def _bytes_per_device(abstract_tree, shardings) -> int:
+  total = 0
+  for x, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+    total += math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def _count_per_device(abstract_tree, shardings) -> int:
+  return sum(math.prod(s.shard_shape(x.shape)) for x, s in
+             zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)))
+
+
+def _memory(compiled) -> dict[str, int]:
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
+         for k in ("argument", "output", "alias", "temp", "generated_code")}
+  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  return out
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def dry_run(config) -> dict[str, Any]:
+  """Compiles the train step of `config.phase` on `config.mesh`; returns the report dict."""
+  if config.phase not in ("tokenizer", "dynamics"):
+    raise ConfigError(f"--dry_run supports the tokenizer and dynamics phases, not --config.phase={config.phase!r}")
+  t0 = time.time()
+  ctc = config.train
+  mesh = shd.make_mesh(config.mesh)
+  shd.check_batch_divides(ctc.batch_size, mesh)
+  shapes = _store_or_config(config)
+  make = _tokenizer_phase if config.phase == "tokenizer" else _dynamics_phase
+  phase, fields, frozen_np, latent_shape = make(config, shapes)
+  mdef = phase.model_def
+
+  tx = st.make_optimizer(config.optim, ctc.num_steps)
+
+  def init_fn(rng):
+    return st.init_state(mdef.init_params(rng), tx, phase.init_aux())
+
+  key = jax.random.key(ctc.seed)
+  abstract = jax.eval_shape(init_fn, key)  # traced, never run: no parameter is materialised
+  param_sh = mdef.param_shardings(mesh)
+  shardings = st.state_shardings(abstract, param_sh, tx, mesh)
+  rep = shd.replicated(mesh)
+  state_in = st.to_abstract(abstract, shardings)
+  frozen_in = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep),
+                           frozen_np)
+  key_in = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
+
+  # The trainer's step (dreamer4/training/trainer.py), jitted the same way.
+  step_core = st.make_train_step(phase.loss_fn, tx)
+
+  def train_step(state, batch, key, frozen):
+    rng = jax.random.fold_in(key, state["step"] + state["skipped"])
+    return step_core(state, batch, rng, frozen)
+
+  p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
+
+  windows = {"short": int(config.data.window)}
+  if int(config.data.get("long_window", 0)):
+    windows["long"] = int(config.data.long_window)
+  n_dev = mesh.devices.size
+  report: dict[str, Any] = dict(
+      phase=config.phase, variant=config.get("variant", ""), devices=int(n_dev),
+      mesh={k: int(v) for k, v in mesh.shape.items()}, global_batch=int(ctc.batch_size),
+      compute_dtype=str(config.model.get("dtype", "float32")), remat=bool(config.model.get("remat", False)),
+      params_total=mdef.num_params(), params_per_device=_count_per_device(mdef.abstract_params, param_sh),
+      state_bytes_per_device=_bytes_per_device(abstract, shardings),
+      frame_shape=list(shapes.frame_shape) if shapes.frame_shape else None,
+      latent_shape=list(latent_shape) if latent_shape else None, steps={})
+  for kind, T in windows.items():
+    batch_in = {f: jax.ShapeDtypeStruct((ctc.batch_size, T) + tuple(shape), dtype,
+                                        sharding=shd.batch_sharding(mesh, 2 + len(shape)))
+                for f, (shape, dtype) in fields.items()}
+    t1 = time.time()
+    with jax.set_mesh(mesh):
+      lowered = p_train.lower(state_in, batch_in, key_in, frozen_in)
+    t2 = time.time()
+    compiled = lowered.compile()
+    t3 = time.time()
+    flops = _flops(compiled)
+    report["steps"][kind] = dict(window=T, lower_s=round(t2 - t1, 2), compile_s=round(t3 - t2, 2),
+                                 memory_per_device=_memory(compiled), flops_per_device=flops,
+                                 flops_total=flops * n_dev)
+    logging.info("dry run: %s step (window %d) compiled in %.1f s", kind, T, t3 - t2)
+  report["wall_s"] = round(time.time() - t0, 2)
+  return report
+
+
+def _gb(b) -> str:
+  return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
+
+
+def format_report(r: dict[str, Any]) -> str:
+  """Human-readable lines (the JSON follows on the last line)."""
+  lines = [f"dry run: {r['phase']} ({r['variant']}) on {r['devices']} devices, mesh {r['mesh']}, "
+           f"global batch {r['global_batch']}, compute {r['compute_dtype']}, remat {r['remat']}",
+           f"  parameters: {r['params_total']:,} total, {r['params_per_device']:,} per device",
+           f"  train state (params + optimiser + aux): {_gb(r['state_bytes_per_device'])} per device"]
+  for kind, s in r["steps"].items():
+    m = s["memory_per_device"]
+    lines.append(f"  {kind} step, window {s['window']}: compiled in {s['compile_s']} s")
+    if m:
+      lines.append(f"    memory per device: peak {_gb(m['peak'])} = arguments {_gb(m['argument'])} + outputs "
+                   f"{_gb(m['output'])} - aliased {_gb(m['alias'])} + temporaries {_gb(m['temp'])} "
+                   f"(code {_gb(m['generated_code'])})")
+    lines.append(f"    FLOPs per step: {s['flops_per_device']:.4g} per device, {s['flops_total']:.4g} summed over "
+                 f"devices (replicated work counts once per device)")
+  return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""Phase 2: agent tokens, behaviour cloning and reward model (PAPER.md §5).
+
+The world model of phase 1b is rebuilt from its workdir's config.json with agent tokens
+(`config.model.num_agent_tokens`, default 1) and a task embedding, warm-started from its
+checkpoint (the new tokens and the heads start fresh), and finetuned as a whole with
+three RMS-normalised losses [P §5.3]:
+
+  shortcut forcing (as in phase 1b)  +  MTP behaviour cloning  +  MTP reward (two-hot).
+
+The agent tokens read every modality and nothing reads them, so adding them cannot
+change a world-model prediction (tests/models/test_agent_model.py checks that the
+task input changes no latent prediction). The heads read the agent tokens of a second
+pass over the window in which every frame is corrupted once to the context noise
+level (dreamer4/models/agent.py explains why).
+
+Data mixture [P §5.3: "half uniform, half task-relevant"]: not implemented; every row
+is drawn uniformly from the dataset (our toy data is all task-relevant). Left open.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from etils import epath
+from flax import nnx
+
+from dreamer4.errors import CheckpointError, ConfigError
+from dreamer4.inference.sampler import context_tau_index
+from dreamer4.models.agent import AgentModel, agent_embedding
+from dreamer4.models.dynamics import Dynamics, d_min_index, make_training_fn
+from dreamer4.objectives import normalize
+from dreamer4.objectives.agent import bc_reward_loss
+from dreamer4.objectives.shortcut import shortcut_loss
+from dreamer4.phases.encode import LATENTS
+from dreamer4.training.state import ModelDef
+
+AGENT_FIELDS = ("latents", "actions_discrete", "action_labelled", "rewards", "tasks")
+
+
+def read_phase_config(workdir: str, what: str, hint: str) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir or ".") / "config.json"
+  if not workdir or not path.exists():
+    raise CheckpointError(f"{what} workdir {workdir!r} has no config.json; {hint}")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def latent_shape(store) -> tuple[int, int]:
+  attrs = store.array_attrs(LATENTS) or {}
+  if "num_latents" not in attrs:
+    raise ConfigError(f"dataset {store.path} holds no latents; run the encode job first "
+                      "(python -m dreamer4.main --config=configs/encode.py ...)")
+  return int(attrs["num_latents"]), int(attrs["latent_dim"])
+
+
+def agent_model_def(dyn_model_cfg, agent_cfg, num_latents, latent_dim, action_spec, num_tasks) -> ModelDef:
+  """ModelDef of the AgentModel: the dynamics config plus agent tokens and heads."""
+  m = ml_collections.ConfigDict(dyn_model_cfg.to_dict())
+  m.num_agent_tokens = int(agent_cfg.num_agent_tokens)
+  m.num_tasks = int(num_tasks)
+
+  def make(rng):
+    rngs = nnx.Rngs(rng)
+    dyn = Dynamics.from_config(m, num_latents, latent_dim, action_spec, rngs)
+    return AgentModel(dyn, mtp=int(agent_cfg.mtp), hidden=int(agent_cfg.head_hidden),
+                      num_layers=int(agent_cfg.head_layers), rngs=rngs)
+
+  try:
+    return ModelDef.build(make)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def context_pass(model: Dynamics, batch, rng, context_noise: float):
+  """h [B, T, D]: agent embeddings with every frame corrupted once to the context level."""
+  z_BTNL = batch["latents"].astype(jnp.float32)
+  B, T = z_BTNL.shape[:2]
+  ctx_idx = context_tau_index(context_noise, model.k_max)
+  signal = ctx_idx / model.k_max
+  noise = jax.random.normal(rng, z_BTNL.shape, jnp.float32)
+  z_ctx = (1.0 - signal) * noise + signal * z_BTNL
+  tau = jnp.full((B, T), ctx_idx, jnp.int32)
+  d = jnp.full((B, T), d_min_index(model.k_max), jnp.int32)
+  out = model(z_ctx, tau, d, batch["actions_discrete"], batch["action_labelled"], tasks_BT=batch["tasks"])
+  return agent_embedding(out["agent_BTKD"])
+
+
+class AgentPhase:
+  """Phase 2 in the trainer (see dreamer4/training/trainer.py `Phase`)."""
+
+  name = "agent"
+  read_fields = AGENT_FIELDS
+  data_fields = AGENT_FIELDS + ("first_T",)
+
+  def __init__(self, config, store, mesh):
+    self.config = config
+    self.dyn_cfg = read_phase_config(config.dynamics_workdir, "dynamics",
+                                     "train the dynamics model first and name its workdir in --config.dynamics_workdir")
+    self.num_latents, self.latent_dim = latent_shape(store)
+    self.num_tasks = max(1, len(store.task_names))
+    self.model_def = agent_model_def(self.dyn_cfg.model, config.agent, self.num_latents, self.latent_dim,
+                                     store.action_spec, self.num_tasks)
+    if config.agent.mtp < 0:
+      raise ConfigError(f"--config.agent.mtp must be >= 0, got {config.agent.mtp}")
+
+  def init_aux(self):
+    return normalize.rms_init(("dynamics", "bc", "reward"))
+
+  def frozen(self):
+    return {}
+
+  def warm_start(self, params, shardings):
+    """Fresh params with the phase-1b dynamics weights restored into params["dynamics"]."""
+    from dreamer4.training.checkpoint import restore_params
+    from dreamer4.training.state import to_abstract
+    new_keys = ("agent_tokens", "task_embed")
+    dyn_abs = to_abstract(params["dynamics"], shardings["dynamics"])
+    want = {k: v for k, v in dyn_abs.items() if k not in new_keys}
+    _, restored = restore_params(str(epath.Path(self.config.dynamics_workdir) / "checkpoints"), want)
+    out = dict(params)
+    out["dynamics"] = dict(params["dynamics"], **restored)
+    return out
+
+  def loss_fn(self, params, aux, batch, rng, frozen):
+    del frozen
+    c = self.config
+    model = self.model_def.merge(params)
+    sc_rng, ctx_rng = jax.random.split(rng)
+    apply_fn = make_training_fn(model.dynamics, batch["actions_discrete"], batch["action_labelled"])
+    dyn_loss, metrics = shortcut_loss(apply_fn, batch["latents"], sc_rng, k_max=model.dynamics.k_max,
+                                      bootstrap_fraction=c.loss.bootstrap_fraction,
+                                      independent_fraction=c.loss.independent_fraction)
+    h_BTD = context_pass(model.dynamics, batch, ctx_rng, c.agent.context_noise)
+    first_BT = batch["first_T"].astype(bool)
+    disc = batch["actions_discrete"]
+    cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
+    losses, agent_metrics = bc_reward_loss(model.policy, model.reward, h_BTD, (disc, cont),
+                                           batch["rewards"].astype(jnp.float32), first_BT,
+                                           batch["action_labelled"].astype(bool), int(c.agent.mtp))
+    n_dyn, aux = normalize.rms_normalize(aux, "dynamics", dyn_loss, decay=c.loss.rms_decay)
+    n_bc, aux = normalize.rms_normalize(aux, "bc", losses["bc"], decay=c.loss.rms_decay)
+    n_rew, aux = normalize.rms_normalize(aux, "reward", losses["reward"], decay=c.loss.rms_decay)
+    loss = c.loss.dynamics_weight * n_dyn + c.loss.bc_weight * n_bc + c.loss.reward_weight * n_rew
+    return loss, (aux, dict(metrics, **agent_metrics, shortcut_loss=dyn_loss))
+
+  def eval_fn(self, params, batch, frozen):
+    model = self.model_def.merge(params)
+    h_BTD = context_pass(model.dynamics, batch, jax.random.key(0), self.config.agent.context_noise)
+    first_BT = batch["first_T"].astype(bool)
+    disc = batch["actions_discrete"]
+    cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
+    _, m = bc_reward_loss(model.policy, model.reward, h_BTD, (disc, cont), batch["rewards"].astype(jnp.float32),
+                          first_BT, batch["action_labelled"].astype(bool), int(self.config.agent.mtp))
+    # Next-action accuracy of the acting head (n = 0) where the target is valid.
+    pol = model.policy.params(h_BTD[:, :-1], 0)
+    valid = batch["action_labelled"][:, 1:].astype(jnp.float32)
+    pred = jnp.argmax(pol[..., :model.policy.spec.components[0].size], axis=-1)
+    hit = (pred == disc[:, 1:, 0]).astype(jnp.float32)
+    m["bc_accuracy_n0"] = jnp.sum(hit * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    return m
+
+  def summary_fn(self, params, batch, rng, frozen):
+    return {}
+
+
+def make_phase(config, store, mesh) -> AgentPhase:
+  return AgentPhase(config, store, mesh)

@@ -1,0 +1,197 @@
+"""Phase 3: imagination training of policy and value heads with PMPO (PAPER.md §6).
+
+The phase-2 AgentModel (world model with agent tokens, BC policy, reward head) is frozen.
+Only `ImagineHeads` train: the policy (initialised from the BC policy) and a new value
+head. One jitted train step = rollout + update:
+
+  1. Dataset contexts: C frames of latents, actions and the episode's task prime a KV
+     cache (`inference.kv_cache.prime`); the agent embedding h_0 is read at the last one.
+  2. For t = 0..H-1 (lax.scan): sample a_{t+1} ~ pi(.|h_t) (n = 0 head, no gradient),
+     generate frame t+1 with K shortcut steps over the cache, commit it at the context
+     noise level, which yields h_{t+1}; the reward head reads r_{t+1} at h_{t+1}.
+  3. Lambda-returns (Eq 10, gamma 0.997) from the value head over h_0..h_H; value loss
+     (two-hot) and PMPO (Eq 11, alpha 0.5, beta 0.3, reverse KL to the frozen BC policy)
+     on the H decisions.
+
+Terminations: the paper describes no continue head. Our choice: with
+`imagine.terminal_reward` > 0, a step whose predicted reward reaches that value is
+treated as terminal (continue 0 from then on); the toy world ends an episode exactly
+when the task reward is paid. 0 disables it (continue = 1 everywhere).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dreamer4.errors import ConfigError
+from dreamer4.inference import kv_cache
+from dreamer4.models import heads as heads_lib
+from dreamer4.models.agent import ImagineHeads, agent_embedding
+from dreamer4.models.dynamics import Dynamics
+from dreamer4.objectives import normalize
+from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, value_loss
+from dreamer4.phases.agent import agent_model_def, latent_shape, read_phase_config
+from dreamer4.training.state import ModelDef
+
+IMAGINE_FIELDS = ("latents", "actions_discrete", "action_labelled", "tasks")
+
+
+def action_dict(spec, disc_BA, cont_BA=None):
+  out = {"labelled": jnp.ones(disc_BA.shape[:1], bool)}
+  if spec.discrete_columns:
+    out["discrete"] = disc_BA.astype(jnp.int32)
+  if spec.continuous_columns:
+    out["continuous"] = cont_BA
+  return out
+
+
+def imagine_rollout(dyn: Dynamics, policy_params_fn, reward_head, batch, rng, *, context: int, horizon: int,
+                    k: int, context_noise: float, window: int):
+  """Rolls the policy out in the frozen world model.
+
+  Args:
+    dyn: Dynamics with agent tokens.
+    policy_params_fn: h [B, D] -> flat policy params [B, P] (the acting head).
+    reward_head: RewardHead (n = 0 reads r_{t+1} at h_{t+1}).
+    batch: latents [B, T, N, L] (T >= context), actions_discrete, action_labelled, tasks [B, T].
+    context, horizon, k, context_noise, window: see the module docstring.
+
+  Returns:
+    dict: h_BHD [B, H+1, D] (h_0..h_H), disc_BHA [B, H, Ad] sampled actions, cont_BHA,
+    reward_BH [B, H] (r_1..r_H), latents_BHNL [B, H, N, L] generated frames.
+  """
+  spec = dyn.action_spec
+  z_BCNL = batch["latents"][:, :context].astype(jnp.float32)
+  B = z_BCNL.shape[0]
+  tasks_B = batch["tasks"][:, 0].astype(jnp.int32)
+  ctx_actions = {"discrete": batch["actions_discrete"][:, :context], "labelled": batch["action_labelled"][:, :context]}
+  prime_rng, roll_rng = jax.random.split(rng)
+  cache = kv_cache.init_cache(dyn, B, window)
+  cache, agent0 = kv_cache.prime(dyn, cache, z_BCNL, ctx_actions, jax.random.normal(prime_rng, z_BCNL.shape),
+                                 context_noise=context_noise, tasks_B=tasks_B, with_agent=True)
+  h0 = agent_embedding(agent0)
+
+  def body(carry, key):
+    cache, h = carry
+    a_key, z_key, n_key = jax.random.split(key, 3)
+    disc, cont = heads_lib.sample(spec, jax.lax.stop_gradient(policy_params_fn(h)), a_key)
+    act = action_dict(spec, disc, cont)
+    rot = kv_cache.rotated_keys(dyn, cache)
+    z0 = jax.random.normal(z_key, (B, dyn.num_latents, dyn.latent_dim), jnp.float32)
+    z = kv_cache.denoise_frame(dyn, cache, z0, act, k=k, rotated_k_LBSMGK=rot)
+    cache, agent = kv_cache.commit_frame(dyn, cache, z, jax.random.normal(n_key, z.shape), act,
+                                         context_noise=context_noise, rotated_k_LBSMGK=rot,
+                                         tasks_B=tasks_B, with_agent=True)
+    h_next = agent_embedding(agent)
+    r = reward_head.predict(h_next, 0)
+    return (cache, h_next), (h_next, disc, cont, r, z)
+
+  _, (h_HBD, disc_HBA, cont_HBA, r_HB, z_HBNL) = jax.lax.scan(body, (cache, h0), jax.random.split(roll_rng, horizon))
+  sw = lambda a: jnp.swapaxes(a, 0, 1)
+  return {"h_BHD": jnp.concatenate([h0[:, None], sw(h_HBD)], axis=1), "disc_BHA": sw(disc_HBA),
+          "cont_BHA": sw(cont_HBA), "reward_BH": sw(r_HB), "latents_BHNL": sw(z_HBNL)}
+
+
+class ImaginePhase:
+  """Phase 3 in the trainer."""
+
+  name = "imagine"
+  read_fields = IMAGINE_FIELDS
+  data_fields = IMAGINE_FIELDS
+
+  def __init__(self, config, store, mesh):
+    from dreamer4.training.checkpoint import restore_params
+    from dreamer4.training.state import to_abstract
+    from etils import epath
+    self.config = config
+    ic = config.imagine
+    self.agent_cfg = read_phase_config(config.agent_workdir, "agent",
+                                       "train phase 2 first and name its workdir in --config.agent_workdir")
+    dyn_cfg = read_phase_config(self.agent_cfg.dynamics_workdir, "dynamics",
+                                f"the agent workdir {config.agent_workdir} names a missing dynamics workdir")
+    num_latents, latent_dim = latent_shape(store)
+    self.agent_def = agent_model_def(dyn_cfg.model, self.agent_cfg.agent, num_latents, latent_dim,
+                                     store.action_spec, max(1, len(store.task_names)))
+    shard = self.agent_def.param_shardings(mesh)
+    _, self.agent_params = restore_params(str(epath.Path(config.agent_workdir) / "checkpoints"),
+                                          to_abstract(self.agent_def.abstract_params, shard))
+    a = self.agent_cfg.agent
+    dyn_abstract = self.agent_def.merge(self.agent_def.abstract_params).dynamics  # shapes only
+    self.model_def = ModelDef.build(lambda rng: ImagineHeads(
+        dyn_abstract, mtp=int(a.mtp), hidden=int(a.head_hidden), num_layers=int(a.head_layers), rngs=nnx.Rngs(rng)))
+    if ic.context < 1 or ic.horizon < 1:
+      raise ConfigError("--config.imagine.context and --config.imagine.horizon must be >= 1")
+    if ic.context > config.data.window:
+      raise ConfigError(f"--config.imagine.context={ic.context} exceeds --config.data.window={config.data.window}")
+    self.window = int(dyn_cfg.model.context) or (ic.context + ic.horizon)
+
+  def init_aux(self):
+    return normalize.rms_init(("policy", "value"))
+
+  def frozen(self):
+    return {"agent": self.agent_params}
+
+  def warm_start(self, params, shardings):
+    """The policy starts as the phase-2 BC policy; the value head starts fresh."""
+    del shardings
+    return dict(params, policy=jax.tree.map(lambda x: x, self.agent_params["policy"]))
+
+  def _rollout_and_losses(self, params, batch, rng, frozen):
+    ic = self.config.imagine
+    agent = self.agent_def.merge(frozen["agent"])
+    heads = self.model_def.merge(params)
+    spec = agent.dynamics.action_spec
+    roll = imagine_rollout(agent.dynamics, lambda h: heads.policy.params(h, 0), agent.reward, batch, rng,
+                           context=ic.context, horizon=ic.horizon, k=ic.k, context_noise=ic.context_noise,
+                           window=self.window)
+    h_BHD = jax.lax.stop_gradient(roll["h_BHD"])
+    B, H1, D = h_BHD.shape
+    H = H1 - 1
+    r_BH = jnp.concatenate([jnp.zeros((B, 1)), roll["reward_BH"]], axis=1)  # r_t of the step into t
+    if ic.terminal_reward > 0:
+      done_BH = r_BH >= ic.terminal_reward
+      # continue flag of the step into t: 0 once an earlier step was terminal (absorbing).
+      ended_BH = jnp.cumsum(done_BH.astype(jnp.int32), axis=1) - done_BH.astype(jnp.int32) > 0
+      c_BH = jnp.where(done_BH, 0.0, 1.0)
+      r_BH = jnp.where(ended_BH, 0.0, r_BH)
+      alive_BH = ~ended_BH  # decisions taken at a frame after the episode ended do not count
+    else:
+      c_BH = jnp.ones_like(r_BH)
+      alive_BH = jnp.ones(r_BH.shape, bool)
+    v_BH = heads.value.predict(h_BHD.reshape(B * H1, D), 0).reshape(B, H1)
+    R_BH = lambda_returns(r_BH, jax.lax.stop_gradient(v_BH), c_BH, gamma=ic.gamma, lam=ic.lam)  # [B, H]
+    mask = alive_BH[:, :H].reshape(-1)
+    h_ND = h_BHD[:, :H].reshape(B * H, D)
+    v_loss, v_metrics = value_loss(heads.value, h_ND, R_BH.reshape(-1), mask)
+    adv = (R_BH - v_BH[:, :H]).reshape(-1)
+    pol_params = heads.policy.params(h_ND, 0)
+    actions = (roll["disc_BHA"].reshape(B * H, -1), roll["cont_BHA"].reshape(B * H, -1))
+    logp = heads_lib.log_prob(spec, pol_params, actions)
+    prior = jax.lax.stop_gradient(agent.policy.params(h_ND, 0))
+    kl = heads_lib.kl(spec, pol_params, prior)
+    p_loss, p_metrics = pmpo_loss(logp, kl, adv, alpha=ic.alpha, beta=ic.beta, mask_N=mask)
+    metrics = dict(v_metrics, **p_metrics, imagined_reward=jnp.mean(jnp.sum(r_BH, axis=1)),
+                   imagined_success=jnp.mean(jnp.any(r_BH >= 0.5, axis=1).astype(jnp.float32)),
+                   policy_entropy=jnp.mean(heads_lib.entropy(spec, pol_params)))
+    return p_loss, v_loss, metrics
+
+  def loss_fn(self, params, aux, batch, rng, frozen):
+    p_loss, v_loss, metrics = self._rollout_and_losses(params, batch, rng, frozen)
+    # Both losses are RMS-normalised like every other term [P §5.3]; they touch
+    # disjoint parameters, so this only sets their effective learning rates.
+    n_p, aux = normalize.rms_normalize(aux, "policy", p_loss, decay=self.config.loss.rms_decay)
+    n_v, aux = normalize.rms_normalize(aux, "value", v_loss, decay=self.config.loss.rms_decay)
+    return n_p + n_v, (aux, metrics)
+
+  def eval_fn(self, params, batch, frozen):
+    _, _, metrics = self._rollout_and_losses(params, batch, jax.random.key(0), frozen)
+    return metrics
+
+  def summary_fn(self, params, batch, rng, frozen):
+    return {}
+
+
+def make_phase(config, store, mesh) -> ImaginePhase:
+  return ImaginePhase(config, store, mesh)
