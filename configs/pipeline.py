@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import agent as agent_config
 from configs import dynamics as dynamics_config
+from configs import imagine as imagine_config
 from configs import encode as encode_config
 from configs import tokenizer as tokenizer_config
 
@@ -28,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.phase = "pipeline"       # dreamer4.main runs the stages below in order
   c.variant = variant
-  c.stages = ("collect", "tokenizer", "encode", "dynamics")  # stages to run, in this order
+  c.stages = ("collect", "tokenizer", "encode", "dynamics", "agent", "imagine")  # stages to run, in this order
 
   c.collect = ml_collections.ConfigDict()
   c.collect.env = "toy"      # environment name (data_pipelines.envs.make_env)
@@ -40,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer = tokenizer_config.get_config(variant)
   c.encode = encode_config.get_config()
   c.dynamics = dynamics_config.get_config(variant)
+  c.agent = agent_config.get_config(variant)
+  c.imagine = imagine_config.get_config(variant)
   if variant == "tiny":
     c.collect.episodes = 24
     c.collect.size = 16

@@ -15,7 +15,7 @@ from etils import epath
 
 from dreamer4.errors import ConfigError
 
-TRAINED_STAGES = ("tokenizer", "dynamics")
+TRAINED_STAGES = ("tokenizer", "dynamics", "agent", "imagine")
 
 
 def stage_finished(stage_dir: str, num_steps: int) -> bool:
@@ -64,8 +64,10 @@ def run_pipeline(config, workdir: str) -> dict:
     cfg = config[stage]
     if not cfg.data.path:
       cfg.data.path = data_path
-    if "tokenizer_workdir" in cfg and not cfg.tokenizer_workdir:
-      cfg.tokenizer_workdir = os.path.join(workdir, "tokenizer")
+    for key, stage_name in (("tokenizer_workdir", "tokenizer"), ("dynamics_workdir", "dynamics"),
+                            ("agent_workdir", "agent")):
+      if key in cfg and not cfg[key]:
+        cfg[key] = os.path.join(workdir, stage_name)
     stage_dir = os.path.join(workdir, stage)
     if stage_finished(stage_dir, cfg.train.num_steps):
       logging.info("%s: finished result in %s; skipped", stage, stage_dir)

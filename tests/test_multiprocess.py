@@ -90,49 +90,60 @@ def _assert_same(params, ref, others):
       np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
 
 
-def test_one_two_four_processes_agree(tiny_store, tmp_path, cache_dir):
-  tok = "configs/tokenizer.py:tiny"
+@pytest.fixture(scope="module")
+def tokenizer_runs(tiny_store, tmp_path_factory, cache_dir):
+  """Workdirs of the tiny tokenizer trained by 1, 2 and 4 processes (4 devices in all)."""
+  tmp_path = tmp_path_factory.mktemp("tokenizer_runs")
   runs = {n: str(tmp_path / f"p{n}") for n in (1, 2, 4)}
-  procs = {n: _launch(tok, w, n, tmp_path, cache_dir, extra=[f"--config.data.path={tiny_store}"])
+  procs = {n: _launch("configs/tokenizer.py:tiny", w, n, tmp_path, cache_dir,
+                      extra=[f"--config.data.path={tiny_store}"])
            for n, w in runs.items()}
   for group in procs.values():
     _wait_ok(group, tmp_path)
+  return runs
 
+
+def _mesh():
+  return shd.make_mesh(ml_collections.ConfigDict({"preset": "cpu8", "shape": None}))  # 1 process, (2,2,2)
+
+
+def test_tokenizer_one_two_four_processes_agree(tokenizer_runs, tiny_store):
   from configs import tokenizer
   from dreamer4.phases.tokenizer import TokenizerPhase
   cfg = tokenizer.get_config("tiny")
   cfg.data.path = tiny_store
   phase = TokenizerPhase(cfg, EpisodeStore.open(tiny_store))
-  mesh = shd.make_mesh(ml_collections.ConfigDict({"preset": "cpu8", "shape": None}))  # 1 process, (2,2,2)
-  params = _restore_all(phase.model_def, runs, mesh)
+  params = _restore_all(phase.model_def, tokenizer_runs, _mesh())
   _assert_same(params, 1, (2, 4))
   # The runs really trained: parameters moved away from their initial values.
   init = jax.device_get(phase.model_def.init_params(jax.random.key(0)))
   assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params[1]), jax.tree.leaves(init))) > 0
 
-  # ---- the dynamics step on the latents of the 1-process tokenizer, in a store of long episodes
-  # (held-out windows of data.long_window must exist); encode writes the latents into it.
+
+def test_dynamics_one_two_processes_agree(tokenizer_runs, tmp_path, cache_dir):
+  """The dynamics step on the latents of the 1-process tokenizer, in a store of long episodes
+  (held-out windows of data.long_window must exist); encode writes the latents into it."""
+  from configs import dynamics, encode
   from data_pipelines.collect import collect
-  store = str(tmp_path / "store")
-  collect("toy", store, episodes=24, seed=0, skills=(0.3, 0.0), size=16)
-  from configs import encode
+  from dreamer4.phases.dynamics import DynamicsPhase
   from dreamer4.phases.encode import encode_dataset
+  store, tok = str(tmp_path / "store"), tokenizer_runs[1]
+  collect("toy", store, episodes=24, seed=0, skills=(0.3, 0.0), size=16)
   ecfg = encode.get_config()
-  ecfg.data.path, ecfg.tokenizer_workdir = store, runs[1]
+  ecfg.data.path, ecfg.tokenizer_workdir = store, tok
   encode_dataset(ecfg, str(tmp_path / "encode"))
 
-  dyn = {n: str(tmp_path / f"d{n}") for n in (1, 2)}
+  runs = {n: str(tmp_path / f"d{n}") for n in (1, 2)}
   procs = {n: _launch("configs/dynamics.py:tiny", w, n, tmp_path, cache_dir,
-                      extra=[f"--config.data.path={store}", f"--config.tokenizer_workdir={runs[1]}"])
-           for n, w in dyn.items()}
+                      extra=[f"--config.data.path={store}", f"--config.tokenizer_workdir={tok}"])
+           for n, w in runs.items()}
   for group in procs.values():
     _wait_ok(group, tmp_path)
-  from configs import dynamics
-  from dreamer4.phases.dynamics import DynamicsPhase
-  dcfg = dynamics.get_config("tiny")
-  dcfg.data.path, dcfg.tokenizer_workdir = store, runs[1]
-  dphase = DynamicsPhase(dcfg, EpisodeStore.open(store), mesh)
-  _assert_same(_restore_all(dphase.model_def, dyn, mesh), 1, (2,))
+  cfg = dynamics.get_config("tiny")
+  cfg.data.path, cfg.tokenizer_workdir = store, tok
+  mesh = _mesh()
+  phase = DynamicsPhase(cfg, EpisodeStore.open(store), mesh)
+  _assert_same(_restore_all(phase.model_def, runs, mesh), 1, (2,))
 
 
 def _finished_steps(workdir):

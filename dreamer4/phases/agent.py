@@ -73,13 +73,17 @@ def agent_model_def(dyn_model_cfg, agent_cfg, num_latents, latent_dim, action_sp
     raise ConfigError(str(e)) from None
 
 
-def context_pass(model: Dynamics, batch, rng, context_noise: float):
-  """h [B, T, D]: agent embeddings with every frame corrupted once to the context level."""
+def context_pass(model: Dynamics, batch, noise_BTNL, context_noise: float):
+  """h [B, T, D]: agent embeddings with every frame corrupted once to the context level.
+
+  The same corruption (and keys) as `kv_cache.commit_frame`, so with the same noise
+  this equals the agent embeddings of frames committed one by one to a KV cache.
+  """
   z_BTNL = batch["latents"].astype(jnp.float32)
   B, T = z_BTNL.shape[:2]
   ctx_idx = context_tau_index(context_noise, model.k_max)
   signal = ctx_idx / model.k_max
-  noise = jax.random.normal(rng, z_BTNL.shape, jnp.float32)
+  noise = noise_BTNL
   z_ctx = (1.0 - signal) * noise + signal * z_BTNL
   tau = jnp.full((B, T), ctx_idx, jnp.int32)
   d = jnp.full((B, T), d_min_index(model.k_max), jnp.int32)
@@ -132,7 +136,8 @@ class AgentPhase:
     dyn_loss, metrics = shortcut_loss(apply_fn, batch["latents"], sc_rng, k_max=model.dynamics.k_max,
                                       bootstrap_fraction=c.loss.bootstrap_fraction,
                                       independent_fraction=c.loss.independent_fraction)
-    h_BTD = context_pass(model.dynamics, batch, ctx_rng, c.agent.context_noise)
+    noise = jax.random.normal(ctx_rng, batch["latents"].shape, jnp.float32)
+    h_BTD = context_pass(model.dynamics, batch, noise, c.agent.context_noise)
     first_BT = batch["first_T"].astype(bool)
     disc = batch["actions_discrete"]
     cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
@@ -147,7 +152,8 @@ class AgentPhase:
 
   def eval_fn(self, params, batch, frozen):
     model = self.model_def.merge(params)
-    h_BTD = context_pass(model.dynamics, batch, jax.random.key(0), self.config.agent.context_noise)
+    noise = jax.random.normal(jax.random.key(0), batch["latents"].shape, jnp.float32)
+    h_BTD = context_pass(model.dynamics, batch, noise, self.config.agent.context_noise)
     first_BT = batch["first_T"].astype(bool)
     disc = batch["actions_discrete"]
     cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)

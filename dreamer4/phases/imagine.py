@@ -136,7 +136,8 @@ class ImaginePhase:
   def warm_start(self, params, shardings):
     """The policy starts as the phase-2 BC policy; the value head starts fresh."""
     del shardings
-    return dict(params, policy=jax.tree.map(lambda x: x, self.agent_params["policy"]))
+    # Copies: the train state is donated each step and must not alias the frozen prior.
+    return dict(params, policy=jax.tree.map(jnp.copy, self.agent_params["policy"]))
 
   def _rollout_and_losses(self, params, batch, rng, frozen):
     ic = self.config.imagine
