@@ -364,8 +364,7 @@ class EpisodeStore:
       try:
         out[name] = fut.result()
       except Exception as e:  # pylint: disable=broad-except
-        self._fail(f"array {name!r} rows [{start}, {stop}) could not be read, a chunk may be corrupt "
-                   f"({_one_line(e)}); {FIX_HINT}")
+        self._fail_read(name, start, stop, e)
     return out
 
   def read_episode(self, i: int) -> dict[str, np.ndarray]:
@@ -387,8 +386,25 @@ class EpisodeStore:
     try:
       return self._arrays[name][start:stop].read().result()
     except Exception as e:  # pylint: disable=broad-except
-      self._fail(f"array {name!r} rows [{start}, {stop}) could not be read, a chunk may be corrupt "
-                 f"({_one_line(e)}); {FIX_HINT}")
+      self._fail_read(name, start, stop, e)
+
+  def _rows_where(self, name: str, start: int, stop: int) -> str:
+    """Which episodes rows [start, stop) of an array belong to, e.g. "episode 3 / frames 2:9"."""
+    if name == OFFSETS:
+      return f"episode offsets {start}:{stop}"
+    off = self._offsets
+    if stop <= start or stop > off[-1]:
+      return f"frames {start}:{stop}"
+    first = int(np.searchsorted(off, start, side="right")) - 1
+    last = int(np.searchsorted(off, stop - 1, side="right")) - 1
+    if first == last:
+      return f"episode {first} / frames {start - off[first]}:{stop - off[first]}"
+    return f"episodes {first}-{last} / frames {start}:{stop} of the store"
+
+  def _fail_read(self, name: str, start: int, stop: int, err: Exception):
+    where = os.path.join(self._path, name) if "://" not in self._path else f"{self._path.rstrip('/')}/{name}"
+    self._fail(f"array {name!r}, {self._rows_where(name, start, stop)} (rows [{start}, {stop}) under {where}) "
+               f"could not be read, a chunk may be corrupt ({_one_line(err)}); {FIX_HINT}")
 
   def split(self, eval_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split of episode ids into (train_ids, eval_ids), each sorted.

@@ -173,3 +173,9 @@ class AgentPhase:
 
 def make_phase(config, store, mesh) -> AgentPhase:
   return AgentPhase(config, store, mesh)
+
+
+def load_policy(agent_workdir: str, **kwargs):
+  """The play page's policy hook; see dreamer4/evaluation/wm_policy.py `load_policy`."""
+  from dreamer4.evaluation.wm_policy import load_policy as load
+  return load(agent_workdir, **kwargs)

@@ -183,7 +183,8 @@ def test_corrupt_chunk_names_array_and_range(tmp_path):
   with open(shard, "r+b") as f:
     f.write(b"\xff" * size)
   store = EpisodeStore.open(path)  # the frames array is only read lazily
-  with pytest.raises(StoreError, match=r"array 'frames' rows \[2, 9\) could not be read, a chunk may be corrupt"):
+  with pytest.raises(StoreError, match=r"array 'frames', episode 0 / frames 2:9 \(rows \[2, 9\) under .*/s/frames\) "
+                     r"could not be read, a chunk may be corrupt"):
     store.read("frames", 2, 9)
 
 
