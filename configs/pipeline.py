@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.phase = "pipeline"       # dreamer4.main runs the stages below in order
   c.variant = variant
-  c.stages = ("collect", "tokenizer", "encode", "dynamics", "agent", "imagine")  # stages to run, in this order
+  c.stages = ("collect", "tokenizer", "encode", "dynamics", "agent", "imagine", "evaluate")  # in this order
 
   c.collect = ml_collections.ConfigDict()
   c.collect.env = "toy"      # environment name (data_pipelines.envs.make_env)
@@ -44,8 +44,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dynamics = dynamics_config.get_config(variant)
   c.agent = agent_config.get_config(variant)
   c.imagine = imagine_config.get_config(variant)
+
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.episodes = 60   # real-environment episodes per agent (tasks cycled, seeded)
+  c.evaluate.seed = 0
+  c.evaluate.batch_size = 12  # environments stepped together
+  c.evaluate.max_steps = 0   # cap on episode steps (0: the environment's own limit)
   if variant == "tiny":
     c.collect.episodes = 24
     c.collect.size = 16
     c.collect.skills = "0.3,0.0"  # long episodes, so held-out windows of data.long_window exist
+    c.evaluate.episodes = 3
+    c.evaluate.batch_size = 3
+    c.evaluate.max_steps = 4
   return c

@@ -283,7 +283,17 @@ def main(argv):
         f"{summary['total_episodes']} episodes")
 
 
+def _parse_flags(argv):
+  """absl flag parsing with a bad flag reported as one 'error:' line and exit code 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -5,6 +5,12 @@ r"""Entry point for every phase.
 
 The config file picks the phase (`config.phase`). Bad input stops with one line on stderr
 ("error: ..."), exit code 2, before anything in the workdir is written.
+
+  python -m dreamer4.main --dry_run --config=configs/dynamics.py:paper --cpu_devices=8 \
+      --config.train.batch_size=8
+
+compiles the phase's train step on the mesh with abstract inputs and prints parameters,
+per-device memory and FLOPs (the JSON report is the last line); see dreamer4/dry_run.py.
 """
 
 from __future__ import annotations
@@ -40,9 +46,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     # A config file that raised: keep its own last line (the reason), not the traceback.
     msg = lines[0].rstrip(":") + (f": {lines[-1]}" if len(lines) > 1 else "")
   except (AttributeError, KeyError) as e:  # ml_collections: an override names a key the config lacks
-    key = str(e).strip("'\"")
-    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
-    msg = (f"{bad[0] if bad else '--config'}: the config has no key {key!r}; "
+    # ml_collections nests the KeyError (AttributeError(KeyError("'key'\nDid you mean ...?"))).
+    inner = e
+    while inner.args and isinstance(inner.args[0], BaseException):
+      inner = inner.args[0]
+    text = str(inner.args[0]) if inner.args else str(inner)
+    first, *rest = [l.strip() for l in text.splitlines() if l.strip()] or [""]
+    key = first.strip("'\"")
+    hint = f" ({rest[-1][0].lower()}{rest[-1][1:]})" if rest else ""
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and f".{key}." in a.split("=")[0] + "."]
+    msg = (f"{bad[0] if bad else '--config'}: the config has no key {key!r}{hint}; "
            f"check the spelling against the config file")
   except Exception as e:  # noqa: BLE001 -- e.g. a config file's get_config raising on a bad variant
     msg = f"--config: {str(e).strip().splitlines()[-1]}"
@@ -69,15 +82,17 @@ def main(argv):
   try:
     if _CONFIG.value is None:
       raise UserError("--config is required, e.g. --config=configs/tokenizer.py:toy")
+    if _HEARTBEAT.value < 1:
+      raise UserError(f"--heartbeat_timeout={_HEARTBEAT.value} must be at least 1 (seconds)")
     if _DRY_RUN.value:  # the workdir is not needed and never touched
       from dreamer4.dry_run import memory_aware_cpu_scheduler
-      memory_aware_cpu_scheduler()
-      distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value, _HEARTBEAT.value)
-      _dry_run(_CONFIG.value, _DRY_RUN_OUTPUT.value)
-      return
-    if not _WORKDIR.value:
+      memory_aware_cpu_scheduler()  # before the XLA backend starts
+    elif not _WORKDIR.value:
       raise UserError("--workdir is required: the directory for checkpoints and metrics")
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value, _HEARTBEAT.value)
+    if _DRY_RUN.value:
+      _dry_run(_CONFIG.value, _DRY_RUN_OUTPUT.value)
+      return
     summary = run(_CONFIG.value, _WORKDIR.value)
   except (UserError, StoreError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)

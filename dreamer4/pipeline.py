@@ -44,6 +44,37 @@ def collect_stage(config, data_path: str) -> None:
   logging.info("collect: %s", summary)
 
 
+def evaluate_stage(config, workdir: str, data_path: str) -> dict:
+  """Real-environment table (PAPER Table 7): random, behaviour data, WM+BC, Dreamer 4.
+
+  Skipped when WORKDIR/evaluate/results.json exists. Rows whose phase is missing are left out.
+  """
+  from dreamer4.evaluation import env_eval
+  from dreamer4.evaluation.wm_policy import WorldModelAgent
+  from data_pipelines.episodes import EpisodeStore
+  out_dir = os.path.join(workdir, "evaluate")
+  done = epath.Path(out_dir) / "results.json"
+  if done.exists():
+    logging.info("evaluate: %s exists; skipped", done)
+    return json.loads(done.read_text())
+  ev = config.evaluate
+  store = EpisodeStore.open(data_path)
+  kwargs = {"size": int(store.frame_shape[0])} if config.collect.env == "toy" else {}
+  common = dict(num_episodes=int(ev.episodes), seed=int(ev.seed), batch_size=int(ev.batch_size),
+                env_kwargs=kwargs, max_steps=int(ev.max_steps) or None)
+  rows = {"random": env_eval.evaluate(config.collect.env, env_eval.RandomPolicy(store.action_spec), **common),
+          "behaviour data": env_eval.behaviour_table(data_path)}
+  agent_dir, imagine_dir = os.path.join(workdir, "agent"), os.path.join(workdir, "imagine")
+  if (epath.Path(agent_dir) / "checkpoints").exists():
+    rows["WM+BC"] = env_eval.evaluate(config.collect.env, WorldModelAgent(agent_dir, name="WM+BC"), **common)
+  if (epath.Path(imagine_dir) / "checkpoints").exists():
+    rows["Dreamer 4"] = env_eval.evaluate(config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"),
+                                          **common)
+  env_eval.write_table(rows, out_dir)
+  logging.info("evaluate:\n%s", env_eval.to_markdown(rows))
+  return json.loads(done.read_text())
+
+
 def run_pipeline(config, workdir: str) -> dict:
   from dreamer4.phases import run
   data_path = os.path.join(workdir, "data")
@@ -58,8 +89,11 @@ def run_pipeline(config, workdir: str) -> dict:
       cfg.tokenizer_workdir = cfg.tokenizer_workdir or os.path.join(workdir, "tokenizer")
       results[stage] = run(cfg, os.path.join(workdir, "encode"))
       continue
+    if stage == "evaluate":
+      results[stage] = {k: v for k, v in evaluate_stage(config, workdir, data_path).items() if k != "rows"}
+      continue
     if stage not in TRAINED_STAGES:
-      raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, encode, "
+      raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, encode, evaluate, "
                         f"{', '.join(TRAINED_STAGES)}")
     cfg = config[stage]
     if not cfg.data.path:

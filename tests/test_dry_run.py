@@ -85,6 +85,7 @@ def test_dynamics_dry_run_without_tokenizer(tmp_path):
       "--cpu_devices=8"], "--config.mesh.shape=(3, 1, 1) needs a multiple of 3 devices but 8 are present"),
     (["--config=configs/tokenizer.py:tiny", "--cpu_devices=8"], "needs the frame shape"),
     (["--config=configs/dynamics.py:tiny", "--cpu_devices=8"], "needs the latent shape"),
+    (["--config=configs/tokenizer.py:tiny", "--heartbeat_timeout=0"], "--heartbeat_timeout=0 must be at least 1"),
 ])
 def test_dry_run_bad_input_is_one_line(tmp_path, extra, expect):
   proc = _run(extra, tmp_path)

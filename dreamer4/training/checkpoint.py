@@ -77,6 +77,19 @@ def _state_handler() -> ocp.StandardCheckpointHandler:
   return handler
 
 
+def _check_local_directory(directory: str) -> None:
+  """A local checkpoint path (or one of its parents) that is a file fails here, in one line,
+  not later in Orbax's background save thread (which leaves the run hanging)."""
+  if "://" in directory:
+    return
+  p = directory
+  while not os.path.exists(p) and os.path.dirname(p) != p:
+    p = os.path.dirname(p)
+  if not os.path.isdir(p):
+    raise CheckpointError(f"checkpoint directory {directory}: {p} is a file, not a directory; "
+                          f"use another --workdir (or move the file away)")
+
+
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager`: item "state" plus one item per data iterator.
 
@@ -87,6 +100,7 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
                data_names: tuple[str, ...] = ("data",)):
     self.directory = directory = absolute(directory)
+    _check_local_directory(directory)
     self.data_names = tuple(data_names)
     handlers = {"state": _state_handler()}
     for name in self.data_names:

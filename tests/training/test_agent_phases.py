@@ -112,15 +112,20 @@ def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
   assert 0.0 <= ev["eval/bc_accuracy_n0"] <= 1.0
 
 
-def test_imagination_trains_only_the_heads(agent_run, run_dir):
+@pytest.fixture(scope="module")
+def imagine_run(agent_run, run_dir):
   from configs import imagine
   from dreamer4.phases import run
-  from dreamer4.training.checkpoint import restore_params
   c = imagine.get_config("tiny")
   c.data.path = os.path.join(run_dir, "data")
   c.agent_workdir = os.path.join(run_dir, "agent")
   c.mesh.num_devices = 1
-  out = run(c, os.path.join(run_dir, "imagine"))
+  return run(c, os.path.join(run_dir, "imagine"))
+
+
+def test_imagination_trains_only_the_heads(imagine_run, run_dir):
+  from dreamer4.training.checkpoint import restore_params
+  out = imagine_run
   assert out["stop_reason"] == "finished" and out["step"] == 4 and out["compiles"] == 1
   params = out["state"]["params"]
   assert set(params) == {"policy", "value"}
@@ -160,3 +165,22 @@ def test_world_model_agent_acts_in_the_real_env(agent_run, run_dir):
   z = np.asarray(EpisodeStore.open(os.path.join(run_dir, "data")).read("latents", 0, 3), np.float32)
   a = policy_fn(z, jax.random.key(0))
   assert a.shape == (1,) and 0 <= int(a[0]) < 5
+
+
+def test_pipeline_evaluate_stage_writes_the_table(imagine_run, run_dir):
+  import json
+  from configs import pipeline
+  from dreamer4.pipeline import evaluate_stage
+  cfg = pipeline.get_config("tiny")
+  res = evaluate_stage(cfg, run_dir, os.path.join(run_dir, "data"))
+  rows = res["rows"]
+  assert set(rows) == {"random", "behaviour data", "WM+BC", "Dreamer 4"}
+  for name in ("random", "WM+BC", "Dreamer 4"):
+    assert rows[name]["episodes"] == 3
+    assert 0.0 <= rows[name]["success_rate"] <= 1.0
+    assert sum(t["episodes"] for t in rows[name]["tasks"].values()) == 3
+  md = open(os.path.join(run_dir, "evaluate", "results.md")).read()
+  assert all(name in md for name in rows)
+  # A finished stage is skipped: the same result, nothing recomputed.
+  again = evaluate_stage(cfg, run_dir, os.path.join(run_dir, "data"))
+  assert json.dumps(again, sort_keys=True) == json.dumps(res, sort_keys=True)
