@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optim = common.optim_config(lr=3e-4, warmup_steps=50)
   c.mesh = common.mesh_config("data")
-  c.train = common.train_config(batch_size=16, num_steps=600, eval_every=300, summary_every=0)
+  c.train = common.train_config(batch_size=16, num_steps=300, eval_every=150, summary_every=0)
   c.eval = ml_collections.ConfigDict()
   c.eval.num_batches = 2
 

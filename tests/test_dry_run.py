@@ -94,3 +94,23 @@ def test_dry_run_bad_input_is_one_line(tmp_path, extra, expect):
   assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "work").exists()
+
+
+def test_paper_configs_have_the_paper_sizes():
+  """Abstract builds only (no parameters): about 400M and 1.6B, the paper's shapes, bf16 + remat + FSDP."""
+  from configs import dynamics, tokenizer
+  from dreamer4.dry_run import ASSUMED_ACTIONS
+  from dreamer4.models.dynamics import Dynamics
+  from dreamer4.models.tokenizer import Tokenizer
+  from dreamer4.training.state import ModelDef
+  t, d = tokenizer.get_config("paper"), dynamics.get_config("paper")
+  tok = ModelDef.build(lambda r: Tokenizer.from_config(t.model, t.data.frame_shape, nnx.Rngs(r)))
+  N, L = d.data.latent_shape
+  dyn = ModelDef.build(lambda r: Dynamics.from_config(d.model, N, L, ASSUMED_ACTIONS, nnx.Rngs(r)))
+  assert 0.38e9 < tok.num_params() < 0.42e9 and 1.55e9 < dyn.num_params() < 1.65e9
+  assert t.data.frame_shape == (384, 640, 3) and t.model.patch_size == 16 and t.data.window == 16
+  assert (t.model.num_latents, t.model.latent_dim) == (N, L) == (512, 16)
+  assert N // d.model.group == 256 and d.model.context == 192 and d.model.k_max == 64
+  assert (d.data.window, d.data.long_window) == (64, 256)
+  for c in (t, d):
+    assert c.model.dtype == "bfloat16" and c.model.remat and c.mesh.preset == "tpu_fsdp"

@@ -138,6 +138,7 @@ def test_collector_sigkill_at_random_moments_then_append_loses_nothing(tmp_path)
     proc.wait(timeout=60)
     kills.append(_commit(path)["num_episodes"])
     _assert_complete(path)  # after every kill: opens, every committed episode readable
+  print(f"collector killed with {kills} episodes committed")
   assert kills, "the collector finished before any kill"
   have = _commit(path)["num_episodes"]
   if have < total:
@@ -199,6 +200,7 @@ def test_reader_beside_a_writer_always_sees_a_consistent_prefix(tmp_path):
   assert writer.returncode == 0, writer.stderr.read()[-2000:]
   assert seen == sorted(seen) and seen[-1] == len(lengths)  # never goes back, ends complete
   assert mid_write >= 3, seen  # polled several times while the writer was appending
+  print(f"reader: {len(seen)} polls, {mid_write} while the writer appended, {len(set(seen))} distinct commits seen")
 
 
 def test_corrupt_chunk_error_names_array_episode_and_path(tmp_path):
