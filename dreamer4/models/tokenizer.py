@@ -50,7 +50,7 @@ class Tokenizer(nnx.Module):
       self, *, frame_shape, patch_size: int, num_latents: int, latent_dim: int, width: int,
       enc_depth: int, dec_depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
-      dtype=jnp.float32, remat: bool = False, context: int = 0,
+      dtype=jnp.float32, remat: bool = False, context: int = 0, align_latents: bool = False,
   ):
     H, W, C = frame_shape
     if H % patch_size or W % patch_size:
@@ -71,6 +71,14 @@ class Tokenizer(nnx.Module):
     self.context = int(context)
     P, Q, N, L, D = self.num_patches, self.patch_dim, num_latents, latent_dim, width
 
+    # Space-layer RoPE positions. Default: the token index (patches, then latents).
+    # With `align_latents` (our choice, not the paper's), latent j sits at the centre of
+    # the j-th block of P/N patches, so a latent and "its" patches (and, in the decoder,
+    # a patch query and the latent that holds it) are at a small, fixed RoPE offset for
+    # every j. Without it, the offset between a query and the latent it must read differs
+    # per query, and routing has to be learned separately for each (the toy world's
+    # sparse sprites then stall training at the background-only reconstruction).
+    self.align_latents = bool(align_latents)
     self.enc_layout = tr.TokenLayout((("patches", P), ("latents", N)))
     self.dec_layout = tr.TokenLayout((("queries", P), ("latents", N)))
 
@@ -124,9 +132,18 @@ class Tokenizer(nnx.Module):
         dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
         remat=bool(model_cfg.get("remat", False)),
         context=int(model_cfg.get("context", 0)),
+        align_latents=bool(model_cfg.get("align_latents", False)),
     )
 
   # --------------------------------------------------------------------------------
+
+  def _space_positions(self):
+    """RoPE positions [P + N] of the space layers, or None for the token index."""
+    if not self.align_latents:
+      return None
+    P, N = self.num_patches, self.num_latents
+    lat_pos = (jnp.arange(N, dtype=jnp.float32) + 0.5) * (P / N) - 0.5
+    return jnp.concatenate([jnp.arange(P, dtype=jnp.float32), lat_pos])
 
   def _time_mask(self, T):
     # Causal time attention, limited to the last `context` frames when set.
@@ -155,6 +172,7 @@ class Tokenizer(nnx.Module):
         x_BTSD,
         space_mask_SS=tr.space_mask(self.enc_layout, tr.ENCODER_RULE),
         time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
+        space_pos_S=self._space_positions(),
     )
     lat_BTND = y_BTSD[:, :, self.enc_layout.slice("latents")]
     z_BTNL = lat_BTND @ self.bottleneck_kernel[...].astype(self.dtype)
@@ -181,6 +199,7 @@ class Tokenizer(nnx.Module):
         x_BTSD,
         space_mask_SS=tr.space_mask(self.dec_layout, tr.DECODER_RULE),
         time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
+        space_pos_S=self._space_positions(),
     )
     q_BTPD = y_BTSD[:, :, self.dec_layout.slice("queries")]
     out_BTPQ = q_BTPD @ self.readout_kernel[...].astype(self.dtype)
