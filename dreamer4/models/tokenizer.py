@@ -51,6 +51,8 @@ class Tokenizer(nnx.Module):
       enc_depth: int, dec_depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
       dtype=jnp.float32, remat: bool = False, context: int = 0, align_latents: bool = False,
+      bottleneck_norm: bool = False, qk_scale: float = 1.0, readout_bias_init: float = 0.0,
+      readout_init_scale: float = 1.0,
   ):
     H, W, C = frame_shape
     if H % patch_size or W % patch_size:
@@ -79,6 +81,10 @@ class Tokenizer(nnx.Module):
     # per query, and routing has to be learned separately for each (the toy world's
     # sparse sprites then stall training at the background-only reconstruction).
     self.align_latents = bool(align_latents)
+    # Our choice (opt-in): RMS-normalise each latent's L pre-activations (no learned scale)
+    # before the tanh, so the bottleneck cannot drift into saturation, where tanh' ~ 0
+    # and the encoder stops receiving gradient (observed on the toy world).
+    self.bottleneck_norm = bool(bottleneck_norm)
     self.enc_layout = tr.TokenLayout((("patches", P), ("latents", N)))
     self.dec_layout = tr.TokenLayout((("queries", P), ("latents", N)))
 
@@ -98,7 +104,7 @@ class Tokenizer(nnx.Module):
     tf_kwargs = dict(
         width=D, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
         mlp_dim=mlp_dim, time_every=time_every, softcap=softcap, rngs=rngs, dtype=dtype,
-        remat=remat,
+        remat=remat, qk_scale=qk_scale,
     )
     self.encoder = tr.Transformer(depth=enc_depth, **tf_kwargs)
     self.bottleneck_kernel = param(rngs, tr.fan_in_init(D), (D, L), ("embed", None))
@@ -108,8 +114,13 @@ class Tokenizer(nnx.Module):
     self.latent_up_bias = param(rngs, zeros, (D,), ("embed",))
     self.patch_queries = param(rngs, small, (P, D), (None, "embed"))
     self.decoder = tr.Transformer(depth=dec_depth, **tf_kwargs)
+    # Our choice (config): the readout starts small with its bias at the logit of a typical
+    # pixel, so the first steps do not spend their large gradients on the mean brightness
+    # (that shock pushed the toy tokenizer's latents into a constant code).
     self.readout_kernel = param(rngs, tr.fan_in_init(D), (D, Q), ("embed", None))
-    self.readout_bias = param(rngs, zeros, (Q,), (None,))
+    self.readout_bias = param(rngs, nnx.initializers.constant(readout_bias_init), (Q,), (None,))
+    if readout_init_scale != 1.0:
+      self.readout_kernel[...] = self.readout_kernel[...] * readout_init_scale
 
   @classmethod
   def from_config(cls, model_cfg, frame_shape, rngs: nnx.Rngs) -> "Tokenizer":
@@ -133,6 +144,10 @@ class Tokenizer(nnx.Module):
         remat=bool(model_cfg.get("remat", False)),
         context=int(model_cfg.get("context", 0)),
         align_latents=bool(model_cfg.get("align_latents", False)),
+        bottleneck_norm=bool(model_cfg.get("bottleneck_norm", False)),
+        qk_scale=float(model_cfg.get("qk_scale", 1.0)),
+        readout_bias_init=float(model_cfg.get("readout_bias_init", 0.0)),
+        readout_init_scale=float(model_cfg.get("readout_init_scale", 1.0)),
     )
 
   # --------------------------------------------------------------------------------
@@ -176,7 +191,10 @@ class Tokenizer(nnx.Module):
     )
     lat_BTND = y_BTSD[:, :, self.enc_layout.slice("latents")]
     z_BTNL = lat_BTND @ self.bottleneck_kernel[...].astype(self.dtype)
-    z_BTNL = jnp.tanh((z_BTNL + self.bottleneck_bias[...].astype(self.dtype)).astype(jnp.float32))
+    pre_BTNL = (z_BTNL + self.bottleneck_bias[...].astype(self.dtype)).astype(jnp.float32)
+    if self.bottleneck_norm:
+      pre_BTNL = pre_BTNL * jax.lax.rsqrt(jnp.mean(jnp.square(pre_BTNL), axis=-1, keepdims=True) + 1e-6)
+    z_BTNL = jnp.tanh(pre_BTNL)
     return z_BTNL
 
   def encode(self, frames_BTHWC, time_mask_BTT=None):
@@ -211,6 +229,11 @@ class Tokenizer(nnx.Module):
   def decode(self, z_BTNL, time_mask_BTT=None):
     """Latents [B,T,N,L] -> frames in [0,1], [B,T,H,W,C] (float32)."""
     return unpatchify(self._decode_patches(z_BTNL, time_mask_BTT), self.frame_shape, self.patch_size)
+
+  # Parameters of the encoder side (patches -> z); `configs/tokenizer.py` optim.hold_encoder_steps
+  # keeps them fixed for the first steps.
+  ENCODER_PARAMS = ("patch_in_kernel", "patch_in_bias", "patch_pos", "mask_embed", "latent_tokens",
+                    "encoder", "bottleneck_kernel", "bottleneck_bias")
 
   @property
   def receptive_field(self) -> int:

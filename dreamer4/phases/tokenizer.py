@@ -32,6 +32,19 @@ class TokenizerPhase:
       raise ConfigError(f"{e} (dataset {store.path} has frames {frame_shape})") from None
     self._lpips = None
 
+  def optimizer_hold(self):
+    """(steps, mask): the encoder side is held fixed for `optim.hold_encoder_steps` steps.
+
+    Our choice (not the paper's): until the decoder can read the latents, latent variation
+    is noise to it, and the encoder's gradient erases it (the toy tokenizer collapsed to a
+    constant code that way); a random encoder with sharp attention (model.qk_scale) is
+    informative enough for the decoder to start from.
+    """
+    steps = int(self.config.optim.get("hold_encoder_steps", 0))
+    mask = {k: jax.tree.map(lambda _: k in Tokenizer.ENCODER_PARAMS, v)
+            for k, v in self.model_def.abstract_params.items()}
+    return steps, mask
+
   def init_aux(self):
     return normalize.rms_init(("mse", "lpips"))
 

@@ -166,9 +166,9 @@ def test_commit_keys_are_context_level(two_time_layers, monkeypatch):
   seen = []
   original = kv_cache.frame_forward
 
-  def spy(model, cache, z, tau_idx, d_idx, *rest):
+  def spy(model, cache, z, tau_idx, d_idx, *rest, **kwargs):
     seen.append((np.asarray(tau_idx).tolist(), np.asarray(d_idx).tolist()))
-    return original(model, cache, z, tau_idx, d_idx, *rest)
+    return original(model, cache, z, tau_idx, d_idx, *rest, **kwargs)
 
   monkeypatch.setattr(kv_cache, "frame_forward", spy)
   actions = _actions(C + 1)
