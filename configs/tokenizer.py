@@ -117,6 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.lpips_weight = 0.2  # Eq 5: MSE + 0.2 LPIPS, each RMS-normalised
   c.loss.lpips_frames = 4    # LPIPS on this many random frames per step (our CPU-cost choice; <=0: all)
   c.loss.max_mask_prob = 0.9  # MAE: per-image drop probability p ~ U(0, max_mask_prob)
+  c.loss.mask_ramp_steps = 500  # no masking during optim.hold_encoder_steps, then a linear ramp (our choice)
   c.loss.rms_decay = 0.99    # EMA decay of the RMS loss normaliser (non-paper choice)
 
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
@@ -139,6 +140,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 3
     c.optim.warmup_steps = 2
     c.optim.hold_encoder_steps = 2
+    c.loss.mask_ramp_steps = 2
     c.eval.num_batches = 1
   if variant == "paper":
     c.data.window = 16       # 16-frame windows (PAPER.md §2.4 reference; the paper gives none)

@@ -58,7 +58,23 @@ class TokenizerPhase:
     model = self.model_def.merge(params)
     return tokenizer_loss(model, frozen["lpips"], batch["frames"], aux, rng,
                           lpips_weight=c.lpips_weight, lpips_frames=c.lpips_frames,
-                          max_mask_prob=c.max_mask_prob, rms_decay=c.rms_decay)
+                          max_mask_prob=self.mask_prob(aux["mse"]["count"]), rms_decay=c.rms_decay)
+
+  def mask_prob(self, step):
+    """Upper bound of the MAE drop probability at `step` (a traced count).
+
+    Our choice (config loss.mask_ramp_steps): no masking while the encoder is held
+    (optim.hold_encoder_steps), then a linear ramp to loss.max_mask_prob. Masking a frozen
+    random encoder's input from the start stalled the toy tokenizer; the MAE objective
+    [P §3.1] holds from the end of the ramp on. 0 ramp steps: full masking from step 0.
+    """
+    c = self.config
+    ramp = int(c.loss.get("mask_ramp_steps", 0))
+    if ramp <= 0:
+      return c.loss.max_mask_prob
+    hold = int(c.optim.get("hold_encoder_steps", 0))
+    frac = jnp.clip((jnp.asarray(step, jnp.float32) - hold) / ramp, 0.0, 1.0)
+    return c.loss.max_mask_prob * frac
 
   def eval_fn(self, params, batch, frozen):
     """PSNR (dB) and MSE of *unmasked* reconstructions on held-out episodes."""
