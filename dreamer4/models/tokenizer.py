@@ -78,8 +78,8 @@ class Tokenizer(nnx.Module):
     # the j-th block of P/N patches, so a latent and "its" patches (and, in the decoder,
     # a patch query and the latent that holds it) are at a small, fixed RoPE offset for
     # every j. Without it, the offset between a query and the latent it must read differs
-    # per query, and routing has to be learned separately for each (the toy world's
-    # sparse sprites then stall training at the background-only reconstruction).
+    # per query, and routing has to be learned separately for each. Experimental: it helps
+    # the decoder fit a small frame set; see README "Known problem".
     self.align_latents = bool(align_latents)
     # Our choice (opt-in): RMS-normalise each latent's L pre-activations (no learned scale)
     # before the tanh, so the bottleneck cannot drift into saturation, where tanh' ~ 0
