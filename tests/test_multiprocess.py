@@ -182,3 +182,34 @@ def test_killed_process_stops_the_other_and_restart_resumes(tiny_store, tmp_path
   _wait_ok(procs, tmp_path)
   summary = json.loads(open(os.path.join(workdir, "run_summary.json")).read())
   assert summary["start_step"] == last and summary["step"] == last + 2, summary
+
+
+def test_four_process_checkpoint_resumed_by_two_processes_on_another_mesh(tokenizer_runs, tiny_store, tmp_path,
+                                                                          cache_dir):
+  """The 4-process run's checkpoint (mesh (4,1,1)) continued by 2 processes on mesh (1,4,1) equals the
+  1-process run continued on its own mesh: params, optimiser state and data position all restored."""
+  import shutil
+  from configs import tokenizer
+  from dreamer4.phases.tokenizer import TokenizerPhase
+  runs = {}
+  for n, nproc, extra in ((1, 1, []), (4, 2, ["--config.mesh.preset=gpu8"])):
+    w = str(tmp_path / f"resume_p{n}")
+    shutil.copytree(tokenizer_runs[n], w)
+    procs = _launch("configs/tokenizer.py:tiny", w, nproc, tmp_path, cache_dir, stop_at=STEPS + 1,
+                    extra=[f"--config.data.path={tiny_store}", *extra], tag="_resume")
+    _wait_ok(procs, tmp_path)
+    log = open(tmp_path / f"resume_p{n}_resume_0.log").read()
+    assert f"resuming from step {STEPS}" in log
+    runs[n] = w
+  cfg = tokenizer.get_config("tiny")
+  cfg.data.path = tiny_store
+  phase = TokenizerPhase(cfg, EpisodeStore.open(tiny_store))
+  mesh = _mesh()
+  abstract = st.to_abstract(phase.model_def.abstract_params, phase.model_def.param_shardings(mesh))
+  params = {}
+  for n, w in runs.items():
+    with jax.set_mesh(mesh):
+      step, p = restore_params(os.path.join(w, "checkpoints"), abstract)
+    assert step == STEPS + 1
+    params[n] = jax.device_get(p)
+  _assert_same(params, 1, (4,))

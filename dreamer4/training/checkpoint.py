@@ -9,6 +9,8 @@ is deleted.
 
 from __future__ import annotations
 
+import json
+
 import logging
 import os
 import time
@@ -156,10 +158,29 @@ class Checkpointer:
     """
     self.check_compatible(step, abstract_state)
     args = {"state": ocp.args.StandardRestore(abstract_state)}
+    other_count = {}
     for name, it in (data_iters or {}).items():
-      args[name] = grain.checkpoint.CheckpointRestore(it)
+      alt = self._data_state_of_other_process_count(step, name)
+      if alt is None:
+        args[name] = grain.checkpoint.CheckpointRestore(it)
+      else:
+        other_count[name] = alt
     out = self._mngr.restore(step, args=ocp.args.Composite(**args))
+    for name, path in other_count.items():
+      # Written by a different number of processes. The loader's position is the number of
+      # GLOBAL batches consumed, the same in every process's file (each process takes its
+      # block of every global batch), so any writer's state is this process's state too.
+      data_iters[name].set_state(json.loads(path.read_text()))
+      logging.info("data position of %r taken from %s (another process count)", name, path)
     return out["state"]
+
+  def _data_state_of_other_process_count(self, step: int, name: str):
+    """The iterator file of a writer with another process count, or None when ours exists."""
+    d = epath.Path(self.directory) / str(step) / name
+    if (d / f"process_{jax.process_index()}-of-{jax.process_count()}.json").exists() or not d.exists():
+      return None
+    files = sorted(d.glob("process_0-of-*.json")) or sorted(d.glob("process_*-of-*.json"))
+    return files[0] if files else None
 
   def restore_latest_good(self, abstract_state, data_iters: dict | None = None):
     """(step, state) from the newest readable checkpoint, or (None, None) when there is none.
