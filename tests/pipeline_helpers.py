@@ -1,5 +1,6 @@
-"""A tiny real pipeline workdir shared by tests that need a world model (play, agent phases)."""
+"""Shared test helpers: a tiny real pipeline workdir (play, agent phases) and a file-tree hash."""
 
+import hashlib
 import os
 
 import jax
@@ -47,3 +48,14 @@ def tiny_world_model_run(root: str) -> str:
   out = run_pipeline(cfg, root)
   assert out["dynamics"]["step"] == 2
   return root
+
+
+def tree_hash(root) -> dict[str, str]:
+  """relative path -> sha256 of every file under root ({} when root does not exist)."""
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(dirpath, f)
+      with open(p, "rb") as fh:
+        out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+  return out

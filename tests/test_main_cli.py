@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.pipeline_helpers import tree_hash
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -41,15 +43,6 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_store, extra, e
   assert not workdir.exists()
 
 
-def _tree_hash(root) -> dict[str, str]:
-  """relative path -> sha256 of every file under root."""
-  import hashlib
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for f in files:
-      p = os.path.join(dirpath, f)
-      out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-  return out
 
 
 def _bad_inputs(tmp_path, store):
@@ -123,11 +116,11 @@ def test_bad_input_catalogue_one_line_nothing_changed(tmp_path, tiny_store, extr
   workdir = tmp_path / "work"
   if not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={workdir}")
-  before, store_before = _tree_hash(tmp_path), _tree_hash(tiny_store)
+  before, store_before = tree_hash(tmp_path), tree_hash(tiny_store)
   proc = _run(args, tmp_path)
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
-  assert _tree_hash(tmp_path) == before and _tree_hash(tiny_store) == store_before
+  assert tree_hash(tmp_path) == before and tree_hash(tiny_store) == store_before
   assert not workdir.exists()

@@ -1,7 +1,6 @@
 """EpisodeStore under faults: a collector killed mid-append, a reader beside a live writer,
 a corrupt chunk on disk, bad collector input. Nothing committed is ever lost or misread."""
 
-import hashlib
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import pytest
 from data_pipelines.collect import collect
 from data_pipelines.episodes import EpisodeStore, StoreError
 from tests.data_pipelines.helpers import FRAME, episode, make_store
+from tests.pipeline_helpers import tree_hash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED = 7
@@ -28,14 +28,6 @@ def _env():
   return env
 
 
-def _tree_hash(root) -> dict[str, str]:
-  """relative path -> sha256 of every file under root ({} when root does not exist)."""
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for f in files:
-      p = os.path.join(dirpath, f)
-      out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-  return out
 
 
 def _commit(path) -> dict:
@@ -254,10 +246,10 @@ def test_collect_bad_input_is_one_line_and_changes_nothing(tmp_path, args, expec
     argv.append("--size=32")
   elif "--size=0" not in args:
     argv.append("--size=16")
-  before = _tree_hash(tmp_path)
+  before = tree_hash(tmp_path)
   proc = subprocess.run([sys.executable, "-m", "data_pipelines.collect", *argv], cwd=ROOT, env=_env(),
                         capture_output=True, text=True, timeout=120)
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], proc.stderr[-2000:]
-  assert _tree_hash(tmp_path) == before and not (tmp_path / "new").exists()
+  assert tree_hash(tmp_path) == before and not (tmp_path / "new").exists()
