@@ -29,8 +29,6 @@ from dreamer4.models.agent import ImagineHeads, agent_embedding
 
 
 def _single_device_mesh():
-  import ml_collections
-
   from configs import common
   from dreamer4 import sharding as shd
   c = common.mesh_config("single")

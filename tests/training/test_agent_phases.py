@@ -36,8 +36,6 @@ def agent_run(run_dir):
 def _phase_and_params(run_dir):
   from dreamer4 import sharding as shd
   from dreamer4.phases.agent import AgentPhase
-  from dreamer4.training.checkpoint import restore_params
-  from dreamer4.training.state import to_abstract
   c = _agent_config(run_dir)
   store = EpisodeStore.open(c.data.path)
   mesh = shd.make_mesh(c.mesh)
