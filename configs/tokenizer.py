@@ -56,14 +56,15 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.softcap = 50.0           # attention-logit soft cap c*tanh(x/c) (Gemma 2's value; paper: unstated)
   c.dtype = "float32"        # compute dtype; parameters are always float32 (XLA:CPU bf16 is not faster)
   c.remat = False            # rematerialise each block in the backward pass
-  # Experimental options (our choices, off here): they let the decoder learn the toy world's
-  # sprites on a small fixed frame set, but have not yet fixed the full toy run (README,
-  # "Known problem"). See dreamer4/models/tokenizer.py.
-  c.qk_scale = 1.0           # extra factor on the attention logits on top of QKNorm (e.g. 4)
+  # Our choices that make the toy tokenizer learn (README "Tokenizer notes"); without the
+  # first three it stalls at the background-only 18.9 dB. See dreamer4/models/tokenizer.py.
+  c.block_skip = True        # linear path latent j <-> its block of P/N patches (needs P % N == 0)
+  c.output = "clip"          # pixel readout: "clip" (linear, straight-through clip) or "sigmoid"
+  c.readout_bias_init = 0.13  # readout bias at init: the toy world's mean pixel value
+  c.readout_init_scale = 0.1  # readout kernel init scale: start near the mean image
+  c.qk_scale = 1.0           # extra factor on the attention logits on top of QKNorm
   c.align_latents = False    # latent j at the RoPE position of its block of patches
   c.bottleneck_norm = False  # RMS-normalise the bottleneck pre-activations before tanh
-  c.readout_bias_init = 0.0  # readout bias at init (e.g. -2 = sigmoid 0.12, the toy mean pixel)
-  c.readout_init_scale = 1.0  # readout kernel init scale (e.g. 0.1)
   c.context = 2              # time layers read at most this many frames (= data.window: encoding
                              # whole episodes later keeps each frame's context as in training)
   if variant == "tiny":
@@ -78,6 +79,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.head_dim = 16
     c.mlp_dim = 64
     c.time_every = 2
+    c.readout_bias_init = 0.5
   if variant == "paper":
     # Widths/depths are ours (paper: "400M"); they follow the third-party reference of
     # PAPER.md §2.4 (width 1024, 16+16 layers, 8 heads) with a SwiGLU hidden width of
@@ -99,6 +101,10 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.dtype = "bfloat16"
     c.remat = True           # recompute each block in the backward pass (activation memory)
     c.context = 16           # = data.window
+    c.block_skip = False     # 960 patches / 512 latents: no whole blocks; the paper has no skip
+    c.output = "sigmoid"
+    c.readout_bias_init = 0.0
+    c.readout_init_scale = 1.0
   return c
 
 
@@ -123,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.hold_encoder_steps = 0  # >0: encoder side fixed while the decoder learns to read it (experimental)
   c.mesh = common.mesh_config("data")
 
-  c.train = common.train_config(batch_size=8, num_steps=2000, eval_every=500, summary_every=500)
+  c.train = common.train_config(batch_size=8, num_steps=1000, eval_every=500, summary_every=500)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_batches = 4     # held-out batches per evaluation

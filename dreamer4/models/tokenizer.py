@@ -52,7 +52,7 @@ class Tokenizer(nnx.Module):
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
       dtype=jnp.float32, remat: bool = False, context: int = 0, align_latents: bool = False,
       bottleneck_norm: bool = False, qk_scale: float = 1.0, readout_bias_init: float = 0.0,
-      readout_init_scale: float = 1.0,
+      readout_init_scale: float = 1.0, block_skip: bool = False, output: str = "sigmoid",
   ):
     H, W, C = frame_shape
     if H % patch_size or W % patch_size:
@@ -60,7 +60,10 @@ class Tokenizer(nnx.Module):
           f"Frame size {H}x{W} is not divisible by config.model.patch_size={patch_size}; "
           "pad or resize frames, or change config.model.patch_size."
       )
+    if output not in ("sigmoid", "clip"):
+      raise ValueError(f"config.model.output must be 'sigmoid' or 'clip', got {output!r}")
     self.frame_shape = (H, W, C)
+    self.output = output
     self.patch_size = patch_size
     self.num_patches = (H // patch_size) * (W // patch_size)
     self.patch_dim = patch_size * patch_size * C
@@ -85,6 +88,19 @@ class Tokenizer(nnx.Module):
     # before the tanh, so the bottleneck cannot drift into saturation, where tanh' ~ 0
     # and the encoder stops receiving gradient (observed on the toy world).
     self.bottleneck_norm = bool(bottleneck_norm)
+    # Our choice (opt-in, `config.model.block_skip`): a direct linear path between latent j
+    # and its block of P/N consecutive (raster-order) patches, in both directions. The
+    # encoder adds Linear(concat of the block's patch embeddings, after MAE masking) to
+    # latent token j; the decoder adds Linear_r(z_j) to the query of the r-th patch of
+    # block j. Attention still mixes everything; the skip only gives every latent an
+    # image-dependent start, which the toy tokenizer needs to leave the "background
+    # only" plateau (README, tokenizer notes).
+    self.block_skip = bool(block_skip)
+    if self.block_skip and P % N:
+      raise ValueError(
+          f"config.model.block_skip needs num_patches ({P}) divisible by config.model.num_latents ({N}); "
+          "change num_latents or turn block_skip off."
+      )
     self.enc_layout = tr.TokenLayout((("patches", P), ("latents", N)))
     self.dec_layout = tr.TokenLayout((("queries", P), ("latents", N)))
 
@@ -109,6 +125,10 @@ class Tokenizer(nnx.Module):
     self.encoder = tr.Transformer(depth=enc_depth, **tf_kwargs)
     self.bottleneck_kernel = param(rngs, tr.fan_in_init(D), (D, L), ("embed", None))
     self.bottleneck_bias = param(rngs, zeros, (L,), (None,))
+    if self.block_skip:
+      R = P // N
+      self.skip_in_kernel = param(rngs, tr.fan_in_init(R * D), (R * D, D), (None, "embed"))
+      self.skip_out_kernel = param(rngs, tr.fan_in_init(L), (R, L, D), (None, None, "embed"))
     # Decoder side.
     self.latent_up_kernel = param(rngs, tr.fan_in_init(L), (L, D), (None, "embed"))
     self.latent_up_bias = param(rngs, zeros, (D,), ("embed",))
@@ -148,6 +168,8 @@ class Tokenizer(nnx.Module):
         qk_scale=float(model_cfg.get("qk_scale", 1.0)),
         readout_bias_init=float(model_cfg.get("readout_bias_init", 0.0)),
         readout_init_scale=float(model_cfg.get("readout_init_scale", 1.0)),
+        block_skip=bool(model_cfg.get("block_skip", False)),
+        output=str(model_cfg.get("output", "sigmoid")),
     )
 
   # --------------------------------------------------------------------------------
@@ -182,6 +204,10 @@ class Tokenizer(nnx.Module):
     lat_BTND = jnp.broadcast_to(
         self.latent_tokens[...].astype(self.dtype), (B, T) + self.latent_tokens.shape
     )
+    if self.block_skip:
+      N = self.num_latents
+      blocks_BTNX = x_BTPD.reshape(B, T, N, -1)  # block j = patches [j*R, (j+1)*R)
+      lat_BTND = lat_BTND + blocks_BTNX @ self.skip_in_kernel[...].astype(self.dtype)
     x_BTSD = jnp.concatenate([x_BTPD, lat_BTND], axis=2)
     y_BTSD = self.encoder(
         x_BTSD,
@@ -212,6 +238,9 @@ class Tokenizer(nnx.Module):
     q_BTPD = jnp.broadcast_to(
         self.patch_queries[...].astype(self.dtype), (B, T) + self.patch_queries.shape
     )
+    if self.block_skip:
+      skip_BTNRD = jnp.einsum("btnl,rld->btnrd", z_BTNL.astype(self.dtype), self.skip_out_kernel[...].astype(self.dtype))
+      q_BTPD = q_BTPD + skip_BTNRD.reshape(q_BTPD.shape)
     x_BTSD = jnp.concatenate([q_BTPD, lat_BTND], axis=2)
     y_BTSD = self.decoder(
         x_BTSD,
@@ -222,8 +251,15 @@ class Tokenizer(nnx.Module):
     q_BTPD = y_BTSD[:, :, self.dec_layout.slice("queries")]
     out_BTPQ = q_BTPD @ self.readout_kernel[...].astype(self.dtype)
     out_BTPQ = (out_BTPQ + self.readout_bias[...].astype(self.dtype)).astype(jnp.float32)
-    # Our choice (paper leaves the output activation open): sigmoid, so pixels are
-    # always in [0,1] (valid LPIPS input) with a smooth gradient, unlike clipping.
+    # Our choice (paper leaves the output activation open), `config.model.output`:
+    #   sigmoid: pixels in [0,1] with a smooth gradient. Its slope is small away from 0.5,
+    #     and on mostly-dark frames (the toy world's background is 0.09) it damps the
+    #     gradient of the few bright sprite pixels ~10x: training stalls at "background".
+    #   clip: a linear readout clipped to [0,1] in the forward pass with the identity's
+    #     gradient (straight-through), so outputs stay valid LPIPS/PSNR input and every
+    #     pixel's error reaches the model undamped.
+    if self.output == "clip":
+      return out_BTPQ + jax.lax.stop_gradient(jnp.clip(out_BTPQ, 0.0, 1.0) - out_BTPQ)
     return jax.nn.sigmoid(out_BTPQ)
 
   def decode(self, z_BTNL, time_mask_BTT=None):
@@ -233,7 +269,7 @@ class Tokenizer(nnx.Module):
   # Parameters of the encoder side (patches -> z); `configs/tokenizer.py` optim.hold_encoder_steps
   # keeps them fixed for the first steps.
   ENCODER_PARAMS = ("patch_in_kernel", "patch_in_bias", "patch_pos", "mask_embed", "latent_tokens",
-                    "encoder", "bottleneck_kernel", "bottleneck_bias")
+                    "encoder", "bottleneck_kernel", "bottleneck_bias", "skip_in_kernel")
 
   @property
   def receptive_field(self) -> int:
