@@ -38,6 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.variant = variant
   c.dynamics_workdir = ""    # finished phase-1b workdir (its config.json and checkpoints)
   c.data = tokenizer_config.data_config(window=16)
+  # PAPER §5.3 data mixture: this share of every batch comes from task-relevant episodes
+  # (positive return) and carries the BC loss; the rest is uniform and carries the dynamics
+  # loss; the reward loss uses both (unstated in the paper; our choice). 0 = uniform batches
+  # with every loss on every row.
+  c.data.relevant_fraction = 0.5
   c.agent = agent_config()
 
   c.loss = ml_collections.ConfigDict()

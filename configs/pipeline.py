@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.phase = "pipeline"       # dreamer4.main runs the stages below in order
   c.variant = variant
+  # Phase 2 and 3 (agent, imagine) and the evaluation repeat for seeds 0..seeds-1 on the one world
+  # model (tokenizer + dynamics); seed s > 0 lives in WORKDIR/seed<s>/. The table reports mean ± std.
+  c.seeds = 3
   c.stages = ("collect", "tokenizer", "encode", "dynamics", "agent", "imagine", "evaluate")  # in this order
 
   c.collect = ml_collections.ConfigDict()
@@ -51,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evaluate.batch_size = 12  # environments stepped together
   c.evaluate.max_steps = 0   # cap on episode steps (0: the environment's own limit)
   if variant == "tiny":
+    c.seeds = 1
     c.collect.episodes = 24
     c.collect.size = 16
     c.collect.skills = "0.3,0.0"  # long episodes, so held-out windows of data.long_window exist

@@ -80,6 +80,19 @@ def _check_batch_size(batch_size: int):
     raise ValueError(f"batch_size must be >= 1, got {batch_size}; set the batch size (--config.train.batch_size) to a positive value")
 
 
+def relevant_episode_ids(store, episode_ids: Sequence[int]) -> list[int]:
+  """The episodes among `episode_ids` that accomplish a task (a positive sum of rewards).
+
+  PAPER.md §5.3's "relevant" sequences for the phase-2 data mixture: in our datasets every
+  reward comes from a task (toy: reaching the task's goal; Craftax: unlocking an
+  achievement), so a rewarded episode is one that accomplished something.
+  """
+  rewards = np.asarray(store.read("rewards", 0, store.num_frames), np.float64)
+  off = store.episode_offsets
+  totals = np.add.reduceat(rewards, off[:-1]) if len(off) > 1 else np.zeros((0,))
+  return [int(e) for e in episode_ids if totals[int(e)] > 0]
+
+
 def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episode_ids: Sequence[int],
                    process_index: int = 0, process_count: int = 1, num_threads: int = 4, prefetch: int = 8,
                    fields: Sequence[str] = DEFAULT_FIELDS) -> grain.DatasetIterator:

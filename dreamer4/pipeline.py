@@ -1,12 +1,15 @@
 """Runs the stages of configs/pipeline.py in order inside one workdir.
 
-Layout: WORKDIR/data (EpisodeStore), WORKDIR/<phase> (one workdir per phase). A stage is
+Layout: WORKDIR/data (EpisodeStore), WORKDIR/<phase> (one workdir per phase); with
+config.seeds = S > 1 the agent phases are repeated for seeds 1..S-1 in WORKDIR/seed<s>/<phase>
+on the shared world model, and the evaluation reports mean ± std across seeds. A stage is
 skipped when its workdir holds a finished result (run_summary.json at the final step) and
 resumes from its checkpoints when it was interrupted.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -16,6 +19,14 @@ from etils import epath
 from dreamer4.errors import ConfigError
 
 TRAINED_STAGES = ("tokenizer", "dynamics", "agent", "imagine")
+SEEDED_STAGES = ("agent", "imagine")  # repeated once per seed (config.seeds); the world model is shared
+
+
+def stage_dir(workdir: str, stage: str, seed: int = 0) -> str:
+  """WORKDIR/<stage> for seed 0 (and every unseeded stage), WORKDIR/seed<s>/<stage> for seed s > 0."""
+  if seed == 0 or stage not in SEEDED_STAGES:
+    return os.path.join(workdir, stage)
+  return os.path.join(workdir, f"seed{seed}", stage)
 
 
 def stage_finished(stage_dir: str, num_steps: int) -> bool:
@@ -60,16 +71,33 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
   ev = config.evaluate
   store = EpisodeStore.open(data_path)
   kwargs = {"size": int(store.frame_shape[0])} if config.collect.env == "toy" else {}
-  common = dict(num_episodes=int(ev.episodes), seed=int(ev.seed), batch_size=int(ev.batch_size),
+  num_seeds = int(config.get("seeds", 1))
+
+  def common(s: int) -> dict:
+    # Seed s evaluates its own agents on environment seeds ev.seed + s (random play too, so
+    # every row of the table sees the same episodes).
+    return dict(num_episodes=int(ev.episodes), seed=int(ev.seed) + s, batch_size=int(ev.batch_size),
                 env_kwargs=kwargs, max_steps=int(ev.max_steps) or None)
-  rows = {"random": env_eval.evaluate(config.collect.env, env_eval.RandomPolicy(store.action_spec), **common),
-          "behaviour data": env_eval.behaviour_table(data_path)}
-  agent_dir, imagine_dir = os.path.join(workdir, "agent"), os.path.join(workdir, "imagine")
-  if (epath.Path(agent_dir) / "checkpoints").exists():
-    rows["WM+BC"] = env_eval.evaluate(config.collect.env, WorldModelAgent(agent_dir, name="WM+BC"), **common)
-  if (epath.Path(imagine_dir) / "checkpoints").exists():
-    rows["Dreamer 4"] = env_eval.evaluate(config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"),
-                                          **common)
+
+  per_seed: dict[str, list] = {"random": [], "WM+BC": [], "Dreamer 4": []}
+  for s in range(num_seeds):
+    per_seed["random"].append(
+        env_eval.evaluate(config.collect.env, env_eval.RandomPolicy(store.action_spec), **common(s)))
+    agent_dir, imagine_dir = stage_dir(workdir, "agent", s), stage_dir(workdir, "imagine", s)
+    if (epath.Path(agent_dir) / "checkpoints").exists():
+      per_seed["WM+BC"].append(
+          env_eval.evaluate(config.collect.env, WorldModelAgent(agent_dir, name="WM+BC"), **common(s)))
+    if (epath.Path(imagine_dir) / "checkpoints").exists():
+      per_seed["Dreamer 4"].append(env_eval.evaluate(
+          config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"), **common(s)))
+  rows = {}
+  for name in ("random", "behaviour data", "WM+BC", "Dreamer 4"):
+    if name == "behaviour data":
+      rows[name] = env_eval.behaviour_table(data_path)
+    elif len(per_seed[name]) == 1:
+      rows[name] = per_seed[name][0]
+    elif per_seed[name]:
+      rows[name] = env_eval.aggregate_seeds(per_seed[name])
   env_eval.write_table(rows, out_dir)
   logging.info("evaluate:\n%s", env_eval.to_markdown(rows))
   return json.loads(done.read_text())
@@ -95,21 +123,29 @@ def run_pipeline(config, workdir: str) -> dict:
     if stage not in TRAINED_STAGES:
       raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, encode, evaluate, "
                         f"{', '.join(TRAINED_STAGES)}")
-    cfg = config[stage]
-    if not cfg.data.path:
-      cfg.data.path = data_path
-    for key, stage_name in (("tokenizer_workdir", "tokenizer"), ("dynamics_workdir", "dynamics"),
-                            ("agent_workdir", "agent")):
-      if key in cfg and not cfg[key]:
-        cfg[key] = os.path.join(workdir, stage_name)
-    stage_dir = os.path.join(workdir, stage)
-    if stage_finished(stage_dir, cfg.train.num_steps):
-      logging.info("%s: finished result in %s; skipped", stage, stage_dir)
-      results[stage] = json.loads((epath.Path(stage_dir) / "run_summary.json").read_text())
-      continue
-    summary = run(cfg, stage_dir)
-    results[stage] = {k: v for k, v in summary.items() if k != "state"}
-    if summary["stop_reason"] != "finished":
+    seeds = range(int(config.get("seeds", 1))) if stage in SEEDED_STAGES else range(1)
+    for s in seeds:
+      cfg = copy.deepcopy(config[stage])
+      if not cfg.data.path:
+        cfg.data.path = data_path
+      for key, stage_name in (("tokenizer_workdir", "tokenizer"), ("dynamics_workdir", "dynamics"),
+                              ("agent_workdir", "agent")):
+        if key in cfg and not cfg[key]:
+          cfg[key] = stage_dir(workdir, stage_name, s)
+      if s:  # another seed: other initial heads, step randomness and data order
+        cfg.train.seed = int(cfg.train.seed) + s
+        cfg.data.seed = int(cfg.data.seed) + s
+      name = stage if s == 0 else f"{stage}/seed{s}"
+      sdir = stage_dir(workdir, stage, s)
+      if stage_finished(sdir, cfg.train.num_steps):
+        logging.info("%s: finished result in %s; skipped", name, sdir)
+        results[name] = json.loads((epath.Path(sdir) / "run_summary.json").read_text())
+        continue
+      summary = run(cfg, sdir)
+      results[name] = {k: v for k, v in summary.items() if k != "state"}
+      if summary["stop_reason"] != "finished":
+        break
+    if results[name].get("stop_reason") != "finished":
       break
   results["stop_reason"] = results.get(config.stages[-1], {}).get("stop_reason", "finished")
   return results

@@ -98,6 +98,7 @@ def bootstrap_target_velocity_form(z1_hat_BTNL, z_tilde_BTNL, b1_BTNL, b2_BTNL, 
 def shortcut_loss(
     apply_fn: ApplyFn, z1_BTNL, rng, *, k_max: int, bootstrap_fraction: float = 0.25,
     independent_fraction: float = 0.3, ramp: bool = True, return_frames: bool = False,
+    row_weight_B=None,
 ):
   """Shortcut forcing loss (Eq 6-8) on one batch of clean latents.
 
@@ -129,6 +130,8 @@ def shortcut_loss(
     ramp: Apply the Eq 8 ramp weight (False = uniform weights, for ablations).
     return_frames: Also return per-frame arrays under metrics["frames"] (tests,
       debugging); keep False in training so metrics stay scalar.
+    row_weight_B: Optional [B] weights: the loss becomes the weighted mean over rows
+      (phase 2 trains the dynamics only on the uniform rows of its data mixture).
 
   Returns:
     (loss, metrics). loss = mean over frames of w * (flow or bootstrap term);
@@ -188,7 +191,11 @@ def shortcut_loss(
 
   w_BT = ramp_weight(tau_BT) if ramp else jnp.ones_like(tau_BT)
   loss_BT = w_BT * jnp.where(is_flow_BT, flow_BT, boot_BT)
-  loss = jnp.mean(loss_BT)
+  if row_weight_B is None:
+    loss = jnp.mean(loss_BT)
+  else:
+    rw_B = row_weight_B.astype(jnp.float32)
+    loss = jnp.sum(loss_BT * rw_B[:, None]) / (T * jnp.maximum(jnp.sum(rw_B), 1e-6))
 
   sg = jax.lax.stop_gradient
   flow_f = is_flow_BT.astype(jnp.float32)

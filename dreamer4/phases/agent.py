@@ -132,10 +132,18 @@ class AgentPhase:
     c = self.config
     model = self.model_def.merge(params)
     sc_rng, ctx_rng = jax.random.split(rng)
+    # Data mixture (PAPER §5.3, config data.relevant_fraction): the trainer flags the
+    # task-relevant rows; the dynamics loss reads only the uniform rows and BC only the
+    # relevant ones (no optimistic generations, more signal for BC); the reward loss reads
+    # both (the paper leaves it open). Without the flag every row counts for every loss.
+    relevant_B = batch.get("relevant_B")
+    labelled_BT = batch["action_labelled"].astype(bool)
+    bc_labelled_BT = labelled_BT if relevant_B is None else labelled_BT & relevant_B[:, None]
     apply_fn = make_training_fn(model.dynamics, batch["actions_discrete"], batch["action_labelled"])
     dyn_loss, metrics = shortcut_loss(apply_fn, batch["latents"], sc_rng, k_max=model.dynamics.k_max,
                                       bootstrap_fraction=c.loss.bootstrap_fraction,
-                                      independent_fraction=c.loss.independent_fraction)
+                                      independent_fraction=c.loss.independent_fraction,
+                                      row_weight_B=None if relevant_B is None else ~relevant_B)
     noise = jax.random.normal(ctx_rng, batch["latents"].shape, jnp.float32)
     h_BTD = context_pass(model.dynamics, batch, noise, c.agent.context_noise)
     first_BT = batch["first_T"].astype(bool)
@@ -143,7 +151,7 @@ class AgentPhase:
     cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
     losses, agent_metrics = bc_reward_loss(model.policy, model.reward, h_BTD, (disc, cont),
                                            batch["rewards"].astype(jnp.float32), first_BT,
-                                           batch["action_labelled"].astype(bool), int(c.agent.mtp))
+                                           bc_labelled_BT, int(c.agent.mtp))
     n_dyn, aux = normalize.rms_normalize(aux, "dynamics", dyn_loss, decay=c.loss.rms_decay)
     n_bc, aux = normalize.rms_normalize(aux, "bc", losses["bc"], decay=c.loss.rms_decay)
     n_rew, aux = normalize.rms_normalize(aux, "reward", losses["reward"], decay=c.loss.rms_decay)

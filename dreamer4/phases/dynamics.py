@@ -91,30 +91,40 @@ class DynamicsPhase:
     gen_BTNL = jnp.concatenate([z_BTNL[:, :C], out["z_BHNL"]], axis=1)
     truth = tokenizer.decode(z_BTNL)[:, C:]
     gen = tokenizer.decode(gen_BTNL)[:, C:]
-    return truth, gen
+    # Decoder-free error: mean squared latent error of the generated frames.
+    latent_mse = jnp.mean(jnp.square(out["z_BHNL"].astype(jnp.float32) - z_BTNL[:, C:].astype(jnp.float32)))
+    return truth, gen, latent_mse
 
   def eval_fn(self, params, batch, frozen):
     ev = self.config.eval
     out = {}
     key = jax.random.key(0)  # the same noise for every K and for shuffled actions
     for k in ev.sampling_steps:
-      truth, gen = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
+      truth, gen, out[f"latent_mse_k{k}"] = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
       p_H, s_H = vm.psnr_BT(gen, truth).mean(0), vm.ssim_BT(gen, truth).mean(0)
       out[f"psnr_k{k}"], out[f"ssim_k{k}"] = p_H.mean(), s_H.mean()
       if int(k) == 4:
         for h in range(ev.horizon):
           out[f"psnr_k4_h{h + 1:02d}"] = p_H[h]
           out[f"ssim_k4_h{h + 1:02d}"] = s_H[h]
-    truth, gen = self._rollouts(params, frozen["tokenizer"], batch, key, 4, shuffle_actions=True)
+    truth, gen, out["latent_mse_k4_shuffled_actions"] = self._rollouts(params, frozen["tokenizer"], batch, key, 4,
+                                                                       shuffle_actions=True)
     out["psnr_k4_shuffled_actions"] = vm.psnr_BT(gen, truth).mean()
     out["ssim_k4_shuffled_actions"] = vm.ssim_BT(gen, truth).mean()
+    # Reference: hold the last context frame for the whole horizon (no model). A dynamics
+    # model that predicts motion beats it; one that only copies does not.
+    C = ev.context_frames
+    z_last = jnp.repeat(batch["latents"][:, C - 1:C], ev.horizon, axis=1)
+    tokenizer = self.tok_def.merge(frozen["tokenizer"])
+    held = tokenizer.decode(z_last)
+    out["psnr_hold_last_frame"] = vm.psnr_BT(held, truth).mean()
     return out
 
   def summary_fn(self, params, batch, rng, frozen):
     """Truth (top) and K=4 generation (bottom) strips, one pair per video, [R, H, h, w, c]."""
     n = self.config.eval.videos
     small = jax.tree.map(lambda a: a[:n], batch)
-    truth, gen = self._rollouts(params, frozen["tokenizer"], small, rng, 4)
+    truth, gen, _ = self._rollouts(params, frozen["tokenizer"], small, rng, 4)
     rows = jnp.stack([truth, gen], axis=1).reshape((-1,) + truth.shape[1:])
     return {"rollout_truth_vs_generated": jnp.clip(rows, 0.0, 1.0)}
 

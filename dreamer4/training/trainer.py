@@ -137,16 +137,21 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   long_window = int(config.data.get("long_window", 0))
   fields = tuple(getattr(phase, "read_fields", None) or data_loader.DEFAULT_FIELDS)
   try:
-    def make_iter(window):
+    def make_iter(window, batch=local_batch, ids=train_ids):
       return data_loader.train_iterator(
-          config.data.path, window=window, batch_size=local_batch, seed=config.data.seed,
-          episode_ids=train_ids, process_index=jax.process_index(), process_count=jax.process_count(),
+          config.data.path, window=window, batch_size=batch, seed=config.data.seed,
+          episode_ids=ids, process_index=jax.process_index(), process_count=jax.process_count(),
           num_threads=config.data.num_threads, prefetch=config.data.prefetch, fields=fields)
     # Alternating batch lengths (PAPER §3.2): short windows most steps, a long one every
     # `long_every` steps and for the last `long_final_steps`; exactly two step shapes.
     data_iters = {"data": make_iter(config.data.window)}
     if long_window:
       data_iters["data_long"] = make_iter(long_window)
+    mix = _relevant_mixture(config, store, train_ids, local_batch, long_window)
+    if mix:  # PAPER §5.3: uniform rows, then task-relevant rows, in every local batch
+      n_uniform, relevant_ids = mix
+      data_iters["data"] = make_iter(config.data.window, n_uniform)
+      data_iters["data_relevant"] = make_iter(config.data.window, local_batch - n_uniform, relevant_ids)
     eval_local = data_loader.eval_batches(
         config.data.path, window=long_window or config.data.window, batch_size=local_batch,
         episode_ids=eval_ids, max_batches=config.eval.num_batches, fields=fields)
@@ -188,7 +193,8 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
                       out_shardings=rep)
 
   def to_device(local):
-    return data_loader.global_batch({f: local[f] for f in phase.data_fields}, mesh)
+    fields = phase.data_fields + (("relevant_B",) if "relevant_B" in local else ())
+    return data_loader.global_batch({f: local[f] for f in fields}, mesh)
 
 
   def evaluate(state) -> dict[str, float]:
@@ -224,6 +230,8 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
     while step < min(stop_at, ctc.num_steps):
       t0 = time.time()
       local = next(data_iters[batch_kind(step + 1)])
+      if "data_relevant" in data_iters:
+        local = _with_relevant(local, next(data_iters["data_relevant"]))
       with jax.set_mesh(mesh):
         state, metrics = p_train(state, to_device(local), base_key, frozen)
       iteration = step + 1
@@ -289,6 +297,35 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
     (epath.Path(workdir) / "run_summary.json").write_text(json.dumps(keep, indent=2, default=str))
   logging.info("%s: step %d, %s", phase.name, step, {k: v for k, v in summary.items() if k != "state"})
   return summary
+
+
+def _relevant_mixture(config, store, train_ids, local_batch: int, long_window: int):
+  """(uniform rows per process, relevant episode ids) when config.data.relevant_fraction > 0, else None."""
+  frac = float(config.data.get("relevant_fraction", 0.0))
+  if frac <= 0:
+    return None
+  if frac >= 1 or long_window:
+    raise ConfigError(f"--config.data.relevant_fraction={frac} needs 0 <= fraction < 1 and no data.long_window; "
+                      "set it to 0.5 (the paper's mixture) or 0 (uniform batches)")
+  n_relevant = int(round(frac * local_batch))
+  if not 1 <= n_relevant < local_batch:
+    raise ConfigError(f"--config.data.relevant_fraction={frac} of a per-process batch of {local_batch} leaves "
+                      "no uniform or no relevant rows; raise --config.train.batch_size or change the fraction")
+  relevant = data_loader.relevant_episode_ids(store, train_ids)
+  if not relevant:
+    raise UserError(f"{config.data.path}: no training episode has a positive return, so "
+                    "--config.data.relevant_fraction has nothing to draw from; collect episodes with "
+                    "successes or set --config.data.relevant_fraction=0")
+  logging.info("data mixture: %d uniform + %d relevant rows per process (%d of %d episodes relevant)",
+               local_batch - n_relevant, n_relevant, len(relevant), len(train_ids))
+  return local_batch - n_relevant, relevant
+
+
+def _with_relevant(uniform: dict, relevant: dict) -> dict:
+  """One local batch: the uniform rows, then the relevant rows, flagged in relevant_B."""
+  out = {k: np.concatenate([uniform[k], relevant[k]], axis=0) for k in uniform}
+  out["relevant_B"] = np.concatenate([np.zeros(len(uniform["index"]), bool), np.ones(len(relevant["index"]), bool)])
+  return out
 
 
 def _save(ckpt: Checkpointer, step: int, state, data_iters, ctc, force: bool = False):

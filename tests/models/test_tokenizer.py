@@ -28,8 +28,12 @@ def _make(**overrides):
     return Tokenizer.from_config(_cfg(**overrides), FRAME_SHAPE, nnx.Rngs(0))
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["default", "block_skip"])
+def model(request):
+  # Every model test runs on the plain tokenizer and on the toy default's options (block
+  # skip path + straight-through clipped readout): causality must hold for both.
+  if request.param == "block_skip":
+    return _make(block_skip=True, output="clip", readout_bias_init=0.13, readout_init_scale=0.1)
   return _make()
 
 
@@ -123,3 +127,21 @@ def test_partition_names(model):
   # The logical PartitionSpecs come out of nnx.get_partition_spec.
   specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
   assert tuple(specs["encoder"]["blocks"][0]["attn"]["wq"].get_value()) == ("embed", "heads", "head_dim")
+
+
+def test_block_skip_and_output_settings_are_checked():
+  with pytest.raises(ValueError, match="block_skip"):
+    _make(block_skip=True, num_latents=3)  # 16 patches are not whole blocks of 3 latents
+  with pytest.raises(ValueError, match="config.model.output"):
+    _make(output="tanh")
+
+
+def test_clip_readout_is_in_range_with_the_identity_gradient():
+  m = _make(output="clip", readout_bias_init=0.5, readout_init_scale=30.0)  # logits far outside [0, 1]
+  z = jax.random.uniform(jax.random.key(1), (1, 1, 4, 8), minval=-1, maxval=1)
+  out = m.decode(z)
+  assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+  assert float(jnp.mean((out == 0.0) | (out == 1.0))) > 0.2  # many pixels clipped...
+  g = nnx.grad(lambda mm: jnp.sum(mm.decode(z)))(m)
+  # ...yet every readout bias gets the identity's gradient: 1 per patch it feeds (16 patches).
+  np.testing.assert_allclose(np.asarray(g["readout_bias"][...]), np.full((48,), 16.0), rtol=1e-6)

@@ -196,3 +196,22 @@ def test_real_model_loss_gradients_and_short_fit():
   # Measured: flow loss 0.32 -> 0.09 after 9 Adam(3e-3) steps.
   assert float(last["flow_loss"]) < 0.7 * float(first["flow_loss"]), (first, last)
   assert float(loss) < float(first["loss"])
+
+
+def test_row_weights_give_the_weighted_mean_over_rows():
+  """row_weight_B (phase 2's uniform rows): the weighted mean of the per-frame losses."""
+  B, T, N, L = 4, 3, 2, 4
+  z1 = jax.random.normal(jax.random.key(1), (B, T, N, L))
+  w = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+
+  def apply_fn(z, tau_idx, d_idx, ind):
+    return 0.5 * z + 0.01 * tau_idx[..., None, None] - 0.02 * d_idx[..., None, None]
+
+  kw = dict(k_max=8, bootstrap_fraction=0.5, independent_fraction=0.0, return_frames=True)
+  plain, m = sc.shortcut_loss(apply_fn, z1, jax.random.key(2), **kw)
+  weighted, mw = sc.shortcut_loss(apply_fn, z1, jax.random.key(2), row_weight_B=w, **kw)
+  loss_BT = np.asarray(m["frames"]["loss_BT"])
+  np.testing.assert_allclose(float(plain), loss_BT.mean(), rtol=1e-6)
+  np.testing.assert_allclose(float(weighted), loss_BT[[0, 2]].mean(), rtol=1e-6)
+  ones, _ = sc.shortcut_loss(apply_fn, z1, jax.random.key(2), row_weight_B=jnp.ones((B,)), **kw)
+  np.testing.assert_allclose(float(ones), float(plain), rtol=1e-6)

@@ -100,6 +100,39 @@ def test_task_changes_no_world_model_prediction_and_cache_matches_training(run_d
     np.testing.assert_allclose(np.asarray(agent_embedding(agent)), np.asarray(h_train[:, t]), atol=2e-4)
 
 
+def test_data_mixture_routes_dynamics_to_uniform_rows_and_bc_to_relevant_rows(run_dir):
+  """PAPER §5.3: with relevant_B, BC reads only the relevant rows, the dynamics loss only the uniform ones."""
+  from data_pipelines import loader
+  phase, fresh, _, store = _phase_and_params(run_dir)
+  relevant = loader.relevant_episode_ids(store, range(store.num_episodes))
+  returns = [float(np.sum(store.read("rewards", a, b))) for a, b in zip(store.episode_offsets[:-1],
+                                                                         store.episode_offsets[1:])]
+  assert relevant == [e for e, r in enumerate(returns) if r > 0] and 0 < len(relevant) < store.num_episodes
+  T = phase.config.data.window
+  it = loader.train_iterator(phase.config.data.path, window=T, batch_size=4, seed=0,
+                             episode_ids=list(range(store.num_episodes)), fields=phase.read_fields)
+  batch = {k: jnp.asarray(v) for k, v in next(it).items() if k in phase.data_fields}
+  batch["relevant_B"] = jnp.asarray([False, False, True, True])
+  aux = phase.init_aux()
+  metrics = jax.jit(lambda p, b: phase.loss_fn(p, aux, b, jax.random.key(0), {})[1][1])
+  base = metrics(fresh, batch)
+  flip = lambda x, rows: x.at[rows].set(x[rows][::-1])
+  # Other actions on the uniform rows: the BC term is unchanged (the dynamics term sees them).
+  acts = dict(batch, actions_discrete=(batch["actions_discrete"].at[:2].add(1) % 5),
+              action_labelled=jnp.ones_like(batch["action_labelled"]))
+  moved = metrics(fresh, acts)
+  assert float(moved["bc_nll"]) == pytest.approx(float(base["bc_nll"]), rel=1e-6)
+  assert abs(float(moved["shortcut_loss"]) - float(base["shortcut_loss"])) > 1e-6
+  # Other latents on the relevant rows: the dynamics term is unchanged (BC sees them).
+  lat = dict(batch, latents=batch["latents"].at[2:].multiply(-1.0))
+  moved = metrics(fresh, lat)
+  assert float(moved["shortcut_loss"]) == pytest.approx(float(base["shortcut_loss"]), rel=1e-6)
+  assert abs(float(moved["bc_nll"]) - float(base["bc_nll"])) > 1e-6
+  # Without the flag every row counts for both terms.
+  plain = metrics(fresh, {k: v for k, v in acts.items() if k != "relevant_B"})
+  assert abs(float(plain["bc_nll"]) - float(base["bc_nll"])) > 1e-6
+
+
 def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
   assert agent_run["stop_reason"] == "finished"
   assert agent_run["step"] == 4
@@ -182,3 +215,30 @@ def test_pipeline_evaluate_stage_writes_the_table(imagine_run, run_dir):
   # A finished stage is skipped: the same result, nothing recomputed.
   again = evaluate_stage(cfg, run_dir, os.path.join(run_dir, "data"))
   assert json.dumps(again, sort_keys=True) == json.dumps(res, sort_keys=True)
+
+
+def test_pipeline_seeds_lay_out_and_aggregate(imagine_run, run_dir, tmp_path):
+  """config.seeds = 2: seed 1's agent phases live in RUN/seed1/ and the table is mean ± std of both."""
+  import shutil
+  from configs import pipeline
+  from dreamer4.pipeline import evaluate_stage, stage_dir
+  assert stage_dir("R", "agent", 0) == os.path.join("R", "agent")
+  assert stage_dir("R", "imagine", 2) == os.path.join("R", "seed2", "imagine")
+  assert stage_dir("R", "dynamics", 2) == os.path.join("R", "dynamics")  # the world model is shared
+  run2 = str(tmp_path / "run2")
+  for name in ("data", "tokenizer", "dynamics", "agent", "imagine"):
+    shutil.copytree(os.path.join(run_dir, name), os.path.join(run2, name))
+  for name in ("agent", "imagine"):  # seed 1: the same weights, evaluated on other environment seeds
+    shutil.copytree(os.path.join(run_dir, name), stage_dir(run2, name, 1))
+  cfg = pipeline.get_config("tiny")
+  cfg.seeds = 2
+  rows = evaluate_stage(cfg, run2, os.path.join(run2, "data"))["rows"]
+  single = evaluate_stage(pipeline.get_config("tiny"), run_dir, os.path.join(run_dir, "data"))["rows"]
+  for name in ("random", "WM+BC", "Dreamer 4"):
+    assert rows[name]["num_seeds"] == 2 and rows[name]["episodes"] == 6
+    # Seed 0's evaluation is the single-seed one, so the mean across seeds sits between them.
+    assert rows[name]["seeds"][0] == single[name]["seed"]
+    lo, hi = sorted([single[name]["mean_success"], 2 * rows[name]["mean_success"] - single[name]["mean_success"]])
+    assert -1e-9 <= lo <= hi <= 1 + 1e-9
+  md = open(os.path.join(run2, "evaluate", "results.md")).read()
+  assert "| 2 |" in md
