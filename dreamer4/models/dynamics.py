@@ -93,7 +93,7 @@ class Dynamics(nnx.Module):
       action_spec: ActionSpec, k_max: int = 64, width: int, depth: int, num_heads: int,
       num_kv_heads: int, head_dim: int, mlp_dim: int, time_every: int,
       softcap: float | None, context: int, num_agent_tokens: int = 0, num_tasks: int = 0,
-      rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
+      rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False, spatial_pos: bool = False,
   ):
     if group < 1 or num_latents % group:
       raise ConfigError(
@@ -138,6 +138,13 @@ class Dynamics(nnx.Module):
 
     # Spatial tokens: a linear map of the grouped latents.
     self.latent_in_kernel = param(rngs, tr.fan_in_init(G), (G, D), (None, "embed"))
+    # Our choice (opt-in, config.model.spatial_pos): a learned absolute embedding per spatial
+    # token, so each token knows which part of the frame it holds (space layers otherwise see
+    # only RoPE offsets, and the readout kernel is shared by every token).
+    self.spatial_pos = bool(spatial_pos)
+    if self.spatial_pos:
+      self.spatial_pos_embed = param(rngs, nnx.initializers.truncated_normal(stddev=0.02),
+                                     (num_latents // group, D), (None, "embed"))
     self.latent_in_bias = param(rngs, zeros, (D,), ("embed",))
     if num_registers:
       self.registers = param(rngs, small, (num_registers, D), (None, "embed"))
@@ -215,6 +222,7 @@ class Dynamics(nnx.Module):
         rngs=rngs,
         dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
         remat=bool(model_cfg.get("remat", False)),
+        spatial_pos=bool(model_cfg.get("spatial_pos", False)),
     )
 
   # --------------------------------------------------------------------------------
@@ -301,6 +309,8 @@ class Dynamics(nnx.Module):
     z_BTSG = self.group_latents(z_BTNL).astype(dt)
     parts["spatial"] = (z_BTSG @ self.latent_in_kernel[...].astype(dt)
                         + self.latent_in_bias[...].astype(dt))
+    if self.spatial_pos:
+      parts["spatial"] = parts["spatial"] + self.spatial_pos_embed[...].astype(dt)
     if self.num_registers:
       parts["registers"] = jnp.broadcast_to(
           self.registers[...].astype(dt), (B, T) + self.registers.shape

@@ -38,9 +38,10 @@ def _make(spec=SPEC, **overrides):
     return Dynamics.from_config(_cfg(**overrides), N, L, spec, nnx.Rngs(0))
 
 
-@pytest.fixture(scope="module")
-def model():
-  return _make()
+@pytest.fixture(scope="module", params=["default", "spatial_pos"])
+def model(request):
+  # Every model test also runs with the opt-in per-token spatial position embedding.
+  return _make(spatial_pos=request.param == "spatial_pos")
 
 
 def _inputs(seed=0):
