@@ -90,14 +90,10 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
     if (epath.Path(imagine_dir) / "checkpoints").exists():
       per_seed["Dreamer 4"].append(env_eval.evaluate(
           config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"), **common(s)))
-  rows = {}
-  for name in ("random", "behaviour data", "WM+BC", "Dreamer 4"):
-    if name == "behaviour data":
-      rows[name] = env_eval.behaviour_table(data_path)
-    elif len(per_seed[name]) == 1:
-      rows[name] = per_seed[name][0]
-    elif per_seed[name]:
-      rows[name] = env_eval.aggregate_seeds(per_seed[name])
+  # One seed: its row as is; several: mean ± std across seeds. Table order: random, behaviour, agents.
+  merge = lambda found: found[0] if len(found) == 1 else env_eval.aggregate_seeds(found)
+  rows = {"random": merge(per_seed.pop("random")), "behaviour data": env_eval.behaviour_table(data_path)}
+  rows.update({name: merge(found) for name, found in per_seed.items() if found})
   env_eval.write_table(rows, out_dir)
   logging.info("evaluate:\n%s", env_eval.to_markdown(rows))
   return json.loads(done.read_text())
