@@ -143,6 +143,7 @@ class AgentPhase:
     dyn_loss, metrics = shortcut_loss(apply_fn, batch["latents"], sc_rng, k_max=model.dynamics.k_max,
                                       bootstrap_fraction=c.loss.bootstrap_fraction,
                                       independent_fraction=c.loss.independent_fraction,
+                                      ramp=c.loss.ramp,
                                       row_weight_B=None if relevant_B is None else ~relevant_B)
     noise = jax.random.normal(ctx_rng, batch["latents"].shape, jnp.float32)
     h_BTD = context_pass(model.dynamics, batch, noise, c.agent.context_noise)

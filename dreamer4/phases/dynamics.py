@@ -70,7 +70,8 @@ class DynamicsPhase:
     apply_fn = make_training_fn(model, batch["actions_discrete"], batch["action_labelled"])
     loss, metrics = shortcut_loss(apply_fn, batch["latents"], rng, k_max=c.model.k_max,
                                   bootstrap_fraction=c.loss.bootstrap_fraction,
-                                  independent_fraction=c.loss.independent_fraction)
+                                  independent_fraction=c.loss.independent_fraction,
+                                  ramp=c.loss.ramp)
     norm, aux = normalize.rms_normalize(aux, "dynamics", loss, decay=c.loss.rms_decay)
     return norm, (aux, dict(metrics, shortcut_loss=loss))
 
