@@ -62,9 +62,6 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.output = "clip"          # pixel readout: "clip" (linear, straight-through clip) or "sigmoid"
   c.readout_bias_init = 0.13  # readout bias at init: the toy world's mean pixel value
   c.readout_init_scale = 0.1  # readout kernel init scale: start near the mean image
-  c.qk_scale = 1.0           # extra factor on the attention logits on top of QKNorm
-  c.align_latents = False    # latent j at the RoPE position of its block of patches
-  c.bottleneck_norm = False  # RMS-normalise the bottleneck pre-activations before tanh
   c.context = 2              # time layers read at most this many frames (= data.window: encoding
                              # whole episodes later keeps each frame's context as in training)
   if variant == "tiny":
@@ -122,11 +119,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.lpips_weight = 0.2  # Eq 5: MSE + 0.2 LPIPS, each RMS-normalised
   c.loss.lpips_frames = 4    # LPIPS on this many random frames per step (our CPU-cost choice; <=0: all)
   c.loss.max_mask_prob = 0.9  # MAE: per-image drop probability p ~ U(0, max_mask_prob)
-  c.loss.mask_ramp_steps = 0  # >0: no masking during optim.hold_encoder_steps, then a linear ramp (experimental)
   c.loss.rms_decay = 0.99    # EMA decay of the RMS loss normaliser (non-paper choice)
 
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
-  c.optim.hold_encoder_steps = 0  # >0: encoder side fixed while the decoder learns to read it (experimental)
   c.mesh = common.mesh_config("data")
 
   c.train = common.train_config(batch_size=8, num_steps=1000, eval_every=500, summary_every=500)

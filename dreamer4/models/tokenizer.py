@@ -50,8 +50,7 @@ class Tokenizer(nnx.Module):
       self, *, frame_shape, patch_size: int, num_latents: int, latent_dim: int, width: int,
       enc_depth: int, dec_depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
-      dtype=jnp.float32, remat: bool = False, context: int = 0, align_latents: bool = False,
-      bottleneck_norm: bool = False, qk_scale: float = 1.0, readout_bias_init: float = 0.0,
+      dtype=jnp.float32, remat: bool = False, context: int = 0, readout_bias_init: float = 0.0,
       readout_init_scale: float = 1.0, block_skip: bool = False, output: str = "sigmoid",
   ):
     H, W, C = frame_shape
@@ -76,18 +75,6 @@ class Tokenizer(nnx.Module):
     self.context = int(context)
     P, Q, N, L, D = self.num_patches, self.patch_dim, num_latents, latent_dim, width
 
-    # Space-layer RoPE positions. Default: the token index (patches, then latents).
-    # With `align_latents` (our choice, not the paper's), latent j sits at the centre of
-    # the j-th block of P/N patches, so a latent and "its" patches (and, in the decoder,
-    # a patch query and the latent that holds it) are at a small, fixed RoPE offset for
-    # every j. Without it, the offset between a query and the latent it must read differs
-    # per query, and routing has to be learned separately for each. Experimental: it helps
-    # the decoder fit a small frame set; see README "Known problem".
-    self.align_latents = bool(align_latents)
-    # Our choice (opt-in): RMS-normalise each latent's L pre-activations (no learned scale)
-    # before the tanh, so the bottleneck cannot drift into saturation, where tanh' ~ 0
-    # and the encoder stops receiving gradient (observed on the toy world).
-    self.bottleneck_norm = bool(bottleneck_norm)
     # Our choice (opt-in, `config.model.block_skip`): a direct linear path between latent j
     # and its block of P/N consecutive (raster-order) patches, in both directions. The
     # encoder adds Linear(concat of the block's patch embeddings, after MAE masking) to
@@ -120,7 +107,7 @@ class Tokenizer(nnx.Module):
     tf_kwargs = dict(
         width=D, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
         mlp_dim=mlp_dim, time_every=time_every, softcap=softcap, rngs=rngs, dtype=dtype,
-        remat=remat, qk_scale=qk_scale,
+        remat=remat,
     )
     self.encoder = tr.Transformer(depth=enc_depth, **tf_kwargs)
     self.bottleneck_kernel = param(rngs, tr.fan_in_init(D), (D, L), ("embed", None))
@@ -163,9 +150,6 @@ class Tokenizer(nnx.Module):
         dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
         remat=bool(model_cfg.get("remat", False)),
         context=int(model_cfg.get("context", 0)),
-        align_latents=bool(model_cfg.get("align_latents", False)),
-        bottleneck_norm=bool(model_cfg.get("bottleneck_norm", False)),
-        qk_scale=float(model_cfg.get("qk_scale", 1.0)),
         readout_bias_init=float(model_cfg.get("readout_bias_init", 0.0)),
         readout_init_scale=float(model_cfg.get("readout_init_scale", 1.0)),
         block_skip=bool(model_cfg.get("block_skip", False)),
@@ -173,14 +157,6 @@ class Tokenizer(nnx.Module):
     )
 
   # --------------------------------------------------------------------------------
-
-  def _space_positions(self):
-    """RoPE positions [P + N] of the space layers, or None for the token index."""
-    if not self.align_latents:
-      return None
-    P, N = self.num_patches, self.num_latents
-    lat_pos = (jnp.arange(N, dtype=jnp.float32) + 0.5) * (P / N) - 0.5
-    return jnp.concatenate([jnp.arange(P, dtype=jnp.float32), lat_pos])
 
   def _time_mask(self, T):
     # Causal time attention, limited to the last `context` frames when set.
@@ -213,13 +189,10 @@ class Tokenizer(nnx.Module):
         x_BTSD,
         space_mask_SS=tr.space_mask(self.enc_layout, tr.ENCODER_RULE),
         time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
-        space_pos_S=self._space_positions(),
     )
     lat_BTND = y_BTSD[:, :, self.enc_layout.slice("latents")]
     z_BTNL = lat_BTND @ self.bottleneck_kernel[...].astype(self.dtype)
     pre_BTNL = (z_BTNL + self.bottleneck_bias[...].astype(self.dtype)).astype(jnp.float32)
-    if self.bottleneck_norm:
-      pre_BTNL = pre_BTNL * jax.lax.rsqrt(jnp.mean(jnp.square(pre_BTNL), axis=-1, keepdims=True) + 1e-6)
     z_BTNL = jnp.tanh(pre_BTNL)
     return z_BTNL
 
@@ -246,7 +219,6 @@ class Tokenizer(nnx.Module):
         x_BTSD,
         space_mask_SS=tr.space_mask(self.dec_layout, tr.DECODER_RULE),
         time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
-        space_pos_S=self._space_positions(),
     )
     q_BTPD = y_BTSD[:, :, self.dec_layout.slice("queries")]
     out_BTPQ = q_BTPD @ self.readout_kernel[...].astype(self.dtype)
@@ -265,11 +237,6 @@ class Tokenizer(nnx.Module):
   def decode(self, z_BTNL, time_mask_BTT=None):
     """Latents [B,T,N,L] -> frames in [0,1], [B,T,H,W,C] (float32)."""
     return unpatchify(self._decode_patches(z_BTNL, time_mask_BTT), self.frame_shape, self.patch_size)
-
-  # Parameters of the encoder side (patches -> z); `configs/tokenizer.py` optim.hold_encoder_steps
-  # keeps them fixed for the first steps.
-  ENCODER_PARAMS = ("patch_in_kernel", "patch_in_bias", "patch_pos", "mask_embed", "latent_tokens",
-                    "encoder", "bottleneck_kernel", "bottleneck_bias", "skip_in_kernel")
 
   @property
   def receptive_field(self) -> int:

@@ -194,7 +194,7 @@ def rope(x_NQHK, positions_Q, base: float = 10_000.0):
   return out.astype(x_NQHK.dtype)
 
 
-def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None, qk_scale: float = 1.0):
+def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None):
   """Grouped-query attention on explicit queries, keys and values.
 
   Keys and values are explicit arguments (rather than computed inside) so that a
@@ -206,9 +206,6 @@ def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None, qk_scale:
     v_NVGK: [..., V, G, K] values.
     mask_NQV: Bool, broadcastable to [..., Q, V]; True where attention is allowed.
     softcap: Logit soft cap c, or None.
-    qk_scale: Extra factor on the logits (after the usual head_dim**-0.5). QKNorm bounds
-      |q.k| by head_dim times the norm scales, so at init attention cannot be sharper than
-      logits of about sqrt(head_dim); a factor > 1 lets it (our choice, per model config).
 
   Returns:
     [..., Q, H, K] attention output, in the dtype of `v_NVGK`.
@@ -223,7 +220,7 @@ def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None, qk_scale:
   logits_NGRQV = jnp.einsum(
       "...qgrk,...vgk->...grqv", q_NQGRK, k_NVGK, preferred_element_type=jnp.float32
   )
-  logits_NGRQV = soft_cap(logits_NGRQV * (qk_scale * K**-0.5), softcap)
+  logits_NGRQV = soft_cap(logits_NGRQV * K**-0.5, softcap)
   mask_NGRQV = jnp.asarray(mask_NQV)[..., None, None, :, :]
   logits_NGRQV = jnp.where(mask_NGRQV, logits_NGRQV, _NEG_INF)
   probs_NGRQV = jax.nn.softmax(logits_NGRQV, axis=-1)  # float32 softmax
@@ -267,12 +264,11 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
   """Multi-head attention with GQA, QKNorm, RoPE and logit soft capping."""
 
-  def __init__(self, *, width, num_heads, num_kv_heads, head_dim, softcap, rngs, dtype, qk_scale: float = 1.0):
+  def __init__(self, *, width, num_heads, num_kv_heads, head_dim, softcap, rngs, dtype):
     if num_heads % num_kv_heads:
       raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.softcap = softcap
-    self.qk_scale = float(qk_scale)
     self.dtype = dtype
     init_in = fan_in_init(width)
     self.wq = make_param(rngs, init_in, (width, num_heads, head_dim), ("embed", "heads", "head_dim"))
@@ -313,7 +309,7 @@ class Attention(nnx.Module):
     """Self-attention over the second-to-last axis of x_NQD."""
     q_NQHK = self.project_q(x_NQD, positions_Q)
     k_NVGK, v_NVGK = self.project_kv(x_NQD, positions_Q)
-    out_NQHK = attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap=self.softcap, qk_scale=self.qk_scale)
+    out_NQHK = attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap=self.softcap)
     return jnp.einsum("...qhk,hkd->...qd", out_NQHK, self.wo[...].astype(self.dtype))
 
 
@@ -336,13 +332,12 @@ class SwiGLU(nnx.Module):
 class Block(nnx.Module):
   """Pre-norm transformer block, either space-only or causal time-only."""
 
-  def __init__(self, *, is_time: bool, width, num_heads, num_kv_heads, head_dim, mlp_dim, softcap, rngs, dtype,
-               qk_scale: float = 1.0):
+  def __init__(self, *, is_time: bool, width, num_heads, num_kv_heads, head_dim, mlp_dim, softcap, rngs, dtype):
     self.is_time = is_time
     self.attn_norm = RMSNorm(width, rngs=rngs)
     self.attn = Attention(
         width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        softcap=softcap, rngs=rngs, dtype=dtype, qk_scale=qk_scale,
+        softcap=softcap, rngs=rngs, dtype=dtype,
     )
     self.mlp_norm = RMSNorm(width, rngs=rngs)
     self.mlp = SwiGLU(width=width, mlp_dim=mlp_dim, rngs=rngs, dtype=dtype)
@@ -428,8 +423,8 @@ class Block(nnx.Module):
                               preferred_element_type=jnp.float32)
     logits_BSGR1 = jnp.einsum("bsgrk,bsgk->bsgr", q_BSGRK, k_self_BSGK,
                               preferred_element_type=jnp.float32)[..., None]
-    logits_BSGRM = soft_cap(logits_BSGRM * (attn.qk_scale * K**-0.5), attn.softcap)
-    logits_BSGR1 = soft_cap(logits_BSGR1 * (attn.qk_scale * K**-0.5), attn.softcap)
+    logits_BSGRM = soft_cap(logits_BSGRM * K**-0.5, attn.softcap)
+    logits_BSGR1 = soft_cap(logits_BSGR1 * K**-0.5, attn.softcap)
     logits_BSGRM = jnp.where(jnp.asarray(cache_valid_M, bool), logits_BSGRM, _NEG_INF)
     probs_BSGRV = jax.nn.softmax(jnp.concatenate([logits_BSGRM, logits_BSGR1], axis=-1), axis=-1)
     probs_BSGRV = probs_BSGRV.astype(attn.dtype)
@@ -451,7 +446,7 @@ class Transformer(nnx.Module):
   def __init__(
       self, *, width: int, depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
-      dtype=jnp.float32, remat: bool = False, qk_scale: float = 1.0,
+      dtype=jnp.float32, remat: bool = False,
   ):
     if time_every < 1:
       raise ValueError(f"time_every must be >= 1, got {time_every}")
@@ -463,7 +458,6 @@ class Transformer(nnx.Module):
         Block(
             is_time=is_time, width=width, num_heads=num_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim, mlp_dim=mlp_dim, softcap=softcap, rngs=rngs, dtype=dtype,
-            qk_scale=qk_scale,
         )
         for is_time in self.time_layers
     ])

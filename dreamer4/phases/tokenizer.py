@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -32,19 +31,6 @@ class TokenizerPhase:
       raise ConfigError(f"{e} (dataset {store.path} has frames {frame_shape})") from None
     self._lpips = None
 
-  def optimizer_hold(self):
-    """(steps, mask): the encoder side is held fixed for `optim.hold_encoder_steps` steps.
-
-    Our choice (not the paper's): until the decoder can read the latents, latent variation
-    is noise to it, and the encoder's gradient erases it (the toy tokenizer collapsed to a
-    constant code that way); a random encoder with sharp attention (model.qk_scale) is
-    informative enough for the decoder to start from.
-    """
-    steps = int(self.config.optim.get("hold_encoder_steps", 0))
-    mask = {k: jax.tree.map(lambda _: k in Tokenizer.ENCODER_PARAMS, v)
-            for k, v in self.model_def.abstract_params.items()}
-    return steps, mask
-
   def init_aux(self):
     return normalize.rms_init(("mse", "lpips"))
 
@@ -58,23 +44,7 @@ class TokenizerPhase:
     model = self.model_def.merge(params)
     return tokenizer_loss(model, frozen["lpips"], batch["frames"], aux, rng,
                           lpips_weight=c.lpips_weight, lpips_frames=c.lpips_frames,
-                          max_mask_prob=self.mask_prob(aux["mse"]["count"]), rms_decay=c.rms_decay)
-
-  def mask_prob(self, step):
-    """Upper bound of the MAE drop probability at `step` (a traced count).
-
-    Our choice (config loss.mask_ramp_steps): no masking while the encoder is held
-    (optim.hold_encoder_steps), then a linear ramp to loss.max_mask_prob. Masking a frozen
-    random encoder's input from the start stalled the toy tokenizer; the MAE objective
-    [P §3.1] holds from the end of the ramp on. 0 ramp steps: full masking from step 0.
-    """
-    c = self.config
-    ramp = int(c.loss.get("mask_ramp_steps", 0))
-    if ramp <= 0:
-      return c.loss.max_mask_prob
-    hold = int(c.optim.get("hold_encoder_steps", 0))
-    frac = jnp.clip((jnp.asarray(step, jnp.float32) - hold) / ramp, 0.0, 1.0)
-    return c.loss.max_mask_prob * frac
+                          max_mask_prob=c.max_mask_prob, rms_decay=c.rms_decay)
 
   def eval_fn(self, params, batch, frozen):
     """PSNR (dB) and MSE of *unmasked* reconstructions on held-out episodes."""

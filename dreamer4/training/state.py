@@ -72,29 +72,8 @@ class ModelDef:
     return sum(int(x.size) for x in jax.tree.leaves(self.abstract_params))
 
 
-def hold_until(steps: int, hold_mask) -> optax.GradientTransformation:
-  """Zeroes the gradients of the leaves where `hold_mask` is True for the first `steps` updates."""
-
-  def init_fn(params):
-    del params
-    return {"count": jnp.zeros((), jnp.int32)}
-
-  def update_fn(updates, state, params=None):
-    del params
-    active = state["count"] >= steps
-    updates = jax.tree.map(lambda g, hold: jnp.where(active, g, jnp.zeros_like(g)) if hold else g,
-                           updates, hold_mask)
-    return updates, {"count": state["count"] + 1}
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def make_optimizer(optim_cfg, num_steps: int, hold=None) -> optax.GradientTransformation:
-  """AdamW with warm-up + cosine (or constant) schedule and global-norm clipping.
-
-  `hold` = (steps, bool pytree like the params): those parameters get no update for the
-  first `steps` steps (e.g. the tokenizer's encoder while its decoder learns to read it).
-  """
+def make_optimizer(optim_cfg, num_steps: int) -> optax.GradientTransformation:
+  """AdamW with warm-up + cosine (or constant) schedule and global-norm clipping."""
   warm = max(int(optim_cfg.warmup_steps), 0)
   if optim_cfg.decay == "cosine":
     sched = optax.warmup_cosine_decay_schedule(
@@ -108,8 +87,6 @@ def make_optimizer(optim_cfg, num_steps: int, hold=None) -> optax.GradientTransf
   # Decay matrices only; norms scales and biases stay undecayed.
   mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
   parts = []
-  if hold is not None and hold[0] > 0:
-    parts.append(hold_until(int(hold[0]), hold[1]))
   if optim_cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
   parts.append(optax.adamw(sched, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,

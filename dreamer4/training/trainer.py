@@ -116,8 +116,7 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
                dict(mesh.shape), jax.device_count(), jax.process_count(), ctc.batch_size, local_batch)
 
   # ---------------------------------------------------------------- train state
-  tx = st.make_optimizer(config.optim, ctc.num_steps,
-                         hold=phase.optimizer_hold() if hasattr(phase, "optimizer_hold") else None)
+  tx = st.make_optimizer(config.optim, ctc.num_steps)
   mdef = phase.model_def
 
   def init_fn(rng):
