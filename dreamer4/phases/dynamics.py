@@ -92,26 +92,32 @@ class DynamicsPhase:
     gen_BTNL = jnp.concatenate([z_BTNL[:, :C], out["z_BHNL"]], axis=1)
     truth = tokenizer.decode(z_BTNL)[:, C:]
     gen = tokenizer.decode(gen_BTNL)[:, C:]
-    # Decoder-free error: mean squared latent error of the generated frames.
-    latent_mse = jnp.mean(jnp.square(out["z_BHNL"].astype(jnp.float32) - z_BTNL[:, C:].astype(jnp.float32)))
-    return truth, gen, latent_mse
+    # Decoder-free error: mean squared latent error of each generated frame [H].
+    latent_mse_H = jnp.mean(jnp.square(out["z_BHNL"].astype(jnp.float32) - z_BTNL[:, C:].astype(jnp.float32)),
+                            axis=(0, 2, 3))
+    return truth, gen, latent_mse_H
 
   def eval_fn(self, params, batch, frozen):
     ev = self.config.eval
     out = {}
     key = jax.random.key(0)  # the same noise for every K and for shuffled actions
     for k in ev.sampling_steps:
-      truth, gen, out[f"latent_mse_k{k}"] = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
+      truth, gen, lat_H = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
       p_H, s_H = vm.psnr_BT(gen, truth).mean(0), vm.ssim_BT(gen, truth).mean(0)
-      out[f"psnr_k{k}"], out[f"ssim_k{k}"] = p_H.mean(), s_H.mean()
+      out[f"psnr_k{k}"], out[f"ssim_k{k}"], out[f"latent_mse_k{k}"] = p_H.mean(), s_H.mean(), lat_H.mean()
       if int(k) == 4:
         for h in range(ev.horizon):
           out[f"psnr_k4_h{h + 1:02d}"] = p_H[h]
           out[f"ssim_k4_h{h + 1:02d}"] = s_H[h]
-    truth, gen, out["latent_mse_k4_shuffled_actions"] = self._rollouts(params, frozen["tokenizer"], batch, key, 4,
-                                                                       shuffle_actions=True)
+          out[f"latent_mse_k4_h{h + 1:02d}"] = lat_H[h]
+    truth, gen, lat_H = self._rollouts(params, frozen["tokenizer"], batch, key, 4, shuffle_actions=True)
+    out["latent_mse_k4_shuffled_actions"] = lat_H.mean()
     out["psnr_k4_shuffled_actions"] = vm.psnr_BT(gen, truth).mean()
     out["ssim_k4_shuffled_actions"] = vm.ssim_BT(gen, truth).mean()
+    # Per horizon step too: the action decides the next frame, but its effect can fade as
+    # generated frames become the history.
+    for h in range(ev.horizon):
+      out[f"latent_mse_k4_shuffled_actions_h{h + 1:02d}"] = lat_H[h]
     # Reference: hold the last context frame for the whole horizon (no model). A dynamics
     # model that predicts motion beats it; one that only copies does not.
     C = ev.context_frames
@@ -119,6 +125,9 @@ class DynamicsPhase:
     tokenizer = self.tok_def.merge(frozen["tokenizer"])
     held = tokenizer.decode(z_last)
     out["psnr_hold_last_frame"] = vm.psnr_BT(held, truth).mean()
+    out["psnr_hold_last_frame_h01"] = vm.psnr_BT(held[:, :1], truth[:, :1]).mean()
+    out["latent_mse_hold_last_frame_h01"] = jnp.mean(jnp.square(
+        z_last[:, 0].astype(jnp.float32) - batch["latents"][:, C].astype(jnp.float32)))
     return out
 
   def summary_fn(self, params, batch, rng, frozen):

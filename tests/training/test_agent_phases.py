@@ -274,3 +274,14 @@ def test_dynamics_evaluation_reports_pixel_and_latent_errors(run_dir):
   # Latents live in [-1, 1]: the squared error of a generated frame is in (0, 4].
   assert 0.0 < float(m["latent_mse_k4"]) <= 4.0 and 0.0 < float(m["latent_mse_k1"]) <= 4.0
   assert -1.0 <= float(m["ssim_k4"]) <= 1.0
+  # Per-horizon latent errors average to the window's error, for true and shuffled actions.
+  H = cfg.eval.horizon
+  for suffix in ("k4", "k4_shuffled_actions"):
+    per_h = [float(m[f"latent_mse_{suffix}_h{h:02d}"]) for h in range(1, H + 1)]
+    np.testing.assert_allclose(np.mean(per_h), float(m[f"latent_mse_{suffix}"]), rtol=1e-5)
+  # Holding the last context frame: its first-step latent error is the direct computation.
+  C = cfg.eval.context_frames
+  z = np.asarray(batch["latents"], np.float32)
+  np.testing.assert_allclose(float(m["latent_mse_hold_last_frame_h01"]),
+                             np.mean(np.square(z[:, C - 1] - z[:, C])), rtol=1e-5)
+  assert float(m["psnr_hold_last_frame_h01"]) > 0.0
