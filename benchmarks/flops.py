@@ -99,3 +99,48 @@ def tokenizer_num_params_matmul(model_cfg) -> int:
   depth = int(model_cfg.enc_depth) + int(model_cfg.dec_depth)
   return depth * block_matmul_params(int(model_cfg.width), int(model_cfg.num_heads), int(model_cfg.num_kv_heads),
                                      int(model_cfg.head_dim), int(model_cfg.mlp_dim))
+
+
+def dynamics_train_flops(model_cfg, num_latents: int, latent_dim: int, batch: int, window: int,
+                         bootstrap_fraction: float) -> dict[str, int]:
+  """Analytic FLOPs of one dynamics (shortcut forcing) training step.
+
+  The step is one forward + backward pass over the whole batch (3 forward-pass costs)
+  plus, on the round(bootstrap_fraction * batch) bootstrap rows, the two half-step
+  forward passes under stop-gradient that make the targets (1 forward-pass cost each).
+
+  Args:
+    model_cfg: `config.model` of configs/dynamics.py.
+    num_latents, latent_dim: the tokenizer's latent shape per frame.
+    batch: global batch B (windows per step).
+    window: frames per window T.
+    bootstrap_fraction: share of rows with bootstrap targets (`config.loss`).
+
+  Returns:
+    dict with "transformer", "embed", "attention" (each for the gradient pass),
+    "bootstrap" (the extra forward passes, all parts) and "total".
+  """
+  group = int(model_cfg.group)
+  D, heads, kv, K = int(model_cfg.width), int(model_cfg.num_heads), int(model_cfg.num_kv_heads), int(model_cfg.head_dim)
+  M, depth = int(model_cfg.mlp_dim), int(model_cfg.depth)
+  S = num_latents // group + int(model_cfg.num_registers) + 2  # spatial, registers, tau/d, action
+  S += int(model_cfg.get("num_agent_tokens", 0))
+  time_layers = sum((i + 1) % int(model_cfg.time_every) == 0 for i in range(depth))
+  space_layers = depth - time_layers
+  context = int(model_cfg.context) or window
+  G = group * latent_dim
+
+  def forward(rows: int) -> dict[str, int]:
+    frames = rows * window
+    transformer = 2 * block_matmul_params(D, heads, kv, K, M) * depth * frames * S
+    embed = 2 * frames * (num_latents // group) * (G * D + D * G)  # latent in, x-prediction out
+    per_head = 2 * 2 * K * heads
+    time_keys = min(window, context)
+    attention = frames * S * per_head * (S * space_layers + time_keys * time_layers)
+    return dict(transformer=transformer, embed=embed, attention=attention)
+
+  grad = {k: 3 * v for k, v in forward(batch).items()}
+  n_boot = min(batch, max(0, int(round(bootstrap_fraction * batch))))
+  out = dict(grad, bootstrap=2 * sum(forward(n_boot).values()))
+  out["total"] = sum(out.values())
+  return out

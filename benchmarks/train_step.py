@@ -1,6 +1,6 @@
 r"""Train-step throughput and MFU against a matmul peak measured in the same process.
 
-  python -m benchmarks.train_step [--phase=tokenizer] [--sizes=small,matmul] [--steps=3] \
+  python -m benchmarks.train_step [--phase=tokenizer|dynamics] [--sizes=...] [--steps=3] \
       [--devices=1] [--out=results.jsonl]
 
 Prints one JSON line per measurement (and appends them to --out when given):
@@ -35,6 +35,10 @@ Sizes:
           6 heads of 128, SwiGLU 3072, 4+4 layers (76M parameters), 64 patches + 64
           latents per frame, 8 x 2 frames per step: every block matmul has 2048 rows.
 
+--phase=dynamics times the shortcut-forcing dynamics step instead (sizes toy, flow_only,
+all_bootstrap: the toy config with its own, no, and every row's bootstrap targets; see
+`run_dynamics_step`).
+
 --devices=N runs on N fake CPU devices over a ("data") mesh. That checks the sharded path
 only; the fake devices share the same cores, so its timings mean nothing.
 """
@@ -50,11 +54,15 @@ from typing import Any, Callable, Sequence
 
 from absl import app, flags
 
-PHASES = ("tokenizer",)
+PHASES = ("tokenizer", "dynamics")
 SIZES = ("small", "matmul")
+# Dynamics sizes: the toy model with its own bootstrap share, then with none and with every
+# row bootstrapped, so the cost of the two extra half-step passes shows up as a ratio.
+DYNAMICS_SIZES = ("toy", "flow_only", "all_bootstrap")
 
 _PHASE = flags.DEFINE_enum("phase", "tokenizer", PHASES, "Which phase's train step to measure.")
-_SIZES = flags.DEFINE_list("sizes", list(SIZES), f"Benchmark sizes, any of {', '.join(SIZES)}.")
+_SIZES = flags.DEFINE_list("sizes", None, f"Benchmark sizes: tokenizer {', '.join(SIZES)} (default all); "
+                           f"dynamics {', '.join(DYNAMICS_SIZES)} (default all).")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per size (after one warm-up step).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after the compile.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Fake CPU devices for the data mesh (correctness only).")
@@ -297,6 +305,130 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
   return result
 
 
+# ------------------------------------------------------------------------------------------ dynamics
+
+
+def dynamics_size_config(size: str):
+  """The dynamics config of one benchmark size: configs/dynamics.py:toy, bootstrap share varied."""
+  from configs import dynamics
+
+  c = dynamics.get_config("toy")
+  if size == "flow_only":
+    c.loss.bootstrap_fraction = 0.0
+  elif size == "all_bootstrap":
+    c.loss.bootstrap_fraction = 1.0
+  elif size != "toy":
+    raise ValueError(f"--sizes: unknown dynamics size {size!r}; choose from {', '.join(DYNAMICS_SIZES)}")
+  return c
+
+
+def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 3, warmup: int = 1,
+                      peak_gflops: float | None = None, size: str = "custom") -> dict[str, Any]:
+  """Times the dynamics phase's shortcut-forcing train step (short windows).
+
+  The step is the trainer's (`make_train_step` of `DynamicsPhase.loss_fn`'s loss: the
+  shortcut loss over `make_training_fn`, then the RMS normaliser), jitted with committed
+  shardings and donated state. It is fed synthetic batches of the store's shapes: latents
+  in [-1, 1] (tanh range) of `latent_shape` (the toy tokenizer's 16 x 16 by default), toy
+  actions (5 moves) and labels, so no trained tokenizer is needed; the step's cost does not
+  depend on the values.
+
+  Returns:
+    A JSON-ready dict like `run_train_step`'s, with the bootstrap share and the analytic
+    FLOPs split into the gradient pass and the bootstrap passes.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from data_pipelines.envs.base import ActionComponent, ActionSpec
+  from dreamer4 import sharding as shd
+  from dreamer4.models.dynamics import Dynamics, make_training_fn
+  from dreamer4.objectives import normalize
+  from dreamer4.objectives.shortcut import shortcut_loss
+  from dreamer4.training import state as st
+  from dreamer4.training.state import ModelDef
+  from data_pipelines import loader
+  from benchmarks import flops as fl
+
+  if steps < 1 or warmup < 1:
+    raise ValueError(f"need --steps >= 1 and --warmup >= 1, got {steps} and {warmup}")
+  N, L = latent_shape
+  spec = ActionSpec((ActionComponent("move", "discrete", 5),))
+  mdef = ModelDef.build(lambda rng: Dynamics.from_config(config.model, N, L, spec, nnx.Rngs(rng)))
+  if mesh is None:
+    mesh = shd.make_mesh(config.mesh)
+  B, T = int(config.train.batch_size), int(config.data.window)
+  shd.check_batch_divides(B, mesh)
+  c = config.loss
+
+  def loss_fn(params, aux, batch, rng, frozen):
+    del frozen
+    model = mdef.merge(params)
+    apply_fn = make_training_fn(model, batch["actions_discrete"], batch["action_labelled"])
+    loss, metrics = shortcut_loss(apply_fn, batch["latents"], rng, k_max=config.model.k_max,
+                                  bootstrap_fraction=c.bootstrap_fraction,
+                                  independent_fraction=c.independent_fraction, ramp=c.ramp)
+    norm, aux = normalize.rms_normalize(aux, "dynamics", loss, decay=c.rms_decay)
+    return norm, (aux, metrics)
+
+  tx = st.make_optimizer(config.optim, 1000)
+
+  def init_fn(rng):
+    return st.init_state(mdef.init_params(rng), tx, normalize.rms_init(("dynamics",)))
+
+  key = jax.random.key(0)
+  shardings = st.state_shardings(jax.eval_shape(init_fn, key), mdef.param_shardings(mesh), tx, mesh)
+  rep = shd.replicated(mesh)
+  step_core = st.make_train_step(loss_fn, tx)
+
+  def train_step(state, batch, key):
+    rng = jax.random.fold_in(key, state["step"] + state["skipped"])
+    return step_core(state, batch, rng, {})
+
+  p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
+  rng = np.random.default_rng(0)
+  batches = [dict(latents=np.tanh(rng.normal(size=(B, T, N, L))).astype(np.float32),
+                  actions_discrete=rng.integers(0, 5, (B, T, 1)).astype(np.int32),
+                  action_labelled=np.ones((B, T), bool)) for _ in range(warmup + steps)]
+  with jax.set_mesh(mesh):
+    state = jax.jit(init_fn, out_shardings=shardings)(key)
+    device_batches = [loader.global_batch(b, mesh) for b in batches]
+    t0 = time.perf_counter()
+    compiled = p_train.lower(state, device_batches[0], key).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(dict(cost or {}).get("flops", 0.0)) * mesh.size
+    for b in device_batches[:warmup]:
+      state, metrics = p_train(state, b, key)
+    jax.block_until_ready(state)
+    times = []
+    for b in device_batches[warmup:]:
+      t0 = time.perf_counter()
+      state, metrics = p_train(state, b, key)
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  analytic = fl.dynamics_train_flops(config.model, N, L, B, T, float(c.bootstrap_fraction))
+  result = dict(
+      bench="train_step", phase="dynamics", size=size, devices=int(mesh.size), batch=B, window=T,
+      latent_shape=[int(N), int(L)], bootstrap_fraction=float(c.bootstrap_fraction),
+      params=int(mdef.num_params()), compiles=int(p_train._cache_size()), compile_s=compile_s,
+      steps=len(times), step_s=step_s, step_s_min=min(times), frames_per_s=B * T / step_s,
+      flops_analytic=int(analytic["total"]),
+      flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},
+      flops_xla=xla_flops, analytic_over_xla=analytic["total"] / xla_flops if xla_flops else None,
+      achieved_gflops=analytic["total"] / step_s / 1e9, achieved_gflops_xla=xla_flops / step_s / 1e9,
+      loss=float(np.asarray(jax.device_get(metrics["loss"]))),
+  )
+  if peak_gflops:
+    result["peak_gflops"] = peak_gflops
+    result["mfu"] = result["achieved_gflops"] / peak_gflops
+    result["hfu"] = result["achieved_gflops_xla"] / peak_gflops
+  return result
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -311,11 +443,11 @@ def _emit(record: dict, out_path: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for s in _SIZES.value:
-    if s not in SIZES:
-      raise app.UsageError(f"--sizes: unknown size {s!r}; choose from {', '.join(SIZES)}")
-  if _PHASE.value != "tokenizer":
-    raise app.UsageError(f"--phase={_PHASE.value} has no train-step benchmark yet")
+  known = DYNAMICS_SIZES if _PHASE.value == "dynamics" else SIZES
+  sizes = list(_SIZES.value or known)
+  for s in sizes:
+    if s not in known:
+      raise app.UsageError(f"--sizes: unknown {_PHASE.value} size {s!r}; choose from {', '.join(known)}")
   if _DEVICES.value < 1:
     raise app.UsageError(f"--devices must be >= 1, got {_DEVICES.value}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -330,13 +462,21 @@ def main(argv):
     _emit(dict(rec, when="start"), _OUT.value)
   peak = max(r["gflops"] for r in peaks if r["n"] == max(peak_sizes))
 
+  if _PHASE.value == "dynamics":
+    for size in sizes:
+      peak = max(peak, max(r["gflops"] for r in matmul_peak([max(peak_sizes)], repeats=3)))
+      rec = run_dynamics_step(dynamics_size_config(size), steps=_STEPS.value, warmup=_WARMUP.value,
+                              peak_gflops=peak, size=size)
+      _emit(rec, _OUT.value)
+    return
+
   with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
     data_path = _DATA.value
     if not data_path:
       from data_pipelines.collect import collect
       data_path = os.path.join(tmp, "toy64")
       collect("toy", data_path, episodes=24, seed=0, skills=(0.9, 0.5, 0.0), size=64)
-    for size in _SIZES.value:
+    for size in sizes:
 
       def peak_again(size=size) -> float:
         recs = matmul_peak([max(peak_sizes)], repeats=3)

@@ -52,3 +52,20 @@ def test_vgg16_flops_match_the_textbook_count():
   convs = fl.vgg16_forward_flops(224, 224) - sum(2 * s * s * c for s, c in
                                                 ((224, 64), (112, 128), (56, 256), (28, 512), (14, 512)))
   assert abs(convs / 2 / 15.35e9 - 1) < 0.01
+
+
+def test_dynamics_train_step_benchmark_counts_the_bootstrap_passes():
+  from configs import dynamics
+  c = dynamics.get_config("tiny")
+  c.loss.bootstrap_fraction = 0.5  # 4 of 8 rows
+  rec = ts.run_dynamics_step(c, latent_shape=(4, 8), mesh=_one_device_mesh(), steps=2, warmup=1,
+                             peak_gflops=ts.matmul_peak([256], repeats=2)[0]["gflops"], size="test")
+  assert rec["compiles"] == 1 and rec["steps"] == 2 and rec["frames_per_s"] > 0
+  assert math.isfinite(rec["loss"])
+  parts = rec["flops_analytic_parts"]
+  # The two half-step passes run forward only (1 pass each) on half the rows; the gradient
+  # pass costs 3 forward passes on all rows: bootstrap / gradient = 2 * 0.5 / 3.
+  grad = parts["transformer"] + parts["embed"] + parts["attention"]
+  assert math.isclose(parts["bootstrap"] / grad, 2 * 0.5 / 3, rel_tol=1e-9)
+  assert 0.5 < rec["analytic_over_xla"] < 2.0, rec["analytic_over_xla"]
+  assert 0.0 < rec["mfu"] < 1.5
