@@ -179,6 +179,44 @@ def _read_batches(data_path: str, window: int, batch_size: int, count: int) -> l
   return batches
 
 
+def _compile_and_time(p_train, state, device_batches, args, *, mesh, warmup: int,
+                      peak_fn: Callable[[], float] | None = None) -> dict[str, Any]:
+  """Compiles `p_train(state, batch, *args)` once ahead of time, then times it.
+
+  The jit calls reuse the compiled executable (`compiles` stays 1). The first `warmup`
+  batches run untimed, the rest are timed one by one (`block_until_ready`). Call inside
+  the mesh context.
+
+  Returns:
+    compile_s; cost (XLA's flops / bytes accessed / transcendentals, scaled from one
+    device's SPMD program to the whole mesh: replicated work counts once per device, as
+    it runs); warmup_s (mean untimed step); times; the last step's metrics; peak (from
+    `peak_fn`, measured right before the timed steps, or None).
+  """
+  import jax
+
+  t0 = time.perf_counter()
+  compiled = p_train.lower(state, device_batches[0], *args).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = {k: float(v) * mesh.size for k, v in dict(cost or {}).items()
+          if k in ("flops", "bytes accessed", "transcendentals")}
+  t0 = time.perf_counter()
+  for b in device_batches[:warmup]:
+    state, metrics = p_train(state, b, *args)
+  jax.block_until_ready(state)
+  warmup_s = (time.perf_counter() - t0) / warmup
+  peak = peak_fn() if peak_fn is not None else None
+  times = []
+  for b in device_batches[warmup:]:
+    t0 = time.perf_counter()
+    state, metrics = p_train(state, b, *args)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - t0)
+  return dict(compile_s=compile_s, cost=cost, warmup_s=warmup_s, times=times, metrics=metrics, peak=peak)
+
+
 def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup: int = 1,
                    peak_gflops: float | None = None, peak_fn: Callable[[], float] | None = None,
                    size: str = "custom") -> dict[str, Any]:
@@ -249,32 +287,12 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
     jax.block_until_ready((state, frozen, device_batches))
     setup_s = time.perf_counter() - t_start
 
-    # Compile once, ahead of time, for the cost analysis; the jit calls below reuse
-    # the executable (`compiles` stays 1).
-    t0 = time.perf_counter()
-    compiled = p_train.lower(state, device_batches[0], key, frozen).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    # The cost analysis describes one device's SPMD program: scale to the whole mesh
-    # (work that is replicated, not split, then counts once per device, as it runs).
-    cost = {k: float(v) * mesh.size for k, v in dict(cost or {}).items()
-            if k in ("flops", "bytes accessed", "transcendentals")}
-    xla_flops = cost.get("flops", 0.0)
-
-    t0 = time.perf_counter()
-    for b in device_batches[:warmup]:
-      state, metrics = p_train(state, b, key, frozen)
-    jax.block_until_ready(state)
-    warmup_s = (time.perf_counter() - t0) / warmup
-    if peak_fn is not None:
-      peak_gflops = max(peak_gflops or 0.0, peak_fn())  # right next to the timed steps
-    times = []
-    for b in device_batches[warmup:]:
-      t0 = time.perf_counter()
-      state, metrics = p_train(state, b, key, frozen)
-      jax.block_until_ready(state)
-      times.append(time.perf_counter() - t0)
+    timed = _compile_and_time(p_train, state, device_batches, (key, frozen), mesh=mesh, warmup=warmup,
+                              peak_fn=peak_fn)
+  compile_s, cost, warmup_s, times, metrics = (timed[k] for k in ("compile_s", "cost", "warmup_s", "times", "metrics"))
+  xla_flops = cost.get("flops", 0.0)
+  if timed["peak"] is not None:
+    peak_gflops = max(peak_gflops or 0.0, timed["peak"])  # measured right next to the timed steps
   loss = float(np.asarray(jax.device_get(metrics["loss"])))
 
   step_s = statistics.median(times)
@@ -326,7 +344,7 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
                       peak_gflops: float | None = None, size: str = "custom") -> dict[str, Any]:
   """Times the dynamics phase's shortcut-forcing train step (short windows).
 
-  The step is the trainer's (`make_train_step` of `DynamicsPhase.loss_fn`'s loss: the
+  The step is the trainer's (`make_train_step` of the phase's `dynamics_loss`: the
   shortcut loss over `make_training_fn`, then the RMS normaliser), jitted with committed
   shardings and donated state. It is fed synthetic batches of the store's shapes: latents
   in [-1, 1] (tanh range) of `latent_shape` (the toy tokenizer's 16 x 16 by default), toy
@@ -338,14 +356,13 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
     FLOPs split into the gradient pass and the bootstrap passes.
   """
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from flax import nnx
   from data_pipelines.envs.base import ActionComponent, ActionSpec
   from dreamer4 import sharding as shd
-  from dreamer4.models.dynamics import Dynamics, make_training_fn
+  from dreamer4.models.dynamics import Dynamics
   from dreamer4.objectives import normalize
-  from dreamer4.objectives.shortcut import shortcut_loss
+  from dreamer4.phases.dynamics import dynamics_loss
   from dreamer4.training import state as st
   from dreamer4.training.state import ModelDef
   from data_pipelines import loader
@@ -360,17 +377,10 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
     mesh = shd.make_mesh(config.mesh)
   B, T = int(config.train.batch_size), int(config.data.window)
   shd.check_batch_divides(B, mesh)
-  c = config.loss
 
   def loss_fn(params, aux, batch, rng, frozen):
     del frozen
-    model = mdef.merge(params)
-    apply_fn = make_training_fn(model, batch["actions_discrete"], batch["action_labelled"])
-    loss, metrics = shortcut_loss(apply_fn, batch["latents"], rng, k_max=config.model.k_max,
-                                  bootstrap_fraction=c.bootstrap_fraction,
-                                  independent_fraction=c.independent_fraction, ramp=c.ramp)
-    norm, aux = normalize.rms_normalize(aux, "dynamics", loss, decay=c.rms_decay)
-    return norm, (aux, metrics)
+    return dynamics_loss(mdef, config, params, aux, batch, rng)
 
   tx = st.make_optimizer(config.optim, 1000)
 
@@ -394,26 +404,14 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
   with jax.set_mesh(mesh):
     state = jax.jit(init_fn, out_shardings=shardings)(key)
     device_batches = [loader.global_batch(b, mesh) for b in batches]
-    t0 = time.perf_counter()
-    compiled = p_train.lower(state, device_batches[0], key).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    xla_flops = float(dict(cost or {}).get("flops", 0.0)) * mesh.size
-    for b in device_batches[:warmup]:
-      state, metrics = p_train(state, b, key)
-    jax.block_until_ready(state)
-    times = []
-    for b in device_batches[warmup:]:
-      t0 = time.perf_counter()
-      state, metrics = p_train(state, b, key)
-      jax.block_until_ready(state)
-      times.append(time.perf_counter() - t0)
+    timed = _compile_and_time(p_train, state, device_batches, (key,), mesh=mesh, warmup=warmup)
+  compile_s, times, metrics = timed["compile_s"], timed["times"], timed["metrics"]
+  xla_flops = timed["cost"].get("flops", 0.0)
   step_s = statistics.median(times)
-  analytic = fl.dynamics_train_flops(config.model, N, L, B, T, float(c.bootstrap_fraction))
+  analytic = fl.dynamics_train_flops(config.model, N, L, B, T, float(config.loss.bootstrap_fraction))
   result = dict(
       bench="train_step", phase="dynamics", size=size, devices=int(mesh.size), batch=B, window=T,
-      latent_shape=[int(N), int(L)], bootstrap_fraction=float(c.bootstrap_fraction),
+      latent_shape=[int(N), int(L)], bootstrap_fraction=float(config.loss.bootstrap_fraction),
       params=int(mdef.num_params()), compiles=int(p_train._cache_size()), compile_s=compile_s,
       steps=len(times), step_s=step_s, step_s_min=min(times), frames_per_s=B * T / step_s,
       flops_analytic=int(analytic["total"]),

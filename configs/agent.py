@@ -14,6 +14,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from configs import dynamics as dynamics_config
 from configs import tokenizer as tokenizer_config
 
 VARIANTS = ("toy", "tiny")
@@ -46,10 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.agent = agent_config()
 
   c.loss = ml_collections.ConfigDict()
-  # The shortcut-forcing settings follow configs/dynamics.py (same variant).
-  c.loss.bootstrap_fraction = 0.25
-  c.loss.independent_fraction = 0.3
-  c.loss.ramp = variant != "toy"  # see configs/dynamics.py: off at toy scale (our choice)
+  # The shortcut-forcing settings are the dynamics phase's (configs/dynamics.py, same variant).
+  dyn_loss = dynamics_config.get_config(variant).loss
+  c.loss.bootstrap_fraction = dyn_loss.bootstrap_fraction
+  c.loss.independent_fraction = dyn_loss.independent_fraction
+  c.loss.ramp = dyn_loss.ramp
   c.loss.rms_decay = 0.99
   c.loss.dynamics_weight = 1.0  # each term RMS-normalised, then weighted [P §5.3: equal weights]
   c.loss.bc_weight = 1.0

@@ -23,6 +23,23 @@ from dreamer4.phases.tokenizer import load_tokenizer
 from dreamer4.training.state import ModelDef
 
 
+def dynamics_loss(model_def: ModelDef, config, params, aux, batch, rng):
+  """The phase's train loss: shortcut forcing on the batch's latents, RMS-normalised.
+
+  Returns (normalised loss, (aux, metrics)) as the trainer's `Phase.loss_fn` does; also
+  used by benchmarks/train_step.py, which needs no tokenizer.
+  """
+  c = config
+  model = model_def.merge(params)
+  apply_fn = make_training_fn(model, batch["actions_discrete"], batch["action_labelled"])
+  loss, metrics = shortcut_loss(apply_fn, batch["latents"], rng, k_max=c.model.k_max,
+                                bootstrap_fraction=c.loss.bootstrap_fraction,
+                                independent_fraction=c.loss.independent_fraction,
+                                ramp=c.loss.ramp)
+  norm, aux = normalize.rms_normalize(aux, "dynamics", loss, decay=c.loss.rms_decay)
+  return norm, (aux, dict(metrics, shortcut_loss=loss))
+
+
 class DynamicsPhase:
   """Plugs the dynamics model into the trainer (see dreamer4/training/trainer.py `Phase`)."""
 
@@ -65,15 +82,7 @@ class DynamicsPhase:
 
   def loss_fn(self, params, aux, batch, rng, frozen):
     del frozen  # the step never decodes to pixels
-    c = self.config
-    model = self.model_def.merge(params)
-    apply_fn = make_training_fn(model, batch["actions_discrete"], batch["action_labelled"])
-    loss, metrics = shortcut_loss(apply_fn, batch["latents"], rng, k_max=c.model.k_max,
-                                  bootstrap_fraction=c.loss.bootstrap_fraction,
-                                  independent_fraction=c.loss.independent_fraction,
-                                  ramp=c.loss.ramp)
-    norm, aux = normalize.rms_normalize(aux, "dynamics", loss, decay=c.loss.rms_decay)
-    return norm, (aux, dict(metrics, shortcut_loss=loss))
+    return dynamics_loss(self.model_def, self.config, params, aux, batch, rng)
 
   # ---------------------------------------------------------------- evaluation
 
