@@ -342,7 +342,7 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(width, rngs=rngs)
     self.mlp = SwiGLU(width=width, mlp_dim=mlp_dim, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x_BTSD, space_mask_SS, time_mask_BTT, space_pos_S=None):
+  def __call__(self, x_BTSD, space_mask_SS, time_mask_BTT):
     B, T, S, D = x_BTSD.shape
     h_BTSD = self.attn_norm(x_BTSD)
     if self.is_time:
@@ -354,10 +354,8 @@ class Block(nnx.Module):
       a_BTSD = jnp.swapaxes(a_BSTD, 1, 2)
     else:
       # Space attention within one frame. Our choice: 1-D RoPE over the token
-      # index inside the frame (patches in raster order, then the other segments),
-      # unless the caller gives per-token positions (`space_pos_S`).
-      pos_S = jnp.arange(S) if space_pos_S is None else jnp.asarray(space_pos_S)
-      a_BTSD = self.attn(h_BTSD, space_mask_SS, pos_S)
+      # index inside the frame (patches in raster order, then the other segments).
+      a_BTSD = self.attn(h_BTSD, space_mask_SS, jnp.arange(S))
     x_BTSD = x_BTSD + a_BTSD.astype(x_BTSD.dtype)
     m_BTSD = self.mlp(self.mlp_norm(x_BTSD))
     return x_BTSD + m_BTSD.astype(x_BTSD.dtype)
@@ -463,7 +461,7 @@ class Transformer(nnx.Module):
     ])
     self.final_norm = RMSNorm(width, rngs=rngs)
 
-  def __call__(self, x_BTSD, *, space_mask_SS, time_mask_BTT, space_pos_S=None):
+  def __call__(self, x_BTSD, *, space_mask_SS, time_mask_BTT):
     """Applies the stack.
 
     Args:
@@ -485,7 +483,7 @@ class Transformer(nnx.Module):
       raise ValueError(f"time mask {time_mask_BTT.shape} does not match T={T}")
 
     def run_block(block, x_BTSD, space_mask_SS, time_mask_BTT):
-      return block(x_BTSD, space_mask_SS, time_mask_BTT, space_pos_S)
+      return block(x_BTSD, space_mask_SS, time_mask_BTT)
 
     if self.remat:
       run_block = nnx.remat(run_block)
