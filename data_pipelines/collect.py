@@ -1,7 +1,7 @@
 r"""Collect episodes of a scripted behaviour policy into an EpisodeStore.
 
   python -m data_pipelines.collect --env=toy --episodes=200 --output=/tmp/toy_data \
-      [--seed=0] [--skills=0.9,0.5,0.0] [--size=64] [--max_steps=64] [--append]
+      [--seed=0] [--skills=0.9,0.5,0.0] [--size=64] [--max_steps=64] [--layout=random] [--append]
   python -m data_pipelines.collect --env=craftax --output=runs/craftax/data \
       [--frames=1000000] [--episodes=N] [--num_envs=64] [--max_steps=2000]
 
@@ -82,7 +82,7 @@ def _episode_seeds(seed: int, episode: int) -> tuple[int, int, float]:
 def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
             skills: Sequence[float] = (0.9, 0.5, 0.0), size: int = 64, append: bool = False,
             max_steps: int = 64, frames: int | None = None, num_envs: int = 64, chunk: int = 64,
-            log: Any = None) -> dict[str, Any]:
+            log: Any = None, layout: str | None = None) -> dict[str, Any]:
   """Runs scripted policies in an env and appends the episodes to a store.
 
   Args:
@@ -97,6 +97,8 @@ def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
     max_steps: steps after which an episode is truncated.
     frames: batched envs only: stop starting episodes once this many frames are collected
       or under way (None: DEFAULT_FRAMES when `episodes` is None too).
+    layout: toy only: "random" or "fixed" goal cells (see data_pipelines/envs/toy.py);
+      None keeps the env's default.
     num_envs: batched envs only: episodes stepped together.
     chunk: batched envs only: steps per jitted call (finished envs restart between calls).
     log: batched envs only: optional progress printer.
@@ -129,8 +131,17 @@ def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
     raise CollectError(f"--skills: give a comma-separated list of values in [0, 1], got {list(skills)}")
   if max_steps < 1:
     raise CollectError(f"--max_steps: must be >= 1, got {max_steps}")
+  env_kwargs: dict[str, Any] = dict(size=size, max_steps=max_steps)
+  if layout is not None:
+    if env_name != "toy":
+      raise CollectError(f"--layout: only the toy env has layouts; drop --layout for --env={env_name}")
+    try:
+      env_kwargs["layout"] = layout
+      make_env(env_name, **env_kwargs)
+    except ValueError as e:
+      raise CollectError(f"--layout: {e}") from None
   try:
-    env = make_env(env_name, size=size, max_steps=max_steps)
+    env = make_env(env_name, **env_kwargs)
   except ValueError as e:
     raise CollectError(f"--size: {e}") from None
   _check_writable(output)
@@ -255,6 +266,7 @@ def _define_flags():
   flags.DEFINE_integer("size", 64, "Frame height and width in pixels.")
   flags.DEFINE_integer("max_steps", None, f"Steps after which an episode is truncated (default {DEFAULT_MAX_STEPS}).")
   flags.DEFINE_bool("append", False, "Append to an existing store instead of creating a new one.")
+  flags.DEFINE_string("layout", None, "Toy only: goal cells, 'random' (default) or 'fixed'.")
 
 
 def main(argv):
@@ -273,7 +285,7 @@ def main(argv):
     max_steps = f.max_steps if f.max_steps is not None else DEFAULT_MAX_STEPS.get(f.env, 64)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if f.env in BATCHED_ENVS else None
     summary = collect(f.env, f.output, f.episodes, f.seed, skills, f.size, f.append, max_steps,
-                      frames=f.frames, num_envs=f.num_envs, log=log)
+                      frames=f.frames, num_envs=f.num_envs, log=log, layout=f.layout)
   except CollectError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -51,7 +51,8 @@ def collect_stage(config, data_path: str) -> None:
     return
   skills = tuple(float(s) for s in str(config.collect.skills).split(","))
   summary = collect(config.collect.env, data_path, config.collect.episodes - have,
-                    config.collect.seed + have, skills, config.collect.size, have > 0)
+                    config.collect.seed + have, skills, config.collect.size, have > 0,
+                    layout=config.collect.get("layout") or None)
   logging.info("collect: %s", summary)
 
 
@@ -70,7 +71,9 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
     return json.loads(done.read_text())
   ev = config.evaluate
   store = EpisodeStore.open(data_path)
-  kwargs = {"size": int(store.frame_shape[0])} if config.collect.env == "toy" else {}
+  kwargs = {}
+  if config.collect.env == "toy":  # the evaluation env draws frames and goals as the data did
+    kwargs = {"size": int(store.frame_shape[0]), "layout": config.collect.get("layout") or "random"}
   num_seeds = int(config.get("seeds", 1))
 
   def common(s: int) -> dict:

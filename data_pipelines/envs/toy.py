@@ -10,6 +10,11 @@ exactly one cell of `size // G` pixels and frames stay crisp at any size.
 - Each episode names one task "reach_<kind>". Stepping onto that kind gives
   reward 1 and ends the episode (terminal). Stepping onto another kind gives
   nothing and respawns that object elsewhere, so wrong goals never block.
+- `layout="fixed"` keeps the three goals on fixed cells (FIXED_GOALS) for the
+  whole episode and every episode; only the agent's start and the distractors
+  vary, and wrong goals are simply walked over. The policy then has to read
+  the agent's cell and the task, not compare positions of several objects;
+  this is the pipeline's toy default (see configs/pipeline.py for why).
 - Episodes also end (truncated, not terminal) after `max_steps` steps.
 
 Everything is deterministic given the reset seed. Rendering is a background copy
@@ -33,6 +38,10 @@ DISTRACTOR_COLOURS = np.array([[150, 150, 150], [230, 210, 40], [160, 90, 200]],
 # (dy, dx) per action: noop, up, down, left, right.
 MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], np.int64)
 ACTION_LABELS = ("noop", "up", "down", "left", "right")
+# Goal cells (y, x) of red, green, blue under layout="fixed": three corners' neighbourhoods,
+# far enough apart that a greedy path to one rarely crosses another.
+FIXED_GOALS = np.array([[1, 1], [1, 6], [6, 3]], np.int64)
+LAYOUTS = ("random", "fixed")
 
 
 def _shape_masks(cell: int) -> list[np.ndarray]:
@@ -61,6 +70,8 @@ class ToyWorld:
     size: frame height and width in pixels; a multiple of 8 (the grid size).
     max_steps: steps after which an episode is truncated (frames = steps + 1).
     num_distractors: number of bouncing distractor sprites (0 to 3).
+    layout: "random" (goals placed anew each episode, wrong goals respawn) or "fixed"
+      (goals on FIXED_GOALS always; the agent starts on a random other cell).
   """
 
   name = "toy"
@@ -68,14 +79,17 @@ class ToyWorld:
   task_names = tuple(f"reach_{k}" for k in KIND_NAMES)
   action_spec = ActionSpec((ActionComponent("move", "discrete", 5, ACTION_LABELS),))
 
-  def __init__(self, size: int = 64, max_steps: int = 64, num_distractors: int = 2):
+  def __init__(self, size: int = 64, max_steps: int = 64, num_distractors: int = 2, layout: str = "random"):
     if size < GRID or size % GRID:
       raise ValueError(f"ToyWorld: size must be a positive multiple of {GRID}, got {size}")
     if max_steps < 1:
       raise ValueError(f"ToyWorld: max_steps must be >= 1, got {max_steps}")
     if not 0 <= num_distractors <= len(DISTRACTOR_COLOURS):
       raise ValueError(f"ToyWorld: num_distractors must be in [0, {len(DISTRACTOR_COLOURS)}], got {num_distractors}")
+    if layout not in LAYOUTS:
+      raise ValueError(f"ToyWorld: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     self.size = size
+    self.layout = layout
     self.max_steps = max_steps
     self.num_distractors = num_distractors
     self.frame_shape = (size, size, 3)
@@ -109,10 +123,16 @@ class ToyWorld:
     self.task = int(self._rng.integers(len(KIND_NAMES))) if task is None else int(task)
     if not 0 <= self.task < len(KIND_NAMES):
       raise ValueError(f"ToyWorld: task must be in [0, {len(KIND_NAMES)}), got {task}")
-    cells = self._rng.choice(GRID * GRID, size=1 + len(KIND_NAMES), replace=False)
-    yx = np.stack(np.divmod(cells, GRID), -1)
-    self.agent_yx = yx[0]
-    self.goals_K2 = yx[1:].copy()  # row k holds the cell of the goal of kind k
+    if self.layout == "fixed":
+      free = np.ones(GRID * GRID, bool)
+      free[FIXED_GOALS[:, 0] * GRID + FIXED_GOALS[:, 1]] = False
+      self.agent_yx = np.array(divmod(int(self._rng.choice(np.flatnonzero(free))), GRID))
+      self.goals_K2 = FIXED_GOALS.copy()
+    else:
+      cells = self._rng.choice(GRID * GRID, size=1 + len(KIND_NAMES), replace=False)
+      yx = np.stack(np.divmod(cells, GRID), -1)
+      self.agent_yx = yx[0]
+      self.goals_K2 = yx[1:].copy()  # row k holds the cell of the goal of kind k
     self.distractors_D2 = self._rng.integers(0, GRID, size=(self.num_distractors, 2))
     # Diagonal velocities of +-1 per axis so distractors sweep the whole grid.
     self.velocities_D2 = self._rng.choice(np.array([-1, 1]), size=(self.num_distractors, 2))
@@ -138,7 +158,7 @@ class ToyWorld:
     for kind in hit:
       if kind == self.task:
         reward, success = 1.0, True
-      else:
+      elif self.layout == "random":
         self.goals_K2[kind] = self._free_cell()
     done = success or self.steps >= self.max_steps
     return self.render(), reward, done, {"terminal": success, "success": success, "task": self.task}
