@@ -46,6 +46,17 @@ def test_collect_in_process(tmp_path):
     collect("toy", path, episodes=1, seed=0, skills=(0.5,), size=32, append=True)
 
 
+def test_collect_fixed_layout(tmp_path):
+  from data_pipelines.envs.toy import FIXED_GOALS, KIND_COLOURS
+  path = str(tmp_path / "s")
+  collect("toy", path, episodes=5, seed=3, skills=(0.5,), size=16, max_steps=20, layout="fixed")
+  store = EpisodeStore.open(path)
+  for i in range(store.num_episodes):
+    first = store.read_episode(i)["frames"][0]  # 2-px cells; the agent never starts on a goal
+    for (y, x), colour in zip(FIXED_GOALS, KIND_COLOURS):
+      np.testing.assert_array_equal(first[2 * y, 2 * x], colour)
+
+
 def test_cli_writes_requested_episodes(tmp_path):
   path = str(tmp_path / "s")
   result = _run("--env=toy", "--episodes=3", f"--output={path}", "--size=16", "--skills=1.0,0.0", "--max_steps=12")
@@ -64,6 +75,13 @@ def test_cli_errors(tmp_path):
 
   result = _run("--episodes=0", f"--output={missing}")
   assert result.returncode == 2 and result.stderr.startswith("error: --episodes") and not missing.exists()
+
+  result = _run("--episodes=2", f"--output={missing}", "--layout=spiral")
+  assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+  assert result.stderr.startswith("error: --layout: ToyWorld: layout must be one of random, fixed") and not missing.exists()
+  with pytest.raises(CollectError, match="--layout: only the toy env has layouts"):
+    collect("craftax", str(missing), episodes=2, layout="fixed")
+  assert not missing.exists()
 
   path = str(tmp_path / "s")
   collect("toy", path, episodes=2, seed=0, skills=(1.0,), size=16, append=False, max_steps=10)

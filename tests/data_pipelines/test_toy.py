@@ -74,3 +74,26 @@ def test_skilled_policy_beats_random():
   assert success[1.0] >= 0.95
   assert success[0.0] <= 0.6
   assert success[1.0] - success[0.0] >= 0.4
+
+
+def test_fixed_layout_keeps_goals_and_walks_over_wrong_ones():
+  from data_pipelines.envs.toy import FIXED_GOALS, GRID
+  env = ToyWorld(size=16, num_distractors=0, layout="fixed")
+  starts = set()
+  for seed in range(40):
+    _, task = env.reset(seed)
+    np.testing.assert_array_equal(env.goals_K2, FIXED_GOALS)
+    assert not (FIXED_GOALS == env.agent_yx).all(-1).any()  # never starts on a goal
+    starts.add(tuple(env.agent_yx))
+  assert len(starts) >= 25  # the start cell varies (40 draws over 61 free cells)
+  env.reset(0, task=2)
+  env.agent_yx = FIXED_GOALS[0] + np.array([0, 1])  # right of red; the task is blue
+  frame_on_red, reward, done, _ = env.step(np.array([3], np.int32))  # left: onto red
+  assert reward == 0.0 and not done
+  np.testing.assert_array_equal(env.goals_K2, FIXED_GOALS)  # nothing respawned
+  env.agent_yx = FIXED_GOALS[2] - np.array([1, 0])
+  _, reward, done, info = env.step(np.array([2], np.int32))  # down: onto blue
+  assert reward == 1.0 and done and info["success"]
+  assert frame_on_red.shape == (16, 16, 3) and GRID == 8
+  with pytest.raises(ValueError, match="layout must be one of random, fixed, got 'grid'"):
+    ToyWorld(layout="grid")
