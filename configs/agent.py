@@ -77,5 +77,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_every = 0
     c.train.checkpoint_every = 2
     c.optim.warmup_steps = 1
+    c.optim.lr = 3e-4
     c.eval.num_batches = 1
   return c
