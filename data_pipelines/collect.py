@@ -135,15 +135,11 @@ def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
   if layout is not None:
     if env_name != "toy":
       raise CollectError(f"--layout: only the toy env has layouts; drop --layout for --env={env_name}")
-    try:
-      env_kwargs["layout"] = layout
-      make_env(env_name, **env_kwargs)
-    except ValueError as e:
-      raise CollectError(f"--layout: {e}") from None
+    env_kwargs["layout"] = layout
   try:
     env = make_env(env_name, **env_kwargs)
   except ValueError as e:
-    raise CollectError(f"--size: {e}") from None
+    raise CollectError(f"{'--layout' if 'layout' in str(e) else '--size'}: {e}") from None
   _check_writable(output)
 
   if append:
