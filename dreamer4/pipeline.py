@@ -52,8 +52,25 @@ def collect_stage(config, data_path: str) -> None:
   skills = tuple(float(s) for s in str(config.collect.skills).split(","))
   summary = collect(config.collect.env, data_path, config.collect.episodes - have,
                     config.collect.seed + have, skills, config.collect.size, have > 0,
+                    max_steps=int(config.collect.get("max_steps", 64)),
                     layout=config.collect.get("layout") or None)
   logging.info("collect: %s", summary)
+
+
+def eval_env_kwargs(config, frame_shape) -> dict:
+  """Constructor arguments of the evaluation env, so it draws frames (and goals) as the data did."""
+  env = config.collect.env
+  if env == "toy":
+    return {"size": int(frame_shape[0]), "layout": config.collect.get("layout") or "random"}
+  if env == "craftax":
+    return {"size": int(frame_shape[0]), "max_steps": int(config.collect.get("max_steps", 64))}
+  return {}
+
+
+def eval_tasks(config) -> tuple[str, ...] | None:
+  """The tasks the evaluation cycles through (None: all of the env's tasks)."""
+  names = tuple(t.strip() for t in str(config.evaluate.get("tasks", "") or "").split(",") if t.strip())
+  return names or None
 
 
 def evaluate_stage(config, workdir: str, data_path: str) -> dict:
@@ -71,16 +88,14 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
     return json.loads(done.read_text())
   ev = config.evaluate
   store = EpisodeStore.open(data_path)
-  kwargs = {}
-  if config.collect.env == "toy":  # the evaluation env draws frames and goals as the data did
-    kwargs = {"size": int(store.frame_shape[0]), "layout": config.collect.get("layout") or "random"}
+  kwargs = eval_env_kwargs(config, store.frame_shape)
   num_seeds = int(config.get("seeds", 1))
 
   def common(s: int) -> dict:
     # Seed s evaluates its own agents on environment seeds ev.seed + s (random play too, so
     # every row of the table sees the same episodes).
     return dict(num_episodes=int(ev.episodes), seed=int(ev.seed) + s, batch_size=int(ev.batch_size),
-                env_kwargs=kwargs, max_steps=int(ev.max_steps) or None)
+                env_kwargs=kwargs, max_steps=int(ev.max_steps) or None, tasks=eval_tasks(config))
 
   per_seed: dict[str, list] = {"random": [], "WM+BC": [], "Dreamer 4": []}
   for s in range(num_seeds):
@@ -102,8 +117,24 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
   return json.loads(done.read_text())
 
 
+def check_config(config) -> None:
+  """Settings that would otherwise fail only at the last stage, hours in. Raises ConfigError."""
+  from data_pipelines.envs import ENVS, make_env
+  env = config.collect.env
+  if env not in ENVS:
+    raise ConfigError(f"--config.collect.env: unknown env {env!r}; choose one of {', '.join(sorted(ENVS))}")
+  tasks = eval_tasks(config)
+  if tasks and "evaluate" in config.stages:
+    names = make_env(env).task_names
+    unknown = [t for t in tasks if t not in names]
+    if unknown:
+      raise ConfigError(f"--config.evaluate.tasks: unknown task(s) {', '.join(unknown)} for env {env!r}; "
+                        f"choose from {', '.join(names)}")
+
+
 def run_pipeline(config, workdir: str) -> dict:
   from dreamer4.phases import run
+  check_config(config)
   data_path = os.path.join(workdir, "data")
   results = {}
   for stage in config.stages:

@@ -31,6 +31,8 @@ def _run(args, tmp_path):
      "patch_size"),
     (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.data.window=500"],
      "window"),
+    (["--config=configs/pipeline.py:tiny", "--config.evaluate.tasks=reach_red,reach_purple"],
+     "--config.evaluate.tasks: unknown task(s) reach_purple for env 'toy'; choose from reach_red"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_store, extra, expect):
   workdir = tmp_path / "work"
