@@ -13,8 +13,10 @@ task input changes no latent prediction). The heads read the agent tokens of a s
 pass over the window in which every frame is corrupted once to the context noise
 level (dreamer4/models/agent.py explains why).
 
-Data mixture [P §5.3: "half uniform, half task-relevant"]: not implemented; every row
-is drawn uniformly from the dataset (our toy data is all task-relevant). Left open.
+Data mixture [P §5.3: "half uniform, half task-relevant"]: `data.relevant_fraction` of every
+batch comes from task-relevant episodes (a positive return, data_pipelines.loader.
+relevant_episode_ids) and the rest uniformly; the dynamics loss reads the uniform rows, BC the
+relevant ones, the reward loss all rows (see `loss_fn`).
 """
 
 from __future__ import annotations
