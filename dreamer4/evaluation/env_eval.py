@@ -389,7 +389,8 @@ def aggregate_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
   """One row of mean ± std across seeds from the rows of several seeds (same env, same tasks).
 
   Success rates, mean success, achievements: mean across seeds, std (sample std, ddof=1;
-  0 for one seed) in `success_rate_std`, `mean_success_std`, `achievements_std`. Return and
+  0 for one seed) in `success_rate_std`, `mean_success_std`, `achievements_std`; each seed's
+  mean success, mean return and per-task success in `per_seed`. Return and
   length: the mean across seeds of the per-seed means, and their std across seeds
   ("over": "seeds"). Episode and success counts are summed. Videos come from the first row.
 
@@ -429,6 +430,10 @@ def aggregate_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
       out["achievements"][name], out["achievements_std"][name] = ms([a[name] for a in achs])
   else:
     out["achievements"] = None
+  # Each seed's own numbers, so paired comparisons between agents stay possible.
+  out["per_seed"] = [{"seed": r.get("seed"), "mean_success": float(r["mean_success"]),
+                      "return_mean": float(r["return"]["mean"]),
+                      "tasks": {t: float(r["tasks"][t]["success_rate"]) for t in tasks}} for r in results]
   out["videos"] = list(results[0].get("videos", []))
   out["video_tasks"] = list(results[0].get("video_tasks", []))
   return out
@@ -474,6 +479,12 @@ def to_markdown(rows: dict[str, dict[str, Any]]) -> str:
     cells.append(str(r["episodes"]))
     cells.append(str(r.get("num_seeds", 1)))
     lines.append("| " + " | ".join(cells) + " |")
+  seeded = {n: r for n, r in rows.items() if r.get("per_seed")}
+  if seeded:
+    lines += ["", "Mean success (%) of each seed, in seed order:", ""]
+    for name, r in seeded.items():
+      seeds = ", ".join(f"{p['seed']}: {_pct(p['mean_success'])}" for p in r["per_seed"])
+      lines.append(f"- {name}: {seeds}")
   with_ach = {n: r for n, r in rows.items() if r.get("achievements")}
   if with_ach:
     achs: list[str] = []

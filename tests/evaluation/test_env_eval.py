@@ -159,6 +159,10 @@ def test_aggregate_seeds():
     assert agg["tasks"][t]["success_rate_std"] == pytest.approx(np.std(rates, ddof=1))
   means = [r["return"]["mean"] for r in rows]
   assert agg["return"] == pytest.approx({"mean": np.mean(means), "std": np.std(means, ddof=1), "over": "seeds"})
+  assert [p["seed"] for p in agg["per_seed"]] == [0, 1, 2]
+  assert [p["mean_success"] for p in agg["per_seed"]] == ms
+  assert [p["return_mean"] for p in agg["per_seed"]] == means
+  assert agg["per_seed"][1]["tasks"] == {t: v["success_rate"] for t, v in rows[1]["tasks"].items()}
   with pytest.raises(ValueError, match="aggregate_seeds"):
     ev.aggregate_seeds([])
 
@@ -174,6 +178,8 @@ def test_write_table_files_and_tensorboard(tmp_path, scripted, random_row, tiny_
   assert "| agent | reach_red | reach_green | reach_blue | mean success |" in md
   assert f"| random | {100 * random_row['tasks']['reach_red']['success_rate']:.1f} |" in md
   assert " ± " in md.split("| WM+BC (3 seeds) |")[1].split("\n")[0]
+  per_seed = ", ".join(f"{p['seed']}: {100 * p['mean_success']:.1f}" for p in agg["per_seed"])
+  assert f"- WM+BC (3 seeds): {per_seed}\n" in md and per_seed.startswith("0: ") and ", 1: " in per_seed
   data = json.loads((tmp_path / "results.json").read_text())
   assert list(data["rows"]) == list(rows)
   assert data["rows"]["random"]["tasks"] == random_row["tasks"]
