@@ -95,8 +95,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.agent.train.eval_every = 150
     c.imagine.train.num_steps = 150
     c.imagine.train.eval_every = 75
-    # The stages a 150-step episode reaches, and the label of half the data.
-    c.evaluate.tasks = "collect_wood,place_table,make_wood_pickaxe,make_wood_sword,collect_stone,collect_diamond"
+    # Craftax pays +1 for every achievement, whatever the task, and ends episodes only on death
+    # or at max_steps: an imagined rollout must not end at its first reward.
+    c.imagine.imagine.terminal_reward = 0.0
+    # Tasks the expert reaches within 150 steps (each has labelled episodes that unlocked it);
+    # collect_diamond, the label of half the data, is never reached at this length.
+    c.evaluate.tasks = "collect_wood,place_table,make_wood_pickaxe,make_wood_sword,place_stone,make_stone_pickaxe"
     c.evaluate.episodes = 36  # 6 per task
     c.evaluate.batch_size = 12
   return c

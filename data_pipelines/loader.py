@@ -81,16 +81,17 @@ def _check_batch_size(batch_size: int):
 
 
 def relevant_episode_ids(store, episode_ids: Sequence[int]) -> list[int]:
-  """The episodes among `episode_ids` that accomplish a task (a positive sum of rewards).
+  """The episodes among `episode_ids` that accomplished their task.
 
-  PAPER.md §5.3's "relevant" sequences for the phase-2 data mixture: in our datasets every
-  reward comes from a task (toy: reaching the task's goal; Craftax: unlocking an
-  achievement), so a rewarded episode is one that accomplished something.
+  PAPER.md §5.3's "relevant" sequences for the phase-2 data mixture, with the success
+  definition of `data_pipelines.report.episode_success`: where the task is an achievement
+  (Craftax), the episode unlocked it (any other achievement does not count: Craftax pays
+  +1 for every achievement, so a positive return says little); otherwise (toy: reaching
+  the task's goal is the only reward) a positive sum of rewards.
   """
-  rewards = np.asarray(store.read("rewards", 0, store.num_frames), np.float64)
-  off = store.episode_offsets
-  totals = np.add.reduceat(rewards, off[:-1]) if len(off) > 1 else np.zeros((0,))
-  return [int(e) for e in episode_ids if totals[int(e)] > 0]
+  from data_pipelines.report import episode_success  # pylint: disable=g-import-not-at-top
+  success = episode_success(store)[0]
+  return [int(e) for e in episode_ids if success[int(e)]]
 
 
 def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episode_ids: Sequence[int],

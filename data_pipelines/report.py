@@ -34,6 +34,42 @@ import numpy as np
 UNLOCKS = "achievement_unlocks"
 
 
+def episode_success(store, data: dict[str, np.ndarray] | None = None):
+  """Per episode, whether it accomplished its task (the report's definition).
+
+  A task that is also an achievement name (craftax, with an `achievement_unlocks` array):
+  the episode unlocked that achievement. Any other task: a positive sum of rewards.
+
+  Args:
+    store: an open EpisodeStore.
+    data: optional arrays already read over all frames ("rewards", "tasks" and, where the
+      store has it, UNLOCKS); read here when None.
+
+  Returns:
+    (success_E bool, task_E int64, return_E float64, unlocked_EK bool or None, achievement names).
+  """
+  n, e = store.num_frames, store.num_episodes
+  has_unlocks = UNLOCKS in store.array_names
+  if data is None:
+    names = ["rewards", "tasks"] + ([UNLOCKS] if has_unlocks else [])
+    data = store.read_many(names, 0, n) if n else {k: np.zeros((0,)) for k in names}
+  starts = store.episode_offsets[:-1]
+  returns = np.add.reduceat(data["rewards"].astype(np.float64), starts) if e else np.zeros((0,))
+  task_E = data["tasks"][starts].astype(np.int64) if e else np.zeros((0,), np.int64)
+  success = returns > 0
+  unlocked, ach_names = None, []
+  if has_unlocks:
+    unlocks = np.asarray(data[UNLOCKS]).astype(np.int64)
+    unlocked = np.maximum.reduceat(unlocks, starts, axis=0) > 0 if e else np.zeros((0, unlocks.shape[1]), bool)
+    attrs = store.metadata["extra_arrays"][UNLOCKS].get("attrs", {})
+    ach_names = list(attrs.get("names", [f"achievement_{i}" for i in range(unlocks.shape[1])]))
+    for k, name in enumerate(store.task_names):
+      if name in ach_names:  # the task is an achievement: success = that achievement unlocked
+        mine = task_E == k
+        success[mine] = unlocked[mine, ach_names.index(name)]
+  return success, task_E, returns, unlocked, ach_names
+
+
 def _stats(x: np.ndarray) -> dict[str, float]:
   x = np.asarray(x, np.float64)
   if not x.size:
@@ -60,27 +96,16 @@ def compute_report(store) -> dict[str, Any]:
   data = store.read_many(names, 0, n) if n else {k: np.zeros((0,)) for k in names}
   starts = offsets[:-1]
   rewards = data["rewards"].astype(np.float64)
-  returns = np.add.reduceat(rewards, starts) if e else np.zeros((0,))
   reward_events = np.add.reduceat((rewards > 0).astype(np.int64), starts) if e else np.zeros((0,), np.int64)
-  episode_task = data["tasks"][starts].astype(np.int64) if e else np.zeros((0,), np.int64)
+  success_E, episode_task, returns, per_episode, ach_names = episode_success(store, data)
   train, evals = store.split(0.1)
-
-  # Per-episode achievement unlocks (stores with an `achievement_unlocks` array).
-  per_episode, ach_names = None, []
-  if has_unlocks:
-    unlocks = data[UNLOCKS].astype(np.int64)
-    per_episode = np.maximum.reduceat(unlocks, starts, axis=0) > 0 if e else np.zeros((0, unlocks.shape[1]), bool)
-    attrs = store.metadata["extra_arrays"][UNLOCKS].get("attrs", {})
-    ach_names = list(attrs.get("names", [f"achievement_{i}" for i in range(unlocks.shape[1])]))
+  unlocks = data[UNLOCKS].astype(np.int64) if has_unlocks else None
 
   tasks = []
   for k, name in enumerate(store.task_names):
     mine = episode_task == k
     count = int(mine.sum())
-    if name in ach_names:  # the task is an achievement: success = that achievement unlocked
-      succ = int(per_episode[mine, ach_names.index(name)].sum())
-    else:  # any reward event
-      succ = int((returns[mine] > 0).sum())
+    succ = int(success_E[mine].sum())
     tasks.append({"task": name, "episodes": count, "successes": succ,
                   "success_rate": succ / count if count else 0.0,
                   "reward_events": int(reward_events[mine].sum()), "mean_return": float(returns[mine].mean())

@@ -38,7 +38,7 @@ def stage_finished(stage_dir: str, num_steps: int) -> bool:
 
 
 def collect_stage(config, data_path: str) -> None:
-  from data_pipelines.collect import collect
+  from data_pipelines.collect import CollectError, collect
   from data_pipelines.episodes import EpisodeStore, StoreError
   have = 0
   try:
@@ -49,22 +49,30 @@ def collect_stage(config, data_path: str) -> None:
   if have >= config.collect.episodes:
     logging.info("collect: %s already holds %d episodes; skipped", data_path, have)
     return
-  skills = tuple(float(s) for s in str(config.collect.skills).split(","))
-  summary = collect(config.collect.env, data_path, config.collect.episodes - have,
-                    config.collect.seed + have, skills, config.collect.size, have > 0,
-                    max_steps=int(config.collect.get("max_steps", 64)),
-                    layout=config.collect.get("layout") or None)
+  try:
+    skills = tuple(float(s) for s in str(config.collect.skills).split(","))
+  except ValueError:
+    raise ConfigError(f"--config.collect.skills={config.collect.skills}: give comma-separated numbers in [0, 1]") from None
+  try:
+    summary = collect(config.collect.env, data_path, config.collect.episodes - have,
+                      config.collect.seed + have, skills, config.collect.size, have > 0,
+                      max_steps=int(config.collect.get("max_steps", 64)),
+                      layout=config.collect.get("layout") or None)
+  except CollectError as e:  # its messages name the collect flag: "--layout: ..." -> "--config.collect.layout: ..."
+    msg = str(e)
+    raise ConfigError("--config.collect." + msg[2:] if msg.startswith("--") else f"--config.collect: {msg}") from None
   logging.info("collect: %s", summary)
 
 
 def eval_env_kwargs(config, frame_shape) -> dict:
   """Constructor arguments of the evaluation env, so it draws frames (and goals) as the data did."""
   env = config.collect.env
+  if env not in ("toy", "craftax"):
+    return {}
+  kwargs = {"size": int(frame_shape[0]), "max_steps": int(config.collect.get("max_steps", 64))}
   if env == "toy":
-    return {"size": int(frame_shape[0]), "layout": config.collect.get("layout") or "random"}
-  if env == "craftax":
-    return {"size": int(frame_shape[0]), "max_steps": int(config.collect.get("max_steps", 64))}
-  return {}
+    kwargs["layout"] = config.collect.get("layout") or "random"
+  return kwargs
 
 
 def eval_tasks(config) -> tuple[str, ...] | None:
@@ -110,7 +118,7 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
           config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"), **common(s)))
   # One seed: its row as is; several: mean ± std across seeds. Table order: random, behaviour, agents.
   merge = lambda found: found[0] if len(found) == 1 else env_eval.aggregate_seeds(found)
-  rows = {"random": merge(per_seed.pop("random")), "behaviour data": env_eval.behaviour_table(data_path)}
+  rows = {"random": merge(per_seed.pop("random")), "behaviour data": env_eval.behaviour_table(data_path, tasks=eval_tasks(config))}
   rows.update({name: merge(found) for name, found in per_seed.items() if found})
   env_eval.write_table(rows, out_dir)
   logging.info("evaluate:\n%s", env_eval.to_markdown(rows))

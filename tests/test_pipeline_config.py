@@ -8,16 +8,21 @@ from dreamer4.errors import ConfigError
 
 
 def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achievements():
-  from data_pipelines.envs.craftax import ACHIEVEMENT_NAMES
+  from data_pipelines.envs.craftax import STAGES
   toy, cx = pipeline_config.get_config("toy"), pipeline_config.get_config("craftax")
   assert cx.collect.env == "craftax" and cx.seeds == 1
   # Same model shapes as the toy (both worlds are 64x64x3); only the step budgets differ.
-  for stage, key in (("tokenizer", "model"), ("dynamics", "model"), ("agent", "agent"), ("imagine", "imagine")):
+  for stage, key in (("tokenizer", "model"), ("dynamics", "model"), ("agent", "agent")):
     assert cx[stage][key].to_dict() == toy[stage][key].to_dict(), stage
+  drop = lambda d: {k: v for k, v in d.items() if k != "terminal_reward"}
+  assert drop(cx.imagine.imagine.to_dict()) == drop(toy.imagine.imagine.to_dict())
   assert cx.tokenizer.train.num_steps < toy.tokenizer.train.num_steps
   assert cx.dynamics.train.num_steps < toy.dynamics.train.num_steps
   tasks = pipeline.eval_tasks(cx)
-  assert tasks is not None and len(tasks) == 6 and set(tasks) <= set(ACHIEVEMENT_NAMES)
+  # Tasks the expert's data are labelled with (a task embedding that saw training data).
+  assert tasks is not None and len(tasks) == 6 and set(tasks) <= {s[0] for s in STAGES}
+  # Craftax rewards every achievement: imagined episodes must not end at the first reward.
+  assert cx.imagine.imagine.terminal_reward == 0 and toy.imagine.imagine.terminal_reward > 0
   assert cx.evaluate.episodes % len(tasks) == 0  # every task gets the same count
   # The evaluation env cuts episodes where the data did, at the data's frame size.
   assert pipeline.eval_env_kwargs(cx, (64, 64, 3)) == {"size": 64, "max_steps": 150}
@@ -27,7 +32,7 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
 
 def test_toy_evaluation_env_follows_the_collected_layout():
   toy = pipeline_config.get_config("toy")
-  assert pipeline.eval_env_kwargs(toy, (64, 64, 3)) == {"size": 64, "layout": "fixed"}
+  assert pipeline.eval_env_kwargs(toy, (64, 64, 3)) == {"size": 64, "max_steps": 64, "layout": "fixed"}
   assert pipeline.eval_tasks(toy) is None  # all of the env's tasks
   toy.evaluate.tasks = " reach_blue , reach_red "
   assert pipeline.eval_tasks(toy) == ("reach_blue", "reach_red")
@@ -46,3 +51,23 @@ def test_bad_pipeline_settings_fail_before_any_stage(key, value, expect):
     pipeline.check_config(cfg)
   assert str(e.value).startswith(expect)
   assert "\n" not in str(e.value)
+
+
+def test_collect_stage_hands_over_max_steps_and_names_bad_settings(tmp_path):
+  """The collect stage cuts episodes at collect.max_steps; bad collect settings are one ConfigError
+  line naming --config.collect.<key>, with nothing written."""
+  from data_pipelines.episodes import EpisodeStore
+  cfg = pipeline_config.get_config("tiny")
+  cfg.collect.episodes, cfg.collect.max_steps, cfg.collect.skills = 4, 3, "0.0"
+  pipeline.collect_stage(cfg, str(tmp_path / "data"))
+  store = EpisodeStore.open(str(tmp_path / "data"))
+  assert store.num_episodes == 4 and (store.episode_lengths <= 3 + 1).all() and store.episode_lengths.max() == 4
+  for key, value, expect in (("layout", "diagonal", "--config.collect.layout: "),
+                             ("max_steps", 0, "--config.collect.max_steps: must be >= 1"),
+                             ("skills", "high", "--config.collect.skills=high: give comma-separated numbers")):
+    bad = pipeline_config.get_config("tiny")
+    bad.collect[key] = value
+    with pytest.raises(ConfigError) as e:
+      pipeline.collect_stage(bad, str(tmp_path / key))
+    assert str(e.value).startswith(expect) and "\n" not in str(e.value)
+    assert not (tmp_path / key).exists()

@@ -321,46 +321,41 @@ def evaluate(env_name: str, policy: Policy, *, num_episodes: int, seed: int, bat
   return row
 
 
-def behaviour_table(store_path: str, *, video_episodes: int = 2) -> dict[str, Any]:
+def behaviour_table(store_path: str, *, video_episodes: int = 2, tasks: Sequence[str] | None = None
+                    ) -> dict[str, Any]:
   """The row of a dataset's own episodes (the behaviour policy), with the definitions of `evaluate`.
 
   Args:
     store_path: an EpisodeStore location.
     video_episodes: keep the frames of the first this many episodes.
+    tasks: count only the episodes labelled with these task names (default: all), so the row
+      compares with `evaluate(..., tasks=tasks)`.
 
   Raises:
-    StoreError (a ValueError): the store is missing or broken; ValueError: it holds no episodes.
+    StoreError (a ValueError): the store is missing or broken; ValueError: it holds no episodes
+    (of `tasks`), or a task name is unknown.
   """
   from data_pipelines.episodes import EpisodeStore  # pylint: disable=g-import-not-at-top
+  from data_pipelines.report import episode_success  # pylint: disable=g-import-not-at-top
   store = EpisodeStore.open(store_path)
-  e, n = store.num_episodes, store.num_frames
-  if not e:
+  if not store.num_episodes:
     raise ValueError(f"store_path: dataset {store_path} holds no episodes; collect some first")
-  names = ["rewards", "tasks"] + ([UNLOCKS] if UNLOCKS in store.array_names else [])
-  data = store.read_many(names, 0, n)
-  starts = store.episode_offsets[:-1]
-  return_E = np.add.reduceat(data["rewards"].astype(np.float64), starts)
-  task_E = data["tasks"][starts].astype(np.int32)
-  length_E = store.episode_lengths - 1
+  success_E, task_E, return_E, ach_EK, ach_names = episode_success(store)
   task_names = store.task_names
-  ach_EK, ach_names = None, None
-  if UNLOCKS in data:
-    ach_EK = np.maximum.reduceat(data[UNLOCKS].astype(np.int64), starts, axis=0) > 0
-    attrs = store.array_attrs(UNLOCKS) or {}
-    ach_names = tuple(attrs.get("names", [f"achievement_{k}" for k in range(ach_EK.shape[1])]))
-  success_E = return_E > 0
-  if ach_EK is not None:
-    for k, name in enumerate(task_names):
-      if name in ach_names:
-        mine = task_E == k
-        success_E[mine] = ach_EK[mine, ach_names.index(name)]
-  row = _summarise(store.metadata["env"], "behaviour", task_names, task_E, return_E, length_E, success_E,
-                   ach_names, ach_EK)
+  keep = np.ones_like(success_E)
+  if tasks is not None:
+    keep = np.isin(task_E, _task_ids(store.metadata["env"], task_names, tasks))
+    if not keep.any():
+      raise ValueError(f"tasks: dataset {store_path} holds no episodes of {', '.join(tasks)}")
+  ids = np.flatnonzero(keep)
+  length_E = store.episode_lengths - 1
+  row = _summarise(store.metadata["env"], "behaviour", task_names, task_E[ids].astype(np.int32), return_E[ids],
+                   length_E[ids], success_E[ids], ach_names or None, None if ach_EK is None else ach_EK[ids])
   row["dataset"] = store.path
-  keep = min(video_episodes, e)
-  row["videos"] = [store.read("frames", int(starts[i]), int(starts[i] + store.episode_lengths[i]))
-                   for i in range(keep)]
-  row["video_tasks"] = [task_names[int(task_E[i])] for i in range(keep)]
+  starts = store.episode_offsets[:-1]
+  shown = ids[:video_episodes]
+  row["videos"] = [store.read("frames", int(starts[i]), int(starts[i] + store.episode_lengths[i])) for i in shown]
+  row["video_tasks"] = [task_names[int(task_E[i])] for i in shown]
   return row
 
 
@@ -431,9 +426,11 @@ def aggregate_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
   else:
     out["achievements"] = None
   # Each seed's own numbers, so paired comparisons between agents stay possible.
-  out["per_seed"] = [{"seed": r.get("seed"), "mean_success": float(r["mean_success"]),
+  # "index": the position in `results` (the pipeline's training seed); "seed": the row's env seed.
+  out["per_seed"] = [{"index": i, "seed": r.get("seed"), "mean_success": float(r["mean_success"]),
                       "return_mean": float(r["return"]["mean"]),
-                      "tasks": {t: float(r["tasks"][t]["success_rate"]) for t in tasks}} for r in results]
+                      "tasks": {t: float(r["tasks"][t]["success_rate"]) for t in tasks}}
+                     for i, r in enumerate(results)]
   out["videos"] = list(results[0].get("videos", []))
   out["video_tasks"] = list(results[0].get("video_tasks", []))
   return out
@@ -481,9 +478,9 @@ def to_markdown(rows: dict[str, dict[str, Any]]) -> str:
     lines.append("| " + " | ".join(cells) + " |")
   seeded = {n: r for n, r in rows.items() if r.get("per_seed")}
   if seeded:
-    lines += ["", "Mean success (%) of each seed, in seed order:", ""]
+    lines += ["", "Mean success (%) of each seed (the index of the run: seed 0, 1, ...):", ""]
     for name, r in seeded.items():
-      seeds = ", ".join(f"{p['seed']}: {_pct(p['mean_success'])}" for p in r["per_seed"])
+      seeds = ", ".join(f"{p['index']}: {_pct(p['mean_success'])}" for p in r["per_seed"])
       lines.append(f"- {name}: {seeds}")
   with_ach = {n: r for n, r in rows.items() if r.get("achievements")}
   if with_ach:

@@ -144,6 +144,16 @@ def test_behaviour_table_matches_raw_recount(tiny_store):
     assert t["success_rate"] == pytest.approx(report[name]["success_rate"])
   assert len(row["videos"]) == 3
   np.testing.assert_array_equal(row["videos"][1], eps[1]["frames"])
+  # Restricted to some tasks (as evaluate(..., tasks=...)): only those episodes count.
+  only = ev.behaviour_table(tiny_store, video_episodes=1, tasks=["reach_blue", "reach_red"])
+  keep = np.isin(tasks, [store.task_names.index("reach_blue"), store.task_names.index("reach_red")])
+  assert set(only["tasks"]) == {"reach_red", "reach_blue"} and only["episodes"] == keep.sum() < 24
+  assert only["return"]["mean"] == pytest.approx(returns[keep].mean())
+  assert only["tasks"]["reach_red"] == row["tasks"]["reach_red"]
+  first = int(np.flatnonzero(keep)[0])
+  np.testing.assert_array_equal(only["videos"][0], eps[first]["frames"])
+  with pytest.raises(ValueError, match="tasks: unknown task 'reach_purple'"):
+    ev.behaviour_table(tiny_store, tasks=["reach_purple"])
 
 
 def test_aggregate_seeds():
@@ -159,7 +169,7 @@ def test_aggregate_seeds():
     assert agg["tasks"][t]["success_rate_std"] == pytest.approx(np.std(rates, ddof=1))
   means = [r["return"]["mean"] for r in rows]
   assert agg["return"] == pytest.approx({"mean": np.mean(means), "std": np.std(means, ddof=1), "over": "seeds"})
-  assert [p["seed"] for p in agg["per_seed"]] == [0, 1, 2]
+  assert [p["seed"] for p in agg["per_seed"]] == [0, 1, 2] and [p["index"] for p in agg["per_seed"]] == [0, 1, 2]
   assert [p["mean_success"] for p in agg["per_seed"]] == ms
   assert [p["return_mean"] for p in agg["per_seed"]] == means
   assert agg["per_seed"][1]["tasks"] == {t: v["success_rate"] for t, v in rows[1]["tasks"].items()}
@@ -178,7 +188,7 @@ def test_write_table_files_and_tensorboard(tmp_path, scripted, random_row, tiny_
   assert "| agent | reach_red | reach_green | reach_blue | mean success |" in md
   assert f"| random | {100 * random_row['tasks']['reach_red']['success_rate']:.1f} |" in md
   assert " ± " in md.split("| WM+BC (3 seeds) |")[1].split("\n")[0]
-  per_seed = ", ".join(f"{p['seed']}: {100 * p['mean_success']:.1f}" for p in agg["per_seed"])
+  per_seed = ", ".join(f"{p['index']}: {100 * p['mean_success']:.1f}" for p in agg["per_seed"])
   assert f"- WM+BC (3 seeds): {per_seed}\n" in md and per_seed.startswith("0: ") and ", 1: " in per_seed
   data = json.loads((tmp_path / "results.json").read_text())
   assert list(data["rows"]) == list(rows)
