@@ -96,14 +96,14 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
     return json.loads(done.read_text())
   ev = config.evaluate
   store = EpisodeStore.open(data_path)
-  kwargs = eval_env_kwargs(config, store.frame_shape)
+  kwargs, tasks = eval_env_kwargs(config, store.frame_shape), eval_tasks(config)
   num_seeds = int(config.get("seeds", 1))
 
   def common(s: int) -> dict:
     # Seed s evaluates its own agents on environment seeds ev.seed + s (random play too, so
     # every row of the table sees the same episodes).
     return dict(num_episodes=int(ev.episodes), seed=int(ev.seed) + s, batch_size=int(ev.batch_size),
-                env_kwargs=kwargs, max_steps=int(ev.max_steps) or None, tasks=eval_tasks(config))
+                env_kwargs=kwargs, max_steps=int(ev.max_steps) or None, tasks=tasks)
 
   per_seed: dict[str, list] = {"random": [], "WM+BC": [], "Dreamer 4": []}
   for s in range(num_seeds):
@@ -118,7 +118,8 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
           config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"), **common(s)))
   # One seed: its row as is; several: mean ± std across seeds. Table order: random, behaviour, agents.
   merge = lambda found: found[0] if len(found) == 1 else env_eval.aggregate_seeds(found)
-  rows = {"random": merge(per_seed.pop("random")), "behaviour data": env_eval.behaviour_table(data_path, tasks=eval_tasks(config))}
+  rows = {"random": merge(per_seed.pop("random")),
+          "behaviour data": env_eval.behaviour_table(data_path, tasks=tasks)}
   rows.update({name: merge(found) for name, found in per_seed.items() if found})
   env_eval.write_table(rows, out_dir)
   logging.info("evaluate:\n%s", env_eval.to_markdown(rows))

@@ -74,7 +74,6 @@ from data_pipelines.envs import ENVS, make_env
 from data_pipelines.envs.base import ActionSpec
 
 SEED_STRIDE = 100003  # episode i of seed s resets with seed s * SEED_STRIDE + i
-UNLOCKS = "achievement_unlocks"
 STRIP_FRAMES = 16  # frames per episode in the TensorBoard image strip
 MAX_GIF_FRAMES = 400  # longer episodes are subsampled in the GIF
 

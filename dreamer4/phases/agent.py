@@ -14,8 +14,8 @@ pass over the window in which every frame is corrupted once to the context noise
 level (dreamer4/models/agent.py explains why).
 
 Data mixture [P §5.3: "half uniform, half task-relevant"]: `data.relevant_fraction` of every
-batch comes from task-relevant episodes (a positive return, data_pipelines.loader.
-relevant_episode_ids) and the rest uniformly; the dynamics loss reads the uniform rows, BC the
+batch comes from task-relevant episodes (those that accomplished their task,
+data_pipelines.loader.relevant_episode_ids) and the rest uniformly; the dynamics loss reads the uniform rows, BC the
 relevant ones, the reward loss all rows (see `loss_fn`).
 """
 
