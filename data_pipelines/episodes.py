@@ -6,7 +6,9 @@ Layout under the store's kvstore prefix (a local directory, `file://`, `memory:/
 `gs://`, ... anything TensorStore's kvstore understands):
 
   metadata.json            {schema_version, env, fps, frame_shape, action_spec,
-                            task_names, created_by, extra_arrays}
+                            task_names, created_by, extra_arrays}; what readers use
+  zarr.json                zarr v3 root group whose attributes mirror metadata.json, so
+                           zarr-aware tools (zarr.open_group) see one dataset; see below
   commit.json              {num_episodes, num_frames}; the only source of truth
                            for what readers may see; written LAST on every append
   frames/                  [N, H, W, C] uint8   sharded: 1024-frame shards, 16-frame chunks, zstd
@@ -30,6 +32,16 @@ leaves readers, and the next writer, at the previous commit.
 
 Concurrency: one writer at a time per store; any number of readers. Readers see
 the commit that was current when they opened or last called `refresh()`.
+
+Root group: `create` writes zarr.json (before commit.json) and every metadata change
+rewrites it right after metadata.json. It never holds the committed counts: written
+before commit.json it could announce episodes a crash leaves uncommitted, and after it
+commit.json would no longer be the last write. zarr tools therefore see the arrays at
+their allocated length; rows at or past commit.json's num_frames (num_episodes + 1 for
+episode_offsets) are not data. Stores written before zarr.json existed open as before;
+the first write through a mode "a" handle (append, add_array, set_array_attrs, write)
+adds it, never `open` itself, so a failed `collect --append` still changes nothing.
+Attributes that a zarr tool added to the group under other keys are kept.
 """
 
 from __future__ import annotations
@@ -53,6 +65,7 @@ FIX_HINT = "re-create it with python -m data_pipelines.collect"
 # Arrays every store has; their trailing shape depends on metadata (see _expected_arrays).
 CORE_ARRAYS = ("frames", "actions_discrete", "actions_continuous", "action_labelled", "rewards", "tasks")
 OFFSETS = "episode_offsets"
+GROUP = "zarr.json"  # the root group's metadata document
 
 _context_lock = threading.Lock()
 _shared_context = None
@@ -148,6 +161,8 @@ class EpisodeStore:
     self._num_episodes = 0
     self._num_frames = 0
     self._offsets = np.zeros((1,), np.int64)
+    self._group_doc: dict[str, Any] | None = None  # zarr.json as last read or written; None: not yet read
+    self._group_foreign: dict[str, Any] = {}  # group attributes under keys that metadata.json lacks
 
   # ------------------------------------------------------------------ creation
 
@@ -198,6 +213,8 @@ class EpisodeStore:
           exclusive_max=[SMALL_CHUNK], expand_only=True, resize_metadata_only=True).result()
       store._arrays[OFFSETS][0:1].write(np.zeros((1,), np.int64)).result()
       store._write_json("metadata.json", store._metadata)
+      store._group_doc = {}  # nothing there yet (checked above)
+      store._sync_group()
       # The commit goes last: a store without commit.json is visibly unfinished.
       store._write_json("commit.json", {"num_episodes": 0, "num_frames": 0})
     except ValueError as e:
@@ -466,6 +483,7 @@ class EpisodeStore:
     rows = {name: np.concatenate([r[name] for r in per_episode]) for name in per_episode[0]}
     for name in {n for r in per_episode for n in r} - set(rows):
       self._fail(f"append: extra array {name!r} must be given for every episode of one append_many call")
+    self._sync_group()  # a no-op unless the store predates zarr.json; before the commit below
     start, e = self._num_frames, self._num_episodes
     new_offsets = start + np.cumsum(lengths, dtype=np.int64)
     stop, new_e = int(new_offsets[-1]), e + len(episodes)
@@ -548,7 +566,7 @@ class EpisodeStore:
     self._arrays[name] = arr
     self._metadata["extra_arrays"][name] = {"trailing_shape": trailing, "dtype": dtype.name,
                                             "attrs": dict(attrs or {})}
-    self._write_json("metadata.json", self._metadata)
+    self._write_metadata()
 
   def array_attrs(self, name: str) -> dict[str, Any] | None:
     """The attrs of an added array (None when the store has no such array)."""
@@ -560,7 +578,7 @@ class EpisodeStore:
     if self._mode != "a" or name not in self._metadata["extra_arrays"]:
       raise StoreError(f"dataset {self._path}: cannot set attrs of {name!r} (open with mode='a'; add it first)")
     self._metadata["extra_arrays"][name]["attrs"] = dict(attrs)
-    self._write_json("metadata.json", self._metadata)
+    self._write_metadata()
 
   def write(self, name: str, start: int, values: np.ndarray) -> None:
     """Writes rows [start, start + len(values)) of an extra array, within committed frames."""
@@ -573,6 +591,7 @@ class EpisodeStore:
     if values.shape[1:] != tuple(trailing):
       self._fail(f"write: {name} rows have shape {list(values.shape[1:])}, expected {list(trailing)}")
     self._check_range(name, start, start + values.shape[0])
+    self._sync_group()
     self._arrays[name][start:start + values.shape[0]].write(values.astype(dtype, copy=False)).result()
 
   # ------------------------------------------------------------------ helpers
@@ -596,7 +615,40 @@ class EpisodeStore:
     return out
 
   def _write_json(self, key: str, value: dict[str, Any]):
+    # One kvstore write: atomic on file (temp file + rename) and object stores.
     self._kv.write(key, json.dumps(value, indent=1).encode("utf-8")).result()
+
+  def _write_metadata(self):
+    """Writes metadata.json (what readers use), then its mirror in zarr.json."""
+    self._write_json("metadata.json", self._metadata)
+    self._sync_group()
+
+  def _sync_group(self):
+    """Makes zarr.json a zarr v3 group whose attributes mirror metadata.json; writes only on change.
+
+    Reads zarr.json once per handle (a store from before zarr.json has none), keeping
+    attributes under keys that metadata.json lacks; a malformed one is replaced.
+    """
+    if self._group_doc is None:
+      try:
+        res = self._kv.read(GROUP).result()
+      except Exception as e:  # pylint: disable=broad-except
+        self._fail(f"{GROUP} could not be read ({_one_line(e)})")
+      old = {}
+      if res.state == "value":
+        try:
+          old = json.loads(bytes(res.value).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+          pass
+      old = old if isinstance(old, dict) else {}
+      attrs = old.get("attributes")
+      if isinstance(attrs, dict):
+        self._group_foreign = {k: v for k, v in attrs.items() if k not in self._metadata}
+      self._group_doc = old
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {**self._group_foreign, **self.metadata}}
+    if doc != self._group_doc:
+      self._write_json(GROUP, doc)
+      self._group_doc = doc
 
   def __repr__(self):
     return f"EpisodeStore({self._path!r}, episodes={self._num_episodes}, frames={self._num_frames})"
