@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from data_pipelines.windows import DEFAULT_FIELDS, WindowSource
+from data_pipelines.windows import DEFAULT_FIELDS, WindowSource, coverage, window_table
 
 
 class _EpochShuffleShard(grain.MapDataset):
@@ -80,6 +80,15 @@ def _check_batch_size(batch_size: int):
     raise ValueError(f"batch_size must be >= 1, got {batch_size}; set the batch size (--config.train.batch_size) to a positive value")
 
 
+def relevant_rows(fraction: float, local_batch: int) -> int:
+  """Rows of each per-process batch drawn from task-relevant episodes (phase 2's mixture).
+
+  Each process's batch is its uniform rows, then its relevant rows; the global batch
+  stacks the processes' batches in process order. 0 when the fraction is 0.
+  """
+  return int(round(float(fraction) * local_batch)) if fraction > 0 else 0
+
+
 def relevant_episode_ids(store, episode_ids: Sequence[int]) -> list[int]:
   """The episodes among `episode_ids` that accomplished their task.
 
@@ -96,7 +105,7 @@ def relevant_episode_ids(store, episode_ids: Sequence[int]) -> list[int]:
 
 def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episode_ids: Sequence[int],
                    process_index: int = 0, process_count: int = 1, num_threads: int = 4, prefetch: int = 8,
-                   fields: Sequence[str] = DEFAULT_FIELDS) -> grain.DatasetIterator:
+                   fields: Sequence[str] = DEFAULT_FIELDS, pad: str = "end") -> grain.DatasetIterator:
   """An endless, checkpointable iterator of this process's training batches.
 
   Args:
@@ -111,10 +120,12 @@ def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episod
     num_threads: reader threads.
     prefetch: batches buffered ahead by the reader threads.
     fields: per-frame arrays to read.
+    pad: the window rule (data_pipelines/windows.py): "end" covers every frame.
 
   Returns:
     A grain DatasetIterator yielding dicts of numpy arrays with leading dims
-    [B, T] (frames uint8 [B, T, H, W, C], first_T bool [B, T], index int64 [B]);
+    [B, T] (frames uint8 [B, T, H, W, C], valid_T and first_T bool [B, T], index
+    int64 [B]);
     it supports get_state()/set_state() and
     grain.checkpoint.CheckpointSave/CheckpointRestore.
 
@@ -125,7 +136,7 @@ def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episod
   _check_batch_size(batch_size)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
-  source = WindowSource(path, window, episode_ids, fields)
+  source = WindowSource(path, window, episode_ids, fields, pad)
   per_process = len(source) // process_count // batch_size * batch_size
   if per_process == 0:
     raise ValueError(f"dataset {path} has {len(source)} windows of {window} frames, fewer than one global batch "
@@ -138,26 +149,43 @@ def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episod
 
 
 def eval_batches(path: str, *, window: int, batch_size: int, episode_ids: Sequence[int], max_batches: int,
-                 fields: Sequence[str] = DEFAULT_FIELDS) -> list[dict[str, np.ndarray]]:
-  """A fixed list of at most `max_batches` full evaluation batches, without shuffling.
+                 fields: Sequence[str] = DEFAULT_FIELDS, pad: str = "end", process_index: int = 0,
+                 process_count: int = 1) -> list[dict[str, np.ndarray]]:
+  """This process's share of a fixed list of at most `max_batches` evaluation batches.
 
-  Windows are spread evenly over all eval windows (not the first few, which
-  would all come from one episode). Every batch is full so eval steps compile
-  once; when there are fewer windows than one batch, windows repeat.
+  Windows are spread evenly over all eval windows (not the first few, which would all
+  come from one episode), without shuffling. Global batch b holds batch_size *
+  process_count windows; process p takes its block [p*B, (p+1)*B) of it, as in
+  training, so the processes evaluate disjoint windows and the global batches (and so
+  the evaluation's mean) are those of a 1-process run with the same global batch.
+  Every batch is full so eval steps compile once; when there are fewer windows than
+  one global batch, windows repeat.
   """
   _check_batch_size(batch_size)
   if max_batches < 1:
     raise ValueError(f"max_batches must be >= 1, got {max_batches}")
-  source = WindowSource(path, window, episode_ids, fields)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+  source = WindowSource(path, window, episode_ids, fields, pad)
   n = len(source)
-  num_batches = min(max_batches, -(-n // batch_size))
-  count = num_batches * batch_size
+  global_batch_size = batch_size * process_count
+  num_batches = min(max_batches, -(-n // global_batch_size))
+  count = num_batches * global_batch_size
   picks = np.arange(count, dtype=np.int64) * n // count
   batches = []
   for b in range(num_batches):
-    records = [source[int(i)] for i in picks[b * batch_size:(b + 1) * batch_size]]
+    lo = b * global_batch_size + process_index * batch_size
+    records = [source[int(i)] for i in picks[lo:lo + batch_size]]
     batches.append({k: np.stack([r[k] for r in records]) for k in records[0]})
   return batches
+
+
+def window_coverage(store, episode_ids: Sequence[int], window: int, pad: str = "end",
+                    relevant_ids: Sequence[int] | None = None, extra_tables: Sequence[tuple] = ()
+                    ) -> dict[str, float]:
+  """`windows.coverage` of a phase's windows (see there); `extra_tables` adds e.g. the relevant rows' windows."""
+  tables = [window_table(store.episode_offsets, episode_ids, window, pad)] + list(extra_tables)
+  return coverage(store, episode_ids, window, pad, relevant_ids=relevant_ids, tables=tables)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequence[str] = ("data", "fsdp")

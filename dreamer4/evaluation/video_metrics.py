@@ -42,3 +42,15 @@ def ssim_BT(a_BTHWC, b_BTHWC, max_val: float = 1.0, size: int = 7):
   cov = _blur(a * b, k) - mu_a * mu_b
   s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
   return s.mean(axis=(1, 2, 3)).reshape(B, T)
+
+
+def masked_mean(x_BT, valid_BT, axis=None):
+  """Mean of x over the frames where valid_BT is True (axis None: all; 0: per time step).
+
+  NaN where no frame is valid (e.g. a horizon step past every window's episode end),
+  rather than a made-up value.
+  """
+  v = jnp.asarray(valid_BT).astype(jnp.float32)
+  n = jnp.sum(v, axis=axis)
+  total = jnp.sum(jnp.asarray(x_BT, jnp.float32) * v, axis=axis)
+  return jnp.where(n > 0, total / jnp.maximum(n, 1.0), jnp.nan)

@@ -77,7 +77,8 @@ def _masked_mean_per_offset(x_BTL, mask_BTL):
   return total_L / jnp.maximum(jnp.sum(mask_BTL.astype(jnp.float32), axis=(0, 1)), 1.0)
 
 
-def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_BT, labelled_BT, L: int):
+def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_BT, labelled_BT, L: int,
+                   valid_BT=None):
   """Eq 9: multi-token behaviour-cloning and reward NLLs, each summed over n = 0..L.
 
   Each offset's NLL is averaged over its valid (b, t) targets, then summed over offsets
@@ -93,12 +94,15 @@ def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_B
     first_BT: bool episode-start flags.
     labelled_BT: bool action_labelled flags.
     L: largest MTP offset used.
+    valid_BT: optional bool [B, T], False on padding frames past an episode's end
+      (data_pipelines/windows.py): they are never targets. None: all valid.
 
   Returns:
     (losses {"bc": [], "reward": []}, metrics dict of scalars).
   """
-  act_tgt, act_mask_BTL = mtp_targets(actions, first_BT, L, shift=ACTION_SHIFT, valid_BT=labelled_BT)
-  rew_tgt_BTL, rew_mask_BTL = mtp_targets(rewards_BT, first_BT, L, shift=REWARD_SHIFT, valid_BT=~first_BT)
+  valid_BT = jnp.ones(first_BT.shape, bool) if valid_BT is None else valid_BT.astype(bool)
+  act_tgt, act_mask_BTL = mtp_targets(actions, first_BT, L, shift=ACTION_SHIFT, valid_BT=labelled_BT & valid_BT)
+  rew_tgt_BTL, rew_mask_BTL = mtp_targets(rewards_BT, first_BT, L, shift=REWARD_SHIFT, valid_BT=~first_BT & valid_BT)
 
   pol_params = policy_head.params(h_BTD, None)[..., :L + 1, :]  # [B, T, L+1, P]
   logp_BTL = action_log_prob(policy_head.spec, pol_params, act_tgt)

@@ -1,4 +1,4 @@
-"""Phase 3 losses: lambda-returns (Eq 10), value loss and PMPO (Eq 11). PAPER.md §6.
+"""Phase 3 losses: lambda-returns (Eq 10), value loss and PMPO (Eq 11). Dreamer 4 paper, §6.
 
 Index convention (the same as dreamer4/objectives/agent.py and the data pipeline): an
 imagined trajectory has frames t = 0..T-1 with agent embeddings h_t. At h_t the policy
@@ -14,13 +14,50 @@ r_BT[:, 0] and c_BT[:, 0] (the step into the start frame) are unused. The return
 t = 0..T-2; the advantage of the action a_{t+1} sampled at h_t is R_t - v_t.
 
 Where c comes from is not stated by the paper (no continue head is described); pass
-ones for no terminations. lambda is not stated either; 0.95 is Dreamer 3's.
+ones for no terminations, or derive c from the rewards with `terminal_masks`. lambda is
+not stated either; 0.95 is Dreamer 3's.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+
+def terminal_masks(r_BT, terminal_reward: float):
+  """Rewards, continue flags and loss weights of a trajectory that ends at a reward.
+
+  The first frame T* >= 1 whose reward r_{T*} (of the step into it) reaches
+  `terminal_reward` is terminal, as in Dreamer 3: its state carries weight 0 (neither its
+  decision nor its value is trained), frames before it carry weight 1, the step into it
+  keeps its reward and has continue 0 (no bootstrap past it), and every later frame has
+  reward 0, continue 0 and weight 0. r_BT[:, 0] is unused and never terminal. With
+  `terminal_reward` <= 0 nothing ends: rewards unchanged, continue and weight all ones.
+
+  Example: r = [0, 0, 0, 1, 0, 0], terminal_reward 0.5 -> T* = 3,
+  c = weight = [1, 1, 1, 0, 0, 0], r unchanged; R_2 = r_3 (see `lambda_returns`).
+
+  Args:
+    r_BT: rewards [B, T], r_t of the step into frame t.
+    terminal_reward: a reward >= this ends the episode (0 disables).
+
+  Returns:
+    (r_BT with post-terminal rewards zeroed, c_BT continue flags, weight_BT float 0/1).
+  """
+  r_BT = jnp.asarray(r_BT, jnp.float32)
+  if terminal_reward <= 0:
+    ones_BT = jnp.ones_like(r_BT)
+    return r_BT, ones_BT, ones_BT
+  t_T = jnp.arange(r_BT.shape[1])
+  done_BT = (r_BT >= terminal_reward) & (t_T >= 1)[None]
+  n_done_BT = jnp.cumsum(done_BT.astype(jnp.int32), axis=1)
+  ended_BT = n_done_BT > 0                            # t >= T*
+  after_BT = (n_done_BT - done_BT.astype(jnp.int32)) > 0  # t > T*
+  r_BT = jnp.where(after_BT, 0.0, r_BT)
+  c_BT = jnp.where(ended_BT, 0.0, 1.0)
+  # Dreamer 3's weight is the cumulative product of the continue flags; c is absorbing here.
+  weight_BT = jnp.cumprod(c_BT, axis=1)
+  return r_BT, c_BT, weight_BT
 
 
 def lambda_returns(r_BT, v_BT, c_BT, gamma: float = 0.997, lam: float = 0.95):

@@ -98,7 +98,7 @@ def bootstrap_target_velocity_form(z1_hat_BTNL, z_tilde_BTNL, b1_BTNL, b2_BTNL, 
 def shortcut_loss(
     apply_fn: ApplyFn, z1_BTNL, rng, *, k_max: int, bootstrap_fraction: float = 0.25,
     independent_fraction: float = 0.3, ramp: bool = True, return_frames: bool = False,
-    row_weight_B=None,
+    row_weight_B=None, valid_BT=None,
 ):
   """Shortcut forcing loss (Eq 6-8) on one batch of clean latents.
 
@@ -130,8 +130,12 @@ def shortcut_loss(
     ramp: Apply the Eq 8 ramp weight (False = uniform weights, for ablations).
     return_frames: Also return per-frame arrays under metrics["frames"] (tests,
       debugging); keep False in training so metrics stay scalar.
-    row_weight_B: Optional [B] weights: the loss becomes the weighted mean over rows
-      (phase 2 trains the dynamics only on the uniform rows of its data mixture).
+    row_weight_B: Optional [B] weights: the loss becomes the weighted mean over rows.
+      Bootstrap rows are still the first rows, so callers that weight rows by data
+      source should pass only the rows that carry the loss instead (phase 2 does:
+      `dynamics_rows`), which keeps the bootstrap share exact.
+    valid_BT: Optional bool [B, T]: False on padding frames past an episode's end
+      (data_pipelines/windows.py); they get weight 0 in the loss and every metric.
 
   Returns:
     (loss, metrics). loss = mean over frames of w * (flow or bootstrap term);
@@ -191,20 +195,23 @@ def shortcut_loss(
 
   w_BT = ramp_weight(tau_BT) if ramp else jnp.ones_like(tau_BT)
   loss_BT = w_BT * jnp.where(is_flow_BT, flow_BT, boot_BT)
-  if row_weight_B is None:
-    loss = jnp.mean(loss_BT)
-  else:
-    rw_B = row_weight_B.astype(jnp.float32)
-    loss = jnp.sum(loss_BT * rw_B[:, None]) / (T * jnp.maximum(jnp.sum(rw_B), 1e-6))
+  # Frame weights: validity times row weight. With every frame valid and no row weights
+  # this is the plain mean over frames.
+  fw_BT = jnp.ones((B, T), jnp.float32) if valid_BT is None else valid_BT.astype(jnp.float32)
+  if row_weight_B is not None:
+    fw_BT = fw_BT * row_weight_B.astype(jnp.float32)[:, None]
+  total_w = jnp.maximum(jnp.sum(fw_BT), 1e-6)
+  loss = jnp.sum(loss_BT * fw_BT) / total_w
 
   sg = jax.lax.stop_gradient
-  flow_f = is_flow_BT.astype(jnp.float32)
-  boot_f = 1.0 - flow_f
+  valid_f = (fw_BT > 0).astype(jnp.float32)
+  flow_f = is_flow_BT.astype(jnp.float32) * valid_f
+  boot_f = (1.0 - is_flow_BT.astype(jnp.float32)) * valid_f
   n_flow, n_bootf = jnp.sum(flow_f), jnp.sum(boot_f)
   metrics = {
       "loss": sg(loss),
-      "flow_term": sg(jnp.sum(loss_BT * flow_f) / (B * T)),
-      "bootstrap_term": sg(jnp.sum(loss_BT * boot_f) / (B * T)),
+      "flow_term": sg(jnp.sum(loss_BT * flow_f * fw_BT) / total_w),
+      "bootstrap_term": sg(jnp.sum(loss_BT * boot_f * fw_BT) / total_w),
       "flow_loss": sg(jnp.sum(loss_BT * flow_f) / jnp.maximum(n_flow, 1.0)),
       "bootstrap_loss": sg(jnp.sum(loss_BT * boot_f) / jnp.maximum(n_bootf, 1.0)),
       "flow_mse": sg(jnp.sum(flow_BT * flow_f) / jnp.maximum(n_flow, 1.0)),

@@ -13,7 +13,7 @@ RMS_NAMES = ("mse", "lpips")
 
 def tokenizer_loss(
     model, lpips_params, frames_BTHWC_uint8, rms_state, rng, lpips_weight: float = 0.2,
-    lpips_frames: int = 8, max_mask_prob: float = 0.9, rms_decay: float = 0.99,
+    lpips_frames: int = 8, max_mask_prob: float = 0.9, rms_decay: float = 0.99, valid_BT=None,
 ):
   """Computes the tokenizer loss; differentiable w.r.t. `model` via nnx.value_and_grad.
 
@@ -34,6 +34,8 @@ def tokenizer_loss(
       choice, not the paper's; <= 0 means all frames.
     max_mask_prob: Upper bound of the per-image MAE mask probability.
     rms_decay: Decay of the RMS normaliser.
+    valid_BT: Optional bool [B,T]; False marks padding frames past an episode's end
+      (data_pipelines/windows.py), which count in neither term. None: all valid.
 
   Returns:
     (loss, (new_rms_state, metrics)); metrics holds scalar float32 values.
@@ -45,15 +47,23 @@ def tokenizer_loss(
 
   # MSE over the full frame, masked and visible patches alike (the paper does not
   # say whether only masked patches count; "reconstruction objective" suggests all).
-  mse = jnp.mean(jnp.square(recon_BTHWC - frames_BTHWC))
-
   B, T, H, W, C = frames_BTHWC.shape
+  w_N = jnp.ones((B * T,), jnp.float32) if valid_BT is None else valid_BT.reshape(B * T).astype(jnp.float32)
+  mse_N = jnp.mean(jnp.square(recon_BTHWC - frames_BTHWC), axis=(2, 3, 4)).reshape(B * T)
+  mse = jnp.sum(mse_N * w_N) / jnp.maximum(jnp.sum(w_N), 1.0)
+
   recon_NHWC = recon_BTHWC.reshape(B * T, H, W, C)
   target_NHWC = frames_BTHWC.reshape(B * T, H, W, C)
   if 0 < lpips_frames < B * T:
-    idx_K = jax.random.choice(lpips_rng, B * T, (lpips_frames,), replace=False)
-    recon_NHWC, target_NHWC = recon_NHWC[idx_K], target_NHWC[idx_K]
-  lpips = jnp.mean(lpips_distance(lpips_params, recon_NHWC, target_NHWC))
+    # A random subset of the valid frames (padding frames have probability 0; when
+    # fewer are valid than the subset, the padding picks get weight 0).
+    p_N = None if valid_BT is None else (w_N + 1e-6) / jnp.sum(w_N + 1e-6)
+    idx_K = jax.random.choice(lpips_rng, B * T, (lpips_frames,), replace=False, p=p_N)
+    recon_NHWC, target_NHWC, w_K = recon_NHWC[idx_K], target_NHWC[idx_K], w_N[idx_K]
+  else:
+    w_K = w_N
+  lpips_K = lpips_distance(lpips_params, recon_NHWC, target_NHWC)
+  lpips = jnp.sum(lpips_K * w_K) / jnp.maximum(jnp.sum(w_K), 1.0)
 
   mse_norm, rms_state = rms_normalize(rms_state, "mse", mse, decay=rms_decay)
   lpips_norm, rms_state = rms_normalize(rms_state, "lpips", lpips, decay=rms_decay)

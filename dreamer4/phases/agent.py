@@ -29,6 +29,7 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
+from data_pipelines.loader import relevant_rows
 from dreamer4.errors import CheckpointError, ConfigError
 from dreamer4.inference.sampler import context_tau_index
 from dreamer4.models.agent import AgentModel, agent_embedding
@@ -93,6 +94,23 @@ def context_pass(model: Dynamics, batch, noise_BTNL, context_noise: float):
   return agent_embedding(out["agent_BTKD"])
 
 
+def dynamics_rows(relevant_B, count: int):
+  """Indices of the `count` rows that carry the dynamics loss (relevant_B False), in batch order.
+
+  The global batch stacks each process's [uniform | relevant] block, so the uniform rows
+  are not the first rows; gathering them first lets the shortcut loss draw its bootstrap
+  rows (its first rows) at the configured share of exactly these rows.
+  """
+  return jnp.argsort(relevant_B.astype(jnp.int32), stable=True)[:count]
+
+
+def dynamics_row_count(fraction: float, global_batch: int, process_count: int) -> int:
+  """Rows of a global batch that carry the dynamics loss (static): the uniform rows of every
+  process's [uniform | relevant] block (trainer `_with_relevant`)."""
+  local = global_batch // process_count
+  return (local - relevant_rows(float(fraction), local)) * process_count
+
+
 class AgentPhase:
   """Phase 2 in the trainer (see dreamer4/training/trainer.py `Phase`)."""
 
@@ -141,12 +159,19 @@ class AgentPhase:
     relevant_B = batch.get("relevant_B")
     labelled_BT = batch["action_labelled"].astype(bool)
     bc_labelled_BT = labelled_BT if relevant_B is None else labelled_BT & relevant_B[:, None]
-    apply_fn = make_training_fn(model.dynamics, batch["actions_discrete"], batch["action_labelled"])
-    dyn_loss, metrics = shortcut_loss(apply_fn, batch["latents"], sc_rng, k_max=model.dynamics.k_max,
+    valid_BT = batch.get("valid_T")
+    dyn = {k: batch[k] for k in ("latents", "actions_discrete", "action_labelled")}
+    if valid_BT is not None:
+      dyn["valid_T"] = valid_BT
+    if relevant_B is not None:  # only the uniform rows, so the bootstrap share is of them
+      rows = dynamics_rows(relevant_B, dynamics_row_count(c.data.get("relevant_fraction", 0.0),
+                                                          relevant_B.shape[0], jax.process_count()))
+      dyn = {k: v[rows] for k, v in dyn.items()}
+    apply_fn = make_training_fn(model.dynamics, dyn["actions_discrete"], dyn["action_labelled"])
+    dyn_loss, metrics = shortcut_loss(apply_fn, dyn["latents"], sc_rng, k_max=model.dynamics.k_max,
                                       bootstrap_fraction=c.loss.bootstrap_fraction,
                                       independent_fraction=c.loss.independent_fraction,
-                                      ramp=c.loss.ramp,
-                                      row_weight_B=None if relevant_B is None else ~relevant_B)
+                                      ramp=c.loss.ramp, valid_BT=dyn.get("valid_T"))
     noise = jax.random.normal(ctx_rng, batch["latents"].shape, jnp.float32)
     h_BTD = context_pass(model.dynamics, batch, noise, c.agent.context_noise)
     first_BT = batch["first_T"].astype(bool)
@@ -154,7 +179,7 @@ class AgentPhase:
     cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
     losses, agent_metrics = bc_reward_loss(model.policy, model.reward, h_BTD, (disc, cont),
                                            batch["rewards"].astype(jnp.float32), first_BT,
-                                           bc_labelled_BT, int(c.agent.mtp))
+                                           bc_labelled_BT, int(c.agent.mtp), valid_BT=valid_BT)
     n_dyn, aux = normalize.rms_normalize(aux, "dynamics", dyn_loss, decay=c.loss.rms_decay)
     n_bc, aux = normalize.rms_normalize(aux, "bc", losses["bc"], decay=c.loss.rms_decay)
     n_rew, aux = normalize.rms_normalize(aux, "reward", losses["reward"], decay=c.loss.rms_decay)
@@ -168,11 +193,15 @@ class AgentPhase:
     first_BT = batch["first_T"].astype(bool)
     disc = batch["actions_discrete"]
     cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
+    valid_BT = batch.get("valid_T")
     _, m = bc_reward_loss(model.policy, model.reward, h_BTD, (disc, cont), batch["rewards"].astype(jnp.float32),
-                          first_BT, batch["action_labelled"].astype(bool), int(self.config.agent.mtp))
+                          first_BT, batch["action_labelled"].astype(bool), int(self.config.agent.mtp),
+                          valid_BT=valid_BT)
     # Next-action accuracy of the acting head (n = 0) where the target is valid.
     pol = model.policy.params(h_BTD[:, :-1], 0)
     valid = batch["action_labelled"][:, 1:].astype(jnp.float32)
+    if valid_BT is not None:
+      valid = valid * valid_BT[:, 1:].astype(jnp.float32)
     pred = jnp.argmax(pol[..., :model.policy.spec.components[0].size], axis=-1)
     hit = (pred == disc[:, 1:, 0]).astype(jnp.float32)
     m["bc_accuracy_n0"] = jnp.sum(hit * valid) / jnp.maximum(jnp.sum(valid), 1.0)

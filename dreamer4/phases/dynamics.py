@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dreamer4.errors import ConfigError, UserError
+from dreamer4.evaluation import toy_state
 from dreamer4.evaluation import video_metrics as vm
 from dreamer4.inference.sampler import generate
 from dreamer4.models.dynamics import Dynamics, make_sampling_fn, make_training_fn
@@ -35,7 +36,7 @@ def dynamics_loss(model_def: ModelDef, config, params, aux, batch, rng):
   loss, metrics = shortcut_loss(apply_fn, batch["latents"], rng, k_max=c.model.k_max,
                                 bootstrap_fraction=c.loss.bootstrap_fraction,
                                 independent_fraction=c.loss.independent_fraction,
-                                ramp=c.loss.ramp)
+                                ramp=c.loss.ramp, valid_BT=batch.get("valid_T"))
   norm, aux = normalize.rms_normalize(aux, "dynamics", loss, decay=c.loss.rms_decay)
   return norm, (aux, dict(metrics, shortcut_loss=loss))
 
@@ -49,6 +50,7 @@ class DynamicsPhase:
 
   def __init__(self, config, store, mesh):
     self.config = config
+    self.toy_eval = store.metadata.get("env") == "toy"  # toy frames parse into their state (eval_fn)
     tcfg, self.tok_def, self.tok_params, step = load_tokenizer(config.tokenizer_workdir, mesh, store.frame_shape)
     attrs = latents_attrs(config.tokenizer_workdir, step, tcfg)
     if not latents_ready(store, attrs):
@@ -87,7 +89,7 @@ class DynamicsPhase:
   # ---------------------------------------------------------------- evaluation
 
   def _rollouts(self, params, tok_params, batch, rng, k: int, shuffle_actions: bool = False):
-    """Decoded (truth, generated) frames [B, H, h, w, c] for one K."""
+    """Decoded (truth, generated) frames [B, H, h, w, c] for one K, and the latent error [B, H]."""
     ev, m = self.config.eval, self.config.model
     C, H = ev.context_frames, ev.horizon
     z_BTNL = batch["latents"][:, :C + H]
@@ -101,42 +103,93 @@ class DynamicsPhase:
     gen_BTNL = jnp.concatenate([z_BTNL[:, :C], out["z_BHNL"]], axis=1)
     truth = tokenizer.decode(z_BTNL)[:, C:]
     gen = tokenizer.decode(gen_BTNL)[:, C:]
-    # Decoder-free error: mean squared latent error of each generated frame [H].
-    latent_mse_H = jnp.mean(jnp.square(out["z_BHNL"].astype(jnp.float32) - z_BTNL[:, C:].astype(jnp.float32)),
-                            axis=(0, 2, 3))
-    return truth, gen, latent_mse_H
+    # Decoder-free error: mean squared latent error of each generated frame [B, H].
+    latent_mse_BH = jnp.mean(jnp.square(out["z_BHNL"].astype(jnp.float32) - z_BTNL[:, C:].astype(jnp.float32)),
+                             axis=(2, 3))
+    return truth, gen, latent_mse_BH
+
+  def _valid_BH(self, batch):
+    """bool [B, H]: horizon frames whose truth is real, not padding past an episode's end
+    (the batch's `valid_T`; all valid when the batch has none)."""
+    C, H = self.config.eval.context_frames, self.config.eval.horizon
+    valid_T = batch.get("valid_T")
+    if valid_T is None:
+      return jnp.ones((batch["latents"].shape[0], H), bool)
+    return valid_T[:, C:C + H].astype(bool)
+
+  def _toy_truth(self, batch, truth):
+    """Parsed true horizon frames [B, H]: the real frames when the batch carries them, else
+    the decoded true latents (the frames PSNR compares against)."""
+    C, H = self.config.eval.context_frames, self.config.eval.horizon
+    frames = batch.get("frames")
+    return toy_state.parse(frames[:, C:C + H] if frames is not None else truth)
 
   def eval_fn(self, params, batch, frozen):
+    """Per-batch means over the horizon frames whose truth is valid (`valid_T`).
+
+    For each K: PSNR, SSIM, latent MSE (per horizon step for K=4); shuffled actions (K=4)
+    and the hold-last-frame reference. On the toy world also what the generation gets
+    right [P §4.2], from parsed frames (dreamer4/evaluation/toy_state.py), per horizon
+    step and over the horizon: agent_acc (agent cell), goal_persist (true goal cells still
+    shown as the right kind), distractor_acc / distractor_f1 (distractor map), for every K,
+    for K=4 with shuffled actions (`_k4_shuffled`), for the held frame (`_hold`), and
+    agent_acc_random_walk (uniform random actions from the last context frame's cell);
+    toy_truth_goal_cells / toy_truth_distractor_cells say whether the truth parses.
+    """
     ev = self.config.eval
+    C, H = ev.context_frames, ev.horizon
+    valid_BH = self._valid_BH(batch)
+    mean = lambda x_BH: vm.masked_mean(x_BH, valid_BH)
+    mean_H = lambda x_BH: vm.masked_mean(x_BH, valid_BH, axis=0)
     out = {}
+    toy, toy_truth = getattr(self, "toy_eval", False), None  # (a phase built without __init__: no toy)
     key = jax.random.key(0)  # the same noise for every K and for shuffled actions
     for k in ev.sampling_steps:
-      truth, gen, lat_H = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
-      p_H, s_H = vm.psnr_BT(gen, truth).mean(0), vm.ssim_BT(gen, truth).mean(0)
-      out[f"psnr_k{k}"], out[f"ssim_k{k}"], out[f"latent_mse_k{k}"] = p_H.mean(), s_H.mean(), lat_H.mean()
+      truth, gen, lat_BH = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
+      p_BH, s_BH = vm.psnr_BT(gen, truth), vm.ssim_BT(gen, truth)
+      out[f"psnr_k{k}"], out[f"ssim_k{k}"], out[f"latent_mse_k{k}"] = mean(p_BH), mean(s_BH), mean(lat_BH)
       if int(k) == 4:
-        for h in range(ev.horizon):
+        p_H, s_H, lat_H = mean_H(p_BH), mean_H(s_BH), mean_H(lat_BH)
+        for h in range(H):
           out[f"psnr_k4_h{h + 1:02d}"] = p_H[h]
           out[f"ssim_k4_h{h + 1:02d}"] = s_H[h]
           out[f"latent_mse_k4_h{h + 1:02d}"] = lat_H[h]
-    truth, gen, lat_H = self._rollouts(params, frozen["tokenizer"], batch, key, 4, shuffle_actions=True)
-    out["latent_mse_k4_shuffled_actions"] = lat_H.mean()
-    out["psnr_k4_shuffled_actions"] = vm.psnr_BT(gen, truth).mean()
-    out["ssim_k4_shuffled_actions"] = vm.ssim_BT(gen, truth).mean()
+      if toy:
+        toy_truth = self._toy_truth(batch, truth) if toy_truth is None else toy_truth
+        counts = toy_state.frame_counts(toy_truth, toy_state.parse(gen))
+        out.update(toy_state.rollout_metrics(counts, valid_BH, f"k{k}"))
+    truth, gen, lat_BH = self._rollouts(params, frozen["tokenizer"], batch, key, 4, shuffle_actions=True)
+    out["latent_mse_k4_shuffled_actions"] = mean(lat_BH)
+    out["psnr_k4_shuffled_actions"] = mean(vm.psnr_BT(gen, truth))
+    out["ssim_k4_shuffled_actions"] = mean(vm.ssim_BT(gen, truth))
     # Per horizon step too: the action decides the next frame, but its effect can fade as
     # generated frames become the history.
-    for h in range(ev.horizon):
+    lat_H = mean_H(lat_BH)
+    for h in range(H):
       out[f"latent_mse_k4_shuffled_actions_h{h + 1:02d}"] = lat_H[h]
+    if toy:
+      toy_truth = self._toy_truth(batch, truth) if toy_truth is None else toy_truth
+      counts = toy_state.frame_counts(toy_truth, toy_state.parse(gen))
+      out.update(toy_state.rollout_metrics(counts, valid_BH, "k4_shuffled"))
     # Reference: hold the last context frame for the whole horizon (no model). A dynamics
-    # model that predicts motion beats it; one that only copies does not.
-    C = ev.context_frames
-    z_last = jnp.repeat(batch["latents"][:, C - 1:C], ev.horizon, axis=1)
+    # model that predicts motion beats it; one that only copies does not. The last context
+    # frame is always valid (windows start inside episodes).
+    z_last = jnp.repeat(batch["latents"][:, C - 1:C], H, axis=1)
     tokenizer = self.tok_def.merge(frozen["tokenizer"])
     held = tokenizer.decode(z_last)
-    out["psnr_hold_last_frame"] = vm.psnr_BT(held, truth).mean()
-    out["psnr_hold_last_frame_h01"] = vm.psnr_BT(held[:, :1], truth[:, :1]).mean()
-    out["latent_mse_hold_last_frame_h01"] = jnp.mean(jnp.square(
-        z_last[:, 0].astype(jnp.float32) - batch["latents"][:, C].astype(jnp.float32)))
+    out["psnr_hold_last_frame"] = mean(vm.psnr_BT(held, truth))
+    out["psnr_hold_last_frame_h01"] = vm.masked_mean(vm.psnr_BT(held[:, :1], truth[:, :1]), valid_BH[:, :1])
+    z_next_B1NL = batch["latents"][:, C:C + 1].astype(jnp.float32)
+    lat_hold_B1 = jnp.mean(jnp.square(z_last[:, :1].astype(jnp.float32) - z_next_B1NL), axis=(2, 3))
+    out["latent_mse_hold_last_frame_h01"] = vm.masked_mean(lat_hold_B1, valid_BH[:, :1])
+    if toy:
+      held_state = toy_state.parse(held)
+      out.update(toy_state.rollout_metrics(toy_state.frame_counts(toy_truth, held_state), valid_BH, "hold"))
+      # Random-walk reference: the level an action-blind model (e.g. shuffled actions) falls to.
+      frames = batch.get("frames")
+      start_B = toy_state.parse(frames[:, C - 1]).agent_cell if frames is not None else held_state.agent_cell[:, 0]
+      out.update(toy_state.random_walk_metrics(start_B, toy_truth.agent_cell, valid_BH))
+      out.update(toy_state.truth_metrics(toy_truth, valid_BH))
     return out
 
   def summary_fn(self, params, batch, rng, frozen):

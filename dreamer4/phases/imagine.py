@@ -1,4 +1,4 @@
-"""Phase 3: imagination training of policy and value heads with PMPO (PAPER.md §6).
+"""Phase 3: imagination training of policy and value heads with PMPO (Dreamer 4 paper, §6).
 
 The phase-2 AgentModel (world model with agent tokens, BC policy, reward head) is frozen.
 Only `ImagineHeads` train: the policy (initialised from the BC policy) and a new value
@@ -14,9 +14,16 @@ head. One jitted train step = rollout + update:
      on the H decisions.
 
 Terminations: the paper describes no continue head. Our choice: with
-`imagine.terminal_reward` > 0, a step whose predicted reward reaches that value is
-treated as terminal (continue 0 from then on); the toy world ends an episode exactly
-when the task reward is paid. 0 disables it (continue = 1 everywhere).
+`imagine.terminal_reward` > 0, the first frame whose predicted reward reaches that value
+is terminal, as in Dreamer 3 (`objectives.imagination.terminal_masks`): its reward counts
+in the return of the step into it, which does not bootstrap past it; the terminal state
+and all later ones carry weight 0 (their decisions and values are not trained) and later
+rewards are 0. The toy world ends an episode exactly when the task reward is paid. 0
+disables it (continue = 1 everywhere).
+
+Loss scaling: the value loss is RMS-normalised like every other term (Dreamer 4 paper,
+§5.3); the PMPO loss is not by default (`imagine.normalize_policy_loss`, App. F: PMPO
+needs no return or advantage normalisation).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from dreamer4.models import heads as heads_lib
 from dreamer4.models.agent import ImagineHeads, agent_embedding
 from dreamer4.models.dynamics import Dynamics
 from dreamer4.objectives import normalize
-from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, value_loss
+from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, terminal_masks, value_loss
 from dreamer4.phases.agent import agent_model_def, latent_shape, read_phase_config
 from dreamer4.training.state import ModelDef
 
@@ -55,7 +62,8 @@ def imagine_rollout(dyn: Dynamics, policy_params_fn, reward_head, batch, rng, *,
     dyn: Dynamics with agent tokens.
     policy_params_fn: h [B, D] -> flat policy params [B, P] (the acting head).
     reward_head: RewardHead (n = 0 reads r_{t+1} at h_{t+1}).
-    batch: latents [B, T, N, L] (T >= context), actions_discrete, action_labelled, tasks [B, T].
+    batch: latents [B, T, N, L] (T >= context), actions_discrete, action_labelled, tasks [B, T];
+      the last `context` frames prime the model.
     context, horizon, k, context_noise, window: see the module docstring.
 
   Returns:
@@ -63,10 +71,12 @@ def imagine_rollout(dyn: Dynamics, policy_params_fn, reward_head, batch, rng, *,
     reward_BH [B, H] (r_1..r_H), latents_BHNL [B, H, N, L] generated frames.
   """
   spec = dyn.action_spec
-  z_BCNL = batch["latents"][:, :context].astype(jnp.float32)
+  # The last `context` frames of the window: windows end at their start state (pad="start").
+  z_BCNL = batch["latents"][:, -context:].astype(jnp.float32)
   B = z_BCNL.shape[0]
-  tasks_B = batch["tasks"][:, 0].astype(jnp.int32)
-  ctx_actions = {"discrete": batch["actions_discrete"][:, :context], "labelled": batch["action_labelled"][:, :context]}
+  tasks_B = batch["tasks"][:, -1].astype(jnp.int32)
+  ctx_actions = {"discrete": batch["actions_discrete"][:, -context:],
+                 "labelled": batch["action_labelled"][:, -context:]}
   prime_rng, roll_rng = jax.random.split(rng)
   cache = kv_cache.init_cache(dyn, B, window)
   cache, agent0 = kv_cache.prime(dyn, cache, z_BCNL, ctx_actions, jax.random.normal(prime_rng, z_BCNL.shape),
@@ -100,6 +110,9 @@ class ImaginePhase:
   name = "imagine"
   read_fields = IMAGINE_FIELDS
   data_fields = IMAGINE_FIELDS
+  # Every frame is a start state: a window ends at it, and slots before its episode's
+  # first frame repeat that frame with the null, unlabelled action (data_pipelines/windows.py).
+  window_pad = "start"
 
   def __init__(self, config, store, mesh):
     from dreamer4.training.checkpoint import restore_params
@@ -151,19 +164,11 @@ class ImaginePhase:
     B, H1, D = h_BHD.shape
     H = H1 - 1
     r_BH = jnp.concatenate([jnp.zeros((B, 1)), roll["reward_BH"]], axis=1)  # r_t of the step into t
-    if ic.terminal_reward > 0:
-      done_BH = r_BH >= ic.terminal_reward
-      # continue flag of the step into t: 0 once an earlier step was terminal (absorbing).
-      ended_BH = jnp.cumsum(done_BH.astype(jnp.int32), axis=1) - done_BH.astype(jnp.int32) > 0
-      c_BH = jnp.where(done_BH, 0.0, 1.0)
-      r_BH = jnp.where(ended_BH, 0.0, r_BH)
-      alive_BH = ~ended_BH  # decisions taken at a frame after the episode ended do not count
-    else:
-      c_BH = jnp.ones_like(r_BH)
-      alive_BH = jnp.ones(r_BH.shape, bool)
+    # The terminal frame and later ones carry weight 0; the step into it has continue 0.
+    r_BH, c_BH, w_BH = terminal_masks(r_BH, float(ic.terminal_reward))
     v_BH = heads.value.predict(h_BHD.reshape(B * H1, D), 0).reshape(B, H1)
     R_BH = lambda_returns(r_BH, jax.lax.stop_gradient(v_BH), c_BH, gamma=ic.gamma, lam=ic.lam)  # [B, H]
-    mask = alive_BH[:, :H].reshape(-1)
+    mask = (w_BH[:, :H] > 0).reshape(-1)  # decisions and values at frames 0..H-1
     h_ND = h_BHD[:, :H].reshape(B * H, D)
     v_loss, v_metrics = value_loss(heads.value, h_ND, R_BH.reshape(-1), mask)
     adv = (R_BH - v_BH[:, :H]).reshape(-1)
@@ -179,12 +184,19 @@ class ImaginePhase:
     return p_loss, v_loss, metrics
 
   def loss_fn(self, params, aux, batch, rng, frozen):
+    """Value loss / its running RMS, plus the PMPO loss as is (or / its RMS, if configured).
+
+    The two touch disjoint parameters but share the global gradient clip. PMPO starts
+    near 0 with a random sign (policy = prior), so dividing it by its RMS inflates a
+    noisy gradient that then dominates the clip (Dreamer 4 paper, App. F: no return or
+    advantage normalisation for PMPO).
+    """
     p_loss, v_loss, metrics = self._rollout_and_losses(params, batch, rng, frozen)
-    # Both losses are RMS-normalised like every other term [P §5.3]; they touch
-    # disjoint parameters, so this only sets their effective learning rates.
-    n_p, aux = normalize.rms_normalize(aux, "policy", p_loss, decay=self.config.loss.rms_decay)
-    n_v, aux = normalize.rms_normalize(aux, "value", v_loss, decay=self.config.loss.rms_decay)
-    return n_p + n_v, (aux, metrics)
+    decay = self.config.loss.rms_decay
+    if self.config.imagine.get("normalize_policy_loss", False):
+      p_loss, aux = normalize.rms_normalize(aux, "policy", p_loss, decay=decay)
+    n_v, aux = normalize.rms_normalize(aux, "value", v_loss, decay=decay)
+    return p_loss + n_v, (aux, metrics)
 
   def eval_fn(self, params, batch, frozen):
     _, _, metrics = self._rollout_and_losses(params, batch, jax.random.key(0), frozen)

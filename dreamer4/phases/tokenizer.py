@@ -44,7 +44,7 @@ class TokenizerPhase:
     model = self.model_def.merge(params)
     return tokenizer_loss(model, frozen["lpips"], batch["frames"], aux, rng,
                           lpips_weight=c.lpips_weight, lpips_frames=c.lpips_frames,
-                          max_mask_prob=c.max_mask_prob, rms_decay=c.rms_decay)
+                          max_mask_prob=c.max_mask_prob, rms_decay=c.rms_decay, valid_BT=batch.get("valid_T"))
 
   def eval_fn(self, params, batch, frozen):
     """PSNR (dB) and MSE of *unmasked* reconstructions on held-out episodes."""
@@ -52,8 +52,11 @@ class TokenizerPhase:
     frames = batch["frames"].astype(jnp.float32) / 255.0
     recon = model(frames)["recon_BTHWC"]
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
-    return {"psnr": mt.psnr(flat(jnp.clip(recon, 0, 1)), flat(frames)).mean(),
-            "mse": ((recon - frames) ** 2).mean()}
+    valid = batch.get("valid_T")
+    w_N = jnp.ones(frames.shape[:2]).reshape(-1) if valid is None else valid.reshape(-1).astype(jnp.float32)
+    mean = lambda x_N: jnp.sum(x_N * w_N) / jnp.maximum(jnp.sum(w_N), 1.0)  # real frames only
+    return {"psnr": mean(mt.psnr(flat(jnp.clip(recon, 0, 1)), flat(frames))),
+            "mse": mean(jnp.mean(flat((recon - frames) ** 2), axis=(1, 2, 3)))}
 
   def summary_fn(self, params, batch, rng, frozen):
     """Image grids: input, masked input, reconstruction from the masked input (first frames)."""

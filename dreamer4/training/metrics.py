@@ -26,9 +26,14 @@ class MeanMetrics:
   def __init__(self):
     self._acc: dict[str, clu_metrics.Average] = {}
 
-  def update(self, values: Mapping[str, np.ndarray]):
+  def update(self, values: Mapping[str, np.ndarray], skip_nan: bool = False):
+    """Adds one dict of values. skip_nan: a NaN value is left out (evaluation: a masked mean
+    over no valid frame, e.g. a horizon step that every window of one batch has padded)."""
     for k, v in values.items():
-      m = clu_metrics.Average.from_model_output(np.asarray(v, np.float32))
+      v = np.asarray(v, np.float32)
+      if skip_nan and np.isnan(v).all():
+        continue
+      m = clu_metrics.Average.from_model_output(v)
       self._acc[k] = m if k not in self._acc else self._acc[k].merge(m)
 
   def compute_and_reset(self) -> dict[str, float]:

@@ -135,27 +135,34 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   ckpt_dir = os.path.join(workdir, "checkpoints")
   long_window = int(config.data.get("long_window", 0))
   fields = tuple(getattr(phase, "read_fields", None) or data_loader.DEFAULT_FIELDS)
+  pad = getattr(phase, "window_pad", "end")  # data_pipelines/windows.py: every frame lies in a window
   try:
     def make_iter(window, batch=local_batch, ids=train_ids):
       return data_loader.train_iterator(
           config.data.path, window=window, batch_size=batch, seed=config.data.seed,
           episode_ids=ids, process_index=jax.process_index(), process_count=jax.process_count(),
-          num_threads=config.data.num_threads, prefetch=config.data.prefetch, fields=fields)
+          num_threads=config.data.num_threads, prefetch=config.data.prefetch, fields=fields, pad=pad)
     # Alternating batch lengths (PAPER §3.2): short windows most steps, a long one every
     # `long_every` steps and for the last `long_final_steps`; exactly two step shapes.
     data_iters = {"data": make_iter(config.data.window)}
+    windows = {"data": config.data.window}
     if long_window:
       data_iters["data_long"] = make_iter(long_window)
+      windows["data_long"] = long_window
     mix = _relevant_mixture(config, store, train_ids, local_batch, long_window)
+    relevant_ids = None
     if mix:  # PAPER §5.3: uniform rows, then task-relevant rows, in every local batch
       n_uniform, relevant_ids = mix
       data_iters["data"] = make_iter(config.data.window, n_uniform)
       data_iters["data_relevant"] = make_iter(config.data.window, local_batch - n_uniform, relevant_ids)
+    eval_window = long_window or config.data.window
     eval_local = data_loader.eval_batches(
-        config.data.path, window=long_window or config.data.window, batch_size=local_batch,
-        episode_ids=eval_ids, max_batches=config.eval.num_batches, fields=fields)
+        config.data.path, window=eval_window, batch_size=local_batch,
+        episode_ids=eval_ids, max_batches=config.eval.num_batches, fields=fields, pad=pad,
+        process_index=jax.process_index(), process_count=jax.process_count())
   except ValueError as e:  # the loader's one-line messages name the dataset and the setting
     raise UserError(str(e)) from None
+  coverage = _coverage(store, train_ids, eval_ids, windows, eval_window, pad, relevant_ids, phase.name)
 
   def batch_kind(iteration: int) -> str:
     if not long_window:
@@ -192,15 +199,15 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
                       out_shardings=rep)
 
   def to_device(local):
-    fields = phase.data_fields + (("relevant_B",) if "relevant_B" in local else ())
-    return data_loader.global_batch({f: local[f] for f in fields}, mesh)
+    extra = tuple(f for f in ("relevant_B", "valid_T") if f in local and f not in phase.data_fields)
+    return data_loader.global_batch({f: local[f] for f in phase.data_fields + extra}, mesh)
 
 
   def evaluate(state) -> dict[str, float]:
     acc = mt.MeanMetrics()
     with jax.set_mesh(mesh):
       for b in eval_local:
-        acc.update(jax.device_get(p_eval(state["params"], to_device(b), frozen)))
+        acc.update(jax.device_get(p_eval(state["params"], to_device(b), frozen)), skip_nan=True)
     return {f"eval/{k}": v for k, v in acc.compute_and_reset().items()}
 
   # ---------------------------------------------------------------- periodic actions
@@ -219,7 +226,7 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   pending: list = []
   step = start_step
   stop_at = ctc.stop_at_step if ctc.stop_at_step > 0 else ctc.num_steps
-  summary: dict[str, Any] = dict(start_step=start_step)
+  summary: dict[str, Any] = dict(start_step=start_step, coverage=coverage)
   eval_metrics: dict[str, float] = {}
   first_step_s = None
   t_after_first = None
@@ -306,7 +313,7 @@ def _relevant_mixture(config, store, train_ids, local_batch: int, long_window: i
   if frac >= 1 or long_window:
     raise ConfigError(f"--config.data.relevant_fraction={frac} needs 0 <= fraction < 1 and no data.long_window; "
                       "set it to 0.5 (the paper's mixture) or 0 (uniform batches)")
-  n_relevant = int(round(frac * local_batch))
+  n_relevant = data_loader.relevant_rows(frac, local_batch)
   if not 1 <= n_relevant < local_batch:
     raise ConfigError(f"--config.data.relevant_fraction={frac} of a per-process batch of {local_batch} leaves "
                       "no uniform or no relevant rows; raise --config.train.batch_size or change the fraction")
@@ -318,6 +325,26 @@ def _relevant_mixture(config, store, train_ids, local_batch: int, long_window: i
   logging.info("data mixture: %d uniform + %d relevant rows per process (%d of %d episodes relevant)",
                local_batch - n_relevant, n_relevant, len(relevant), len(train_ids))
   return local_batch - n_relevant, relevant
+
+
+def _coverage(store, train_ids, eval_ids, windows: dict, eval_window: int, pad: str, relevant_ids,
+              name: str) -> dict:
+  """The share of episodes, frames, task-relevant episodes and reward/terminal frames that the
+  phase's windows reach, per data stream and for the evaluation split; logged as one line each."""
+  out = {}
+  for kind, window in windows.items():
+    extra = ()
+    if kind == "data" and relevant_ids is not None:  # the mixture: uniform and relevant windows together
+      extra = (data_loader.window_table(store.episode_offsets, relevant_ids, window, pad),)
+    out[kind] = data_loader.window_coverage(store, train_ids, window, pad, extra_tables=extra)
+  out["eval"] = data_loader.window_coverage(store, eval_ids, eval_window, pad)
+  for kind, c in out.items():
+    logging.info("%s coverage (%s, %s windows): episodes %.1f%%, frames %.1f%%, task-relevant episodes %.1f%%, "
+                 "reward frames %.1f%%, terminal frames %.1f%%; windows per frame %.2f, per reward frame %.2f, "
+                 "per terminal frame %.2f", name, kind, pad, 100 * c["episodes"], 100 * c["frames"],
+                 100 * c["relevant_episodes"], 100 * c["reward_frames"], 100 * c["terminal_frames"],
+                 c["windows_per_frame"], c["windows_per_reward_frame"], c["windows_per_terminal_frame"])
+  return out
 
 
 def _with_relevant(uniform: dict, relevant: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Tests for lambda-returns, PMPO and the value loss (PAPER.md Eq 10-11)."""
+"""Tests for lambda-returns, terminal masks, PMPO and the value loss (Dreamer 4 paper, §6, Eq 10-11)."""
 
 import math
 
@@ -9,7 +9,7 @@ from flax import nnx
 
 from data_pipelines.envs.base import ActionComponent, ActionSpec
 from dreamer4.models import heads
-from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, value_loss
+from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, terminal_masks, value_loss
 
 
 def test_lambda_returns_hand_example_with_terminal():
@@ -23,6 +23,50 @@ def test_lambda_returns_hand_example_with_terminal():
   # R_1 = r_2 + 0.9 * c_2 * (...)                     = 2 (terminal: no bootstrap)
   # R_0 = r_1 + 0.9 * c_1 * (0.5 * v_1 + 0.5 * R_1)  = 1 + 0.9 * (10 + 1) = 10.9
   np.testing.assert_allclose(R, [[10.9, 2.0, 39.0]], rtol=1e-6)
+
+
+def test_terminal_masks_terminal_state_has_weight_zero():
+  # r_t of the step into frame t (r_0 unused): frame 3 is terminal.
+  r, c, w = terminal_masks(jnp.array([[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]]), 0.5)
+  np.testing.assert_array_equal(w, [[1, 1, 1, 0, 0, 0]])  # frame 3's decision and value do not count
+  np.testing.assert_array_equal(c, [[1, 1, 1, 0, 0, 0]])  # continue 0 on the step into frame 3
+  np.testing.assert_array_equal(r, [[0, 0, 0, 1, 0, 0]])  # the terminal reward is kept
+
+
+def test_terminal_masks_no_terminal_first_step_and_two_rewards():
+  rows = jnp.array([
+      [0.0, 0.2, 0.1, 0.4, 0.0],  # no reward reaches 0.5: nothing ends
+      [0.0, 1.0, 0.0, 0.0, 0.0],  # terminal at the first imagined step
+      [0.0, 0.0, 1.0, 0.0, 1.0],  # two reward frames: only the first ends the episode
+      [0.9, 0.0, 0.0, 0.0, 0.0],  # r_0 (the step into the start frame) is unused
+  ])
+  r, c, w = terminal_masks(rows, 0.5)
+  np.testing.assert_array_equal(w, [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(c, w)
+  np.testing.assert_allclose(r, [[0.0, 0.2, 0.1, 0.4, 0.0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0],
+                                 [0.9, 0, 0, 0, 0]], rtol=1e-7)
+  # terminal_reward 0 disables terminations: all ones, rewards untouched.
+  r0, c0, w0 = terminal_masks(rows, 0.0)
+  np.testing.assert_array_equal(c0, np.ones((4, 5)))
+  np.testing.assert_array_equal(w0, np.ones((4, 5)))
+  np.testing.assert_array_equal(r0, rows)
+
+
+def test_terminal_masks_returns_do_not_bootstrap_past_the_terminal():
+  # Frame 2 is terminal; the reward 5 at frame 4 comes after it and is dropped.
+  r, c, w = terminal_masks(jnp.array([[0.0, 0.0, 1.0, 0.0, 5.0]]), 0.5)
+  v = jnp.array([[10.0, 20.0, 30.0, 40.0, 50.0]])
+  R = lambda_returns(r, v, c, gamma=0.9, lam=0.5)
+  # R_3 = r_4 + 0.9 * c_4 * (...)                    = 0 + 0 = 0   (post-terminal: weight 0)
+  # R_2 = r_3 + 0.9 * c_3 * (...)                    = 0           (terminal state: weight 0)
+  # R_1 = r_2 + 0.9 * c_2 * (...)                    = 1           (step into the terminal)
+  # R_0 = r_1 + 0.9 * c_1 * (0.5 * v_1 + 0.5 * R_1) = 0.9 * (10 + 0.5) = 9.45
+  np.testing.assert_allclose(R, [[9.45, 1.0, 0.0, 0.0]], rtol=1e-6)
+  np.testing.assert_array_equal(w[:, :4], [[1, 1, 0, 0]])  # the counted targets are R_0 and R_1
+  # No counted target reads a value at or after the terminal frame.
+  v2 = v.at[:, 2:].set(jnp.array([-7.0, 123.0, 1e3]))
+  R2 = lambda_returns(r, v2, c, gamma=0.9, lam=0.5)
+  np.testing.assert_allclose(R2[:, :2], R[:, :2], rtol=1e-6)
 
 
 def test_lambda_returns_limits():

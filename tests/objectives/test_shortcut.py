@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from data_pipelines.envs.base import ActionComponent, ActionSpec
@@ -215,3 +216,67 @@ def test_row_weights_give_the_weighted_mean_over_rows():
   np.testing.assert_allclose(float(weighted), loss_BT[[0, 2]].mean(), rtol=1e-6)
   ones, _ = sc.shortcut_loss(apply_fn, z1, jax.random.key(2), row_weight_B=jnp.ones((B,)), **kw)
   np.testing.assert_allclose(float(ones), float(plain), rtol=1e-6)
+
+
+def test_padding_frames_never_reach_the_loss():
+  """valid_T False (padding past an episode's end): whatever those frames hold, the loss and
+  its gradient are unchanged (the model is block-causal and the frames have weight 0), and
+  the loss is the mean over the valid frames only."""
+  model = _model()
+  B, T = 4, 5
+  keys = jax.random.split(jax.random.key(0), 3)
+  z1 = jnp.tanh(jax.random.normal(keys[0], (B, T, 4, 4)))
+  disc = jnp.concatenate([jax.random.randint(keys[1], (B, T, 1), 0, 4),
+                          jax.random.randint(keys[2], (B, T, 2), 0, 2)], axis=-1)
+  labelled = jnp.ones((B, T), bool).at[:, 0].set(False)
+  valid = jnp.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
+  graphdef, params = nnx.split(model)
+
+  @jax.jit
+  def loss_and_grad(params, z, disc):
+    def f(params):
+      m = nnx.merge(graphdef, params)
+      loss, metrics = sc.shortcut_loss(make_training_fn(m, disc, labelled), z, jax.random.key(3), k_max=8,
+                                       bootstrap_fraction=0.5, independent_fraction=0.0, valid_BT=valid,
+                                       return_frames=True)
+      return loss, metrics
+    (loss, metrics), g = jax.value_and_grad(f, has_aux=True)(params)
+    return loss, metrics, g
+
+  loss, metrics, grads = loss_and_grad(params, z1, disc)
+  loss_BT = np.asarray(metrics["frames"]["loss_BT"])
+  np.testing.assert_allclose(float(loss), loss_BT[np.asarray(valid)].mean(), rtol=1e-5)
+  assert float(metrics["flow_frames"] + metrics["bootstrap_frames"]) == int(valid.sum())
+  junk = jnp.where(valid[..., None, None], z1, 5.0)
+  junk_disc = jnp.where(valid[..., None], disc, 0)
+  loss2, _, grads2 = loss_and_grad(params, junk, junk_disc)
+  np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-5, atol=1e-7)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_bootstrap_rows_are_the_configured_share_of_the_dynamics_rows(processes):
+  """Phase 2's global batch stacks each process's [uniform | relevant] block. The dynamics loss
+  (and so its bootstrap rows) must fall on the uniform rows only, at bootstrap_fraction of them."""
+  from dreamer4.phases.agent import dynamics_row_count, dynamics_rows
+  local, frac, boot = 8, 0.5, 0.25
+  relevant_B = jnp.asarray(np.tile(np.r_[np.zeros(4, bool), np.ones(4, bool)], processes))
+  B = local * processes
+  count = dynamics_row_count(frac, B, processes)
+  assert count == 4 * processes
+  rows = np.asarray(dynamics_rows(relevant_B, count))
+  assert not np.asarray(relevant_B)[rows].any() and len(set(rows)) == count
+  np.testing.assert_array_equal(rows, np.sort(rows))  # batch order kept
+  z1 = jax.random.normal(jax.random.key(1), (B, 3, 2, 4))
+
+  def apply_fn(z, tau_idx, d_idx, ind):
+    return 0.5 * z + 0.01 * tau_idx[..., None, None] - 0.02 * d_idx[..., None, None]
+
+  _, m = sc.shortcut_loss(apply_fn, z1[rows], jax.random.key(2), k_max=8, bootstrap_fraction=boot,
+                          independent_fraction=0.0, return_frames=True)
+  assert float(m["bootstrap_rows"]) == round(boot * count)
+  # The bootstrap rows are the first rows of the gathered batch: all uniform rows.
+  d_idx = np.asarray(m["frames"]["d_idx_BT"])
+  flow_only = (d_idx == 3).all(axis=1)
+  assert flow_only[round(boot * count):].all()

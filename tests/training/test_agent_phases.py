@@ -285,3 +285,59 @@ def test_dynamics_evaluation_reports_pixel_and_latent_errors(run_dir):
   np.testing.assert_allclose(float(m["latent_mse_hold_last_frame_h01"]),
                              np.mean(np.square(z[:, C - 1] - z[:, C])), rtol=1e-5)
   assert float(m["psnr_hold_last_frame_h01"]) > 0.0
+
+
+def test_dynamics_evaluation_reports_toy_state_metrics_over_valid_frames(run_dir):
+  """On a toy store the dynamics evaluation adds what the generation gets right (agent cell,
+  goals, distractors; dreamer4/evaluation/toy_state.py) for each K, shuffled actions, the held
+  frame and a random walk; every per-step metric reads only frames whose truth is valid."""
+  import json
+  import ml_collections
+  from data_pipelines import loader
+  from dreamer4 import sharding as shd
+  from dreamer4.phases.dynamics import DynamicsPhase
+  from dreamer4.training.checkpoint import restore_params
+  from dreamer4.training.state import to_abstract
+  cfg = ml_collections.ConfigDict(json.loads(open(os.path.join(run_dir, "dynamics", "config.json")).read()))
+  cfg.eval.sampling_steps = (1, 4)
+  cfg.eval.horizon = 3
+  store = EpisodeStore.open(cfg.data.path)
+  mesh = shd.make_mesh(cfg.mesh)
+  phase = DynamicsPhase(cfg, store, mesh)
+  assert phase.toy_eval
+  shardings = phase.model_def.param_shardings(mesh)
+  abstract = to_abstract(phase.model_def.init_params(jax.random.key(0)), shardings)
+  _, params = restore_params(os.path.join(run_dir, "dynamics", "checkpoints"), abstract)
+  C, H = cfg.eval.context_frames, cfg.eval.horizon
+  batch = loader.eval_batches(cfg.data.path, window=C + H, batch_size=2, episode_ids=list(range(store.num_episodes)),
+                              max_batches=1, fields=phase.read_fields)[0]
+  batch = {k: jnp.asarray(v) for k, v in batch.items() if k in phase.data_fields}
+  # A batch without valid_T counts every frame as valid.
+  np.testing.assert_array_equal(phase._valid_BH(batch), np.ones((2, H), bool))
+  eval_fn = jax.jit(phase.eval_fn)
+  full = jax.device_get(eval_fn(params, dict(batch, valid_T=jnp.ones((2, C + H), bool)), phase.frozen()))
+  names = ("agent_acc", "goal_persist", "distractor_acc", "distractor_f1")
+  steps = [""] + [f"_h{h:02d}" for h in range(1, H + 1)]
+  want = {f"{n}_{tag}{s}" for n in names for tag in ("k1", "k4", "k4_shuffled", "hold") for s in steps}
+  want |= {f"agent_acc_random_walk{s}" for s in steps}
+  assert want <= set(full), sorted(want - set(full))
+  assert all(0.0 <= float(full[k]) <= 1.0 for k in want), {k: full[k] for k in want}
+  for k in ("toy_truth_goal_cells", "toy_truth_distractor_cells"):
+    assert 0.0 <= float(full[k]) <= 64.0, k
+  assert float(full["agent_acc_random_walk_h01"]) <= 3 / 5  # never more than staying put in a corner
+  # The last horizon step is padding in every row: its metrics are NaN, the others unchanged,
+  # and the horizon means are over the valid steps only.
+  valid_T = np.ones((2, C + H), bool)
+  valid_T[:, -1] = False
+  part = jax.device_get(eval_fn(params, dict(batch, valid_T=jnp.asarray(valid_T)), phase.frozen()))
+  assert set(part) == set(full)
+  last = f"_h{H:02d}"
+  for k in full:
+    if k.endswith(last):
+      assert np.isnan(float(part[k])), k
+    elif k[-4:-2] == "_h":
+      np.testing.assert_allclose(float(part[k]), float(full[k]), rtol=1e-6, err_msg=k)
+  for base in ("psnr_k4", "latent_mse_k4", "agent_acc_k4", "agent_acc_hold", "agent_acc_random_walk",
+               "latent_mse_k4_shuffled_actions"):
+    np.testing.assert_allclose(float(part[base]), np.mean([float(full[f"{base}_h{h:02d}"]) for h in range(1, H)]),
+                               rtol=1e-5, err_msg=base)

@@ -99,6 +99,13 @@ def test_checkpoint_restores_onto_other_meshes(tiny_config, tmp_path):
 def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   straight = train_and_evaluate(tiny_config, str(tmp_path / "a"), make_phase)
   assert straight["step"] == tiny_config.train.num_steps and straight["compiles"] == 1
+  # The coverage line: every episode, frame, reward and terminal frame of both splits is reached.
+  import json
+  written = json.loads((tmp_path / "a" / "run_summary.json").read_text())["coverage"]
+  assert set(written) == {"data", "eval"}
+  for kind, c in written.items():
+    for key in ("episodes", "frames", "relevant_episodes", "reward_frames", "terminal_frames"):
+      assert c[key] == 1.0, (kind, key)
 
   cfg = tiny_config.copy_and_resolve_references()
   cfg.train.stop_at_step = 3
