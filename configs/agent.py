@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = common.mesh_config("data")
   c.train = common.train_config(batch_size=16, num_steps=900, eval_every=300, summary_every=0)
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_batches = 2
+  c.eval.num_batches = 8       # held-out windows: 128 (a next-action accuracy to about ±2 points)
 
   if variant == "tiny":
     c.data.window = 4

@@ -159,7 +159,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
 
   Each record holds every requested field with leading dim T (e.g. frames uint8
   [T, H, W, C]), plus `valid_T` bool (False on padding slots), `first_T` bool (True
-  on an episode's first frame) and `index` int64 (i). The store is opened lazily in
+  on an episode's first frame), `index` int64 (i) and `episode` int64 (its episode). The store is opened lazily in
   each process and dropped when pickled, so the source can be sent to Grain workers.
 
   Args:
@@ -189,6 +189,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
                        f"{', '.join(n for n in store.array_names if n != 'episode_offsets')}")
     self.table = window_table(store.episode_offsets, ids, window, pad)
     self._starts_W, self._episode_starts_W, self._episode_ends_W = self.table
+    self._episode_W = np.searchsorted(store.episode_offsets, self._episode_starts_W, side="right") - 1
     if not len(self._starts_W):
       longest = int(store.episode_lengths[ids].max())
       raise ValueError(f"dataset {path} has no episode of at least {window} frames (longest: {longest}); "
@@ -232,6 +233,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     out["valid_T"] = valid_T
     out["first_T"] = first_T
     out["index"] = np.int64(i)
+    out["episode"] = np.int64(self._episode_W[i])
     return out
 
   def __getstate__(self):

@@ -21,59 +21,21 @@ relevant ones, the reward loss all rows (see `loss_fn`).
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
-import ml_collections
-from etils import epath
-from flax import nnx
 
 from data_pipelines.loader import relevant_rows
-from dreamer4.errors import CheckpointError, ConfigError
+from dreamer4 import runs
+from dreamer4.errors import ConfigError
 from dreamer4.inference.sampler import context_tau_index
-from dreamer4.models.agent import AgentModel, agent_embedding
+from dreamer4.models.agent import agent_embedding
 from dreamer4.models.dynamics import Dynamics, d_min_index, make_training_fn
 from dreamer4.objectives import normalize
 from dreamer4.objectives.agent import bc_reward_loss
 from dreamer4.objectives.shortcut import shortcut_loss
-from dreamer4.phases.encode import LATENTS
-from dreamer4.training.state import ModelDef
+from dreamer4.training.state import to_abstract
 
 AGENT_FIELDS = ("latents", "actions_discrete", "action_labelled", "rewards", "tasks")
-
-
-def read_phase_config(workdir: str, what: str, hint: str) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir or ".") / "config.json"
-  if not workdir or not path.exists():
-    raise CheckpointError(f"{what} workdir {workdir!r} has no config.json; {hint}")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def latent_shape(store) -> tuple[int, int]:
-  attrs = store.array_attrs(LATENTS) or {}
-  if "num_latents" not in attrs:
-    raise ConfigError(f"dataset {store.path} holds no latents; run the encode job first "
-                      "(python -m dreamer4.main --config=configs/encode.py ...)")
-  return int(attrs["num_latents"]), int(attrs["latent_dim"])
-
-
-def agent_model_def(dyn_model_cfg, agent_cfg, num_latents, latent_dim, action_spec, num_tasks) -> ModelDef:
-  """ModelDef of the AgentModel: the dynamics config plus agent tokens and heads."""
-  m = ml_collections.ConfigDict(dyn_model_cfg.to_dict())
-  m.num_agent_tokens = int(agent_cfg.num_agent_tokens)
-  m.num_tasks = int(num_tasks)
-
-  def make(rng):
-    rngs = nnx.Rngs(rng)
-    dyn = Dynamics.from_config(m, num_latents, latent_dim, action_spec, rngs)
-    return AgentModel(dyn, mtp=int(agent_cfg.mtp), hidden=int(agent_cfg.head_hidden),
-                      num_layers=int(agent_cfg.head_layers), rngs=rngs)
-
-  try:
-    return ModelDef.build(make)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
 
 
 def context_pass(model: Dynamics, batch, noise_BTNL, context_noise: float):
@@ -120,11 +82,11 @@ class AgentPhase:
 
   def __init__(self, config, store, mesh):
     self.config = config
-    self.dyn_cfg = read_phase_config(config.dynamics_workdir, "dynamics",
-                                     "train the dynamics model first and name its workdir in --config.dynamics_workdir")
-    self.num_latents, self.latent_dim = latent_shape(store)
+    self.dyn_cfg = runs.read_config(config.dynamics_workdir, "dynamics",
+                                    "train the dynamics model first and name its workdir in --config.dynamics_workdir")
+    self.num_latents, self.latent_dim = runs.latent_shape(store)
     self.num_tasks = max(1, len(store.task_names))
-    self.model_def = agent_model_def(self.dyn_cfg.model, config.agent, self.num_latents, self.latent_dim,
+    self.model_def = runs.agent_model_def(self.dyn_cfg.model, config.agent, self.num_latents, self.latent_dim,
                                      store.action_spec, self.num_tasks)
     if config.agent.mtp < 0:
       raise ConfigError(f"--config.agent.mtp must be >= 0, got {config.agent.mtp}")
@@ -137,12 +99,10 @@ class AgentPhase:
 
   def warm_start(self, params, shardings):
     """Fresh params with the phase-1b dynamics weights restored into params["dynamics"]."""
-    from dreamer4.training.checkpoint import restore_params
-    from dreamer4.training.state import to_abstract
     new_keys = ("agent_tokens", "task_embed")
     dyn_abs = to_abstract(params["dynamics"], shardings["dynamics"])
     want = {k: v for k, v in dyn_abs.items() if k not in new_keys}
-    _, restored = restore_params(str(epath.Path(self.config.dynamics_workdir) / "checkpoints"), want)
+    _, restored = runs.restore(self.config.dynamics_workdir, want)
     out = dict(params)
     out["dynamics"] = dict(params["dynamics"], **restored)
     return out
@@ -205,6 +165,11 @@ class AgentPhase:
     pred = jnp.argmax(pol[..., :model.policy.spec.components[0].size], axis=-1)
     hit = (pred == disc[:, 1:, 0]).astype(jnp.float32)
     m["bc_accuracy_n0"] = jnp.sum(hit * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    relevant_B = batch.get("relevant_B")
+    if relevant_B is not None:  # held-out windows of episodes that accomplished their task
+      rv = valid * relevant_B[:, None].astype(jnp.float32)
+      m["bc_accuracy_n0_relevant"] = jnp.where(jnp.sum(rv) > 0, jnp.sum(hit * rv) / jnp.maximum(jnp.sum(rv), 1.0),
+                                               jnp.nan)
     return m
 
   def summary_fn(self, params, batch, rng, frozen):
@@ -213,9 +178,3 @@ class AgentPhase:
 
 def make_phase(config, store, mesh) -> AgentPhase:
   return AgentPhase(config, store, mesh)
-
-
-def load_policy(agent_workdir: str, **kwargs):
-  """The play page's policy hook; see dreamer4/evaluation/wm_policy.py `load_policy`."""
-  from dreamer4.evaluation.wm_policy import load_policy as load
-  return load(agent_workdir, **kwargs)

@@ -116,20 +116,13 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
                dict(mesh.shape), jax.device_count(), jax.process_count(), ctc.batch_size, local_batch)
 
   # ---------------------------------------------------------------- train state
-  tx = st.make_optimizer(config.optim, ctc.num_steps)
-  mdef = phase.model_def
-
-  def init_fn(rng):
-    return st.init_state(mdef.init_params(rng), tx, phase.init_aux())
-
+  p_train = st.TrainStep(phase.model_def, phase.loss_fn, phase.init_aux, config.optim, ctc.num_steps, mesh)
   base_key = jax.random.key(ctc.seed)
-  abstract = jax.eval_shape(init_fn, base_key)
-  shardings = st.state_shardings(abstract, mdef.param_shardings(mesh), tx, mesh)
-  rep = shd.replicated(mesh)
+  rep = p_train.replicated
   # Constant inputs: numpy goes to every device once; arrays already placed (a frozen
   # earlier phase restored onto this mesh) keep their shardings.
   frozen = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, rep), phase.frozen())
-  logging.info("model %s: %.2fM parameters", phase.name, mdef.num_params() / 1e6)
+  logging.info("model %s: %.2fM parameters", phase.name, phase.model_def.num_params() / 1e6)
 
   # ---------------------------------------------------------------- checkpoint and resume
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -162,6 +155,10 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
         process_index=jax.process_index(), process_count=jax.process_count())
   except ValueError as e:  # the loader's one-line messages name the dataset and the setting
     raise UserError(str(e)) from None
+  if mix:  # flag the held-out windows of task-relevant episodes (e.g. BC accuracy on them)
+    relevant_eval = data_loader.relevant_episode_ids(store, eval_ids)
+    for b in eval_local:
+      b["relevant_B"] = np.isin(b["episode"], relevant_eval)
   coverage = _coverage(store, train_ids, eval_ids, windows, eval_window, pad, relevant_ids, phase.name)
 
   def batch_kind(iteration: int) -> str:
@@ -175,25 +172,17 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   ckpt = Checkpointer(ckpt_dir, keep=ctc.keep_checkpoints, async_save=ctc.async_checkpoints,
                       data_names=tuple(data_iters))
   with jax.set_mesh(mesh):
-    start_step, state = ckpt.restore_latest_good(st.to_abstract(abstract, shardings), data_iters)
+    start_step, state = ckpt.restore_latest_good(p_train.abstract_state(), data_iters)
     if state is None:
       start_step = 0
-      state = jax.jit(init_fn, out_shardings=shardings)(base_key)
+      state = p_train.init(base_key)
       if hasattr(phase, "warm_start"):  # e.g. phase 2 starts from the phase-1b weights
-        state = dict(state, params=phase.warm_start(state["params"], shardings["params"]))
+        state = dict(state, params=phase.warm_start(state["params"], p_train.param_shardings))
   # All validation passed: only now write into the workdir.
   write_config(workdir, config)
   logging.info("%s from step %d", "resuming" if start_step else "starting", start_step)
 
   # ---------------------------------------------------------------- jitted steps
-  step_core = st.make_train_step(phase.loss_fn, tx)
-
-  def train_step(state, batch, key, frozen):
-    # The step's randomness depends only on the iteration count: resumed runs match.
-    rng = jax.random.fold_in(key, state["step"] + state["skipped"])
-    return step_core(state, batch, rng, frozen)
-
-  p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
   p_eval = jax.jit(lambda params, batch, frozen: phase.eval_fn(params, batch, frozen), out_shardings=rep)
   p_summary = jax.jit(lambda params, batch, rng, frozen: phase.summary_fn(params, batch, rng, frozen),
                       out_shardings=rep)
@@ -291,7 +280,7 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
 
   summary.update(
       step=step, stop_reason=stop_reason,
-      compiles=p_train._cache_size(),
+      compiles=p_train.compiles,
       first_step_s=first_step_s,
       step_s=(t_timed / steps_timed) if steps_timed > 0 else None,  # excludes the compiling step
       wall_s=time.time() - t_start,
