@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.variant = variant
   # Phase 2 and 3 (agent, imagine) and the evaluation repeat for seeds 0..seeds-1 on the one world
   # model (tokenizer + dynamics); seed s > 0 lives in WORKDIR/seed<s>/. The table reports mean ± std.
-  c.seeds = 3
+  c.seeds = 5
   c.stages = ("collect", "tokenizer", "encode", "dynamics", "agent", "imagine", "evaluate")  # in this order
 
   c.collect = ml_collections.ConfigDict()
