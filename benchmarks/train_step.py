@@ -9,9 +9,9 @@ Prints one JSON line per measurement (and appends them to --out when given):
   {"bench": "train_step", ...}    one line per size: frames/s, step and compile time,
                                   model FLOPs (analytic and XLA's), MFU and HFU
 
-The step is the trainer's own: `make_train_step` of the phase's loss, jitted with the
-state's committed shardings and donated state, compiled once (`compiles` reads the jit
-cache size afterwards). It is fed uint8 batches that the real loader reads from a
+The step is the trainer's own (`dreamer4.training.state.TrainStep` of the phase's loss:
+committed state shardings, donated state), compiled once ahead of time (`compiles` counts
+the executables it built). It is fed uint8 batches that the real loader reads from a
 toy-world EpisodeStore collected into a temporary directory; the batches are read and
 placed on the devices before the clock starts, so the timing is the step alone (the
 loader has its own benchmark). `step_s` is the median of the timed steps.
@@ -133,35 +133,6 @@ def size_config(size: str):
   raise ValueError(f"--sizes: unknown size {size!r}; choose from {', '.join(SIZES)}")
 
 
-# ------------------------------------------------------------------------------------------ loss
-
-
-def _mse_only_loss(phase) -> Callable:
-  """The tokenizer loss without its LPIPS term (tokenizer_loss always runs the VGG).
-
-  Same masking, MSE and RMS normaliser as dreamer4/objectives/tokenizer.py; the
-  "lpips" normaliser entry passes through untouched.
-  """
-  import jax
-  import jax.numpy as jnp
-  from dreamer4.objectives.normalize import rms_normalize
-
-  c = phase.config.loss
-
-  def loss_fn(params, aux, batch, rng, frozen):
-    del frozen
-    model = phase.model_def.merge(params)
-    mask_rng, _ = jax.random.split(rng)
-    frames = batch["frames"].astype(jnp.float32) / 255.0
-    out = model(frames, mask_rng=mask_rng, max_mask_prob=c.max_mask_prob)
-    mse = jnp.mean(jnp.square(out["recon_BTHWC"] - frames))
-    loss, aux = rms_normalize(aux, "mse", mse, decay=c.rms_decay)
-    metrics = {"loss": jax.lax.stop_gradient(loss), "mse": jax.lax.stop_gradient(mse)}
-    return loss, (aux, metrics)
-
-  return loss_fn
-
-
 # ------------------------------------------------------------------------------------------ step
 
 
@@ -179,13 +150,12 @@ def _read_batches(data_path: str, window: int, batch_size: int, count: int) -> l
   return batches
 
 
-def _compile_and_time(p_train, state, device_batches, args, *, mesh, warmup: int,
+def _compile_and_time(p_train, state, device_batches, key, frozen, *, warmup: int,
                       peak_fn: Callable[[], float] | None = None) -> dict[str, Any]:
-  """Compiles `p_train(state, batch, *args)` once ahead of time, then times it.
+  """Compiles the TrainStep `p_train` for the batches once, then times it.
 
-  The jit calls reuse the compiled executable (`compiles` stays 1). The first `warmup`
-  batches run untimed, the rest are timed one by one (`block_until_ready`). Call inside
-  the mesh context.
+  Every call reuses that executable (`compiles` stays 1). The first `warmup` batches run
+  untimed, the rest are timed one by one (`block_until_ready`).
 
   Returns:
     compile_s; cost (XLA's flops / bytes accessed / transcendentals, scaled from one
@@ -196,22 +166,22 @@ def _compile_and_time(p_train, state, device_batches, args, *, mesh, warmup: int
   import jax
 
   t0 = time.perf_counter()
-  compiled = p_train.lower(state, device_batches[0], *args).compile()
+  compiled = p_train.compile(state, device_batches[0], key, frozen)
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  cost = {k: float(v) * mesh.size for k, v in dict(cost or {}).items()
+  cost = {k: float(v) * p_train.mesh.size for k, v in dict(cost or {}).items()
           if k in ("flops", "bytes accessed", "transcendentals")}
   t0 = time.perf_counter()
   for b in device_batches[:warmup]:
-    state, metrics = p_train(state, b, *args)
+    state, metrics = p_train(state, b, key, frozen)
   jax.block_until_ready(state)
   warmup_s = (time.perf_counter() - t0) / warmup
   peak = peak_fn() if peak_fn is not None else None
   times = []
   for b in device_batches[warmup:]:
     t0 = time.perf_counter()
-    state, metrics = p_train(state, b, *args)
+    state, metrics = p_train(state, b, key, frozen)
     jax.block_until_ready(state)
     times.append(time.perf_counter() - t0)
   return dict(compile_s=compile_s, cost=cost, warmup_s=warmup_s, times=times, metrics=metrics, peak=peak)
@@ -224,7 +194,7 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
 
   Args:
     config: a configs/tokenizer.py config; `config.loss.lpips_weight == 0` drops the
-      LPIPS term (and its VGG cost) from the loss.
+      LPIPS term (and its VGG pass) from the loss.
     data_path: EpisodeStore whose frames match the config.
     mesh: the device mesh; default `make_mesh(config.mesh)` over all devices.
     steps: timed steps (the median counts).
@@ -254,41 +224,22 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
   frame_shape = tuple(int(x) for x in store.frame_shape)
   phase = TokenizerPhase(config, store)
   use_lpips = float(config.loss.lpips_weight) > 0
-  loss_fn = phase.loss_fn if use_lpips else _mse_only_loss(phase)
   if mesh is None:
     mesh = shd.make_mesh(config.mesh)
   B, T = int(config.train.batch_size), int(config.data.window)
   shd.check_batch_divides(B, mesh)
-
-  tx = st.make_optimizer(config.optim, 1000)
   mdef = phase.model_def
-
-  def init_fn(rng):
-    return st.init_state(mdef.init_params(rng), tx, phase.init_aux())
-
-  key = jax.random.key(0)
-  abstract = jax.eval_shape(init_fn, key)
-  shardings = st.state_shardings(abstract, mdef.param_shardings(mesh), tx, mesh)
-  rep = shd.replicated(mesh)
-  step_core = st.make_train_step(loss_fn, tx)
-
-  def train_step(state, batch, key, frozen):
-    rng = jax.random.fold_in(key, state["step"] + state["skipped"])
-    return step_core(state, batch, rng, frozen)
-
-  # As in dreamer4/training/trainer.py: committed output shardings, donated state.
-  p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
+  p_train = st.TrainStep(mdef, phase.loss_fn, phase.init_aux, config.optim, 1000, mesh)
   batches = _read_batches(data_path, T, B, warmup + steps)
 
+  key = jax.random.key(0)
   with jax.set_mesh(mesh):
-    state = jax.jit(init_fn, out_shardings=shardings)(key)
-    frozen = jax.device_put(phase.frozen() if use_lpips else {}, rep)
+    state = p_train.init(key)
+    frozen = jax.device_put(phase.frozen(), p_train.replicated)
     device_batches = [loader.global_batch(b, mesh) for b in batches]
     jax.block_until_ready((state, frozen, device_batches))
     setup_s = time.perf_counter() - t_start
-
-    timed = _compile_and_time(p_train, state, device_batches, (key, frozen), mesh=mesh, warmup=warmup,
-                              peak_fn=peak_fn)
+    timed = _compile_and_time(p_train, state, device_batches, key, frozen, warmup=warmup, peak_fn=peak_fn)
   compile_s, cost, warmup_s, times, metrics = (timed[k] for k in ("compile_s", "cost", "warmup_s", "times", "metrics"))
   xla_flops = cost.get("flops", 0.0)
   if timed["peak"] is not None:
@@ -306,7 +257,7 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
       head_dim=int(config.model.head_dim), mlp_dim=int(config.model.mlp_dim),
       depth=int(config.model.enc_depth) + int(config.model.dec_depth), lpips=use_lpips,
       params=int(mdef.num_params()), tokens_per_step=B * T * (patches + int(config.model.num_latents)),
-      compiles=int(p_train._cache_size()), setup_s=setup_s, compile_s=compile_s, warmup_step_s=warmup_s,
+      compiles=p_train.compiles, setup_s=setup_s, compile_s=compile_s, warmup_step_s=warmup_s,
       steps=len(times), step_s=step_s, step_s_min=min(times), frames_per_s=B * T / step_s,
       flops_analytic=int(analytic["total"]),
       flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},
@@ -344,9 +295,8 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
                       peak_gflops: float | None = None, size: str = "custom") -> dict[str, Any]:
   """Times the dynamics phase's shortcut-forcing train step (short windows).
 
-  The step is the trainer's (`make_train_step` of the phase's `dynamics_loss`: the
-  shortcut loss over `make_training_fn`, then the RMS normaliser), jitted with committed
-  shardings and donated state. It is fed synthetic batches of the store's shapes: latents
+  The step is the trainer's (`TrainStep` of the phase's `dynamics_loss`: the shortcut
+  loss over `make_training_fn`, then the RMS normaliser). It is fed synthetic batches of the store's shapes: latents
   in [-1, 1] (tanh range) of `latent_shape` (the toy tokenizer's 16 x 16 by default), toy
   actions (5 moves) and labels, so no trained tokenizer is needed; the step's cost does not
   depend on the values.
@@ -357,14 +307,12 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
   """
   import jax
   import numpy as np
-  from flax import nnx
   from data_pipelines.envs.base import ActionComponent, ActionSpec
   from dreamer4 import sharding as shd
-  from dreamer4.models.dynamics import Dynamics
   from dreamer4.objectives import normalize
   from dreamer4.phases.dynamics import dynamics_loss
+  from dreamer4.runs import dynamics_model_def
   from dreamer4.training import state as st
-  from dreamer4.training.state import ModelDef
   from data_pipelines import loader
   from benchmarks import flops as fl
 
@@ -372,7 +320,7 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
     raise ValueError(f"need --steps >= 1 and --warmup >= 1, got {steps} and {warmup}")
   N, L = latent_shape
   spec = ActionSpec((ActionComponent("move", "discrete", 5),))
-  mdef = ModelDef.build(lambda rng: Dynamics.from_config(config.model, N, L, spec, nnx.Rngs(rng)))
+  mdef = dynamics_model_def(config.model, N, L, spec)
   if mesh is None:
     mesh = shd.make_mesh(config.mesh)
   B, T = int(config.train.batch_size), int(config.data.window)
@@ -382,29 +330,16 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
     del frozen
     return dynamics_loss(mdef, config, params, aux, batch, rng)
 
-  tx = st.make_optimizer(config.optim, 1000)
-
-  def init_fn(rng):
-    return st.init_state(mdef.init_params(rng), tx, normalize.rms_init(("dynamics",)))
-
+  p_train = st.TrainStep(mdef, loss_fn, lambda: normalize.rms_init(("dynamics",)), config.optim, 1000, mesh)
   key = jax.random.key(0)
-  shardings = st.state_shardings(jax.eval_shape(init_fn, key), mdef.param_shardings(mesh), tx, mesh)
-  rep = shd.replicated(mesh)
-  step_core = st.make_train_step(loss_fn, tx)
-
-  def train_step(state, batch, key):
-    rng = jax.random.fold_in(key, state["step"] + state["skipped"])
-    return step_core(state, batch, rng, {})
-
-  p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
   rng = np.random.default_rng(0)
   batches = [dict(latents=np.tanh(rng.normal(size=(B, T, N, L))).astype(np.float32),
                   actions_discrete=rng.integers(0, 5, (B, T, 1)).astype(np.int32),
                   action_labelled=np.ones((B, T), bool)) for _ in range(warmup + steps)]
   with jax.set_mesh(mesh):
-    state = jax.jit(init_fn, out_shardings=shardings)(key)
+    state = p_train.init(key)
     device_batches = [loader.global_batch(b, mesh) for b in batches]
-    timed = _compile_and_time(p_train, state, device_batches, (key,), mesh=mesh, warmup=warmup)
+    timed = _compile_and_time(p_train, state, device_batches, key, {}, warmup=warmup)
   compile_s, times, metrics = timed["compile_s"], timed["times"], timed["metrics"]
   xla_flops = timed["cost"].get("flops", 0.0)
   step_s = statistics.median(times)
@@ -412,7 +347,7 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
   result = dict(
       bench="train_step", phase="dynamics", size=size, devices=int(mesh.size), batch=B, window=T,
       latent_shape=[int(N), int(L)], bootstrap_fraction=float(config.loss.bootstrap_fraction),
-      params=int(mdef.num_params()), compiles=int(p_train._cache_size()), compile_s=compile_s,
+      params=int(mdef.num_params()), compiles=p_train.compiles, compile_s=compile_s,
       steps=len(times), step_s=step_s, step_s_min=min(times), frames_per_s=B * T / step_s,
       flops_analytic=int(analytic["total"]),
       flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},

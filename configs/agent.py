@@ -6,7 +6,10 @@ Run (after the dynamics phase):
       --config.data.path=runs/toy/data --config.dynamics_workdir=runs/toy/dynamics
 
 The world model is rebuilt from the dynamics workdir's config.json and warm-started from
-its checkpoint; agent tokens, task embedding and heads start fresh. Variants: toy, tiny.
+its checkpoint; agent tokens, task embedding and heads start fresh. Variants: toy, tiny,
+craftax (Craftax-Classic at a 2-core CPU budget: the toy settings, 300 steps; the agent stage of
+configs/pipeline.py:craftax), craftax_large (Craftax-Classic on one 80 GB GPU, after
+dynamics.py:craftax_large).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from configs import common
 from configs import dynamics as dynamics_config
 from configs import tokenizer as tokenizer_config
 
-VARIANTS = ("toy", "tiny")
+VARIANTS = ("toy", "tiny", "craftax", "craftax_large")
 
 
 def agent_config() -> ml_collections.ConfigDict:
@@ -79,4 +82,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 1
     c.optim.lr = 3e-4
     c.eval.num_batches = 1
+  if variant == "craftax":
+    # The toy settings with a step budget a 2-core CPU affords (our choice): the agent stage of
+    # configs/pipeline.py:craftax.
+    c.train.num_steps = 300    # about 7.5 minutes on 2 cores
+    c.train.eval_every = 150   # one evaluation halfway, one at the end
+  if variant == "craftax_large":
+    # One GPU, on dynamics.py:craftax_large (the world model's sizes come from its workdir).
+    # Steps and batch are our choices and placeholders until measured.
+    c.data.window = 32         # = dynamics.py:craftax_large's short windows (T1)
+    c.agent.head_hidden = 512  # head MLP width, grown with the model (width 768)
+    c.mesh = common.mesh_config("single")  # one GPU
+    c.mesh.num_devices = 1     # the first device only
+    c.train.batch_size = 32    # as the dynamics phase it finetunes (placeholder)
+    c.train.num_steps = 20_000  # placeholder
+    c.train.eval_every = 2000  # next-action accuracy 10 times per run
+    c.train.checkpoint_every = 1000  # lose at most 1000 steps to an interruption
+    c.train.log_every = 100    # scalar metrics
+    c.optim = common.optim_config(lr=3e-4, warmup_steps=500)  # the dynamics variant's peak lr (finetuning)
+    c.eval.num_batches = 8     # held-out windows: 256
   return c

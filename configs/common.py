@@ -20,6 +20,7 @@ LOGICAL_AXIS_RULES = (
     ("vocab", None),              # embedding-table rows
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),             # the stacked axis of scanned transformer layers
 )
 
 # Mesh presets, as (data, fsdp, tensor); -1 fills the remaining devices.

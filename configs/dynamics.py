@@ -10,7 +10,13 @@ dynamics model: about 1.6B parameters, 256 spatial tokens from 512x16 latents, c
 batch lengths 64 / 256, bf16 compute, remat, FSDP; check what fits first with
   python -m dreamer4.main --dry_run --config=configs/dynamics.py:paper --cpu_devices=8 \
       --config.train.batch_size=8
-which takes the latent shape from --config.data.latent_shape when no tokenizer is named).
+which takes the latent shape from --config.data.latent_shape when no tokenizer is named),
+craftax (Craftax-Classic at a 2-core CPU budget: the toy model, 1500 steps; the dynamics stage of
+configs/pipeline.py:craftax), craftax_large (Craftax-Classic on one 80 GB GPU: width 768, 16 layers,
+GQA, bf16, remat, on the latents of tokenizer.py:craftax_large; check what fits first with
+  python -m dreamer4.main --dry_run --config=configs/dynamics.py:craftax_large --cpu_devices=8 \
+      --config.train.batch_size=8
+).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import ml_collections
 from configs import common
 from configs import tokenizer as tokenizer_config
 
-VARIANTS = ("toy", "tiny", "paper")
+VARIANTS = ("toy", "tiny", "paper", "craftax", "craftax_large")
 
 
 def model_config(variant: str) -> ml_collections.ConfigDict:
@@ -42,6 +48,10 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.context = 16             # C: sliding time window in frames; must be < data.long_window
   c.dtype = "float32"        # compute dtype (params are float32)
   c.remat = False            # rematerialise each block
+  c.remat_policy = "nothing"  # with remat, what each scanned layer group saves: "nothing" (its input
+                             # only), "inputs" (every layer's input), "attention" (+ attention outputs)
+  c.scan_layers = True       # scan groups of time_every layers (depth must be a multiple of time_every):
+                             # compile time and program size do not grow with depth
   # A learned absolute embedding per spatial token (our choice; the paper names only RoPE). With
   # RoPE alone a token's value carries no "where", which the agent token, pooling the frame, needs:
   # a probe on the agent embedding after 300 agent steps reaches 34% held-out next-action accuracy
@@ -80,6 +90,22 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     # readout and the loss are computed in float32.
     c.dtype = "bfloat16"
     c.remat = True           # recompute each block in the backward pass (activation memory)
+  if variant == "craftax_large":
+    # Our sizes for one GPU (the paper has no Craftax dynamics model): 6x the toy's width, 2x its
+    # depth. spatial_pos stays on: Craftax's view is player-centred with a fixed inventory strip.
+    c.group = 2              # 64x16 latents -> 32 spatial tokens x 32 (the paper's factor [P App. A])
+    c.num_registers = 4      # S_r (the paper variant's)
+    c.k_max = 64             # finest step 1/64, as the toy and paper variants
+    c.width = 768            # model width
+    c.depth = 16             # layers: 4 time layers
+    c.num_heads = 8          # query heads (head_dim x num_heads = width)
+    c.num_kv_heads = 2       # GQA, 4 query heads per KV head as in the paper variant [P §3.4]
+    c.head_dim = 96          # per-head width
+    c.mlp_dim = 3072         # SwiGLU hidden width: 4 x width
+    c.time_every = 4         # time attention in one layer of four [P §3.4]
+    c.context = 64           # C: 64 frames; the short windows (32) fit, the long ones (96) exceed it
+    c.dtype = "bfloat16"     # bf16 matmuls and residual stream (norms, softmax, loss in float32)
+    c.remat = True           # recompute each block in the backward pass (activation memory)
   return c
 
 
@@ -107,7 +133,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
   c.mesh = common.mesh_config("data")
 
-  if variant == "toy":
+  if variant in ("toy", "craftax"):  # craftax trains the toy model
     # Our choice at toy scale: the ramp weight down-weights the low-tau frames, where the action
     # decides the next frame, by up to 10x, and bootstrap rows slow the flow term. In a dot
     # world (one dot on a 4x4 grid moved by a random action; width 64, depth 4, batch 16),
@@ -166,4 +192,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.context_frames = 32
     c.eval.horizon = 64
     c.eval.sampling_steps = (1, 2, 4, 8, 64)
+  if variant == "craftax":
+    # The toy model and settings with a step budget a 2-core CPU affords (our choice): the
+    # dynamics stage of configs/pipeline.py:craftax.
+    c.train.num_steps = 1500   # about 14 minutes on 2 cores with the evaluation (0.53 s/step measured)
+    c.train.long_final_steps = 100  # the long-only finetune, shortened with the run
+    c.eval.num_batches = 1     # one held-out batch: rollouts are the slow part on CPU
+    c.eval.sampling_steps = (1, 4)  # K = 1 and the K = 4 the agent phases use
+  if variant == "craftax_large":
+    # One GPU, latents of tokenizer.py:craftax_large on the default Craftax collection (1M frames,
+    # episodes up to 2000 steps). Steps and batch are our choices and placeholders until measured.
+    c.data.window = 32       # T1: short windows, half the context
+    c.data.long_window = 96  # T2: long windows (> context 64) [P §3.2]
+    c.data.latent_shape = (64, 16)  # tokenizer.py:craftax_large's latents (for --dry_run without one)
+    c.loss.bootstrap_fraction = 0.25  # one device holds the whole batch, so a row split keeps its sharding
+    c.loss.ramp = True       # Eq 8 ramp weight, as in the paper (the toy's measurement was at toy scale)
+    c.mesh = common.mesh_config("single")  # one GPU
+    c.mesh.num_devices = 1   # the first device only, so a --dry_run on fake CPU devices sizes one GPU
+    c.train.batch_size = 32  # 1024 frames per short step, 3072 per long one (placeholder)
+    c.train.num_steps = 30_000  # about 30 passes over 1M frames in short windows (placeholder)
+    c.train.long_every = 10  # every 10th step long, as the toy and paper variants
+    c.train.long_final_steps = 1500  # long-only finetune: the last 5%, the paper variant's share
+    c.train.eval_every = 5000  # rollout evaluation 6 times per run (fast on a GPU)
+    c.train.summary_every = 5000  # rollout videos with each evaluation
+    c.train.checkpoint_every = 1000  # lose at most 1000 steps to an interruption
+    c.train.log_every = 100  # scalar metrics
+    c.optim = common.optim_config(lr=3e-4, warmup_steps=1000)  # the paper variant's peak lr, shorter warm-up
+    c.eval.context_frames = 16  # C_eval: true frames given before generating
+    c.eval.horizon = 64      # frames generated (16 + 64 <= long_window 96)
+    c.eval.sampling_steps = (1, 2, 4, 8, 64)  # K values compared, as the toy
   return c

@@ -3,7 +3,10 @@ r"""Phase 3: imagination training with PMPO inside the frozen world model (Dream
   python -m dreamer4.main --config=configs/imagine.py:toy --workdir=runs/toy/imagine \
       --config.data.path=runs/toy/data --config.agent_workdir=runs/toy/agent
 
-Only the policy (from the BC policy) and a new value head train. Variants: toy, tiny.
+Only the policy (from the BC policy) and a new value head train. Variants: toy, tiny, craftax
+(Craftax-Classic at a 2-core CPU budget: the toy settings, 150 steps; the imagine stage of
+configs/pipeline.py:craftax), craftax_large (Craftax-Classic on one 80 GB GPU, after
+agent.py:craftax_large).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import ml_collections
 from configs import common
 from configs import tokenizer as tokenizer_config
 
-VARIANTS = ("toy", "tiny")
+VARIANTS = ("toy", "tiny", "craftax", "craftax_large")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -59,4 +62,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 2
     c.optim.warmup_steps = 1
     c.eval.num_batches = 1
+  if variant in ("craftax", "craftax_large"):
+    # Craftax pays +1 for every achievement, whatever the task, and ends episodes only on death
+    # or at max_steps: an imagined rollout must not end at its first reward.
+    c.imagine.terminal_reward = 0.0
+  if variant == "craftax":
+    # The toy settings with a step budget a 2-core CPU affords (our choice): the imagine stage of
+    # configs/pipeline.py:craftax.
+    c.train.num_steps = 150    # about 2.5 minutes on 2 cores
+    c.train.eval_every = 75    # one evaluation halfway, one at the end
+  if variant == "craftax_large":
+    # One GPU, on agent.py:craftax_large. Steps and batch are our choices and placeholders until measured.
+    c.data.window = 8          # = imagine.context
+    c.imagine.context = 8      # dataset frames that prime each rollout
+    c.imagine.horizon = 32     # imagined steps: a crafting chain takes tens of steps (paper: unstated)
+    c.mesh = common.mesh_config("single")  # one GPU
+    c.mesh.num_devices = 1     # the first device only
+    c.train.batch_size = 32    # imagined rollouts per step (placeholder)
+    c.train.num_steps = 10_000  # placeholder
+    c.train.eval_every = 1000  # 10 evaluations per run
+    c.train.checkpoint_every = 1000  # lose at most 1000 steps to an interruption
+    c.train.log_every = 100    # scalar metrics
+    c.optim = common.optim_config(lr=3e-4, warmup_steps=200)  # the toy's peak lr, longer warm-up
+    c.eval.num_batches = 4     # held-out batches of rollouts per evaluation
   return c

@@ -9,7 +9,9 @@ Override a stage's settings with its prefix, e.g. --config.tokenizer.train.num_s
 
 Variants: toy (the laptop default), tiny (seconds; used by the end-to-end test), craftax
 (Craftax-Classic from pixels at a budget a 2-core CPU affords, about 40 min: short episodes,
-the toy model sizes, few steps; configs/craftax.py has the sizes for GPU nodes and TPU slices).
+the toy model sizes, few steps), craftax_large (Craftax-Classic on one 80 GB GPU: the default
+1M-frame collection and larger models). Each trained stage is the phase config's variant of that name
+(e.g. configs/tokenizer.py:craftax), so a phase run alone with that variant gets the same settings.
 """
 
 from __future__ import annotations
@@ -22,16 +24,13 @@ from configs import imagine as imagine_config
 from configs import encode as encode_config
 from configs import tokenizer as tokenizer_config
 
-VARIANTS = ("toy", "tiny", "craftax")
+VARIANTS = ("toy", "tiny", "craftax", "craftax_large")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "toy"
   if variant not in VARIANTS:
     raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-  # The craftax variant trains the toy model sizes (both worlds are 64x64x3; actions and tasks
-  # come from the dataset) with the step counts below.
-  phase_variant = "toy" if variant == "craftax" else variant
   c = ml_collections.ConfigDict()
   c.phase = "pipeline"       # dreamer4.main runs the stages below in order
   c.variant = variant
@@ -53,12 +52,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.collect.skills = "0.9,0.6,0.3,0.0"  # behaviour-policy skills, one drawn per episode (mixed quality)
   c.collect.size = 64        # frame height and width
   c.collect.max_steps = 64   # steps after which an episode is truncated
+  c.collect.frames = 0       # craftax only: collect until this many frames instead of collect.episodes (0: off)
 
-  c.tokenizer = tokenizer_config.get_config(phase_variant)
+  # Each trained stage is its phase config's variant of the same name (steps and sizes live there).
+  c.tokenizer = tokenizer_config.get_config(variant)
   c.encode = encode_config.get_config()
-  c.dynamics = dynamics_config.get_config(phase_variant)
-  c.agent = agent_config.get_config(phase_variant)
-  c.imagine = imagine_config.get_config(phase_variant)
+  c.dynamics = dynamics_config.get_config(variant)
+  c.agent = agent_config.get_config(variant)
+  c.imagine = imagine_config.get_config(variant)
 
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.episodes = 60   # real-environment episodes per agent (tasks cycled, seeded)
@@ -85,22 +86,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.collect.layout = ""
     c.collect.episodes = 300
     c.collect.max_steps = 150
-    c.tokenizer.train.num_steps = 800
-    c.tokenizer.train.eval_every = 400
-    c.dynamics.train.num_steps = 1500
-    c.dynamics.train.long_final_steps = 100
-    c.dynamics.eval.num_batches = 1
-    c.dynamics.eval.sampling_steps = (1, 4)
-    c.agent.train.num_steps = 300
-    c.agent.train.eval_every = 150
-    c.imagine.train.num_steps = 150
-    c.imagine.train.eval_every = 75
-    # Craftax pays +1 for every achievement, whatever the task, and ends episodes only on death
-    # or at max_steps: an imagined rollout must not end at its first reward.
-    c.imagine.imagine.terminal_reward = 0.0
+    # The stages are the phases' craftax variants: the toy model sizes (both worlds are 64x64x3;
+    # actions and tasks come from the dataset), tokenizer 800 steps, dynamics 1500, agent 300,
+    # imagination 150 with imagine.terminal_reward = 0.
     # Tasks the expert reaches within 150 steps (each has labelled episodes that unlocked it);
     # collect_diamond, the label of half the data, is never reached at this length.
     c.evaluate.tasks = "collect_wood,place_table,make_wood_pickaxe,make_wood_sword,place_stone,make_stone_pickaxe"
     c.evaluate.episodes = 36  # 6 per task
     c.evaluate.batch_size = 12
+  if variant == "craftax_large":
+    # One 80 GB GPU (our choice, not the paper's scale): the stages are the phases' craftax_large
+    # variants, whose step counts are placeholders until step times are measured.
+    c.seeds = 1                # one seed until the agent phases' times are known; raise for mean ± std
+    c.collect.env = "craftax"  # Craftax-Classic from pixels
+    c.collect.layout = ""      # toy only
+    c.collect.frames = 1_000_000  # frame budget, as `python -m data_pipelines.collect --env=craftax` (its default)
+    c.collect.episodes = 0     # no episode cap: collect.frames bounds the dataset
+    c.collect.max_steps = 2000  # data_pipelines.collect's Craftax default (the expert mostly dies earlier)
+    c.collect.skills = "0.9,0.5,0.0"  # data_pipelines.collect's default skill mix
+    # Every goal the expert's episodes are labelled with (data_pipelines/envs/craftax.py STAGES),
+    # so each task embedding saw training data.
+    c.evaluate.tasks = ("collect_wood,place_table,make_wood_pickaxe,make_wood_sword,collect_stone,place_stone,"
+                        "make_stone_pickaxe,make_stone_sword,place_furnace,collect_coal,collect_iron,"
+                        "make_iron_pickaxe,make_iron_sword,collect_diamond")
+    c.evaluate.episodes = 56   # 4 per task
+    c.evaluate.batch_size = 14  # one episode of each task at a time
   return c

@@ -31,7 +31,6 @@ so with many unrolled layers the CPU figure is an upper bound.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -40,7 +39,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from data_pipelines.envs.base import ActionComponent, ActionSpec
 from dreamer4 import sharding as shd
@@ -92,19 +90,15 @@ def _tokenizer_phase(config, shapes: _Shapes):
     raise ConfigError("--dry_run of the tokenizer needs the frame shape: set --config.data.path=STORE "
                       "or --config.data.frame_shape=(H,W,C)")
   phase = TokenizerPhase(config, shapes)
-  return phase, {"frames": (tuple(shapes.frame_shape), jnp.uint8)}, {"lpips": phase.frozen()["lpips"]}, None
+  return phase, {"frames": (tuple(shapes.frame_shape), jnp.uint8)}, phase.frozen(), None
 
 
 def _latent_shape(config) -> tuple[int, int]:
   workdir = config.get("tokenizer_workdir", "")
   if workdir:
-    import ml_collections
-    from etils import epath
-    cfg_path = epath.Path(workdir) / "config.json"
-    if not cfg_path.exists():
-      raise ConfigError(f"--config.tokenizer_workdir={workdir} has no config.json; train the tokenizer first, "
-                        f"or leave it empty and set --config.data.latent_shape=(N,L) for a dry run")
-    tcfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    from dreamer4.runs import read_config
+    tcfg = read_config(workdir, "tokenizer", "train the tokenizer first, or leave --config.tokenizer_workdir "
+                       "empty and set --config.data.latent_shape=(N,L) for a dry run")
     return int(tcfg.model.num_latents), int(tcfg.model.latent_dim)
   shape = config.data.get("latent_shape", None)
   if not shape or len(shape) != 2:
@@ -114,8 +108,8 @@ def _latent_shape(config) -> tuple[int, int]:
 
 
 def _dynamics_phase(config, shapes: _Shapes):
-  from dreamer4.models.dynamics import Dynamics
   from dreamer4.phases.dynamics import DynamicsPhase
+  from dreamer4.runs import dynamics_model_def
   N, L = _latent_shape(config)
   m = config.model
   long_window = int(config.data.get("long_window", 0))
@@ -128,10 +122,7 @@ def _dynamics_phase(config, shapes: _Shapes):
   phase = DynamicsPhase.__new__(DynamicsPhase)
   phase.config = config
   phase.num_latents, phase.latent_dim = N, L
-  try:
-    phase.model_def = st.ModelDef.build(lambda rng: Dynamics.from_config(m, N, L, spec, nnx.Rngs(rng)))
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  phase.model_def = dynamics_model_def(m, N, L, spec)
   fields = {"latents": ((N, L), jnp.float32), "action_labelled": ((), jnp.bool_)}
   if spec.discrete_columns:
     fields["actions_discrete"] = ((spec.discrete_columns,), jnp.int32)
@@ -179,30 +170,14 @@ def dry_run(config) -> dict[str, Any]:
   make = _tokenizer_phase if config.phase == "tokenizer" else _dynamics_phase
   phase, fields, frozen_np, latent_shape = make(config, shapes)
   mdef = phase.model_def
-
-  tx = st.make_optimizer(config.optim, ctc.num_steps)
-
-  def init_fn(rng):
-    return st.init_state(mdef.init_params(rng), tx, phase.init_aux())
-
-  key = jax.random.key(ctc.seed)
-  abstract = jax.eval_shape(init_fn, key)  # traced, never run: no parameter is materialised
-  param_sh = mdef.param_shardings(mesh)
-  shardings = st.state_shardings(abstract, param_sh, tx, mesh)
-  rep = shd.replicated(mesh)
-  state_in = st.to_abstract(abstract, shardings)
+  # The trainer's step (dreamer4/training/trainer.py), built the same way; abstract state only.
+  p_train = st.TrainStep(mdef, phase.loss_fn, phase.init_aux, config.optim, ctc.num_steps, mesh)
+  rep = p_train.replicated
+  state_in = p_train.abstract_state()
   frozen_in = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep),
                            frozen_np)
+  key = jax.random.key(ctc.seed)
   key_in = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
-
-  # The trainer's step (dreamer4/training/trainer.py), jitted the same way.
-  step_core = st.make_train_step(phase.loss_fn, tx)
-
-  def train_step(state, batch, key, frozen):
-    rng = jax.random.fold_in(key, state["step"] + state["skipped"])
-    return step_core(state, batch, rng, frozen)
-
-  p_train = jax.jit(train_step, out_shardings=(shardings, rep), donate_argnums=(0,))
 
   windows = {"short": int(config.data.window)}
   if int(config.data.get("long_window", 0)):
@@ -212,8 +187,8 @@ def dry_run(config) -> dict[str, Any]:
       phase=config.phase, variant=config.get("variant", ""), devices=int(n_dev),
       mesh={k: int(v) for k, v in mesh.shape.items()}, global_batch=int(ctc.batch_size),
       compute_dtype=str(config.model.get("dtype", "float32")), remat=bool(config.model.get("remat", False)),
-      params_total=mdef.num_params(), params_per_device=_count_per_device(mdef.abstract_params, param_sh),
-      state_bytes_per_device=_bytes_per_device(abstract, shardings),
+      params_total=mdef.num_params(), params_per_device=_count_per_device(mdef.abstract_params, p_train.param_shardings),
+      state_bytes_per_device=_bytes_per_device(p_train.abstract, p_train.shardings),
       frame_shape=list(shapes.frame_shape) if shapes.frame_shape else None,
       latent_shape=list(latent_shape) if latent_shape else None, steps={})
   for kind, T in windows.items():
@@ -221,8 +196,7 @@ def dry_run(config) -> dict[str, Any]:
                                         sharding=shd.batch_sharding(mesh, 2 + len(shape)))
                 for f, (shape, dtype) in fields.items()}
     t1 = time.time()
-    with jax.set_mesh(mesh):
-      lowered = p_train.lower(state_in, batch_in, key_in, frozen_in)
+    lowered = p_train.lower(state_in, batch_in, key_in, frozen_in)
     t2 = time.time()
     compiled = lowered.compile()
     t3 = time.time()

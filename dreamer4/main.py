@@ -77,6 +77,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dreamer4 import distributed
   from dreamer4.phases import run
+  from dreamer4.pipeline import run_pipeline
   from data_pipelines.episodes import StoreError
   from dreamer4.errors import UserError
   try:
@@ -93,7 +94,7 @@ def main(argv):
     if _DRY_RUN.value:
       _dry_run(_CONFIG.value, _DRY_RUN_OUTPUT.value)
       return
-    summary = run(_CONFIG.value, _WORKDIR.value)
+    summary = (run_pipeline if _CONFIG.value.phase == "pipeline" else run)(_CONFIG.value, _WORKDIR.value)
   except (UserError, StoreError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -17,6 +17,7 @@ import os
 from etils import epath
 
 from dreamer4.errors import ConfigError
+from dreamer4.phases import run
 
 TRAINED_STAGES = ("tokenizer", "dynamics", "agent", "imagine")
 SEEDED_STAGES = ("agent", "imagine")  # repeated once per seed (config.seeds); the world model is shared
@@ -38,25 +39,37 @@ def stage_finished(stage_dir: str, num_steps: int) -> bool:
 
 
 def collect_stage(config, data_path: str) -> None:
-  from data_pipelines.collect import CollectError, collect
+  from data_pipelines.collect import BATCHED_ENVS, CollectError, collect
   from data_pipelines.episodes import EpisodeStore, StoreError
-  have = 0
+  have, have_frames = 0, 0
   try:
-    have = EpisodeStore.open(data_path).num_episodes
+    store = EpisodeStore.open(data_path)
+    have, have_frames = store.num_episodes, store.num_frames
   except StoreError:
     if epath.Path(data_path).exists() and any(epath.Path(data_path).iterdir()):
       raise
-  if have >= config.collect.episodes:
+  # collect.frames (batched envs only, as data_pipelines.collect --frames) bounds the dataset by
+  # frames instead of collect.episodes.
+  frames = int(config.collect.get("frames", 0) or 0)
+  if frames and config.collect.env not in BATCHED_ENVS:
+    raise ConfigError(f"--config.collect.frames applies to {', '.join(BATCHED_ENVS)} only; "
+                      f"set it to 0 and use --config.collect.episodes for env {config.collect.env!r}")
+  if frames and have_frames >= frames:
+    logging.info("collect: %s already holds %d frames; skipped", data_path, have_frames)
+    return
+  if not frames and have >= config.collect.episodes:
     logging.info("collect: %s already holds %d episodes; skipped", data_path, have)
     return
+  episodes = None if frames else config.collect.episodes - have
   try:
     skills = tuple(float(s) for s in str(config.collect.skills).split(","))
   except ValueError:
     raise ConfigError(f"--config.collect.skills={config.collect.skills}: give comma-separated numbers in [0, 1]") from None
   try:
-    summary = collect(config.collect.env, data_path, config.collect.episodes - have,
+    summary = collect(config.collect.env, data_path, episodes,
                       config.collect.seed + have, skills, config.collect.size, have > 0,
                       max_steps=int(config.collect.get("max_steps", 64)),
+                      frames=(frames - have_frames) if frames else None,
                       layout=config.collect.get("layout") or None)
   except CollectError as e:  # its messages name the collect flag: "--layout: ..." -> "--config.collect.layout: ..."
     msg = str(e)
@@ -142,7 +155,6 @@ def check_config(config) -> None:
 
 
 def run_pipeline(config, workdir: str) -> dict:
-  from dreamer4.phases import run
   check_config(config)
   data_path = os.path.join(workdir, "data")
   results = {}

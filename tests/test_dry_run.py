@@ -114,3 +114,22 @@ def test_paper_configs_have_the_paper_sizes():
   assert (d.data.window, d.data.long_window) == (64, 256)
   for c in (t, d):
     assert c.model.dtype == "bfloat16" and c.model.remat and c.mesh.preset == "tpu_fsdp"
+
+
+def test_craftax_large_configs_have_their_sizes():
+  """Abstract builds only: the one-GPU Craftax models (the full dry-run compiles take minutes on CPU;
+  `--dry_run --config=configs/<phase>.py:craftax_large --cpu_devices=8` shows their memory)."""
+  from configs import dynamics, tokenizer
+  from dreamer4.dry_run import ASSUMED_ACTIONS
+  from dreamer4.models.dynamics import Dynamics
+  from dreamer4.models.tokenizer import Tokenizer
+  from dreamer4.training.state import ModelDef
+  t, d = tokenizer.get_config("craftax_large"), dynamics.get_config("craftax_large")
+  tok = ModelDef.build(lambda r: Tokenizer.from_config(t.model, t.data.frame_shape, nnx.Rngs(r)))
+  N, L = d.data.latent_shape
+  dyn = ModelDef.build(lambda r: Dynamics.from_config(d.model, N, L, ASSUMED_ACTIONS, nnx.Rngs(r)))
+  assert 60e6 < tok.num_params() < 75e6 and 125e6 < dyn.num_params() < 150e6
+  assert (t.model.num_latents, t.model.latent_dim) == (N, L) == (64, 16)
+  assert t.model.context == t.data.window and d.model.context < d.data.long_window
+  for c in (t, d):
+    assert c.model.dtype == "bfloat16" and c.model.remat and c.mesh.preset == "single" and c.mesh.num_devices == 1

@@ -29,7 +29,7 @@ def _run(args, tmp_path):
       "--cpu_devices=4"], "--config.train.batch_size=6 does not divide over the 4 data-parallel devices"),
     (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.model.patch_size=5"],
      "patch_size"),
-    (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.data.window=500"],
+    (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.data.window=0"],
      "window"),
     (["--config=configs/pipeline.py:tiny", "--config.evaluate.tasks=reach_red,reach_purple"],
      "--config.evaluate.tasks: unknown task(s) reach_purple for env 'toy'; choose from reach_red"),

@@ -30,6 +30,64 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
   pipeline.check_config(cx)  # valid as shipped
 
 
+@pytest.mark.parametrize("variant", ["craftax", "craftax_large"])
+def test_craftax_pipeline_stages_are_the_phase_variants(variant):
+  """A phase run alone with :craftax (or :craftax_large) gets exactly the pipeline's stage settings."""
+  from configs import agent, dynamics, imagine, tokenizer
+  cfg = pipeline_config.get_config(variant)
+  for stage, module in (("tokenizer", tokenizer), ("dynamics", dynamics), ("agent", agent), ("imagine", imagine)):
+    assert cfg[stage].to_dict() == module.get_config(variant).to_dict(), stage
+    assert cfg[stage].variant == variant
+
+
+def test_craftax_large_resolves_for_one_gpu():
+  cfg = pipeline_config.get_config("craftax_large")
+  assert cfg.collect.env == "craftax" and cfg.collect.frames == 1_000_000 and cfg.collect.max_steps == 2000
+  t, d = cfg.tokenizer, cfg.dynamics
+  assert (t.model.num_latents, t.model.latent_dim) == tuple(d.data.latent_shape) == (64, 16)
+  assert (64 // t.model.patch_size) ** 2 == t.model.num_latents and t.data.frame_shape == (64, 64, 3)
+  assert d.model.context < d.data.long_window and d.eval.context_frames + d.eval.horizon <= d.data.long_window
+  assert cfg.imagine.imagine.context <= cfg.imagine.data.window and cfg.imagine.imagine.terminal_reward == 0
+  for stage in ("tokenizer", "dynamics", "agent", "imagine"):
+    assert cfg[stage].mesh.preset == "single" and cfg[stage].mesh.num_devices == 1, stage
+    assert cfg[stage].train.num_steps >= 10_000, stage
+  for c in (t, d):
+    assert c.model.dtype == "bfloat16" and c.model.remat
+  tasks = pipeline.eval_tasks(cfg)
+  from data_pipelines.envs.craftax import STAGES
+  assert tasks == tuple(s[0] for s in STAGES) and cfg.evaluate.episodes % len(tasks) == 0
+  assert pipeline.eval_env_kwargs(cfg, (64, 64, 3)) == {"size": 64, "max_steps": 2000}
+  pipeline.check_config(cfg)  # valid as shipped
+
+
+@pytest.mark.parametrize("module", ["pipeline", "tokenizer", "dynamics", "agent", "imagine"])
+def test_unknown_variant_is_one_line(module):
+  import importlib
+  mod = importlib.import_module(f"configs.{module}")
+  with pytest.raises(ValueError) as e:
+    mod.get_config("craftax_huge")
+  msg = str(e.value)
+  assert msg.startswith(f"configs/{module}.py: unknown variant 'craftax_huge'") and "\n" not in msg
+  assert "craftax, craftax_large" in msg
+
+
+def test_collect_frames_is_for_batched_envs_only(tmp_path):
+  cfg = pipeline_config.get_config("tiny")
+  cfg.collect.frames = 100
+  with pytest.raises(ConfigError) as e:
+    pipeline.collect_stage(cfg, str(tmp_path / "data"))
+  assert str(e.value).startswith("--config.collect.frames applies to craftax only") and "\n" not in str(e.value)
+  assert not (tmp_path / "data").exists()
+  # A store already holding collect.frames frames is kept as is (the stage is skipped).
+  from data_pipelines.episodes import EpisodeStore
+  cfg.collect.frames, cfg.collect.episodes, cfg.collect.max_steps = 0, 2, 3
+  pipeline.collect_stage(cfg, str(tmp_path / "data"))
+  have = EpisodeStore.open(str(tmp_path / "data")).num_frames
+  cfg.collect.env, cfg.collect.layout, cfg.collect.frames = "craftax", "", have
+  pipeline.collect_stage(cfg, str(tmp_path / "data"))
+  assert EpisodeStore.open(str(tmp_path / "data")).num_frames == have
+
+
 def test_toy_evaluation_env_follows_the_collected_layout():
   toy = pipeline_config.get_config("toy")
   assert pipeline.eval_env_kwargs(toy, (64, 64, 3)) == {"size": 64, "max_steps": 64, "layout": "fixed"}

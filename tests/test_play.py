@@ -154,7 +154,7 @@ def test_policy_hook(play_run, tmp_path, monkeypatch):
   fn, why = play.find_policy(paths, spec, 4, 8)
   assert fn is None and "no agent checkpoint" in why and paths.agent in why
   paths = dataclasses.replace(paths, agent=str(tmp_path))
-  monkeypatch.setitem(sys.modules, "dreamer4.phases.agent", types.ModuleType("dreamer4.phases.agent"))
+  monkeypatch.setitem(sys.modules, play.POLICY_HOOK, types.ModuleType(play.POLICY_HOOK))
   fn, why = play.find_policy(paths, spec, 4, 8)
   assert fn is None and "no load_policy" in why
   seen = {}
@@ -163,7 +163,7 @@ def test_policy_hook(play_run, tmp_path, monkeypatch):
     seen.update(workdir=agent_workdir, spec=action_spec, shape=(num_latents, latent_dim))
     return lambda z_TNL, rng: np.array([4], np.int32)
 
-  sys.modules["dreamer4.phases.agent"].load_policy = load_policy
+  sys.modules[play.POLICY_HOOK].load_policy = load_policy
   fn, why = play.find_policy(paths, spec, 4, 8)
   assert why == "" and fn(None, None)[0] == 4 and seen == {"workdir": str(tmp_path), "spec": spec, "shape": (4, 8)}
 

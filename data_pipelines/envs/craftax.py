@@ -130,6 +130,9 @@ def _craftax_fns(size: int, max_steps: int) -> dict[str, Callable[..., Any]]:
   def reset(key):
     """key -> (frame uint8 [H,W,3], env state)."""
     obs, state = env.reset_env(key, params)
+    # World generation leaves player_direction weakly typed, step does not: without this the
+    # rollout program compiles twice (first chunk, then every later one).
+    state = state.replace(player_direction=jnp.asarray(state.player_direction, jnp.int32))
     return to_uint8(obs), state
 
   def step(state, action, key):

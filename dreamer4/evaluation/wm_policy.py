@@ -21,11 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
-from flax import nnx
 
+from dreamer4 import runs
 from dreamer4.inference import kv_cache
 from dreamer4.models import heads as heads_lib
-from dreamer4.models.agent import ImagineHeads, agent_embedding
+from dreamer4.models.agent import agent_embedding
+from dreamer4.phases.agent import context_pass
+from dreamer4.training.state import to_abstract
 
 
 def _single_device_mesh():
@@ -40,31 +42,16 @@ class WorldModelAgent:
   """A phase-2 (or phase-3) agent over a batch of real environments."""
 
   def __init__(self, agent_workdir: str, policy_workdir: str | None = None, *, name: str | None = None):
-    from data_pipelines.episodes import EpisodeStore
-    from dreamer4.phases.agent import agent_model_def, latent_shape, read_phase_config
-    from dreamer4.phases.tokenizer import load_tokenizer
-    from dreamer4.training.checkpoint import restore_params
-    from dreamer4.training.state import ModelDef, to_abstract
-
     self.name = name or ("dreamer4" if policy_workdir else "wm_bc")
     mesh = _single_device_mesh()
-    acfg = read_phase_config(agent_workdir, "agent", "train phase 2 first")
-    dcfg = read_phase_config(acfg.dynamics_workdir, "dynamics", "the agent names a missing dynamics workdir")
-    store = EpisodeStore.open(acfg.data.path)
+    acfg, dcfg, store, agent_def, params = runs.load_agent(agent_workdir, mesh)
     self.action_spec = store.action_spec
     self.frame_shape = tuple(store.frame_shape)
-    n, l = latent_shape(store)
-    tcfg, tok_def, tok_params, _ = load_tokenizer(dcfg.tokenizer_workdir, mesh, store.frame_shape)
-    agent_def = agent_model_def(dcfg.model, acfg.agent, n, l, store.action_spec, max(1, len(store.task_names)))
-    _, params = restore_params(str(epath.Path(agent_workdir) / "checkpoints"),
-                               to_abstract(agent_def.abstract_params, agent_def.param_shardings(mesh)))
+    tcfg, tok_def, tok_params, _ = runs.load_tokenizer(dcfg.tokenizer_workdir, mesh, store.frame_shape)
     if policy_workdir:
-      a = acfg.agent
-      dyn_abs = agent_def.merge(agent_def.abstract_params).dynamics
-      heads_def = ModelDef.build(lambda rng: ImagineHeads(dyn_abs, mtp=int(a.mtp), hidden=int(a.head_hidden),
-                                                          num_layers=int(a.head_layers), rngs=nnx.Rngs(rng)))
+      heads_def = runs.imagine_heads_def(agent_def, acfg.agent)
       want = {"policy": to_abstract(heads_def.abstract_params, heads_def.param_shardings(mesh))["policy"]}
-      _, trained = restore_params(str(epath.Path(policy_workdir) / "checkpoints"), want)
+      _, trained = runs.restore(policy_workdir, want)
       params = dict(params, policy=trained["policy"])
     self._agent_def, self._params = agent_def, params
     self._tok_def, self._tok_params = tok_def, tok_params
@@ -122,7 +109,6 @@ def load_policy(agent_workdir: str, *, action_spec=None, num_latents=None, laten
   A phase-3 run next to the agent workdir (`../imagine`) is preferred when it exists.
   """
   del action_spec, num_latents, latent_dim
-  from dreamer4.phases.agent import context_pass
   imagine_dir = os.path.join(os.path.dirname(os.path.abspath(agent_workdir)), "imagine")
   policy_dir = imagine_dir if (epath.Path(imagine_dir) / "checkpoints").exists() else None
   agent = WorldModelAgent(agent_workdir, policy_dir)

@@ -23,12 +23,14 @@ def tokenizer_loss(
 
   Args:
     model: A `Tokenizer`.
-    lpips_params: Pytree from `load_lpips_params` (an argument, never a closure).
+    lpips_params: Pytree from `load_lpips_params` (an argument, never a closure); unused
+      (may be None) when `lpips_weight` is 0.
     frames_BTHWC_uint8: uint8 frames [B,T,H,W,C]; converted to [0,1] floats here,
       on device, so the host ships 4x fewer bytes.
     rms_state: Normaliser state with entries "mse" and "lpips" (`rms_init(RMS_NAMES)`).
     rng: PRNG key; split for the MAE mask and the LPIPS frame subset.
-    lpips_weight: Weight of the normalised LPIPS term (paper: 0.2).
+    lpips_weight: Weight of the normalised LPIPS term (paper: 0.2); 0 skips the VGG pass
+      entirely (no "lpips" metrics; its normaliser entry passes through untouched).
     lpips_frames: LPIPS is evaluated on this many frames drawn at random (without
       replacement) from the B*T frames of the batch, to keep the VGG cost down. Our
       choice, not the paper's; <= 0 means all frames.
@@ -52,32 +54,31 @@ def tokenizer_loss(
   mse_N = jnp.mean(jnp.square(recon_BTHWC - frames_BTHWC), axis=(2, 3, 4)).reshape(B * T)
   mse = jnp.sum(mse_N * w_N) / jnp.maximum(jnp.sum(w_N), 1.0)
 
-  recon_NHWC = recon_BTHWC.reshape(B * T, H, W, C)
-  target_NHWC = frames_BTHWC.reshape(B * T, H, W, C)
-  if 0 < lpips_frames < B * T:
-    # A random subset of the valid frames (padding frames have probability 0; when
-    # fewer are valid than the subset, the padding picks get weight 0).
-    p_N = None if valid_BT is None else (w_N + 1e-6) / jnp.sum(w_N + 1e-6)
-    idx_K = jax.random.choice(lpips_rng, B * T, (lpips_frames,), replace=False, p=p_N)
-    recon_NHWC, target_NHWC, w_K = recon_NHWC[idx_K], target_NHWC[idx_K], w_N[idx_K]
-  else:
-    w_K = w_N
-  lpips_K = lpips_distance(lpips_params, recon_NHWC, target_NHWC)
-  lpips = jnp.sum(lpips_K * w_K) / jnp.maximum(jnp.sum(w_K), 1.0)
-
   mse_norm, rms_state = rms_normalize(rms_state, "mse", mse, decay=rms_decay)
-  lpips_norm, rms_state = rms_normalize(rms_state, "lpips", lpips, decay=rms_decay)
-  loss = mse_norm + lpips_weight * lpips_norm
-
+  loss = mse_norm
   mse_sg = jax.lax.stop_gradient(mse)
   metrics = {
-      "loss": jax.lax.stop_gradient(loss),
       "mse": mse_sg,
-      "lpips": jax.lax.stop_gradient(lpips),
       "mse_norm": jax.lax.stop_gradient(mse_norm),
-      "lpips_norm": jax.lax.stop_gradient(lpips_norm),
       # PSNR of the reconstruction from the masked input, pixels in [0,1].
       "psnr": -10.0 * jnp.log10(jnp.maximum(mse_sg, 1e-10)),
       "mask_fraction": jnp.mean(out["mask_BTP"].astype(jnp.float32)),
   }
+  if lpips_weight:
+    recon_NHWC = recon_BTHWC.reshape(B * T, H, W, C)
+    target_NHWC = frames_BTHWC.reshape(B * T, H, W, C)
+    if 0 < lpips_frames < B * T:
+      # A random subset of the valid frames (padding frames have probability 0; when
+      # fewer are valid than the subset, the padding picks get weight 0).
+      p_N = None if valid_BT is None else (w_N + 1e-6) / jnp.sum(w_N + 1e-6)
+      idx_K = jax.random.choice(lpips_rng, B * T, (lpips_frames,), replace=False, p=p_N)
+      recon_NHWC, target_NHWC, w_K = recon_NHWC[idx_K], target_NHWC[idx_K], w_N[idx_K]
+    else:
+      w_K = w_N
+    lpips_K = lpips_distance(lpips_params, recon_NHWC, target_NHWC)
+    lpips = jnp.sum(lpips_K * w_K) / jnp.maximum(jnp.sum(w_K), 1.0)
+    lpips_norm, rms_state = rms_normalize(rms_state, "lpips", lpips, decay=rms_decay)
+    loss = mse_norm + lpips_weight * lpips_norm
+    metrics.update(lpips=jax.lax.stop_gradient(lpips), lpips_norm=jax.lax.stop_gradient(lpips_norm))
+  metrics["loss"] = jax.lax.stop_gradient(loss)
   return loss, (rms_state, metrics)

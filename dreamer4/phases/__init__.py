@@ -1,4 +1,5 @@
-"""Phases plug into the one trainer; `run` dispatches on `config.phase`."""
+"""Phases plug into the one trainer; `run` dispatches on `config.phase` (the pipeline of
+all phases is dreamer4/pipeline.py, which calls `run` per stage)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,9 @@ def make_phase_factory(name: str):
 
 
 def run(config, workdir: str) -> dict:
-  """Runs the phase named by `config.phase` in `workdir` (the in-process API of dreamer4.main)."""
+  """Runs the phase named by `config.phase` in `workdir`."""
   if config.phase == "encode":
     from dreamer4.phases.encode import encode_dataset
     return encode_dataset(config, workdir)
-  if config.phase == "pipeline":
-    from dreamer4.pipeline import run_pipeline
-    return run_pipeline(config, workdir)
   from dreamer4.training.trainer import train_and_evaluate
   return train_and_evaluate(config, workdir, make_phase_factory(config.phase))

@@ -19,8 +19,7 @@ from dreamer4.inference.sampler import generate
 from dreamer4.models.dynamics import Dynamics, make_sampling_fn, make_training_fn
 from dreamer4.objectives import normalize
 from dreamer4.objectives.shortcut import shortcut_loss
-from dreamer4.phases.encode import LATENTS, latents_attrs, latents_ready
-from dreamer4.phases.tokenizer import load_tokenizer
+from dreamer4.runs import LATENTS, latents_attrs, latents_ready, load_tokenizer
 from dreamer4.training.state import ModelDef
 
 

@@ -20,20 +20,7 @@ import numpy as np
 from data_pipelines.episodes import EpisodeStore
 from dreamer4 import sharding as shd
 from dreamer4.errors import ConfigError
-from dreamer4.phases.tokenizer import load_tokenizer
-
-LATENTS = "latents"
-
-
-def latents_attrs(tokenizer_workdir: str, step: int, tcfg) -> dict:
-  return {"tokenizer_workdir": str(tokenizer_workdir), "tokenizer_step": int(step),
-          "num_latents": int(tcfg.model.num_latents), "latent_dim": int(tcfg.model.latent_dim)}
-
-
-def latents_ready(store: EpisodeStore, attrs: dict) -> bool:
-  have = store.array_attrs(LATENTS)
-  return bool(have and have.get("complete") and have.get("frames") == store.num_frames
-              and all(have.get(k) == v for k, v in attrs.items()))
+from dreamer4.runs import LATENTS, latents_attrs, latents_ready, load_tokenizer
 
 
 def block_time_mask(episode_T: np.ndarray, context: int) -> np.ndarray:

@@ -30,17 +30,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
+from dreamer4 import runs
 from dreamer4.errors import ConfigError
 from dreamer4.inference import kv_cache
 from dreamer4.models import heads as heads_lib
-from dreamer4.models.agent import ImagineHeads, agent_embedding
+from dreamer4.models.agent import agent_embedding
 from dreamer4.models.dynamics import Dynamics
 from dreamer4.objectives import normalize
 from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, terminal_masks, value_loss
-from dreamer4.phases.agent import agent_model_def, latent_shape, read_phase_config
-from dreamer4.training.state import ModelDef
 
 IMAGINE_FIELDS = ("latents", "actions_discrete", "action_labelled", "tasks")
 
@@ -115,25 +113,11 @@ class ImaginePhase:
   window_pad = "start"
 
   def __init__(self, config, store, mesh):
-    from dreamer4.training.checkpoint import restore_params
-    from dreamer4.training.state import to_abstract
-    from etils import epath
     self.config = config
     ic = config.imagine
-    self.agent_cfg = read_phase_config(config.agent_workdir, "agent",
-                                       "train phase 2 first and name its workdir in --config.agent_workdir")
-    dyn_cfg = read_phase_config(self.agent_cfg.dynamics_workdir, "dynamics",
-                                f"the agent workdir {config.agent_workdir} names a missing dynamics workdir")
-    num_latents, latent_dim = latent_shape(store)
-    self.agent_def = agent_model_def(dyn_cfg.model, self.agent_cfg.agent, num_latents, latent_dim,
-                                     store.action_spec, max(1, len(store.task_names)))
-    shard = self.agent_def.param_shardings(mesh)
-    _, self.agent_params = restore_params(str(epath.Path(config.agent_workdir) / "checkpoints"),
-                                          to_abstract(self.agent_def.abstract_params, shard))
-    a = self.agent_cfg.agent
-    dyn_abstract = self.agent_def.merge(self.agent_def.abstract_params).dynamics  # shapes only
-    self.model_def = ModelDef.build(lambda rng: ImagineHeads(
-        dyn_abstract, mtp=int(a.mtp), hidden=int(a.head_hidden), num_layers=int(a.head_layers), rngs=nnx.Rngs(rng)))
+    self.agent_cfg, dyn_cfg, _, self.agent_def, self.agent_params = runs.load_agent(
+        config.agent_workdir, mesh, store, flag="--config.agent_workdir")
+    self.model_def = runs.imagine_heads_def(self.agent_def, self.agent_cfg.agent)
     if ic.context < 1 or ic.horizon < 1:
       raise ConfigError("--config.imagine.context and --config.imagine.horizon must be >= 1")
     if ic.context > config.data.window:

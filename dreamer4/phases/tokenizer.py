@@ -35,6 +35,8 @@ class TokenizerPhase:
     return normalize.rms_init(("mse", "lpips"))
 
   def frozen(self):
+    if not self.config.loss.lpips_weight:  # no LPIPS term: no VGG weights either
+      return {}
     if self._lpips is None:
       self._lpips = lpips.load_lpips_params()
     return {"lpips": self._lpips}
@@ -42,7 +44,7 @@ class TokenizerPhase:
   def loss_fn(self, params, aux, batch, rng, frozen):
     c = self.config.loss
     model = self.model_def.merge(params)
-    return tokenizer_loss(model, frozen["lpips"], batch["frames"], aux, rng,
+    return tokenizer_loss(model, frozen.get("lpips"), batch["frames"], aux, rng,
                           lpips_weight=c.lpips_weight, lpips_frames=c.lpips_frames,
                           max_mask_prob=c.max_mask_prob, rms_decay=c.rms_decay, valid_BT=batch.get("valid_T"))
 
@@ -72,35 +74,3 @@ def make_phase(config, store, mesh=None) -> TokenizerPhase:
   del mesh  # the tokenizer has no frozen inputs to place
   return TokenizerPhase(config, store)
 
-
-def load_tokenizer(workdir: str, mesh, frame_shape):
-  """A finished tokenizer, frozen: (config, ModelDef, params on `mesh`, step).
-
-  The model is rebuilt from the config.json its run wrote, so later phases need only the
-  workdir; frames of another size than it was trained on fail with one line.
-  """
-  import json
-
-  import ml_collections
-  from etils import epath
-
-  from dreamer4.errors import CheckpointError
-  from dreamer4.training.checkpoint import restore_params
-  from dreamer4.training.state import to_abstract
-
-  cfg_path = epath.Path(workdir) / "config.json"
-  if not workdir or not cfg_path.exists():
-    raise CheckpointError(
-        f"tokenizer workdir {workdir!r} has no config.json; train the tokenizer first "
-        f"(python -m dreamer4.main --config=configs/tokenizer.py:toy --workdir=DIR) and name that DIR")
-  cfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-  try:
-    mdef = ModelDef.build(lambda rng: Tokenizer.from_config(cfg.model, tuple(frame_shape), nnx.Rngs(rng)))
-  except ValueError as e:
-    raise CheckpointError(f"tokenizer {workdir} cannot take frames {tuple(frame_shape)}: {e}") from None
-  abstract = to_abstract(mdef.abstract_params, mdef.param_shardings(mesh))
-  try:
-    step, params = restore_params(str(epath.Path(workdir) / "checkpoints"), abstract)
-  except CheckpointError as e:
-    raise CheckpointError(f"{e} (is the tokenizer in {workdir} trained on frames {tuple(frame_shape)}?)") from None
-  return cfg, mdef, params, step

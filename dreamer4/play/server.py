@@ -25,8 +25,8 @@ serving; model calls are serialised by one lock):
   POST /api/step           {"key": "ArrowUp"} | {"action": "up"} | {"policy": true}: one frame
   GET  /api/session.gif    the session since the last reset (context frames, then generated ones)
 
-The policy hook (the agent phase, issue 6, plugs in here): when `<dirname(dynamics workdir)>/agent`
-exists (RUN/agent for a pipeline workdir), `dreamer4.phases.agent.load_policy(agent_workdir,
+The policy hook (the agent phase plugs in here): when `<dirname(dynamics workdir)>/agent`
+exists (RUN/agent for a pipeline workdir), `dreamer4.evaluation.wm_policy.load_policy(agent_workdir,
 action_spec=..., num_latents=..., latent_dim=...)` is called once and must return
 `policy_fn(z_TNL, rng) -> action`, where z_TNL (float32 numpy [T, N, L]) holds the latents of the
 context and generated frames so far (the last one is the current frame, at most the model's window)
@@ -52,6 +52,8 @@ import traceback
 from typing import Any, Callable
 
 from dreamer4.errors import UserError
+
+POLICY_HOOK = "dreamer4.evaluation.wm_policy"  # its load_policy(agent_workdir, ...) (module docstring)
 
 MAX_BODY_BYTES = 64 * 1024  # request bodies are a few bytes of JSON; anything larger is refused (413)
 MAX_RECORDED_FRAMES = 3000  # frames kept for the session GIF (later frames are not recorded)
@@ -261,12 +263,12 @@ def find_policy(paths: RunPaths, action_spec, num_latents: int, latent_dim: int)
     return None, (f"no agent checkpoint: {paths.agent} does not exist (train the agent phase into it; "
                   f"see dreamer4/play/server.py for the hook)")
   try:
-    module = importlib.import_module("dreamer4.phases.agent")
+    module = importlib.import_module(POLICY_HOOK)
   except ImportError:
-    return None, "the agent phase is not built yet: dreamer4.phases.agent.load_policy is missing"
+    return None, f"the agent is not built yet: {POLICY_HOOK}.load_policy is missing"
   load = getattr(module, "load_policy", None)
   if load is None:
-    return None, "dreamer4.phases.agent has no load_policy(agent_workdir, ...) hook yet"
+    return None, f"{POLICY_HOOK} has no load_policy(agent_workdir, ...) hook yet"
   try:
     return load(paths.agent, action_spec=action_spec, num_latents=num_latents, latent_dim=latent_dim), ""
   except Exception as e:  # noqa: BLE001 -- a broken agent must not stop a person from playing
@@ -291,17 +293,12 @@ class PlaySession:
     import jax
     import ml_collections
     import numpy as np
-    from flax import nnx
 
     from data_pipelines.episodes import EpisodeStore, StoreError
+    from dreamer4 import runs
     from dreamer4 import sharding as shd
-    from dreamer4.errors import CheckpointError
+    from dreamer4.errors import CheckpointError, ConfigError
     from dreamer4.inference.world import World
-    from dreamer4.models.dynamics import Dynamics
-    from dreamer4.phases.encode import LATENTS
-    from dreamer4.phases.tokenizer import load_tokenizer
-    from dreamer4.training.checkpoint import restore_params
-    from dreamer4.training.state import ModelDef, to_abstract
 
     self.paths = paths
     self._lock = threading.Lock()
@@ -313,23 +310,16 @@ class PlaySession:
     cfg = ml_collections.ConfigDict(paths.config)
     # One device: play is one person, one frame at a time.
     mesh = shd.make_mesh(ml_collections.ConfigDict({"preset": "data", "shape": (1, 1, 1)}), jax.devices()[:1])
-    tcfg, tok_def, tok_params, tok_step = load_tokenizer(paths.tokenizer, mesh, store.frame_shape)
-    N, L = int(tcfg.model.num_latents), int(tcfg.model.latent_dim)
-    have = store.array_attrs(LATENTS) or {}
-    if not (have.get("complete") and have.get("frames") == store.num_frames and have.get("num_latents") == N
-            and have.get("latent_dim") == L and have.get("tokenizer_step") == tok_step):
-      raise UserError(
-          f"--data: dataset {paths.data} holds no complete latents of tokenizer {paths.tokenizer} step {tok_step} "
-          f"(found: {have or None}); run python -m dreamer4.main --config=configs/encode.py "
-          f"--config.data.path={paths.data} --config.tokenizer_workdir={paths.tokenizer}")
+    tcfg, tok_def, tok_params, tok_step = runs.load_tokenizer(paths.tokenizer, mesh, store.frame_shape)
+    # The run may have moved as a whole: latents recorded under the tokenizer's old path count.
+    attrs = runs.check_latents(store, paths.tokenizer, tok_step, tcfg, prefix="--data: ", match_workdir=False)
+    N, L = attrs["num_latents"], attrs["latent_dim"]
     spec = store.action_spec
     try:
-      dyn_def = ModelDef.build(lambda rng: Dynamics.from_config(cfg.model, N, L, spec, nnx.Rngs(rng)))
-    except ValueError as e:
+      dyn_def = runs.dynamics_model_def(cfg.model, N, L, spec)
+    except ConfigError as e:
       raise CheckpointError(f"--workdir: the dynamics config cannot be built for dataset {paths.data}: {e}") from None
-    ckpt_dir = os.path.join(paths.dynamics, "checkpoints")
-    self.dynamics_step, dyn_params = restore_params(ckpt_dir, to_abstract(dyn_def.abstract_params,
-                                                                          dyn_def.param_shardings(mesh)))
+    self.dynamics_step, dyn_params = runs.restore_model(paths.dynamics, dyn_def, mesh)
     self.tokenizer_step = tok_step
     device = jax.devices()[0]
     model = dyn_def.merge(jax.device_put(jax.device_get(dyn_params), device))

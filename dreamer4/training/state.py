@@ -1,4 +1,5 @@
-"""The train state as a plain pytree, its shardings, and the generic optimiser step.
+"""The train state as a plain pytree, its shardings, the generic optimiser step, and
+`TrainStep`, the one place that builds a model's jitted step on a mesh.
 
 The state is a dict so that Orbax, jit shardings and donation all see the same tree:
 
@@ -146,3 +147,69 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Call
 def to_abstract(tree, shardings):
   """ShapeDtypeStructs carrying `shardings` (restore targets)."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class TrainStep:
+  """One model's train step on a mesh: optimiser, state shardings, and the jitted step.
+
+  The trainer, --dry_run, the benchmarks and the tests all build their step here. The step
+  (`make_train_step` of `loss_fn`) folds the iteration count into `key` (a resumed run draws
+  the same randomness), donates the state and commits its outputs to the state's shardings.
+  Each input signature (tree, shapes, dtypes, shardings) is lowered and compiled once, ahead
+  of time (`jax.stages`), and that executable runs every later call; `compiles` counts them.
+
+  Attributes:
+    tx: the optimiser (`make_optimizer`).
+    init_fn: rng -> a fresh state (traceable).
+    abstract: the state's ShapeDtypeStructs.
+    param_shardings, shardings: of the params and of the whole state.
+    replicated: the mesh's replicated sharding (metrics, keys, frozen inputs).
+  """
+
+  def __init__(self, model_def: ModelDef, loss_fn: Callable, init_aux: Callable[[], Any], optim_cfg,
+               num_steps: int, mesh: Mesh):
+    self.mesh = mesh
+    self.tx = make_optimizer(optim_cfg, num_steps)
+    self.init_fn = lambda rng: init_state(model_def.init_params(rng), self.tx, init_aux())
+    self.abstract = jax.eval_shape(self.init_fn, jax.random.key(0))  # traced only: nothing is materialised
+    self.param_shardings = model_def.param_shardings(mesh)
+    self.shardings = state_shardings(self.abstract, self.param_shardings, self.tx, mesh)
+    self.replicated = shd.replicated(mesh)
+    core = make_train_step(loss_fn, self.tx)
+
+    def train_step(state, batch, key, frozen):
+      return core(state, batch, jax.random.fold_in(key, state["step"] + state["skipped"]), frozen)
+
+    self._jit = jax.jit(train_step, out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
+    self._compiled: dict = {}
+
+  @property
+  def compiles(self) -> int:
+    """Executables built so far: one per input signature."""
+    return len(self._compiled)
+
+  def abstract_state(self):
+    """The state's ShapeDtypeStructs on its shardings (restore targets, lowering inputs)."""
+    return to_abstract(self.abstract, self.shardings)
+
+  def init(self, rng):
+    """A fresh state, built directly on its shardings."""
+    with jax.set_mesh(self.mesh):
+      return jax.jit(self.init_fn, out_shardings=self.shardings)(rng)
+
+  def lower(self, state, batch, key, frozen) -> jax.stages.Lowered:
+    """The step lowered for these inputs (arrays or ShapeDtypeStructs with shardings); not counted."""
+    with jax.set_mesh(self.mesh):
+      return self._jit.lower(state, batch, key, frozen)
+
+  def compile(self, state, batch, key, frozen) -> jax.stages.Compiled:
+    """The executable for these inputs' signature, lowered and compiled on first use."""
+    leaves, tree = jax.tree.flatten((state, batch, key, frozen))
+    sig = (tree, tuple((tuple(x.shape), x.dtype, getattr(x, "sharding", None)) for x in leaves))
+    if sig not in self._compiled:
+      self._compiled[sig] = self.lower(state, batch, key, frozen).compile()
+    return self._compiled[sig]
+
+  def __call__(self, state, batch, key, frozen):
+    """(new state, metrics); the input state is donated."""
+    return self.compile(state, batch, key, frozen)(state, batch, key, frozen)

@@ -11,7 +11,8 @@ from data_pipelines.episodes import EpisodeStore
 from dreamer4 import sharding as shd
 from dreamer4.errors import CheckpointError
 from dreamer4.phases.encode import encode_dataset
-from dreamer4.phases.tokenizer import TokenizerPhase, load_tokenizer
+from dreamer4.phases.tokenizer import TokenizerPhase
+from dreamer4.runs import load_tokenizer
 from dreamer4.training import state as st
 from dreamer4.training.checkpoint import Checkpointer
 from dreamer4.training.trainer import write_config

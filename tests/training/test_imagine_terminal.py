@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from data_pipelines.envs.base import ActionComponent, ActionSpec
 
@@ -21,10 +20,8 @@ def tiny_phase():
   from configs import agent as agent_config
   from configs import dynamics as dynamics_config
   from configs import imagine
-  from dreamer4.models.agent import ImagineHeads
-  from dreamer4.phases.agent import agent_model_def
+  from dreamer4 import runs
   from dreamer4.phases.imagine import ImaginePhase
-  from dreamer4.training.state import ModelDef
   cfg = imagine.get_config("tiny")
   cfg.imagine.horizon = H
   cfg.imagine.terminal_reward = 0.5
@@ -34,12 +31,11 @@ def tiny_phase():
   spec = ActionSpec((ActionComponent("move", "discrete", 5),))
   phase = object.__new__(ImaginePhase)
   phase.config = cfg
-  phase.agent_def = agent_model_def(dyn_model, a, 4, 4, spec, 1)
+  phase.agent_def = runs.agent_model_def(dyn_model, a, 4, 4, spec, 1)
   phase.agent_params = phase.agent_def.init_params(jax.random.key(0))
   dyn_abstract = phase.agent_def.merge(phase.agent_def.abstract_params).dynamics
   assert dyn_abstract.width == D
-  phase.model_def = ModelDef.build(lambda rng: ImagineHeads(dyn_abstract, mtp=2, hidden=16, num_layers=1,
-                                                            rngs=nnx.Rngs(rng)))
+  phase.model_def = runs.imagine_heads_def(phase.agent_def, a)
   phase.window = 8
   params = phase.warm_start(phase.model_def.init_params(jax.random.key(1)), None)
   # The value head's output layer starts at zero (every value 0, the loss independent of h):

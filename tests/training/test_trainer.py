@@ -3,7 +3,6 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,11 +10,10 @@ from data_pipelines import loader
 from data_pipelines.episodes import EpisodeStore
 from dreamer4 import sharding as shd
 from dreamer4.errors import CheckpointError, ConfigError
-from dreamer4.phases.tokenizer import TokenizerPhase
+from dreamer4.phases.tokenizer import TokenizerPhase, make_phase
 from dreamer4.training import state as st
 from dreamer4.training.checkpoint import Checkpointer
 from dreamer4.training.trainer import train_and_evaluate
-from dreamer4.phases.tokenizer import make_phase
 
 
 def _mesh(shape, n):
@@ -32,6 +30,10 @@ def _snapshot(root):
   return out
 
 
+def _train_step(phase, config, mesh):
+  return st.TrainStep(phase.model_def, phase.loss_fn, phase.init_aux, config.optim, 10, mesh)
+
+
 def _one_batch(config):
   store = EpisodeStore.open(config.data.path)
   train_ids, _ = store.split(0.1)
@@ -43,23 +45,20 @@ def _one_batch(config):
 def test_sharded_step_matches_single_device(tiny_config):
   store, local = _one_batch(tiny_config)
   phase = TokenizerPhase(tiny_config, store)
-  tx = st.make_optimizer(tiny_config.optim, 10)
   frozen_np = phase.frozen()
   results = {}
   for name, shape, n in (("single", (1, 1, 1), 1), ("sharded", (2, 2, 2), 8)):
     mesh = _mesh(shape, n)
-    init = lambda rng: st.init_state(phase.model_def.init_params(rng), tx, phase.init_aux())
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    shardings = st.state_shardings(abstract, phase.model_def.param_shardings(mesh), tx, mesh)
+    step = _train_step(phase, tiny_config, mesh)
+    state = step.init(jax.random.key(0))
     with jax.set_mesh(mesh):
-      state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
       batch = loader.global_batch({"frames": local["frames"]}, mesh)
-      frozen = jax.device_put(frozen_np, shd.replicated(mesh))
+      frozen = jax.device_put(frozen_np, step.replicated)
       loss_and_grads = jax.jit(jax.value_and_grad(
           lambda p: phase.loss_fn(p, state["aux"], batch, jax.random.key(1), frozen)[0]))
       loss, grads = loss_and_grads(state["params"])
     if name == "sharded":  # the FSDP/tensor rules really split parameters and their gradients
-      specs = [s.spec for s in jax.tree.leaves(shardings["params"])]
+      specs = [s.spec for s in jax.tree.leaves(step.param_shardings)]
       assert sum(any(a is not None for a in spec) for spec in specs) >= 10
     results[name] = jax.device_get((loss, grads))
   (l1, g1), (l8, g8) = results["single"], results["sharded"]
@@ -72,23 +71,16 @@ def test_sharded_step_matches_single_device(tiny_config):
 def test_checkpoint_restores_onto_other_meshes(tiny_config, tmp_path):
   store, _ = _one_batch(tiny_config)
   phase = TokenizerPhase(tiny_config, store)
-  tx = st.make_optimizer(tiny_config.optim, 10)
-  init = lambda rng: st.init_state(phase.model_def.init_params(rng), tx, phase.init_aux())
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  mesh = _mesh((2, 2, 2), 8)
-  sh = st.state_shardings(abstract, phase.model_def.param_shardings(mesh), tx, mesh)
-  with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=sh)(jax.random.key(3))
+  state = _train_step(phase, tiny_config, _mesh((2, 2, 2), 8)).init(jax.random.key(3))
   ckpt = Checkpointer(str(tmp_path / "ck"), data_names=())
   ckpt.save(7, state)
   ckpt.close()
   want = jax.device_get(state)
   for shape, n in (((8, 1, 1), 8), ((1, 2, 2), 4), ((1, 1, 1), 1)):
     mesh2 = _mesh(shape, n)
-    sh2 = st.state_shardings(abstract, phase.model_def.param_shardings(mesh2), tx, mesh2)
     ck2 = Checkpointer(str(tmp_path / "ck"), data_names=())
     with jax.set_mesh(mesh2):
-      got = ck2.restore(7, st.to_abstract(abstract, sh2))
+      got = ck2.restore(7, _train_step(phase, tiny_config, mesh2).abstract_state())
     ck2.close()
     leaves = jax.tree.leaves(got)
     assert all(set(x.sharding.device_set) <= set(jax.devices()[:n]) for x in leaves)
