@@ -8,7 +8,9 @@ Layout: one ring buffer for all time layers, k/v [L, B, S, M, G, K] with
 M = W - 1 slots (L time layers, S tokens per frame, G kv heads, K head dim), plus
 the absolute frame index held by each slot (-1 = empty) and the number of frames
 committed so far (= absolute index of the frame being generated). All shapes are
-static, so one jitted step serves every frame.
+static, so one jitted step serves every frame. A scanned transformer has one time
+layer per layer group, so L is also its group axis: its decode scans the stacked
+group parameters and the cache's L axis together.
 
 Convention (one for primed and generated frames; PITFALLS "KV-cache keying
 mismatch"): the K denoising steps of a frame share the cache and never write it;
@@ -84,14 +86,10 @@ def cache_window(model: Dynamics, window: int | None = None) -> int:
 def init_cache(model: Dynamics, batch: int, window: int | None = None) -> KVCache:
   """An empty cache for `batch` sequences and a window of `window` frames."""
   M = cache_window(model, window) - 1
-  blocks = model.transformer.blocks
-  num_time = len(model.transformer.time_layer_indices)
+  tf = model.transformer
+  num_time = len(tf.time_layer_indices)
   S = model.layout.num_tokens
-  if num_time:
-    attn = blocks[model.transformer.time_layer_indices[0]].attn
-    G, K = attn.num_kv_heads, attn.head_dim
-  else:
-    G, K = 1, 1
+  G, K = (tf.num_kv_heads, tf.head_dim) if num_time else (1, 1)
   zeros = jnp.zeros((num_time, batch, S, M, G, K), model.dtype)
   return KVCache(zeros, zeros, jnp.full((M,), -1, jnp.int32), jnp.zeros((), jnp.int32))
 

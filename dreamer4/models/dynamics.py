@@ -86,6 +86,8 @@ class Dynamics(nnx.Module):
     rngs: Parameter initialisation RNGs.
     dtype: Compute dtype; parameters stay float32.
     remat: Rematerialise each transformer block in the backward pass.
+    scan_layers: Scan the transformer's layer groups (see `transformer.Transformer`).
+    remat_policy: What a rematerialised group saves (`transformer.REMAT_POLICIES`).
   """
 
   def __init__(
@@ -94,6 +96,7 @@ class Dynamics(nnx.Module):
       num_kv_heads: int, head_dim: int, mlp_dim: int, time_every: int,
       softcap: float | None, context: int, num_agent_tokens: int = 0, num_tasks: int = 0,
       rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False, spatial_pos: bool = False,
+      scan_layers: bool = True, remat_policy: str = "nothing",
   ):
     if group < 1 or num_latents % group:
       raise ConfigError(
@@ -188,7 +191,7 @@ class Dynamics(nnx.Module):
     self.transformer = tr.Transformer(
         width=D, depth=depth, num_heads=num_heads, num_kv_heads=num_kv_heads,
         head_dim=head_dim, mlp_dim=mlp_dim, time_every=time_every, softcap=softcap,
-        rngs=rngs, dtype=dtype, remat=remat,
+        rngs=rngs, dtype=dtype, remat=remat, scan_layers=scan_layers, remat_policy=remat_policy,
     )
     self.readout_kernel = param(rngs, tr.fan_in_init(D), (D, G), ("embed", None))
     self.readout_bias = param(rngs, zeros, (G,), (None,))
@@ -223,6 +226,9 @@ class Dynamics(nnx.Module):
         dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
         remat=bool(model_cfg.get("remat", False)),
         spatial_pos=bool(model_cfg.get("spatial_pos", False)),
+        # A config without the key predates scanned layers: its checkpoints are unscanned.
+        scan_layers=bool(model_cfg.get("scan_layers", False)),
+        remat_policy=str(model_cfg.get("remat_policy", "nothing")),
     )
 
   # --------------------------------------------------------------------------------
@@ -406,8 +412,9 @@ def make_sampling_fn(model: Dynamics):
   """
 
   # Sampling takes no gradients, so rematerialising blocks would only cost time,
-  # and nnx.remat inside the sampler's lax loops fails (it updates Variables from
-  # an inner trace). So sample with a remat-free view that shares the parameters.
+  # and nnx.remat (the unscanned stack's) inside the sampler's lax loops fails (it
+  # updates Variables from an inner trace). So sample with a remat-free view that
+  # shares the parameters.
   view = nnx.merge(*nnx.split(model))
   view.transformer.remat = False
 

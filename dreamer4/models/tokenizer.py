@@ -52,6 +52,7 @@ class Tokenizer(nnx.Module):
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
       dtype=jnp.float32, remat: bool = False, context: int = 0, readout_bias_init: float = 0.0,
       readout_init_scale: float = 1.0, block_skip: bool = False, output: str = "sigmoid",
+      scan_layers: bool = True, remat_policy: str = "nothing",
   ):
     H, W, C = frame_shape
     if H % patch_size or W % patch_size:
@@ -107,9 +108,9 @@ class Tokenizer(nnx.Module):
     tf_kwargs = dict(
         width=D, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
         mlp_dim=mlp_dim, time_every=time_every, softcap=softcap, rngs=rngs, dtype=dtype,
-        remat=remat,
+        remat=remat, scan_layers=scan_layers, remat_policy=remat_policy,
     )
-    self.encoder = tr.Transformer(depth=enc_depth, **tf_kwargs)
+    self.encoder = tr.Transformer(depth=enc_depth, depth_setting="--config.model.enc_depth", **tf_kwargs)
     self.bottleneck_kernel = param(rngs, tr.fan_in_init(D), (D, L), ("embed", None))
     self.bottleneck_bias = param(rngs, zeros, (L,), (None,))
     if self.block_skip:
@@ -120,7 +121,7 @@ class Tokenizer(nnx.Module):
     self.latent_up_kernel = param(rngs, tr.fan_in_init(L), (L, D), (None, "embed"))
     self.latent_up_bias = param(rngs, zeros, (D,), ("embed",))
     self.patch_queries = param(rngs, small, (P, D), (None, "embed"))
-    self.decoder = tr.Transformer(depth=dec_depth, **tf_kwargs)
+    self.decoder = tr.Transformer(depth=dec_depth, depth_setting="--config.model.dec_depth", **tf_kwargs)
     # Our choice (config): the readout starts small with its bias at the logit of a typical
     # pixel, so the first steps do not spend their large gradients on the mean brightness
     # (that shock pushed the toy tokenizer's latents into a constant code).
@@ -149,6 +150,9 @@ class Tokenizer(nnx.Module):
         rngs=rngs,
         dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
         remat=bool(model_cfg.get("remat", False)),
+        # A config without the key predates scanned layers: its checkpoints are unscanned.
+        scan_layers=bool(model_cfg.get("scan_layers", False)),
+        remat_policy=str(model_cfg.get("remat_policy", "nothing")),
         context=int(model_cfg.get("context", 0)),
         readout_bias_init=float(model_cfg.get("readout_bias_init", 0.0)),
         readout_init_scale=float(model_cfg.get("readout_init_scale", 1.0)),

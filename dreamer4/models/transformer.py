@@ -10,6 +10,14 @@ ever sees frames <= t.
 Every parameter carries logical axis names (see `LOGICAL_AXES`) through
 `nnx.with_partitioning`; the mapping of those names to mesh axes lives elsewhere.
 
+Scanned layers (`scan_layers=True`, the default): the stack is depth / time_every
+copies of one `LayerGroup` (time_every - 1 space layers, then the time layer) whose
+parameters are stacked [num_groups, ...] under `groups/blocks/<j>/...` (leading
+logical axis "layers", never sharded) and applied by one `jax.lax.scan`, so the
+compiled program does not grow with depth. The unscanned layout keeps one module per
+layer under `blocks/<i>/...`; `dreamer4.models.scan_layout.convert_layout` maps
+parameter trees between the two.
+
 Shape letters used in array names:
   B batch, T frames (time), S tokens per frame, D model width, H query heads,
   G kv heads, R query heads per kv head (H = G * R), K head dim, M mlp hidden,
@@ -25,9 +33,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
-# The only logical axis names a parameter may carry (None is also allowed).
-LOGICAL_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "norm")
+from dreamer4.errors import ConfigError
+
+# The only logical axis names a parameter may carry (None is also allowed). "layers"
+# is the leading axis of scanned (stacked) layer parameters, added by nnx.vmap.
+LAYER_AXIS = "layers"
+LOGICAL_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "norm", LAYER_AXIS)
+
+# Remat policies of one scanned unit (one `LayerGroup`). The scan keeps every unit's
+# input (its carry) whatever the policy, so "nothing" already keeps the group inputs:
+#   nothing    save nothing inside the unit; the backward pass recomputes the unit
+#   inputs     also save every layer's input inside the unit (checkpoint name
+#              "layer_input"), as per-layer remat of the unscanned stack did
+#   attention  save the layer inputs and the attention outputs ("attn_out")
+REMAT_POLICIES = ("nothing", "inputs", "attention")
 
 _NEG_INF = -1e30  # Finite so that a fully masked row can never produce NaNs.
 
@@ -344,6 +365,7 @@ class Block(nnx.Module):
 
   def __call__(self, x_BTSD, space_mask_SS, time_mask_BTT):
     B, T, S, D = x_BTSD.shape
+    x_BTSD = checkpoint_name(x_BTSD, "layer_input")  # names for the remat policies
     h_BTSD = self.attn_norm(x_BTSD)
     if self.is_time:
       # Axial time attention: each token position s reads position s of frames
@@ -356,6 +378,7 @@ class Block(nnx.Module):
       # Space attention within one frame. Our choice: 1-D RoPE over the token
       # index inside the frame (patches in raster order, then the other segments).
       a_BTSD = self.attn(h_BTSD, space_mask_SS, jnp.arange(S))
+    a_BTSD = checkpoint_name(a_BTSD, "attn_out")
     x_BTSD = x_BTSD + a_BTSD.astype(x_BTSD.dtype)
     m_BTSD = self.mlp(self.mlp_norm(x_BTSD))
     return x_BTSD + m_BTSD.astype(x_BTSD.dtype)
@@ -433,33 +456,112 @@ class Block(nnx.Module):
     return a_BSD, k_BS1GK[:, :, 0], v_BS1GK[:, :, 0]
 
 
+def checkpoint_policy(name: str):
+  """The jax.checkpoint policy called `name` in `REMAT_POLICIES`."""
+  if name == "nothing":
+    return jax.checkpoint_policies.nothing_saveable
+  if name == "inputs":
+    return jax.checkpoint_policies.save_only_these_names("layer_input")
+  if name == "attention":
+    return jax.checkpoint_policies.save_only_these_names("layer_input", "attn_out")
+  raise ConfigError(f"--config.model.remat_policy={name!r} is unknown; choose one of {', '.join(REMAT_POLICIES)}")
+
+
+def check_scan_depth(depth: int, time_every: int, setting: str = "--config.model.depth") -> None:
+  """ConfigError unless `depth` is a positive multiple of `time_every` (scanned layers)."""
+  if depth < time_every or depth % time_every:
+    raise ConfigError(
+        f"{setting}={depth} is not a positive multiple of --config.model.time_every={time_every}: scanned "
+        f"layers repeat one group of time_every layers; change the depth or set --config.model.scan_layers=False")
+
+
+class LayerGroup(nnx.Module):
+  """One scanned unit: time_every - 1 space layers, then one causal time layer."""
+
+  def __init__(self, *, time_every: int, **block_kwargs):
+    self.blocks = nnx.List([Block(is_time=j == time_every - 1, **block_kwargs) for j in range(time_every)])
+
+  def __call__(self, x_BTSD, space_mask_SS, time_mask_BTT):
+    for block in self.blocks:
+      x_BTSD = block(x_BTSD, space_mask_SS, time_mask_BTT)
+    return x_BTSD
+
+  def decode(self, x_BSD, space_mask_SS, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M,
+             query_pos, keys_rotated: bool = False):
+    """`Block.decode` through the group: (y_BSD, k_BSGK, v_BSGK) of its time layer."""
+    last = len(self.blocks) - 1
+    for j in range(last):
+      x_BSD, _, _ = self.blocks[j].decode(x_BSD, space_mask_SS)
+    return self.blocks[last].decode(
+        x_BSD, space_mask_SS, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M, query_pos,
+        keys_rotated=keys_rotated,
+    )
+
+
 class Transformer(nnx.Module):
   """Stack of space layers with a causal time layer every `time_every` layers.
 
   Layer i (0-based) is a time layer when (i + 1) % time_every == 0, i.e. the last
-  layer of each group, following Fig 2b (3 space layers then 1 time layer). A
-  stack shallower than `time_every` has no time layers and is purely per-frame.
+  layer of each group, following Fig 2b (3 space layers then 1 time layer). With
+  `scan_layers` the depth must be a positive multiple of time_every and the groups
+  run under one `jax.lax.scan` (module doc); without it, a stack shallower than
+  `time_every` has no time layers and is purely per-frame.
+
+  `remat` recomputes activations in the backward pass: per scanned group with the
+  `remat_policy` of `REMAT_POLICIES` (per layer when unscanned).
   """
 
   def __init__(
       self, *, width: int, depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
-      dtype=jnp.float32, remat: bool = False,
+      dtype=jnp.float32, remat: bool = False, scan_layers: bool = True,
+      remat_policy: str = "nothing", depth_setting: str = "--config.model.depth",
   ):
     if time_every < 1:
       raise ValueError(f"time_every must be >= 1, got {time_every}")
+    checkpoint_policy(remat_policy)  # an unknown name fails here, not at the first call
     self.width = width
     self.dtype = dtype
     self.remat = remat
+    self.remat_policy = remat_policy
+    self.scan_layers = bool(scan_layers)
+    self.time_every = time_every
+    self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
     self.time_layers = tuple((i + 1) % time_every == 0 for i in range(depth))
-    self.blocks = nnx.List([
-        Block(
-            is_time=is_time, width=width, num_heads=num_heads, num_kv_heads=num_kv_heads,
-            head_dim=head_dim, mlp_dim=mlp_dim, softcap=softcap, rngs=rngs, dtype=dtype,
-        )
-        for is_time in self.time_layers
-    ])
+    block_kwargs = dict(
+        width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        mlp_dim=mlp_dim, softcap=softcap, dtype=dtype,
+    )
+    if self.scan_layers:
+      check_scan_depth(depth, time_every, depth_setting)
+      num_groups = depth // time_every
+
+      @nnx.split_rngs(splits=num_groups)
+      @nnx.vmap(in_axes=0, out_axes=0, axis_size=num_groups,
+                transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
+      def make_groups(rngs):
+        return LayerGroup(time_every=time_every, rngs=rngs, **block_kwargs)
+
+      self.groups = make_groups(rngs)  # every Param stacked [num_groups, ...]
+    else:
+      self.blocks = nnx.List([Block(is_time=is_time, rngs=rngs, **block_kwargs) for is_time in self.time_layers])
     self.final_norm = RMSNorm(width, rngs=rngs)
+
+  @property
+  def num_groups(self) -> int:
+    """Scanned units (= time layers) of a scanned stack."""
+    return len(self.time_layers) // self.time_every
+
+  def _scan_groups(self, unit, x, xs=None):
+    """lax.scan of `unit(group, x, xs_g) -> (x, ys_g)` over the stacked groups."""
+    graphdef, state = nnx.split(self.groups)
+
+    def body(x, sliced):
+      state_g, xs_g = sliced
+      # One group's Params still carry the stacked "layers" metadata; nothing reads it here.
+      return unit(nnx.merge(graphdef, state_g), x, xs_g)
+
+    return jax.lax.scan(body, x, (state, xs))
 
   def __call__(self, x_BTSD, *, space_mask_SS, time_mask_BTT):
     """Applies the stack.
@@ -481,19 +583,29 @@ class Transformer(nnx.Module):
       raise ValueError(f"space mask {space_mask_SS.shape} does not match S={S}")
     if time_mask_BTT.shape[-2:] != (T, T):
       raise ValueError(f"time mask {time_mask_BTT.shape} does not match T={T}")
+    policy = checkpoint_policy(self.remat_policy) if self.remat else None
+
+    if self.scan_layers:
+      def run_group(group, x_BTSD, _):
+        return group(x_BTSD, space_mask_SS, time_mask_BTT), None
+
+      if self.remat:  # a pure function of (params, x): safe inside any lax loop
+        run_group = jax.checkpoint(run_group, policy=policy, prevent_cse=False)
+      x_BTSD, _ = self._scan_groups(run_group, x_BTSD)
+      return self.final_norm(x_BTSD)
 
     def run_block(block, x_BTSD, space_mask_SS, time_mask_BTT):
       return block(x_BTSD, space_mask_SS, time_mask_BTT)
 
     if self.remat:
-      run_block = nnx.remat(run_block)
+      run_block = nnx.remat(run_block, policy=policy)
     for block in self.blocks:
       x_BTSD = run_block(block, x_BTSD, space_mask_SS, time_mask_BTT)
     return self.final_norm(x_BTSD)
 
   @property
   def time_layer_indices(self) -> tuple[int, ...]:
-    """Indices (into `blocks`) of the time layers, in order."""
+    """Layer indices of the time layers, in order (the cache's L axis)."""
     return tuple(i for i, is_time in enumerate(self.time_layers) if is_time)
 
   def rotate_cached_keys(self, cache_k_LBSMGK, cache_pos_M):
@@ -506,7 +618,8 @@ class Transformer(nnx.Module):
 
     Equivalent to `__call__` on the cached frames plus this one, read at the last
     frame, when the cache holds the time-layer keys/values those frames had
-    (uncached RoPE positions reproduced by `cache_pos_M` and `query_pos`).
+    (uncached RoPE positions reproduced by `cache_pos_M` and `query_pos`). A
+    scanned stack scans its groups with the cache's L axis (one time layer each).
 
     Args:
       x_BSD: [B, S, D] tokens of the current frame.
@@ -524,6 +637,19 @@ class Transformer(nnx.Module):
       frame's unrotated time-layer keys/values (to write into the cache).
     """
     space_mask_SS = jnp.asarray(space_mask_SS, dtype=bool)
+    if self.scan_layers:
+      if cache_k_LBSMGK.shape[0] != self.num_groups:
+        raise ValueError(f"cache holds {cache_k_LBSMGK.shape[0]} time layers, the model {self.num_groups}")
+
+      def decode_group(group, x_BSD, cache_kv):
+        y_BSD, k_BSGK, v_BSGK = group.decode(
+            x_BSD, space_mask_SS, cache_kv[0], cache_kv[1], cache_pos_M, cache_valid_M, query_pos,
+            keys_rotated=keys_rotated,
+        )
+        return y_BSD, (k_BSGK, v_BSGK)
+
+      x_BSD, (k_LBSGK, v_LBSGK) = self._scan_groups(decode_group, x_BSD, (cache_k_LBSMGK, cache_v_LBSMGK))
+      return self.final_norm(x_BSD), k_LBSGK, v_LBSGK
     new_k, new_v = [], []
     layer = 0
     for block in self.blocks:

@@ -22,6 +22,7 @@ from etils import epath
 import orbax.checkpoint as ocp
 
 from dreamer4.errors import CheckpointError
+from dreamer4.models import scan_layout
 
 
 def absolute(path: str) -> str:
@@ -156,6 +157,13 @@ class Checkpointer:
 
     The Grain iterators in `data_iters` are advanced in place to their saved positions.
     """
+    wanted = abstract_state
+    try:  # written with the other layer layout (scanned / unscanned): restore in its layout, convert
+      meta = self._mngr.item_metadata(step)["state"]
+      if meta is not None and set(_paths(abstract_state)) != set(_paths(meta)):
+        abstract_state = scan_layout.convert_layout(abstract_state, meta)
+    except Exception:  # pylint: disable=broad-except
+      abstract_state = wanted  # not a layout difference: check_compatible names what is wrong
     self.check_compatible(step, abstract_state)
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     other_count = {}
@@ -172,6 +180,8 @@ class Checkpointer:
       # block of every global batch), so any writer's state is this process's state too.
       data_iters[name].set_state(json.loads(path.read_text()))
       logging.info("data position of %r taken from %s (another process count)", name, path)
+    if abstract_state is not wanted:
+      return scan_layout.convert_layout(out["state"], wanted)
     return out["state"]
 
   def _data_state_of_other_process_count(self, step: int, name: str):
@@ -242,7 +252,14 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
                             f"the parent of {directory})")
     step = steps[-1] if step is None else step
     meta = mngr.item_metadata(step)["state"]
-    have = _paths(meta.get("params", {}) if hasattr(meta, "get") else meta["params"])
+    meta_params = meta.get("params", {}) if hasattr(meta, "get") else meta["params"]
+    wanted = abstract_params
+    if set(_paths(abstract_params)) != set(_paths(meta_params)):  # e.g. unscanned layers, scanned model
+      try:
+        abstract_params = scan_layout.convert_layout(abstract_params, meta_params)
+      except Exception:  # pylint: disable=broad-except
+        abstract_params = wanted  # not a layout difference: the check below names what is wrong
+    have = _paths(meta_params)
     for k, w in _paths(abstract_params).items():
       if k not in have:
         raise CheckpointError(f"checkpoint {directory}/{step} lacks params/{k}: it was written by a "
@@ -255,6 +272,9 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
     out = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)))
-    return step, out["state"]["params"]
+    params = out["state"]["params"]
+    if abstract_params is not wanted:
+      params = scan_layout.convert_layout(params, wanted)
+    return step, params
   finally:
     mngr.close()

@@ -11,11 +11,12 @@ from dreamer4.models import transformer as tr
 WIDTH = 32
 
 
-def _make(depth=2, time_every=2, num_heads=4, num_kv_heads=2, seed=0, remat=False):
+def _make(depth=2, time_every=2, num_heads=4, num_kv_heads=2, seed=0, remat=False, scan_layers=True):
   with nnx.use_eager_sharding(False):
     return tr.Transformer(
         width=WIDTH, depth=depth, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=8,
         mlp_dim=64, time_every=time_every, softcap=50.0, rngs=nnx.Rngs(seed), remat=remat,
+        scan_layers=scan_layers,
     )
 
 
@@ -103,7 +104,7 @@ def test_remat_matches():
 
 
 def test_space_layer_is_per_frame_and_respects_modality_mask():
-  model = _make(depth=1, time_every=2)  # one space layer, no time layer
+  model = _make(depth=1, time_every=2, scan_layers=False)  # one space layer, no time layer
   x = _x()
   y = _apply(model, x, ENC_MASK, tr.time_mask(4))
   # Perturb frame 1 only.
