@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.phase = "imagine"
   c.variant = variant
   c.agent_workdir = ""       # finished phase-2 workdir
-  c.data = tokenizer_config.data_config(window=4)  # dataset windows that start imagined rollouts
+  c.data = tokenizer_config.data_config(window=4)  # dataset windows ending at each start state (pad="start"); the last imagine.context frames prime a rollout
 
   c.imagine = ml_collections.ConfigDict()
   c.imagine.context = 4      # dataset frames that prime each rollout

@@ -34,7 +34,7 @@ VARIANTS = ("toy", "tiny", "paper", "craftax", "craftax_large")
 def data_config(path: str = "", window: int = 2) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.path = path              # EpisodeStore directory or TensorStore kvstore URL
-  c.window = window          # frames per training window (inside one episode)
+  c.window = window          # frames per window; one starts at every frame, padded past the episode end (valid_T)
   c.eval_fraction = 0.1      # share of episodes held out for evaluation (split by episode)
   c.split_seed = 0           # seed of the train/eval episode split
   c.seed = 0                 # data order seed (shuffle per epoch)
