@@ -2,7 +2,7 @@
 
 Layout: WORKDIR/data (EpisodeStore), WORKDIR/<phase> (one workdir per phase); with
 config.seeds = S > 1 the agent phases are repeated for seeds 1..S-1 in WORKDIR/seed<s>/<phase>
-on the shared world model, and the evaluation reports mean ± std across seeds. A stage is
+on the shared world model, seed by seed (agent and imagine of seed 0, then of seed 1, ...), and the evaluation reports mean ± std across seeds. A stage is
 skipped when its workdir holds a finished result (run_summary.json at the final step) and
 resumes from its checkpoints when it was interrupted.
 """
@@ -154,11 +154,33 @@ def check_config(config) -> None:
                         f"choose from {', '.join(names)}")
 
 
+def stage_plan(stages, num_seeds: int) -> list[tuple[str, int]]:
+  """(stage, seed) in run order. Consecutive seeded stages run seed by seed (agent 0, imagine 0,
+  agent 1, ...), so every finished seed is a whole Dreamer 4 result and an interrupted run
+  resumes at the seed it was on."""
+  plan, block = [], []
+  def flush():
+    plan.extend((stage, s) for s in range(num_seeds) for stage in block)
+    block.clear()
+  for stage in stages:
+    if stage in SEEDED_STAGES:
+      block.append(stage)
+      continue
+    flush()
+    plan.append((stage, 0))
+  flush()
+  return plan
+
+
 def run_pipeline(config, workdir: str) -> dict:
   check_config(config)
   data_path = os.path.join(workdir, "data")
   results = {}
   for stage in config.stages:
+    if stage not in ("collect", "encode", "evaluate") + tuple(TRAINED_STAGES):
+      raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, encode, evaluate, "
+                        f"{', '.join(TRAINED_STAGES)}")
+  for stage, s in stage_plan(config.stages, int(config.get("seeds", 1))):
     if stage == "collect":
       collect_stage(config, data_path)
       continue
@@ -171,32 +193,25 @@ def run_pipeline(config, workdir: str) -> dict:
     if stage == "evaluate":
       results[stage] = {k: v for k, v in evaluate_stage(config, workdir, data_path).items() if k != "rows"}
       continue
-    if stage not in TRAINED_STAGES:
-      raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, encode, evaluate, "
-                        f"{', '.join(TRAINED_STAGES)}")
-    seeds = range(int(config.get("seeds", 1))) if stage in SEEDED_STAGES else range(1)
-    for s in seeds:
-      cfg = copy.deepcopy(config[stage])
-      if not cfg.data.path:
-        cfg.data.path = data_path
-      for key, stage_name in (("tokenizer_workdir", "tokenizer"), ("dynamics_workdir", "dynamics"),
-                              ("agent_workdir", "agent")):
-        if key in cfg and not cfg[key]:
-          cfg[key] = stage_dir(workdir, stage_name, s)
-      if s:  # another seed: other initial heads, step randomness and data order
-        cfg.train.seed = int(cfg.train.seed) + s
-        cfg.data.seed = int(cfg.data.seed) + s
-      name = stage if s == 0 else f"{stage}/seed{s}"
-      sdir = stage_dir(workdir, stage, s)
-      if stage_finished(sdir, cfg.train.num_steps):
-        logging.info("%s: finished result in %s; skipped", name, sdir)
-        results[name] = json.loads((epath.Path(sdir) / "run_summary.json").read_text())
-        continue
-      summary = run(cfg, sdir)
-      results[name] = {k: v for k, v in summary.items() if k != "state"}
-      if summary["stop_reason"] != "finished":
-        break
-    if results[name].get("stop_reason") != "finished":
+    cfg = copy.deepcopy(config[stage])
+    if not cfg.data.path:
+      cfg.data.path = data_path
+    for key, stage_name in (("tokenizer_workdir", "tokenizer"), ("dynamics_workdir", "dynamics"),
+                            ("agent_workdir", "agent")):
+      if key in cfg and not cfg[key]:
+        cfg[key] = stage_dir(workdir, stage_name, s)
+    if s:  # another seed: other initial heads, step randomness and data order
+      cfg.train.seed = int(cfg.train.seed) + s
+      cfg.data.seed = int(cfg.data.seed) + s
+    name = stage if s == 0 else f"{stage}/seed{s}"
+    sdir = stage_dir(workdir, stage, s)
+    if stage_finished(sdir, cfg.train.num_steps):
+      logging.info("%s: finished result in %s; skipped", name, sdir)
+      results[name] = json.loads((epath.Path(sdir) / "run_summary.json").read_text())
+      continue
+    summary = run(cfg, sdir)
+    results[name] = {k: v for k, v in summary.items() if k != "state"}
+    if summary["stop_reason"] != "finished":
       break
   results["stop_reason"] = results.get(config.stages[-1], {}).get("stop_reason", "finished")
   return results

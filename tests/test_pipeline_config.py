@@ -129,3 +129,22 @@ def test_collect_stage_hands_over_max_steps_and_names_bad_settings(tmp_path):
       pipeline.collect_stage(bad, str(tmp_path / key))
     assert str(e.value).startswith(expect) and "\n" not in str(e.value)
     assert not (tmp_path / key).exists()
+
+
+def test_seeded_stages_run_seed_by_seed():
+  """Agent and imagine alternate per seed, so each finished seed is a whole Dreamer 4 result."""
+  stages = ("collect", "tokenizer", "encode", "dynamics", "agent", "imagine", "evaluate")
+  assert pipeline.stage_plan(stages, 3) == [
+      ("collect", 0), ("tokenizer", 0), ("encode", 0), ("dynamics", 0),
+      ("agent", 0), ("imagine", 0), ("agent", 1), ("imagine", 1), ("agent", 2), ("imagine", 2),
+      ("evaluate", 0)]
+  assert pipeline.stage_plan(("imagine",), 2) == [("imagine", 0), ("imagine", 1)]
+  assert pipeline.stage_plan(("dynamics", "agent"), 1) == [("dynamics", 0), ("agent", 0)]
+
+
+def test_unknown_stage_fails_before_any_stage_runs(tmp_path):
+  cfg = pipeline_config.get_config("toy")
+  cfg.stages = ("agent", "imagin")
+  with pytest.raises(ConfigError, match="imagin"):
+    pipeline.run_pipeline(cfg, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
