@@ -90,6 +90,8 @@ class AgentPhase:
                                      store.action_spec, self.num_tasks)
     if config.agent.mtp < 0:
       raise ConfigError(f"--config.agent.mtp must be >= 0, got {config.agent.mtp}")
+    if config.loss.bc_rows not in ("relevant_half", "relevant_episodes"):
+      raise ConfigError(f"--config.loss.bc_rows={config.loss.bc_rows!r}; choose relevant_half or relevant_episodes")
 
   def init_aux(self):
     return normalize.rms_init(("dynamics", "bc", "reward"))
@@ -118,7 +120,10 @@ class AgentPhase:
     # both (the paper leaves it open). Without the flag every row counts for every loss.
     relevant_B = batch.get("relevant_B")
     labelled_BT = batch["action_labelled"].astype(bool)
-    bc_labelled_BT = labelled_BT if relevant_B is None else labelled_BT & relevant_B[:, None]
+    bc_B = relevant_B
+    if relevant_B is not None and c.loss.bc_rows == "relevant_episodes":
+      bc_B = batch.get("relevant_episode_B", relevant_B)  # plus uniform rows of task-relevant episodes
+    bc_labelled_BT = labelled_BT if bc_B is None else labelled_BT & bc_B[:, None]
     valid_BT = batch.get("valid_T")
     dyn = {k: batch[k] for k in ("latents", "actions_discrete", "action_labelled")}
     if valid_BT is not None:

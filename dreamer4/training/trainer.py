@@ -188,7 +188,8 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
                       out_shardings=rep)
 
   def to_device(local):
-    extra = tuple(f for f in ("relevant_B", "valid_T") if f in local and f not in phase.data_fields)
+    extra = tuple(f for f in ("relevant_B", "relevant_episode_B", "valid_T")
+                  if f in local and f not in phase.data_fields)
     return data_loader.global_batch({f: local[f] for f in phase.data_fields + extra}, mesh)
 
 
@@ -226,7 +227,7 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
       t0 = time.time()
       local = next(data_iters[batch_kind(step + 1)])
       if "data_relevant" in data_iters:
-        local = _with_relevant(local, next(data_iters["data_relevant"]))
+        local = _with_relevant(local, next(data_iters["data_relevant"]), relevant_ids)
       with jax.set_mesh(mesh):
         state, metrics = p_train(state, to_device(local), base_key, frozen)
       iteration = step + 1
@@ -336,10 +337,13 @@ def _coverage(store, train_ids, eval_ids, windows: dict, eval_window: int, pad: 
   return out
 
 
-def _with_relevant(uniform: dict, relevant: dict) -> dict:
-  """One local batch: the uniform rows, then the relevant rows, flagged in relevant_B."""
+def _with_relevant(uniform: dict, relevant: dict, relevant_ids) -> dict:
+  """One local batch: the uniform rows, then the relevant rows, flagged in relevant_B (which
+  half a row is from); relevant_episode_B flags every row whose episode accomplished its task
+  (all relevant rows and the uniform rows that happen to be from such episodes)."""
   out = {k: np.concatenate([uniform[k], relevant[k]], axis=0) for k in uniform}
   out["relevant_B"] = np.concatenate([np.zeros(len(uniform["index"]), bool), np.ones(len(relevant["index"]), bool)])
+  out["relevant_episode_B"] = out["relevant_B"] | np.isin(out["episode"], np.asarray(relevant_ids))
   return out
 
 

@@ -131,6 +131,21 @@ def test_data_mixture_routes_dynamics_to_uniform_rows_and_bc_to_relevant_rows(ru
   # Without the flag every row counts for both terms.
   plain = metrics(fresh, {k: v for k, v in acts.items() if k != "relevant_B"})
   assert abs(float(plain["bc_nll"]) - float(base["bc_nll"])) > 1e-6
+  # A uniform row from a task-relevant episode (relevant_episode_B) also trains BC under the
+  # default bc_rows="relevant_episodes", and not under the paper's literal "relevant_half";
+  # the dynamics term reads the uniform rows either way.
+  row0 = jnp.asarray([True, False, True, True])
+  flagged, moved_flagged = (dict(b, relevant_episode_B=row0) for b in (batch, acts))
+  assert phase.config.loss.bc_rows == "relevant_episodes"
+  a, b = metrics(fresh, flagged), metrics(fresh, moved_flagged)
+  assert abs(float(a["bc_nll"]) - float(b["bc_nll"])) > 1e-6  # row 0's actions now count for BC
+  assert float(a["shortcut_loss"]) == pytest.approx(float(base["shortcut_loss"]), rel=1e-6)
+  phase.config.loss.bc_rows = "relevant_half"
+  try:
+    half = jax.jit(lambda p, b: phase.loss_fn(p, aux, b, jax.random.key(0), {})[1][1])
+    assert float(half(fresh, moved_flagged)["bc_nll"]) == pytest.approx(float(base["bc_nll"]), rel=1e-6)
+  finally:
+    phase.config.loss.bc_rows = "relevant_episodes"
 
 
 def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
@@ -341,3 +356,13 @@ def test_dynamics_evaluation_reports_toy_state_metrics_over_valid_frames(run_dir
                "latent_mse_k4_shuffled_actions"):
     np.testing.assert_allclose(float(part[base]), np.mean([float(full[f"{base}_h{h:02d}"]) for h in range(1, H)]),
                                rtol=1e-5, err_msg=base)
+
+
+def test_mixture_batch_flags_rows_of_task_relevant_episodes():
+  from dreamer4.training.trainer import _with_relevant
+  uniform = {"episode": np.asarray([3, 4, 7]), "index": np.arange(3)}
+  relevant = {"episode": np.asarray([4, 9]), "index": np.arange(2)}
+  out = _with_relevant(uniform, relevant, [4, 9, 11])
+  np.testing.assert_array_equal(out["episode"], [3, 4, 7, 4, 9])
+  np.testing.assert_array_equal(out["relevant_B"], [False, False, False, True, True])
+  np.testing.assert_array_equal(out["relevant_episode_B"], [False, True, False, True, True])
