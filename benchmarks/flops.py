@@ -124,7 +124,6 @@ def dynamics_train_flops(model_cfg, num_latents: int, latent_dim: int, batch: in
   D, heads, kv, K = int(model_cfg.width), int(model_cfg.num_heads), int(model_cfg.num_kv_heads), int(model_cfg.head_dim)
   M, depth = int(model_cfg.mlp_dim), int(model_cfg.depth)
   S = num_latents // group + int(model_cfg.num_registers) + 2  # spatial, registers, tau/d, action
-  S += int(model_cfg.get("num_agent_tokens", 0))
   time_layers = sum((i + 1) % int(model_cfg.time_every) == 0 for i in range(depth))
   space_layers = depth - time_layers
   context = int(model_cfg.context) or window

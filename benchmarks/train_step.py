@@ -213,7 +213,7 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
   from data_pipelines import loader
   from data_pipelines.episodes import EpisodeStore
   from dreamer4 import sharding as shd
-  from dreamer4.phases.tokenizer import TokenizerPhase
+  from dreamer4.phases.tokenizer import make_phase
   from dreamer4.training import state as st
   from benchmarks import flops as fl
 
@@ -222,7 +222,7 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
   t_start = time.perf_counter()
   store = EpisodeStore.open(data_path)
   frame_shape = tuple(int(x) for x in store.frame_shape)
-  phase = TokenizerPhase(config, store)
+  phase = make_phase(config, store)
   use_lpips = float(config.loss.lpips_weight) > 0
   if mesh is None:
     mesh = shd.make_mesh(config.mesh)

@@ -60,10 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.bc_weight = 1.0
   c.loss.reward_weight = 1.0
   # Rows whose labelled actions train the BC head under the data mixture (data.relevant_fraction):
-  # "relevant_half" is the paper's literal rule (the relevant half only, §5.3); "relevant_episodes"
-  # (ours) also counts the uniform rows that come from task-relevant episodes, the same criterion
-  # for every row: on the toy 82% of the uniform rows qualify, so BC sees 1.8x the labels at no cost.
-  c.loss.bc_rows = "relevant_episodes"
+  # "relevant_half" is the paper's rule (the relevant half only, §5.3); "relevant_episodes" (ours)
+  # also counts the uniform rows from task-relevant episodes. Measured on the toy (run toy7's world
+  # model, 300 of 900 steps, same seeds): 1.55x the BC labels per step, but held-out next-action
+  # accuracy 32.0% against 34.7% and train NLL 1.539 against 1.542: BC is not short of labels here.
+  c.loss.bc_rows = "relevant_half"
 
   # Toy: lr 1e-3 and 900 steps (our choice). The BC signal is weak (about half the behaviour
   # actions are random) and at 300 steps with lr 3e-4 or 1e-3 the acting head had only learned

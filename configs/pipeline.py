@@ -80,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A run a 2-core CPU affords (about 40 min from collect to the table; our choice, not the
     # paper's scale). Episodes are cut at 150 steps, so the expert's data climbs the first
     # stages of the tech tree (wood, table, wooden tools, stone); the goal labels follow
-    # data_pipelines/envs/craftax.py (half "collect_diamond", the rest spread over the stages).
+    # data_pipelines/envs/craftax/collect.py (half "collect_diamond", the rest spread over the stages).
     c.seeds = 1
     c.collect.env = "craftax"
     c.collect.layout = ""
@@ -104,7 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.collect.episodes = 0     # no episode cap: collect.frames bounds the dataset
     c.collect.max_steps = 2000  # data_pipelines.collect's Craftax default (the expert mostly dies earlier)
     c.collect.skills = "0.9,0.5,0.0"  # data_pipelines.collect's default skill mix
-    # Every goal the expert's episodes are labelled with (data_pipelines/envs/craftax.py STAGES),
+    # Every goal the expert's episodes are labelled with (data_pipelines/envs/craftax STAGES),
     # so each task embedding saw training data.
     c.evaluate.tasks = ("collect_wood,place_table,make_wood_pickaxe,make_wood_sword,collect_stone,place_stone,"
                         "make_stone_pickaxe,make_stone_sword,place_furnace,collect_coal,collect_iron,"

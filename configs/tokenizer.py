@@ -65,6 +65,12 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.remat = False            # rematerialise each block in the backward pass
   c.remat_policy = "nothing"  # with remat, what each scanned layer group saves: "nothing" (its input
                              # only), "inputs" (every layer's input), "attention" (+ attention outputs)
+  # Attention implementation (dreamer4/models/transformer.py, ATTENTION_IMPLS): "dense" (the
+  # reference einsum), "chunked" (the same per chunk of 128 queries: logits memory bounded by
+  # the chunk, soft cap kept; at <= 128 queries, a frame's tokens or a window's frames, it is
+  # dense), "xla" / "cudnn" (jax.nn.dot_product_attention; cudnn: NVIDIA GPUs in bfloat16
+  # only). The fused paths have no logit soft cap: they DROP softcap.
+  c.attention = "dense"
   # Scan groups of time_every layers (depth a multiple of time_every): program size, compile time
   # and (with remat) activation memory stop growing with depth. Off for the CPU sizes: without
   # remat a scanned step measured 1.35x slower (depth 8, width 128; benchmarks/scan_layers.py).

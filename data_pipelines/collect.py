@@ -9,10 +9,12 @@ Each episode draws its policy skill uniformly from --skills, so one dataset mixe
 expert, mediocre and random play (the agent phase learns from all of it, and the
 random part shows the world model what every action does).
 
-Craftax (see data_pipelines/envs/craftax.py) is collected in JAX, `--num_envs`
-episodes at a time. Its size is set in frames: collection stops starting new
-episodes once --frames (default 1,000,000) frames are collected or under way,
-and lets the running ones finish, so a store holds slightly more. --episodes,
+How an env is collected is registered in data_pipelines.envs.ENVS: the toy is
+stepped one episode at a time with its scripted policy; Craftax (see
+data_pipelines/envs/craftax/) is collected in JAX, `--num_envs` episodes at a
+time. Its size is set in frames: collection stops starting new episodes once
+--frames (default 1,000,000) frames are collected or under way, and lets the
+running ones finish, so a store holds slightly more. --episodes,
 if given, caps the episode count as well. Episodes last up to --max_steps steps
 (default 2000; the expert mostly dies earlier). Stores also get a per-frame
 array `achievement_unlocks` [N, 22] uint8 (1 where an achievement was unlocked).
@@ -31,22 +33,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_pipelines.envs import ENVS, make_env
-from data_pipelines.envs.toy import ScriptedPolicy
+from data_pipelines.errors import UserError
 
 
 # Episodes are committed in groups of about one shard of frames: each commit
 # rewrites the partly filled shard, so committing per episode is several times
 # slower. A crash loses at most the uncommitted group.
 COMMIT_FRAMES = 1024
-# Envs whose collection is batched in JAX rather than stepped one episode at a time.
-BATCHED_ENVS = ("craftax",)
-DEFAULT_EPISODES = 100  # toy (and per-episode envs) when --episodes is not given
-DEFAULT_FRAMES = 1_000_000  # craftax when neither --episodes nor --frames is given
-DEFAULT_MAX_STEPS = {"toy": 64, "craftax": 2000}
+DEFAULT_EPISODES = 100  # per-episode envs (toy) when --episodes is not given
+DEFAULT_FRAMES = 1_000_000  # batched envs (craftax) when neither --episodes nor --frames is given
 
 
-class CollectError(ValueError):
-  """Bad collect input; the message names the flag and the fix."""
+class CollectError(UserError):
+  """Bad collect input: `flag` names the setting (e.g. "layout"), `detail` the problem and the fix;
+  the message reads "--flag: detail", and a caller with its own flag names (the pipeline's
+  --config.collect.*) rebuilds it from the two parts."""
+
+  def __init__(self, flag: str, detail: str):
+    super().__init__(f"--{flag}: {detail}")
+    self.flag, self.detail = flag, detail
 
 
 def _is_local(output: str) -> bool:
@@ -63,12 +68,12 @@ def _check_writable(output: str):
     return
   path = os.path.abspath(_local_path(output))
   if os.path.exists(path) and not os.path.isdir(path):
-    raise CollectError(f"--output: {output} is a file, not a directory; choose another path")
+    raise CollectError("output", f"{output} is a file, not a directory; choose another path")
   probe = path
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
   if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-    raise CollectError(f"--output: cannot write under {probe} (permission denied); choose a writable path")
+    raise CollectError("output", f"cannot write under {probe} (permission denied); choose a writable path")
 
 
 def _episode_seeds(seed: int, episode: int) -> tuple[int, int, float]:
@@ -81,7 +86,7 @@ def _episode_seeds(seed: int, episode: int) -> tuple[int, int, float]:
 
 def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
             skills: Sequence[float] = (0.9, 0.5, 0.0), size: int = 64, append: bool = False,
-            max_steps: int = 64, frames: int | None = None, num_envs: int = 64, chunk: int = 64,
+            max_steps: int | None = None, frames: int | None = None, num_envs: int = 64, chunk: int = 64,
             log: Any = None, layout: str | None = None) -> dict[str, Any]:
   """Runs scripted policies in an env and appends the episodes to a store.
 
@@ -94,11 +99,11 @@ def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
     skills: policy skills to mix, each in [0, 1]; each episode draws one uniformly.
     size: frame height and width.
     append: append to an existing store instead of creating a new one.
-    max_steps: steps after which an episode is truncated.
+    max_steps: steps after which an episode is truncated (None: the env's EnvSpec.max_steps).
     frames: batched envs only: stop starting episodes once this many frames are collected
       or under way (None: DEFAULT_FRAMES when `episodes` is None too).
-    layout: toy only: "random" or "fixed" goal cells (see data_pipelines/envs/toy.py);
-      None keeps the env's default.
+    layout: envs with layouts only (toy: "random" or "fixed" goal cells, see
+      data_pipelines/envs/toy.py); None keeps the env's default.
     num_envs: batched envs only: episodes stepped together.
     chunk: batched envs only: steps per jitted call (finished envs restart between calls).
     log: batched envs only: optional progress printer.
@@ -114,118 +119,62 @@ def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
   from data_pipelines.episodes import EpisodeStore, StoreError  # pylint: disable=g-import-not-at-top
 
   if env_name not in ENVS:
-    raise CollectError(f"--env: unknown env {env_name!r}; choose one of {', '.join(sorted(ENVS))}")
-  batched = env_name in BATCHED_ENVS
-  if episodes is None and not batched:
+    raise CollectError("env", f"unknown env {env_name!r}; choose one of {', '.join(sorted(ENVS))}")
+  spec = ENVS[env_name]
+  if episodes is None and not spec.batched:
     episodes = DEFAULT_EPISODES
   if episodes is not None and episodes < 1:
-    raise CollectError(f"--episodes: must be >= 1, got {episodes}")
+    raise CollectError("episodes", f"must be >= 1, got {episodes}")
   if frames is not None and frames < 1:
-    raise CollectError(f"--frames: must be >= 1, got {frames}")
-  if batched and episodes is None and frames is None:
+    raise CollectError("frames", f"must be >= 1, got {frames}")
+  if spec.batched and episodes is None and frames is None:
     frames = DEFAULT_FRAMES
   if num_envs < 1:
-    raise CollectError(f"--num_envs: must be >= 1, got {num_envs}")
+    raise CollectError("num_envs", f"must be >= 1, got {num_envs}")
   skills = tuple(float(s) for s in skills)
   if not skills or any(not 0.0 <= s <= 1.0 for s in skills):
-    raise CollectError(f"--skills: give a comma-separated list of values in [0, 1], got {list(skills)}")
+    raise CollectError("skills", f"give a comma-separated list of values in [0, 1], got {list(skills)}")
+  max_steps = spec.max_steps if max_steps is None else max_steps
   if max_steps < 1:
-    raise CollectError(f"--max_steps: must be >= 1, got {max_steps}")
-  env_kwargs: dict[str, Any] = dict(size=size, max_steps=max_steps)
-  if layout is not None:
-    if env_name != "toy":
-      raise CollectError(f"--layout: only the toy env has layouts; drop --layout for --env={env_name}")
-    env_kwargs["layout"] = layout
+    raise CollectError("max_steps", f"must be >= 1, got {max_steps}")
+  if layout is not None and not spec.layouts:
+    raise CollectError("layout", f"only the {_env_names('layouts')} env has layouts; "
+                       f"drop --layout for --env={env_name}")
   try:
-    env = make_env(env_name, **env_kwargs)
+    env = make_env(env_name, **spec.env_kwargs(size, max_steps, layout))
   except ValueError as e:
-    raise CollectError(f"{'--layout' if 'layout' in str(e) else '--size'}: {e}") from None
+    raise CollectError("layout" if "layout" in str(e) else "size", str(e)) from None
   _check_writable(output)
 
   if append:
     try:
       store = EpisodeStore.open(output, "a")
     except StoreError as e:
-      raise CollectError(f"--append: {e}") from None
+      raise CollectError("append", f"{e}") from None
     if store.metadata["env"] != env.name or store.frame_shape != tuple(env.frame_shape) or \
         store.action_spec != env.action_spec:
-      raise CollectError(f"--append: {output} holds env {store.metadata['env']!r} with frames "
+      raise CollectError("append", f"{output} holds env {store.metadata['env']!r} with frames "
                          f"{store.frame_shape}; collect with matching --env/--size or a new --output")
   else:
     try:
       store = EpisodeStore.create(output, env=env.name, frame_shape=env.frame_shape, action_spec=env.action_spec,
                                   task_names=env.task_names, fps=env.fps, created_by="data_pipelines.collect")
     except StoreError as e:
-      raise CollectError(f"--output: {e}") from None
-
-  if batched:
-    return _collect_batched(env, store, output, episodes, frames, seed, skills, num_envs, chunk, log)
+      raise CollectError("output", f"{e}") from None
+  for name, columns in spec.frame_arrays.items():
+    if name not in store.array_names:
+      if store.num_episodes:
+        raise CollectError("append", f"{output} has no {name!r} array; collect into a new --output")
+      store.add_array(name, (len(columns),), np.uint8, attrs={"names": list(columns)})
 
   first = store.num_episodes
-  null_discrete, _ = env.action_spec.null_action()
-  returns, successes, frames_total = [], [], 0
-  pending, pending_frames = [], 0
-  t0 = time.perf_counter()
-  for k in range(first, first + episodes):
-    env_seed, policy_seed, u = _episode_seeds(seed, k)
-    policy = ScriptedPolicy(skills[int(u * len(skills))], policy_seed)
-    frame, task = env.reset(env_seed)
-    frames, actions, rewards = [frame], [null_discrete], [0.0]
-    done, info = False, {}
-    while not done:
-      action = policy(env)
-      frame, reward, done, info = env.step(action)
-      frames.append(frame)
-      actions.append(action)
-      rewards.append(reward)
-    t = len(frames)
-    pending.append(dict(frames_THWC=np.stack(frames), actions_discrete_TA=np.stack(actions).astype(np.int32),
-                        rewards_T=np.asarray(rewards, np.float32), tasks_T=np.full((t,), task, np.int32),
-                        action_labelled_T=np.arange(t) > 0))  # the first frame holds the null action
-    pending_frames += t
-    if pending_frames >= COMMIT_FRAMES:
-      store.append_many(pending)
-      pending, pending_frames = [], 0
-    returns.append(float(np.sum(rewards)))
-    successes.append(bool(info.get("success", False)))
-    frames_total += t
-  store.append_many(pending)
-  seconds = time.perf_counter() - t0
-  return {
-      "output": output,
-      "episodes": episodes,
-      "frames": frames_total,
-      "seconds": round(seconds, 3),
-      "frames_per_second": round(frames_total / max(seconds, 1e-9), 1),
-      "mean_return": float(np.mean(returns)),
-      "success_rate": float(np.mean(successes)),
-      "total_episodes": store.num_episodes,
-  }
-
-
-UNLOCKS = "achievement_unlocks"
-
-
-def _collect_batched(env, store, output, episodes, frames, seed, skills, num_envs, chunk, log) -> dict[str, Any]:
-  """Craftax: the JAX-batched collector, appending finished episodes in groups of about COMMIT_FRAMES."""
-  from data_pipelines.envs import craftax  # pylint: disable=g-import-not-at-top
-
-  if UNLOCKS not in store.array_names:
-    if store.num_episodes:
-      raise CollectError(f"--append: {output} has no {UNLOCKS!r} array; collect into a new --output")
-    store.add_array(UNLOCKS, (len(craftax.ACHIEVEMENT_NAMES),), np.uint8,
-                    attrs={"names": list(craftax.ACHIEVEMENT_NAMES)})
-  first = store.num_episodes
-  goal_probs = craftax.default_goal_probs()
-
-  def episode_params(k):
-    env_seed, policy_seed, u = _episode_seeds(seed, first + k)
-    goal = int(np.random.default_rng(policy_seed).choice(len(goal_probs), p=goal_probs))
-    return env_seed, skills[int(u * len(skills))], goal
-
   pending, pending_frames = [], 0
 
-  def sink(batch):
+  def episode_seeds(k: int) -> tuple[int, int, float]:
+    return _episode_seeds(seed, first + k)
+
+  def sink(batch: list[dict[str, Any]]) -> None:
+    """Appends finished episodes in groups of about COMMIT_FRAMES frames."""
     nonlocal pending, pending_frames
     pending.extend(batch)
     pending_frames += sum(ep["frames_THWC"].shape[0] for ep in batch)
@@ -233,8 +182,11 @@ def _collect_batched(env, store, output, episodes, frames, seed, skills, num_env
       store.append_many(pending)
       pending, pending_frames = [], 0
 
-  out = craftax.collect_batched(episode_params, size=env.size, max_steps=env.max_steps, num_envs=num_envs,
-                                chunk=chunk, max_episodes=episodes, max_frames=frames, sink=sink, log=log)
+  if spec.batched:
+    out = spec.collect_batched(env, episode_seeds, skills, num_envs=num_envs, chunk=chunk, max_episodes=episodes,
+                               max_frames=frames, sink=sink, log=log)
+  else:
+    out = _play_episodes(env, spec.behaviour, episode_seeds, skills, episodes, sink)
   store.append_many(pending)
   return {
       "output": output,
@@ -248,21 +200,60 @@ def _collect_batched(env, store, output, episodes, frames, seed, skills, num_env
   }
 
 
+def _play_episodes(env, behaviour, episode_seeds, skills, episodes, sink) -> dict[str, Any]:
+  """Per-episode collection: `episodes` episodes of the env's scripted policy, one at a time, each
+  handed to `sink`; returns the summary of EnvSpec.collect_batched (episodes, frames, seconds,
+  frames_per_second, returns, successes)."""
+  null_discrete, _ = env.action_spec.null_action()
+  returns, successes, frames_total = [], [], 0
+  t0 = time.perf_counter()
+  for k in range(episodes):
+    env_seed, policy_seed, u = episode_seeds(k)
+    policy = behaviour(skills[int(u * len(skills))], policy_seed)
+    frame, task = env.reset(env_seed)
+    frames, actions, rewards = [frame], [null_discrete], [0.0]
+    done, info = False, {}
+    while not done:
+      action = policy(env)
+      frame, reward, done, info = env.step(action)
+      frames.append(frame)
+      actions.append(action)
+      rewards.append(reward)
+    t = len(frames)
+    sink([dict(frames_THWC=np.stack(frames), actions_discrete_TA=np.stack(actions).astype(np.int32),
+               rewards_T=np.asarray(rewards, np.float32), tasks_T=np.full((t,), task, np.int32),
+               action_labelled_T=np.arange(t) > 0)])  # the first frame holds the null action
+    returns.append(float(np.sum(rewards)))
+    successes.append(bool(info.get("success", False)))
+    frames_total += t
+  seconds = time.perf_counter() - t0
+  return {"episodes": episodes, "frames": frames_total, "seconds": seconds,
+          "frames_per_second": frames_total / max(seconds, 1e-9), "returns": returns, "successes": successes}
+
+
+def _env_names(kind: str) -> str:
+  """The registered envs that are batched ("batched") or have layouts ("layouts"), e.g. "craftax"."""
+  return ", ".join(n for n, spec in ENVS.items() if (spec.batched if kind == "batched" else spec.layouts))
+
+
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("env", "toy", "Environment name (registered in data_pipelines.envs).")
-  flags.DEFINE_integer("episodes", None, f"Number of episodes to collect (toy default {DEFAULT_EPISODES}; "
-                       "craftax: no cap unless given).")
-  flags.DEFINE_integer("frames", None, f"Craftax: stop starting episodes after this many frames "
+  batched = _env_names("batched")
+  flags.DEFINE_integer("episodes", None, f"Number of episodes to collect (default {DEFAULT_EPISODES}; "
+                       f"{batched}: no cap unless given).")
+  flags.DEFINE_integer("frames", None, f"{batched} only: stop starting episodes after this many frames "
                        f"(default {DEFAULT_FRAMES:,} when --episodes is not given).")
-  flags.DEFINE_integer("num_envs", 64, "Craftax: episodes stepped together in JAX.")
+  flags.DEFINE_integer("num_envs", 64, f"{batched} only: episodes stepped together.")
   flags.DEFINE_string("output", None, "Store location: a directory or a TensorStore kvstore URL.")
   flags.DEFINE_integer("seed", 0, "Base seed; episode k uses seeds derived from (seed, k).")
   flags.DEFINE_list("skills", ["0.9", "0.5", "0.0"], "Policy skills to mix (each in [0, 1]).")
   flags.DEFINE_integer("size", 64, "Frame height and width in pixels.")
-  flags.DEFINE_integer("max_steps", None, f"Steps after which an episode is truncated (default {DEFAULT_MAX_STEPS}).")
+  defaults = ", ".join(f"{n} {spec.max_steps}" for n, spec in ENVS.items())
+  flags.DEFINE_integer("max_steps", None, f"Steps after which an episode is truncated (default: {defaults}).")
   flags.DEFINE_bool("append", False, "Append to an existing store instead of creating a new one.")
-  flags.DEFINE_string("layout", None, "Toy only: goal cells, 'random' (default) or 'fixed'.")
+  flags.DEFINE_string("layout", None, f"{_env_names('layouts')} only: the env's layout (toy: goal cells, "
+                      "'random' (default) or 'fixed').")
 
 
 def main(argv):
@@ -273,14 +264,13 @@ def main(argv):
   f = flags.FLAGS
   try:
     if not f.output:
-      raise CollectError("--output: required; give a directory or kvstore URL for the dataset")
+      raise CollectError("output", "required; give a directory or kvstore URL for the dataset")
     try:
       skills = [float(s) for s in f.skills]
     except ValueError:
-      raise CollectError(f"--skills: give comma-separated numbers in [0, 1], got {','.join(f.skills)}") from None
-    max_steps = f.max_steps if f.max_steps is not None else DEFAULT_MAX_STEPS.get(f.env, 64)
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if f.env in BATCHED_ENVS else None
-    summary = collect(f.env, f.output, f.episodes, f.seed, skills, f.size, f.append, max_steps,
+      raise CollectError("skills", f"give comma-separated numbers in [0, 1], got {','.join(f.skills)}") from None
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # batched collectors report progress
+    summary = collect(f.env, f.output, f.episodes, f.seed, skills, f.size, f.append, f.max_steps,
                       frames=f.frames, num_envs=f.num_envs, log=log, layout=f.layout)
   except CollectError as e:
     print(f"error: {e}", file=sys.stderr)

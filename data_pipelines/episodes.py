@@ -54,6 +54,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_pipelines.envs.base import ActionSpec
+from data_pipelines.errors import DataError
 
 SCHEMA_VERSION = 1
 SHARD_FRAMES = 1024  # frames per shard file along N
@@ -71,7 +72,7 @@ _context_lock = threading.Lock()
 _shared_context = None
 
 
-class StoreError(ValueError):
+class StoreError(DataError):
   """A missing, incompatible or corrupt EpisodeStore; the message is one line saying what to do."""
 
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from data_pipelines.errors import DataError
 from data_pipelines.windows import DEFAULT_FIELDS, WindowSource, coverage, window_table
 
 
@@ -77,7 +78,7 @@ class _EpochShuffleShard(grain.MapDataset):
 
 def _check_batch_size(batch_size: int):
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}; set the batch size (--config.train.batch_size) to a positive value")
+    raise DataError(f"batch_size must be >= 1, got {batch_size}; set the batch size (--config.train.batch_size) to a positive value")
 
 
 def relevant_rows(fraction: float, local_batch: int) -> int:
@@ -130,8 +131,8 @@ def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episod
     grain.checkpoint.CheckpointSave/CheckpointRestore.
 
   Raises:
-    ValueError: bad batch size or process layout, empty episode list, or no
-      episode long enough for the window.
+    DataError: bad batch size, empty episode list, or no episode long enough
+      for the window (ValueError: a bad process layout).
   """
   _check_batch_size(batch_size)
   if not 0 <= process_index < process_count:
@@ -139,7 +140,7 @@ def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episod
   source = WindowSource(path, window, episode_ids, fields, pad)
   per_process = len(source) // process_count // batch_size * batch_size
   if per_process == 0:
-    raise ValueError(f"dataset {path} has {len(source)} windows of {window} frames, fewer than one global batch "
+    raise DataError(f"dataset {path} has {len(source)} windows of {window} frames, fewer than one global batch "
                      f"({batch_size} x {process_count} processes); collect more episodes or lower the batch size")
   ds = _EpochShuffleShard(grain.MapDataset.source(source), seed=seed, per_process_epoch=per_process,
                           process_index=process_index, process_count=process_count, block=batch_size)
@@ -163,7 +164,7 @@ def eval_batches(path: str, *, window: int, batch_size: int, episode_ids: Sequen
   """
   _check_batch_size(batch_size)
   if max_batches < 1:
-    raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    raise DataError(f"max_batches must be >= 1, got {max_batches}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
   source = WindowSource(path, window, episode_ids, fields, pad)
@@ -188,7 +189,7 @@ def window_coverage(store, episode_ids: Sequence[int], window: int, pad: str = "
   return coverage(store, episode_ids, window, pad, relevant_ids=relevant_ids, tables=tables)
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequence[str] = ("data", "fsdp")
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequence[str] | None = None
                  ) -> dict[str, Any]:
   """Assembles each process's local batch into global jax.Arrays sharded on the batch axes.
 
@@ -196,16 +197,22 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequ
     local_batch: this process's numpy batch (leading dim = per-process batch).
     mesh: the jax Mesh.
     batch_axes: mesh axes the batch dimension is split over; axes the mesh lacks are skipped.
+      None: the "batch" rule of configs.common.LOGICAL_AXIS_RULES (the axes the models'
+      activations are constrained to, so the batch arrives where the step wants it).
 
   Returns:
     Dict of jax.Array with leading dim batch_size * process_count.
 
   Raises:
-    ValueError: if the global batch does not divide the product of the batch axes.
+    DataError: if the global batch does not divide the product of the batch axes.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
 
+  if batch_axes is None:
+    from configs.common import LOGICAL_AXIS_RULES  # pylint: disable=g-import-not-at-top
+    batch_axes = dict(LOGICAL_AXIS_RULES)["batch"]
+    batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
   axes = tuple(a for a in batch_axes if a in mesh.shape)
   ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
   sharding = NamedSharding(mesh, P(axes if axes else None))
@@ -213,7 +220,7 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequ
   for key, x in local_batch.items():
     global_b = x.shape[0] * jax.process_count()
     if global_b % ways:
-      raise ValueError(f"global batch {global_b} does not divide the {ways} devices of mesh axes {axes}; "
+      raise DataError(f"global batch {global_b} does not divide the {ways} devices of mesh axes {axes}; "
                        "set --config.data.batch_size to a multiple of them")
     out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(x))
   return out

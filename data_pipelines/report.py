@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.errors import UserError
+
 UNLOCKS = "achievement_unlocks"
 
 
@@ -208,13 +210,13 @@ def write_report(path: str, out: str | None = None) -> dict[str, Any]:
 
   Raises:
     StoreError: the store is missing or broken.
-    ValueError: no local output directory could be chosen.
+    UserError: no local output directory could be chosen.
   """
   from data_pipelines.episodes import EpisodeStore  # pylint: disable=g-import-not-at-top
   store = EpisodeStore.open(path)
   if out is None:
     if "://" in path and not path.startswith("file://"):
-      raise ValueError(f"--out: {path} is not a local directory; give --out=DIR for the report files")
+      raise UserError(f"--out: {path} is not a local directory; give --out=DIR for the report files")
     out = path[len("file://"):] if path.startswith("file://") else path
   report = compute_report(store)
   text = to_markdown(report)
@@ -234,13 +236,12 @@ def _define_flags():
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from data_pipelines.episodes import StoreError  # pylint: disable=g-import-not-at-top
   if len(argv) != 2:
     print("error: give exactly one store path: python -m data_pipelines.report PATH [--out=DIR]", file=sys.stderr)
     sys.exit(2)
   try:
     report = write_report(argv[1], flags.FLAGS.out)
-  except (StoreError, ValueError, OSError) as e:
+  except (UserError, OSError) as e:  # StoreError included
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
   print(report["markdown"], end="")

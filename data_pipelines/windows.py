@@ -30,8 +30,11 @@ import grain
 import numpy as np
 
 from data_pipelines.episodes import EpisodeStore
+from data_pipelines.errors import DataError
 
 DEFAULT_FIELDS = ("frames", "actions_discrete", "rewards", "tasks", "action_labelled")
+# Fields every window carries besides the store arrays it reads (`WindowSource.__getitem__`).
+LOADER_FIELDS = ("valid_T", "first_T", "index", "episode")
 PAD_MODES = ("end", "start", "none")
 # Fields whose padding is zero (no action, no reward, unlabelled) rather than a repeat of
 # the nearest real frame.
@@ -173,26 +176,26 @@ class WindowSource(grain.sources.RandomAccessDataSource):
   def __init__(self, path: str, window: int, episode_ids: Sequence[int], fields: Sequence[str] = DEFAULT_FIELDS,
                pad: str = "end"):
     if window < 1:
-      raise ValueError(f"WindowSource: window must be >= 1, got {window}")
+      raise DataError(f"WindowSource: window must be >= 1, got {window}")
     _check_pad(pad)
     store = EpisodeStore.open(path, "r")
     ids = np.asarray(episode_ids, np.int64).reshape(-1)
     if ids.size == 0:
-      raise ValueError(f"dataset {path}: the episode list is empty; check the train/eval split "
+      raise DataError(f"dataset {path}: the episode list is empty; check the train/eval split "
                        "(collect more episodes or lower eval_fraction)")
     if ids.min() < 0 or ids.max() >= store.num_episodes:
-      raise ValueError(f"dataset {path}: episode ids must be in [0, {store.num_episodes}), got "
+      raise DataError(f"dataset {path}: episode ids must be in [0, {store.num_episodes}), got "
                        f"[{ids.min()}, {ids.max()}]")
     missing = [f for f in fields if f not in store.array_names or f == "episode_offsets"]
     if missing:
-      raise ValueError(f"dataset {path}: no per-frame array {missing[0]!r}; it has "
+      raise DataError(f"dataset {path}: no per-frame array {missing[0]!r}; it has "
                        f"{', '.join(n for n in store.array_names if n != 'episode_offsets')}")
     self.table = window_table(store.episode_offsets, ids, window, pad)
     self._starts_W, self._episode_starts_W, self._episode_ends_W = self.table
     self._episode_W = np.searchsorted(store.episode_offsets, self._episode_starts_W, side="right") - 1
     if not len(self._starts_W):
       longest = int(store.episode_lengths[ids].max())
-      raise ValueError(f"dataset {path} has no episode of at least {window} frames (longest: {longest}); "
+      raise DataError(f"dataset {path} has no episode of at least {window} frames (longest: {longest}); "
                        "lower --config.data.window or collect longer episodes")
     self.path = path
     self.window = int(window)

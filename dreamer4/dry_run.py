@@ -31,6 +31,7 @@ so with many unrolled layers the CPU figure is an upper bound.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -44,6 +45,7 @@ from data_pipelines.envs.base import ActionComponent, ActionSpec
 from dreamer4 import sharding as shd
 from dreamer4.errors import ConfigError
 from dreamer4.training import state as st
+from dreamer4.training.phase import DataShapes
 
 # Action space assumed when no store is named (dynamics): a VPT-style Minecraft action,
 # 20 binary keys plus a foveated 11x11 mouse grid. Only the action table's size (about
@@ -65,26 +67,17 @@ def memory_aware_cpu_scheduler() -> None:
     os.environ["XLA_FLAGS"] = f"{flags} {CPU_SCHEDULER_FLAG}".strip()
 
 
-class _Shapes:
-  """The part of an EpisodeStore a phase's model needs (frame shape, action spec, path)."""
-
-  def __init__(self, frame_shape, action_spec, path):
-    self.frame_shape = tuple(frame_shape) if frame_shape else None
-    self.action_spec = action_spec
-    self.path = path
-
-
-def _store_or_config(config) -> _Shapes:
+def _store_or_config(config) -> DataShapes:
   path = config.data.get("path", "")
   if path:  # metadata only; no window is read
     from data_pipelines.episodes import EpisodeStore
-    store = EpisodeStore.open(path)
-    return _Shapes(store.frame_shape, store.action_spec, store.path)
+    return DataShapes.of_store(EpisodeStore.open(path))
   frame_shape = config.data.get("frame_shape", None)
-  return _Shapes(frame_shape, ASSUMED_ACTIONS, "(no store: config.data.frame_shape)")
+  return DataShapes(path="(no store: config.data.frame_shape)", frame_shape=tuple(frame_shape) if frame_shape else None,
+                    action_spec=ASSUMED_ACTIONS)
 
 
-def _tokenizer_phase(config, shapes: _Shapes):
+def _tokenizer_phase(config, shapes: DataShapes):
   from dreamer4.phases.tokenizer import TokenizerPhase
   if not shapes.frame_shape:
     raise ConfigError("--dry_run of the tokenizer needs the frame shape: set --config.data.path=STORE "
@@ -107,22 +100,13 @@ def _latent_shape(config) -> tuple[int, int]:
   return int(shape[0]), int(shape[1])
 
 
-def _dynamics_phase(config, shapes: _Shapes):
+def _dynamics_phase(config, shapes: DataShapes):
   from dreamer4.phases.dynamics import DynamicsPhase
-  from dreamer4.runs import dynamics_model_def
   N, L = _latent_shape(config)
-  m = config.model
-  long_window = int(config.data.get("long_window", 0))
-  if m.context and long_window and long_window <= m.context:
-    raise ConfigError(f"--config.data.long_window={long_window} must exceed --config.model.context="
-                      f"{m.context} (PAPER §3.2: batch length > context length)")
   spec = shapes.action_spec
-  # The phase without its frozen tokenizer and store checks: only loss_fn is used here,
-  # and the train step never reads the tokenizer (jit drops the unused argument).
-  phase = DynamicsPhase.__new__(DynamicsPhase)
-  phase.config = config
-  phase.num_latents, phase.latent_dim = N, L
-  phase.model_def = dynamics_model_def(m, N, L, spec)
+  # The phase from shapes only, without its frozen tokenizer and store checks (`load_frozen`):
+  # only loss_fn is used here, and the train step never reads the tokenizer.
+  phase = DynamicsPhase(config, dataclasses.replace(shapes, latent_shape=(N, L)))
   fields = {"latents": ((N, L), jnp.float32), "action_labelled": ((), jnp.bool_)}
   if spec.discrete_columns:
     fields["actions_discrete"] = ((spec.discrete_columns,), jnp.int32)

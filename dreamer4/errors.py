@@ -1,8 +1,13 @@
-"""User-facing errors: each carries one line that names the setting or file and the fix."""
+"""User-facing errors: each carries one line that names the setting or file and the fix.
 
+The root, `UserError`, lives in data_pipelines/errors.py (the lowest layer); every kind
+below and the data errors (`DataError`, `data_pipelines.episodes.StoreError`,
+`data_pipelines.collect.CollectError`) subclass it, so an entry point catches it alone.
+"""
 
-class UserError(ValueError):
-  """Bad input from the user (config, dataset, checkpoint, workdir). `main` prints it as one line."""
+from data_pipelines.errors import DataError, UserError
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "UserError"]
 
 
 class ConfigError(UserError):

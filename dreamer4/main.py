@@ -3,8 +3,9 @@ r"""Entry point for every phase.
   python -m dreamer4.main --config=configs/tokenizer.py:toy --workdir=runs/toy/tokenizer \
       --config.data.path=runs/toy/data
 
-The config file picks the phase (`config.phase`). Bad input stops with one line on stderr
-("error: ..."), exit code 2, before anything in the workdir is written.
+The config file picks the phase (`config.phase`). Bad input (any `UserError`) stops with one
+line on stderr ("error: ..."), exit code 2, before anything in the workdir is written;
+train.max_nonfinite non-finite steps in a row stop with one line, exit code 3.
 
   python -m dreamer4.main --dry_run --config=configs/dynamics.py:paper --cpu_devices=8 \
       --config.train.batch_size=8
@@ -37,30 +38,32 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the phase's train step o
                              "inputs, print parameters / memory / FLOPs per device, write nothing, exit.")
 _DRY_RUN_OUTPUT = flags.DEFINE_string("dry_run_output", None, "With --dry_run: also write the report (JSON) here.")
 
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing that reports a bad flag or config override as one line, exit code 2."""
+  """absl flag parsing that reports a bad flag, config file or override as one line, exit code 2."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
+  except Exception as e:  # noqa: BLE001 -- absl, ml_collections and a config file's get_config raise anything
+    print(f"error: {_flag_error_line(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _flag_error_line(e: Exception, argv: list[str]) -> str:
+  """One line for an error of flag parsing; the only place that reads absl / ml_collections
+  error text (everything after parsing raises a UserError, whose text is already one line)."""
+  if isinstance(e, flags.Error):  # e.g. "flag --config.x=abc: invalid literal ..." or a config file's traceback
     lines = [l for l in str(e).strip().splitlines() if l.strip()]
-    # A config file that raised: keep its own last line (the reason), not the traceback.
-    msg = lines[0].rstrip(":") + (f": {lines[-1]}" if len(lines) > 1 else "")
-  except (AttributeError, KeyError) as e:  # ml_collections: an override names a key the config lacks
-    # ml_collections nests the KeyError (AttributeError(KeyError("'key'\nDid you mean ...?"))).
-    inner = e
-    while inner.args and isinstance(inner.args[0], BaseException):
-      inner = inner.args[0]
-    text = str(inner.args[0]) if inner.args else str(inner)
-    first, *rest = [l.strip() for l in text.splitlines() if l.strip()] or [""]
-    key = first.strip("'\"")
-    hint = f" ({rest[-1][0].lower()}{rest[-1][1:]})" if rest else ""
+    return lines[0].rstrip(":") + (f": {lines[-1]}" if len(lines) > 1 else "")
+  if isinstance(e, (AttributeError, KeyError)):  # an override names a key the config lacks
+    # ml_collections nests the KeyError: AttributeError(KeyError("'key'\nDid you mean ...?")).
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    key, *hint = [l.strip() for l in str(e.args[0] if e.args else e).splitlines() if l.strip()] or [""]
+    key = key.strip("'\"")
+    hint = f" ({hint[-1][0].lower()}{hint[-1][1:]})" if hint else ""
     bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and f".{key}." in a.split("=")[0] + "."]
-    msg = (f"{bad[0] if bad else '--config'}: the config has no key {key!r}{hint}; "
-           f"check the spelling against the config file")
-  except Exception as e:  # noqa: BLE001 -- e.g. a config file's get_config raising on a bad variant
-    msg = f"--config: {str(e).strip().splitlines()[-1]}"
-  print(f"error: {msg}", file=sys.stderr)
-  sys.exit(2)
+    return f"{bad[0] if bad else '--config'}: the config has no key {key!r}{hint}; check the spelling against the config file"
+  return f"--config: {str(e).strip().splitlines()[-1]}"
 
 
 class _QuietLibraries(logging.Filter):
@@ -76,9 +79,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dreamer4 import distributed
-  from dreamer4.phases import run
-  from dreamer4.pipeline import run_pipeline
-  from data_pipelines.episodes import StoreError
   from dreamer4.errors import UserError
   try:
     if _CONFIG.value is None:
@@ -94,12 +94,26 @@ def main(argv):
     if _DRY_RUN.value:
       _dry_run(_CONFIG.value, _DRY_RUN_OUTPUT.value)
       return
-    summary = (run_pipeline if _CONFIG.value.phase == "pipeline" else run)(_CONFIG.value, _WORKDIR.value)
-  except (UserError, StoreError, FloatingPointError) as e:
+    _run(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:  # every user-facing error (data_pipelines/errors.py)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  if summary.get("stop_reason") == "nonfinite":
+  except FloatingPointError as e:  # train.max_nonfinite non-finite steps in a row; the last good checkpoint is kept
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+
+
+def _run(config, workdir: str) -> dict:
+  """`config.phase`: "pipeline" runs every stage (dreamer4/pipeline.py), any other name one phase
+  of the registry (dreamer4/phases/)."""
+  from dreamer4.errors import ConfigError
+  from dreamer4.phases import PHASES, run
+  if config.phase == "pipeline":
+    from dreamer4.pipeline import run_pipeline
+    return run_pipeline(config, workdir)
+  if config.phase not in PHASES:
+    raise ConfigError(f"--config.phase={config.phase!r} is unknown; choose one of {', '.join(PHASES)}, pipeline")
+  return run(config, workdir)
 
 
 def _dry_run(config, output: str | None) -> None:

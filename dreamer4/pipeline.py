@@ -39,7 +39,8 @@ def stage_finished(stage_dir: str, num_steps: int) -> bool:
 
 
 def collect_stage(config, data_path: str) -> None:
-  from data_pipelines.collect import BATCHED_ENVS, CollectError, collect
+  from data_pipelines.collect import CollectError, collect
+  from data_pipelines.envs import ENVS
   from data_pipelines.episodes import EpisodeStore, StoreError
   have, have_frames = 0, 0
   try:
@@ -50,9 +51,10 @@ def collect_stage(config, data_path: str) -> None:
       raise
   # collect.frames (batched envs only, as data_pipelines.collect --frames) bounds the dataset by
   # frames instead of collect.episodes.
-  frames = int(config.collect.get("frames", 0) or 0)
-  if frames and config.collect.env not in BATCHED_ENVS:
-    raise ConfigError(f"--config.collect.frames applies to {', '.join(BATCHED_ENVS)} only; "
+  frames = int(config.collect.frames)
+  if frames and not (config.collect.env in ENVS and ENVS[config.collect.env].batched):
+    batched = ", ".join(name for name, spec in ENVS.items() if spec.batched)
+    raise ConfigError(f"--config.collect.frames applies to {batched} only; "
                       f"set it to 0 and use --config.collect.episodes for env {config.collect.env!r}")
   if frames and have_frames >= frames:
     logging.info("collect: %s already holds %d frames; skipped", data_path, have_frames)
@@ -68,29 +70,23 @@ def collect_stage(config, data_path: str) -> None:
   try:
     summary = collect(config.collect.env, data_path, episodes,
                       config.collect.seed + have, skills, config.collect.size, have > 0,
-                      max_steps=int(config.collect.get("max_steps", 64)),
+                      max_steps=int(config.collect.max_steps),
                       frames=(frames - have_frames) if frames else None,
-                      layout=config.collect.get("layout") or None)
-  except CollectError as e:  # its messages name the collect flag: "--layout: ..." -> "--config.collect.layout: ..."
-    msg = str(e)
-    raise ConfigError("--config.collect." + msg[2:] if msg.startswith("--") else f"--config.collect: {msg}") from None
+                      layout=config.collect.layout or None)
+  except CollectError as e:  # the same setting under the pipeline's name
+    raise ConfigError(f"--config.collect.{e.flag}: {e.detail}") from None
   logging.info("collect: %s", summary)
 
 
 def eval_env_kwargs(config, frame_shape) -> dict:
   """Constructor arguments of the evaluation env, so it draws frames (and goals) as the data did."""
-  env = config.collect.env
-  if env not in ("toy", "craftax"):
-    return {}
-  kwargs = {"size": int(frame_shape[0]), "max_steps": int(config.collect.get("max_steps", 64))}
-  if env == "toy":
-    kwargs["layout"] = config.collect.get("layout") or "random"
-  return kwargs
+  from data_pipelines.envs import ENVS
+  return ENVS[config.collect.env].env_kwargs(frame_shape[0], config.collect.max_steps, config.collect.layout)
 
 
 def eval_tasks(config) -> tuple[str, ...] | None:
   """The tasks the evaluation cycles through (None: all of the env's tasks)."""
-  names = tuple(t.strip() for t in str(config.evaluate.get("tasks", "") or "").split(",") if t.strip())
+  names = tuple(t.strip() for t in str(config.evaluate.tasks).split(",") if t.strip())
   return names or None
 
 
@@ -99,7 +95,7 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
 
   Skipped when WORKDIR/evaluate/results.json exists. Rows whose phase is missing are left out.
   """
-  from dreamer4.evaluation import env_eval
+  from dreamer4.evaluation import env_eval, report
   from dreamer4.evaluation.wm_policy import WorldModelAgent
   from data_pipelines.episodes import EpisodeStore
   out_dir = os.path.join(workdir, "evaluate")
@@ -110,7 +106,7 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
   ev = config.evaluate
   store = EpisodeStore.open(data_path)
   kwargs, tasks = eval_env_kwargs(config, store.frame_shape), eval_tasks(config)
-  num_seeds = int(config.get("seeds", 1))
+  num_seeds = int(config.seeds)
 
   def common(s: int) -> dict:
     # Seed s evaluates its own agents on environment seeds ev.seed + s (random play too, so
@@ -130,12 +126,12 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
       per_seed["Dreamer 4"].append(env_eval.evaluate(
           config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"), **common(s)))
   # One seed: its row as is; several: mean ± std across seeds. Table order: random, behaviour, agents.
-  merge = lambda found: found[0] if len(found) == 1 else env_eval.aggregate_seeds(found)
+  merge = lambda found: found[0] if len(found) == 1 else report.aggregate_seeds(found)
   rows = {"random": merge(per_seed.pop("random")),
           "behaviour data": env_eval.behaviour_table(data_path, tasks=tasks)}
   rows.update({name: merge(found) for name, found in per_seed.items() if found})
-  env_eval.write_table(rows, out_dir)
-  logging.info("evaluate:\n%s", env_eval.to_markdown(rows))
+  report.write_table(rows, out_dir)
+  logging.info("evaluate:\n%s", report.to_markdown(rows))
   return json.loads(done.read_text())
 
 
@@ -180,7 +176,7 @@ def run_pipeline(config, workdir: str) -> dict:
     if stage not in ("collect", "encode", "evaluate") + tuple(TRAINED_STAGES):
       raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, encode, evaluate, "
                         f"{', '.join(TRAINED_STAGES)}")
-  for stage, s in stage_plan(config.stages, int(config.get("seeds", 1))):
+  for stage, s in stage_plan(config.stages, int(config.seeds)):
     if stage == "collect":
       collect_stage(config, data_path)
       continue

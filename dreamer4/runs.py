@@ -25,12 +25,35 @@ from dreamer4.training.state import ModelDef, to_abstract
 LATENTS = "latents"  # the store array the encode job writes
 
 
+# Keys added to configs/ after runs were saved, per run kind and section, with the value that
+# rebuilds an older run as it was trained (its config.json lacks them). `read_config` fills
+# them in, so every other reader of a config uses plain attribute access. (scan_layers=False:
+# a run older than scanned layers has unscanned checkpoints.)
+LATER_KEYS = {
+    "tokenizer": {"model": dict(dtype="float32", remat=False, scan_layers=False, remat_policy="nothing",
+                                context=0, readout_bias_init=0.0, readout_init_scale=1.0,
+                                block_skip=False, output="sigmoid", attention="dense")},
+    "dynamics": {"model": dict(k_max=64, dtype="float32", remat=False, spatial_pos=False,
+                               scan_layers=False, remat_policy="nothing", attention="dense")},
+}
+
+
+def upgrade_config(cfg: ml_collections.ConfigDict, what: str) -> ml_collections.ConfigDict:
+  """`cfg` (a `what` run's saved config) with the keys of `LATER_KEYS[what]` it lacks filled in."""
+  for section, defaults in LATER_KEYS.get(what, {}).items():
+    for key, value in defaults.items():
+      if section in cfg and key not in cfg[section]:
+        cfg[section][key] = value
+  return cfg
+
+
 def read_config(workdir: str, what: str, hint: str) -> ml_collections.ConfigDict:
-  """The config.json that the `what` run wrote into `workdir`; CheckpointError (with `hint`) if none."""
+  """The config.json that the `what` run wrote into `workdir`, upgraded to the current keys
+  (`upgrade_config`); CheckpointError (with `hint`) if none."""
   path = epath.Path(workdir or ".") / "config.json"
   if not workdir or not path.exists():
     raise CheckpointError(f"{what} workdir {workdir!r} has no config.json; {hint}")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return upgrade_config(ml_collections.ConfigDict(json.loads(path.read_text())), what)
 
 
 def restore(workdir: str, abstract) -> tuple[int, Any]:
@@ -47,31 +70,31 @@ def restore_model(workdir: str, model_def: ModelDef, mesh) -> tuple[int, Any]:
 # ---------------------------------------------------------------------------------- models
 
 
-def dynamics_model_def(model_cfg, num_latents: int, latent_dim: int, action_spec) -> ModelDef:
-  """ModelDef of the dynamics model of `model_cfg` over latents [N, L]; ConfigError if it cannot be built."""
-  try:
-    return ModelDef.build(lambda rng: Dynamics.from_config(model_cfg, num_latents, latent_dim, action_spec,
-                                                           nnx.Rngs(rng)))
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
-
-def agent_model_def(dyn_model_cfg, agent_cfg, num_latents, latent_dim, action_spec, num_tasks) -> ModelDef:
-  """ModelDef of the AgentModel: the dynamics config plus agent tokens and heads."""
-  m = ml_collections.ConfigDict(dyn_model_cfg.to_dict())
-  m.num_agent_tokens = int(agent_cfg.num_agent_tokens)
-  m.num_tasks = int(num_tasks)
-
-  def make(rng):
-    rngs = nnx.Rngs(rng)
-    dyn = Dynamics.from_config(m, num_latents, latent_dim, action_spec, rngs)
-    return AgentModel(dyn, mtp=int(agent_cfg.mtp), hidden=int(agent_cfg.head_hidden),
-                      num_layers=int(agent_cfg.head_layers), rngs=rngs)
-
+def _build(make) -> ModelDef:
+  """ModelDef.build(make); a model the config cannot build (e.g. heads that do not divide the
+  width, raised as ValueError by the transformer) is a ConfigError."""
   try:
     return ModelDef.build(make)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def dynamics_model_def(model_cfg, num_latents: int, latent_dim: int, action_spec) -> ModelDef:
+  """ModelDef of the dynamics model of `model_cfg` over latents [N, L]; ConfigError if it cannot be built."""
+  return _build(lambda rng: Dynamics.from_config(model_cfg, num_latents, latent_dim, action_spec, nnx.Rngs(rng)))
+
+
+def agent_model_def(dyn_model_cfg, agent_cfg, num_latents, latent_dim, action_spec, num_tasks) -> ModelDef:
+  """ModelDef of the AgentModel: the dynamics model plus agent tokens, task embedding and heads."""
+
+  def make(rng):
+    rngs = nnx.Rngs(rng)
+    dyn = Dynamics.from_config(dyn_model_cfg, num_latents, latent_dim, action_spec, rngs,
+                               num_agent_tokens=int(agent_cfg.num_agent_tokens), num_tasks=int(num_tasks))
+    return AgentModel(dyn, mtp=int(agent_cfg.mtp), hidden=int(agent_cfg.head_hidden),
+                      num_layers=int(agent_cfg.head_layers), rngs=rngs)
+
+  return _build(make)
 
 
 def imagine_heads_def(agent_def: ModelDef, agent_cfg) -> ModelDef:
@@ -85,13 +108,18 @@ def imagine_heads_def(agent_def: ModelDef, agent_cfg) -> ModelDef:
 # ---------------------------------------------------------------------------------- runs
 
 
+def tokenizer_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of the tokenizer run in `workdir`; CheckpointError if it has none."""
+  return read_config(workdir, "tokenizer", "train the tokenizer first (python -m dreamer4.main "
+                     "--config=configs/tokenizer.py:toy --workdir=DIR) and name that DIR")
+
+
 def load_tokenizer(workdir: str, mesh, frame_shape):
   """A finished tokenizer, frozen: (config, ModelDef, params on `mesh`, step).
 
   Frames of another size than it was trained on fail with one line.
   """
-  cfg = read_config(workdir, "tokenizer", "train the tokenizer first (python -m dreamer4.main "
-                    "--config=configs/tokenizer.py:toy --workdir=DIR) and name that DIR")
+  cfg = tokenizer_config(workdir)
   try:
     mdef = ModelDef.build(lambda rng: Tokenizer.from_config(cfg.model, tuple(frame_shape), nnx.Rngs(rng)))
   except ValueError as e:
@@ -103,14 +131,23 @@ def load_tokenizer(workdir: str, mesh, frame_shape):
   return cfg, mdef, params, step
 
 
+def agent_configs(workdir: str, flag: str = ""):
+  """(config, dynamics config) of the phase-2 run in `workdir`; CheckpointError if either is missing.
+
+  `flag` names the setting that points at `workdir` in the error when it holds no run.
+  """
+  cfg = read_config(workdir, "agent", "train phase 2 first" + (f" and name its workdir in {flag}" if flag else ""))
+  dyn_cfg = read_config(cfg.dynamics_workdir, "dynamics", f"the agent workdir {workdir} names a missing dynamics workdir")
+  return cfg, dyn_cfg
+
+
 def load_agent(workdir: str, mesh, store=None, flag: str = ""):
   """A finished phase-2 run, frozen: (config, dynamics config, store, AgentModel ModelDef, params on `mesh`).
 
   `store` defaults to the dataset the run trained on; `flag` names the setting that
   points at `workdir` in the error when it holds no run.
   """
-  cfg = read_config(workdir, "agent", "train phase 2 first" + (f" and name its workdir in {flag}" if flag else ""))
-  dyn_cfg = read_config(cfg.dynamics_workdir, "dynamics", f"the agent workdir {workdir} names a missing dynamics workdir")
+  cfg, dyn_cfg = agent_configs(workdir, flag)
   if store is None:
     store = EpisodeStore.open(cfg.data.path)
   N, L = latent_shape(store)

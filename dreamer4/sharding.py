@@ -2,6 +2,9 @@
 
 Parameters carry logical names ("embed", "mlp", ...) through `nnx.with_partitioning`;
 `configs.common.LOGICAL_AXIS_RULES` maps them to the mesh axes ("data", "fsdp", "tensor").
+Activations carry names from the same table through `constrain` (the residual stream,
+attention and MLP activations of `dreamer4.models.transformer`), so FSDP and tensor
+parallelism shard them as well; the data's batch axes are the table's "batch" rule.
 """
 
 from __future__ import annotations
@@ -16,7 +19,18 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from configs import common
 from dreamer4.errors import ConfigError
 
-BATCH_AXES = ("data", "fsdp")
+
+def rule_axes(name: str, rules=common.LOGICAL_AXIS_RULES) -> tuple[str, ...]:
+  """The mesh axes that the rule table maps logical axis `name` to; () when replicated."""
+  axes = dict(rules).get(name)
+  if axes is None:
+    return ()
+  return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+# Mesh axes of every batch dimension (data and activations): read from the rule table, so
+# the data, the activation constraints and the batch checks below cannot disagree.
+BATCH_AXES = rule_axes("batch")
 
 
 def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
@@ -71,10 +85,12 @@ def _axis_size(mesh: Mesh, axes) -> int:
 
 def logical_to_mesh_spec(logical: Sequence[Any], shape: Sequence[int], mesh: Mesh,
                          rules=common.LOGICAL_AXIS_RULES) -> P:
-  """Maps one array's logical names to a PartitionSpec on `mesh`.
+  """Maps one array's logical names to a PartitionSpec on `mesh` (a Mesh or an AbstractMesh).
 
-  A dimension that a mesh axis does not divide is replicated instead (so a model with,
-  say, one KV head still runs on a mesh with a tensor axis); a mesh axis is used once.
+  A dimension that its mesh axes do not divide drops trailing axes until they do, down to
+  replicated (so a model with, say, one KV head still runs on a mesh with a tensor axis,
+  and a batch of 2 on a 2 x 2 data x fsdp mesh splits over "data" alone); a mesh axis is
+  used once, by the first dimension that claims it.
   """
   table = dict(rules)
   used: set[str] = set()
@@ -83,13 +99,36 @@ def logical_to_mesh_spec(logical: Sequence[Any], shape: Sequence[int], mesh: Mes
     axes = table.get(name) if name is not None else None
     if axes is not None:
       axes_t = (axes,) if isinstance(axes, str) else tuple(axes)
-      axes_t = tuple(a for a in axes_t if a not in used and mesh.shape[a] > 1)
-      if axes_t and size % _axis_size(mesh, axes_t) == 0:
+      axes_t = tuple(a for a in axes_t if a not in used and mesh.shape.get(a, 1) > 1)
+      while axes_t and size % _axis_size(mesh, axes_t):
+        axes_t = axes_t[:-1]
+      if axes_t:
         used.update(axes_t)
         out.append(axes_t[0] if len(axes_t) == 1 else axes_t)
         continue
     out.append(None)
   return P(*out)
+
+
+def constrain(x, logical: Sequence[str | None]):
+  """`x` constrained to the sharding that its logical axis names map to on the current mesh.
+
+  The mesh is the one `jax.set_mesh` put in context (the trainer, --dry_run, the
+  benchmarks and the tests trace every step inside it). Without one, or when no name maps
+  to a mesh axis of size > 1, `x` comes back untouched: unit tests build and run models
+  without a mesh, and an all-replicated constraint would only take a choice away from XLA.
+
+  Args:
+    x: An activation.
+    logical: Logical axis names of its leading dimensions (missing trailing ones: None).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  spec = logical_to_mesh_spec(logical, x.shape, mesh)
+  if all(s is None for s in spec):
+    return x
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def tree_shardings(abstract_tree, logical_specs, mesh: Mesh):

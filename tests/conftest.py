@@ -2,18 +2,22 @@
 
 import os
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# A persistent compilation cache in the checkout (.cache/, git-ignored), kept between sessions:
+# many tests compile the same steps (resume, pipeline, the subprocesses of the CLI and
+# multi-process tests), and a later session finds most compiles there. Set as environment
+# variables before jax is imported so that every subprocess of the session shares it; the key
+# holds the program, the jax version and the devices, so a stale entry is never used.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))  # LRU-evicted beyond 2 GiB
 
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
-# Several tests compile the same train step (resume, pipeline); a per-session persistent
-# compilation cache turns the repeats into cache hits.
-import tempfile  # noqa: E402
-
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="dreamer4-jax-cache-"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 from absl import flags  # noqa: E402
 
@@ -30,3 +34,12 @@ def tiny_store(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("data") / "toy16")
   collect("toy", path, episodes=24, seed=0, skills=(0.9, 0.3), size=16)
   return path
+
+
+@pytest.fixture(scope="session")
+def world_model_run(tmp_path_factory):
+  """A tiny real pipeline workdir (data/ with latents, tokenizer/, dynamics/ at step 2) built once
+  for the session: the play and agent-phase tests share it. Read it only; a test that writes
+  (e.g. trains the agent) copies it first (pipeline_helpers.copy_world_model_run)."""
+  from tests.pipeline_helpers import tiny_world_model_run
+  return tiny_world_model_run(str(tmp_path_factory.mktemp("world_model") / "run"))

@@ -1,7 +1,9 @@
-"""Shared test helpers: a tiny real pipeline workdir (play, agent phases) and a file-tree hash."""
+"""Shared test helpers: a tiny real pipeline workdir (play, agent phases; built once per session by
+the `world_model_run` fixture of tests/conftest.py) and a file-tree hash."""
 
 import hashlib
 import os
+import shutil
 
 import jax
 
@@ -14,7 +16,7 @@ def tiny_world_model_run(root: str) -> str:
   """
   from configs import pipeline
   from data_pipelines.episodes import EpisodeStore
-  from dreamer4.phases.tokenizer import TokenizerPhase
+  from dreamer4.phases.tokenizer import make_phase
   from dreamer4.pipeline import run_pipeline
   from dreamer4.training import state as st
   from dreamer4.training.checkpoint import Checkpointer
@@ -25,7 +27,7 @@ def tiny_world_model_run(root: str) -> str:
   run_pipeline(cfg, root)
   tok = cfg.tokenizer
   tok.data.path = os.path.join(root, "data")
-  phase = TokenizerPhase(tok, EpisodeStore.open(tok.data.path))
+  phase = make_phase(tok, EpisodeStore.open(tok.data.path))
   tx = st.make_optimizer(tok.optim, 10)
   state = jax.jit(lambda r: st.init_state(phase.model_def.init_params(r), tx, phase.init_aux()))(jax.random.key(1))
   ckpt = Checkpointer(os.path.join(root, "tokenizer", "checkpoints"), data_names=())
@@ -48,6 +50,16 @@ def tiny_world_model_run(root: str) -> str:
   out = run_pipeline(cfg, root)
   assert out["dynamics"]["step"] == 2
   return root
+
+
+def copy_world_model_run(src: str, dst: str) -> str:
+  """A copy of a `tiny_world_model_run` RUN at dst, for tests that write into it (agent phases).
+
+  Its recorded paths (config.json) still name src's data/ and tokenizer/, which stay unchanged:
+  the copy's own stages read them only.
+  """
+  shutil.copytree(src, dst)
+  return dst
 
 
 def tree_hash(root) -> dict[str, str]:

@@ -69,3 +69,53 @@ def test_dynamics_train_step_benchmark_counts_the_bootstrap_passes():
   assert math.isclose(parts["bootstrap"] / grad, 2 * 0.5 / 3, rel_tol=1e-9)
   assert 0.5 < rec["analytic_over_xla"] < 2.0, rec["analytic_over_xla"]
   assert 0.0 < rec["mfu"] < 1.5
+
+
+def test_loader_benchmark_counts_frames_and_the_ratio(tmp_path):
+  from benchmarks import loader as lb
+  path = lb.make_store(str(tmp_path / "toy16"), episodes=8, size=16, latent_shape=(4, 8))
+  recs = []
+  # (read, window, batch, threads, workers): the trainer's path for both reads, and Grain's
+  # worker processes (the benchmark's own rebuild of the loader's dataset) for one.
+  for read, T, B, threads, workers in (("tokenizer", 2, 4, 1, 0), ("dynamics", 4, 2, 2, 0),
+                                       ("tokenizer", 2, 4, 1, 1)):
+    rec = lb.measure_loader(path, read, num_threads=threads, workers=workers, prefetch=2, warmup=1, blocks=2,
+                            block_batches=3, window=T, batch_size=B)
+    assert rec["fps"] > 0 and len(rec["block_fps"]) == 2 and min(rec["block_fps"]) > 0
+    assert rec["batches"] == 2 * 3 and rec["frames"] == rec["batches"] * B * T
+    assert rec["frames_per_batch"] == B * T and rec["workers"] == workers
+    recs.append(rec)
+  assert recs[0]["fields"] == ["frames"] and recs[0]["bytes_per_frame"] == 16 * 16 * 3
+  assert recs[1]["fields"] == ["latents", "actions_discrete", "action_labelled"]
+  assert recs[1]["bytes_per_frame"] == 4 * 8 * 4 + 4 + 1  # float32 latents, int32 action, bool label
+
+  steps = {"tokenizer": {"frames_per_s": 2.0}, "dynamics": {"frames_per_s": 5.0}}
+  paper = lb.paper_need(0.4)
+  summary = lb.summarize(recs, steps, paper)
+  for read in ("tokenizer", "dynamics"):
+    s = summary["reads"][read]
+    mine = [r for r in recs if r["read"] == read]
+    # The config's 4 threads were not measured: the best setting stands in; ratio_min uses the slowest.
+    assert s["loader_fps"] == max(r["fps"] for r in mine) == s["loader_fps_best"]
+    assert s["ratio"] == s["loader_fps"] / steps[read]["frames_per_s"]
+    assert s["ratio_min"] == min(r["fps"] for r in mine) / steps[read]["frames_per_s"]
+    assert s["target_met"] == (s["ratio"] >= lb.TARGET_RATIO)
+    assert s["paper_h100"]["fps_per_chip"] > s["paper_v5p"]["fps_per_chip"] > 0
+  for p in paper:  # consumption = peak * MFU / FLOPs per frame
+    assert math.isclose(p["fps_per_chip"], lb.CHIPS[p["chip"]] * 0.4 / p["flops_per_frame"], rel_tol=1e-12)
+    assert math.isclose(p["fps_per_host_process"], p["fps_per_chip"] * p["chips_per_host"], rel_tol=1e-12)
+
+
+def test_loader_benchmark_paper_size_frames(tmp_path):
+  from benchmarks import loader as lb
+  path = lb.make_paper_frames_store(str(tmp_path / "paper"), episodes=1, size=16)
+  rec = lb.measure_loader(path, "tokenizer_paper", num_threads=2, prefetch=2, warmup=1, blocks=2, block_batches=2,
+                          window=2)
+  assert rec["batch"] == 1 and rec["bytes_per_frame"] == 384 * 640 * 3
+  assert rec["frames"] == 2 * 2 * 1 * 2 and rec["fps"] > 0
+  paper = lb.paper_need(0.4)
+  summary = lb.summarize([rec], {}, paper)["reads"]["tokenizer_paper"]
+  assert "ratio" not in summary  # no toy step for the paper-size read
+  need = {p["chip"]: p["fps_per_chip"] for p in paper if p["read"] == "tokenizer"}
+  for chip, fps in need.items():
+    assert summary[f"paper_{chip}"]["chips_fed"] == rec["fps"] / fps

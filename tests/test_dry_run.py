@@ -55,9 +55,9 @@ def test_tokenizer_dry_run(tiny_store, tmp_path):
 
   from configs import tokenizer
   from data_pipelines.episodes import EpisodeStore
-  from dreamer4.phases.tokenizer import TokenizerPhase
+  from dreamer4.phases.tokenizer import make_phase
   cfg = tokenizer.get_config("tiny")
-  phase = TokenizerPhase(cfg, EpisodeStore.open(tiny_store))
+  phase = make_phase(cfg, EpisodeStore.open(tiny_store))
   assert r["params_total"] == _count(phase.model_def.init_params(jax.random.key(0)))
 
 

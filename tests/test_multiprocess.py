@@ -37,8 +37,10 @@ HEARTBEAT_S = 10
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
+def cache_dir():
+  """The session's persistent compilation cache (tests/conftest.py: .cache/jax, kept between
+  sessions): a later session loads every process's train step instead of compiling it."""
+  return jax.config.jax_compilation_cache_dir
 
 
 def _free_port():
@@ -109,10 +111,10 @@ def _mesh():
 
 def test_tokenizer_one_two_four_processes_agree(tokenizer_runs, tiny_store):
   from configs import tokenizer
-  from dreamer4.phases.tokenizer import TokenizerPhase
+  from dreamer4.phases.tokenizer import make_phase
   cfg = tokenizer.get_config("tiny")
   cfg.data.path = tiny_store
-  phase = TokenizerPhase(cfg, EpisodeStore.open(tiny_store))
+  phase = make_phase(cfg, EpisodeStore.open(tiny_store))
   params = _restore_all(phase.model_def, tokenizer_runs, _mesh())
   _assert_same(params, 1, (2, 4))
   # The runs really trained: parameters moved away from their initial values.
@@ -125,7 +127,7 @@ def test_dynamics_one_two_processes_agree(tokenizer_runs, tmp_path, cache_dir):
   (held-out windows of data.long_window must exist); encode writes the latents into it."""
   from configs import dynamics, encode
   from data_pipelines.collect import collect
-  from dreamer4.phases.dynamics import DynamicsPhase
+  from dreamer4.phases.dynamics import make_phase
   from dreamer4.phases.encode import encode_dataset
   store, tok = str(tmp_path / "store"), tokenizer_runs[1]
   collect("toy", store, episodes=24, seed=0, skills=(0.3, 0.0), size=16)
@@ -142,7 +144,7 @@ def test_dynamics_one_two_processes_agree(tokenizer_runs, tmp_path, cache_dir):
   cfg = dynamics.get_config("tiny")
   cfg.data.path, cfg.tokenizer_workdir = store, tok
   mesh = _mesh()
-  phase = DynamicsPhase(cfg, EpisodeStore.open(store), mesh)
+  phase = make_phase(cfg, EpisodeStore.open(store), mesh)
   _assert_same(_restore_all(phase.model_def, runs, mesh), 1, (2,))
 
 
@@ -190,7 +192,7 @@ def test_four_process_checkpoint_resumed_by_two_processes_on_another_mesh(tokeni
   1-process run continued on its own mesh: params, optimiser state and data position all restored."""
   import shutil
   from configs import tokenizer
-  from dreamer4.phases.tokenizer import TokenizerPhase
+  from dreamer4.phases.tokenizer import make_phase
   runs = {}
   for n, nproc, extra in ((1, 1, []), (4, 2, ["--config.mesh.preset=gpu8"])):
     w = str(tmp_path / f"resume_p{n}")
@@ -203,7 +205,7 @@ def test_four_process_checkpoint_resumed_by_two_processes_on_another_mesh(tokeni
     runs[n] = w
   cfg = tokenizer.get_config("tiny")
   cfg.data.path = tiny_store
-  phase = TokenizerPhase(cfg, EpisodeStore.open(tiny_store))
+  phase = make_phase(cfg, EpisodeStore.open(tiny_store))
   mesh = _mesh()
   abstract = st.to_abstract(phase.model_def.abstract_params, phase.model_def.param_shardings(mesh))
   params = {}

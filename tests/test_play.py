@@ -29,7 +29,8 @@ from PIL import Image
 
 from data_pipelines.envs.base import ActionComponent, ActionSpec
 from dreamer4.errors import UserError
-from dreamer4.play import server as play
+from dreamer4.play import server
+from dreamer4.play import session as play
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_KEYS = ("ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "w", "a", "s", "d", " ")
@@ -49,10 +50,10 @@ def _snapshot(root):
 
 
 @pytest.fixture(scope="module")
-def play_run(tmp_path_factory):
-  """A pipeline workdir RUN with data/ (latents included), tokenizer/ and dynamics/ (2 steps)."""
-  from tests.pipeline_helpers import tiny_world_model_run
-  root = tiny_world_model_run(str(tmp_path_factory.mktemp("play") / "run"))
+def play_run(world_model_run):
+  """A pipeline workdir RUN with data/ (latents included), tokenizer/ and dynamics/ (2 steps): the
+  session's (tests/conftest.py), shared with the agent-phase tests; play writes nothing into it."""
+  root = world_model_run
   assert play.checkpoint_steps(os.path.join(root, "dynamics", "checkpoints")) == [2]
   return root
 
@@ -65,7 +66,7 @@ def before(play_run):
 @pytest.fixture(scope="module")
 def served(play_run, before):
   """The server on a free port, in a thread, with the module's one session."""
-  httpd = play.make_server("127.0.0.1", 0)
+  httpd = server.make_server("127.0.0.1", 0)
   httpd.session = play.PlaySession(play.locate_run(play_run), k=4)
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()

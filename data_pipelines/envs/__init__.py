@@ -1,21 +1,80 @@
-"""Environment wrappers behind one interface (see `base.Env`), and `make_env` to build them by name."""
+"""Environment wrappers behind one interface (see `base.Env`), and the registry `ENVS` of their settings.
+
+A new environment is one module (its wrapper, and a scripted behaviour policy or a batched
+collector) plus one `EnvSpec` line in `ENVS`. Wrappers of heavy third-party envs (craftax,
+atari) register functions that import them lazily, so `import data_pipelines.envs` stays
+cheap and jax-free.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
+import numpy as np
+
+from data_pipelines.envs import craftax, toy
 from data_pipelines.envs.base import ActionComponent, ActionSpec, Env
 from data_pipelines.envs.toy import ToyWorld
 
-# Name -> constructor. Wrappers of heavy third-party envs (craftax, atari) should
-# register a function that imports their dependency lazily, so `import
-# data_pipelines.envs` stays cheap and jax-free.
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+  """What the collector, the pipeline and the evaluation need to know about one env.
+
+  Attributes:
+    make: the constructor; takes the kwargs of `env_kwargs`.
+    max_steps: episode cap of `python -m data_pipelines.collect` when --max_steps is not given.
+    layouts: values of the constructor's `layout` argument, the default first (() : no layouts).
+    behaviour: per-episode collection: (skill, seed) -> policy, with policy(env) -> int32 [Ad],
+      the next action for the env's current state.
+    collect_batched: batched collection (the env steps many episodes at once, e.g. in JAX):
+      (env, episode_seeds, skills, *, num_envs, chunk, max_episodes, max_frames, sink, log)
+      -> summary (see `data_pipelines.envs.craftax.collect.collect_batched`). Exactly one of
+      `behaviour` and `collect_batched` is set.
+    frame_arrays: extra per-frame uint8 arrays the collected episodes carry (in "extra"):
+      array name -> names of its columns (e.g. achievement unlocks).
+  """
+
+  make: Callable[..., Env]
+  max_steps: int
+  layouts: tuple[str, ...] = ()
+  behaviour: Callable[[float, int], Callable[[Env], np.ndarray]] | None = None
+  collect_batched: Callable[..., dict[str, Any]] | None = None
+  frame_arrays: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if (self.behaviour is None) == (self.collect_batched is None):
+      raise ValueError("EnvSpec: give exactly one of behaviour (per-episode) and collect_batched")
+
+  @property
+  def batched(self) -> bool:
+    return self.collect_batched is not None
+
+  def env_kwargs(self, size: int, max_steps: int, layout: str | None = None) -> dict[str, Any]:
+    """Constructor kwargs: frames of `size` pixels, episodes cut at `max_steps` and, for envs with
+    layouts, `layout` (None or "": the default)."""
+    kwargs: dict[str, Any] = {"size": int(size), "max_steps": int(max_steps)}
+    if self.layouts:
+      kwargs["layout"] = layout or self.layouts[0]
+    return kwargs
+
+
 def _craftax(**kwargs: Any) -> Env:
-  from data_pipelines.envs.craftax import CraftaxClassic  # pylint: disable=g-import-not-at-top
+  from data_pipelines.envs.craftax.env import CraftaxClassic  # pylint: disable=g-import-not-at-top
   return CraftaxClassic(**kwargs)
 
 
-ENVS: dict[str, Callable[..., Env]] = {"toy": ToyWorld, "craftax": _craftax}
+def _craftax_collect(*args: Any, **kwargs: Any) -> dict[str, Any]:
+  from data_pipelines.envs.craftax.collect import collect_batched  # pylint: disable=g-import-not-at-top
+  return collect_batched(*args, **kwargs)
+
+
+ENVS: dict[str, EnvSpec] = {
+    "toy": EnvSpec(ToyWorld, max_steps=64, layouts=toy.LAYOUTS, behaviour=toy.ScriptedPolicy),
+    "craftax": EnvSpec(_craftax, max_steps=2000, collect_batched=_craftax_collect,
+                       frame_arrays={"achievement_unlocks": craftax.ACHIEVEMENT_NAMES}),
+}
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
@@ -26,7 +85,7 @@ def make_env(name: str, **kwargs: Any) -> Env:
   """
   if name not in ENVS:
     raise ValueError(f"unknown env {name!r}: choose one of {', '.join(sorted(ENVS))}")
-  return ENVS[name](**kwargs)
+  return ENVS[name].make(**kwargs)
 
 
-__all__ = ["ActionComponent", "ActionSpec", "ENVS", "Env", "ToyWorld", "make_env"]
+__all__ = ["ActionComponent", "ActionSpec", "ENVS", "Env", "EnvSpec", "ToyWorld", "make_env"]

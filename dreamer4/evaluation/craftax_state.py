@@ -1,6 +1,6 @@
 """Craftax-Classic's state read back from pixels, and rollout metrics built on it (jit-friendly).
 
-Like toy_state for the toy world: a frame (data_pipelines/envs/craftax.py) parses back into
+Like toy_state for the toy world: a frame (data_pipelines/envs/craftax/env.py) parses back into
 the local block map, what stands on it, and the inventory, so a world model can be judged on
 whether it gets the game right [P §4.2], not only on PSNR.
 
@@ -133,7 +133,7 @@ def _craftax_env():
 
 
 def resize_like_wrapper(obs_HWC, size: int):
-  """The wrapper's resize (data_pipelines/envs/craftax.py, before rounding to uint8)."""
+  """The wrapper's resize (data_pipelines/envs/craftax/env.py, before rounding to uint8)."""
   if obs_HWC.shape[-3:-1] == (size, size):
     return obs_HWC
   return jax.image.resize(obs_HWC, obs_HWC.shape[:-3] + (size, size, obs_HWC.shape[-1]), method="linear")
@@ -141,7 +141,7 @@ def resize_like_wrapper(obs_HWC, size: int):
 
 def _run_compiled(fn, *args) -> np.ndarray:
   """fn(*args) as one compiled program, as numpy."""
-  from data_pipelines.envs.craftax import FAST_COMPILE  # pylint: disable=g-import-not-at-top
+  from data_pipelines.envs.craftax.env import FAST_COMPILE  # pylint: disable=g-import-not-at-top
   # XLA's cheap settings (as the wrapper's step programs): the program runs once, and compiles
   # in half the time for a slower run (about 5 s in all on 2 cores, instead of 7).
   return np.asarray(jax.jit(fn, compiler_options=FAST_COMPILE)(*args))

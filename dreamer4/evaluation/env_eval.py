@@ -4,14 +4,13 @@ PAPER §7.3 (Table 7) reports, per agent, the success rate of each task over man
 episodes. This module does the same for the project's envs (`data_pipelines.envs`):
 
 - `evaluate(env_name, policy, ...)` plays `num_episodes` real episodes, `batch_size` envs at a
-  time, and returns one *row*: success per task, mean success, return and episode length
+  time, and returns one `report.Row`: success per task, mean success, return and episode length
   (mean and std), per-achievement rates (envs whose `info` has "achievements", e.g. craftax)
   and the frames of a few episodes for videos.
 - `behaviour_table(store_path)` computes the same row from a dataset's episodes (the
   "behaviour data" row).
-- `aggregate_seeds(rows)` turns rows of several seeds into one row of mean ± std across seeds.
-- `write_table(rows, workdir)` writes `results.md`, `results.json`, TensorBoard scalars
-  `env_eval/<row>/<metric>` and GIF videos (`workdir/videos/env_eval_<row>.gif`).
+
+report.py aggregates rows across seeds and writes the table (markdown, JSON, TensorBoard, GIFs).
 
 The policy protocol (numpy in, numpy out; the world-model policy implements it too):
 
@@ -62,20 +61,15 @@ ValueError with one line naming the setting.
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import re
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from data_pipelines.envs import ENVS, make_env
 from data_pipelines.envs.base import ActionSpec
+from dreamer4.evaluation.report import Row, Spread, TaskScore
 
 SEED_STRIDE = 100003  # episode i of seed s resets with seed s * SEED_STRIDE + i
-STRIP_FRAMES = 16  # frames per episode in the TensorBoard image strip
-MAX_GIF_FRAMES = 400  # longer episodes are subsampled in the GIF
 
 
 class Policy(Protocol):
@@ -187,14 +181,14 @@ def _check_actions(actions, b: int, cols: int, policy, where: str) -> np.ndarray
   return a.astype(np.int32)
 
 
-def _stats(x) -> dict[str, float]:
+def _spread(x) -> Spread:
   x = np.asarray(x, np.float64)
-  return {"mean": float(x.mean()) if x.size else 0.0, "std": float(x.std()) if x.size else 0.0}
+  return Spread(mean=float(x.mean()) if x.size else 0.0, std=float(x.std()) if x.size else 0.0, over="episodes")
 
 
 def _summarise(env_name: str, policy_name: str, task_names: Sequence[str], task_B: np.ndarray,
                return_B: np.ndarray, length_B: np.ndarray, success_B: np.ndarray,
-               ach_names: Sequence[str] | None, ach_BK: np.ndarray | None) -> dict[str, Any]:
+               ach_names: Sequence[str] | None, ach_BK: np.ndarray | None) -> Row:
   """The row of a set of episodes (per-episode arrays of equal length)."""
   tasks = {}
   for k, name in enumerate(task_names):
@@ -202,29 +196,22 @@ def _summarise(env_name: str, policy_name: str, task_names: Sequence[str], task_
     n = int(mine.sum())
     if n:
       s = int(success_B[mine].sum())
-      tasks[name] = {"episodes": n, "successes": s, "success_rate": s / n}
-  row: dict[str, Any] = {
-      "env": env_name,
-      "policy": policy_name,
-      "episodes": int(len(task_B)),
-      "tasks": tasks,
-      "mean_success": float(np.mean([t["success_rate"] for t in tasks.values()])) if tasks else 0.0,
-      "success_rate": float(np.mean(success_B)) if len(success_B) else 0.0,
-      "return": _stats(return_B) | {"over": "episodes"},
-      "length": _stats(length_B) | {"over": "episodes"},
-      "achievements": None,
-      "per_episode": {"task": [int(x) for x in task_B], "return": [float(x) for x in return_B],
-                      "length": [int(x) for x in length_B], "success": [bool(x) for x in success_B]},
-  }
+      tasks[name] = TaskScore(episodes=n, successes=s, success_rate=s / n)
+  achievements = None
   if ach_BK is not None:
-    row["achievements"] = {name: float(ach_BK[:, i].mean()) if len(ach_BK) else 0.0
-                           for i, name in enumerate(ach_names)}
-  return row
+    achievements = {name: float(ach_BK[:, i].mean()) if len(ach_BK) else 0.0 for i, name in enumerate(ach_names)}
+  return Row(
+      env=env_name, policy=policy_name, episodes=int(len(task_B)), tasks=tasks,
+      mean_success=float(np.mean([t.success_rate for t in tasks.values()])) if tasks else 0.0,
+      success_rate=float(np.mean(success_B)) if len(success_B) else 0.0,
+      returns=_spread(return_B), length=_spread(length_B), achievements=achievements,
+      per_episode={"task": [int(x) for x in task_B], "return": [float(x) for x in return_B],
+                   "length": [int(x) for x in length_B], "success": [bool(x) for x in success_B]})
 
 
 def evaluate(env_name: str, policy: Policy, *, num_episodes: int, seed: int, batch_size: int,
              env_kwargs: dict[str, Any] | None = None, max_steps: int | None = None, video_episodes: int = 2,
-             tasks: Sequence[str] | None = None) -> dict[str, Any]:
+             tasks: Sequence[str] | None = None) -> Row:
   """Plays `num_episodes` real episodes of `policy` in env `env_name`; returns their row.
 
   Args:
@@ -236,14 +223,14 @@ def evaluate(env_name: str, policy: Policy, *, num_episodes: int, seed: int, bat
     env_kwargs: constructor kwargs of the env (e.g. {"size": 64, "max_steps": 64}).
     max_steps: optional cap on the steps of an episode on top of the env's own truncation
       (an episode that hits it counts as truncated, not successful unless the env said so).
-    video_episodes: keep the frames of the first this many episodes (row["videos"]).
+    video_episodes: keep the frames of the first this many episodes (row.videos).
     tasks: task names to cycle through (default: all of the env's tasks).
 
   Returns:
-    The row: env, policy, seed, episodes, tasks {name: {episodes, successes, success_rate}},
-    mean_success, success_rate (over all episodes), return {mean, std}, length {mean, std},
-    achievements ({name: rate} or None), per_episode {task, return, length, success,
-    terminal}, videos (list of uint8 [T, H, W, C]) and video_tasks (their task names).
+    The row (`report.Row`): tasks {name: TaskScore}, mean_success, success_rate (over all
+    episodes), returns and length (mean, std over episodes), achievements ({name: rate} or
+    None), seed, per_episode {task, return, length, success, terminal}, videos (list of uint8
+    [T, H, W, C]) and video_tasks (their task names).
 
   Raises:
     ValueError: unknown env or task, bad counts, or malformed actions from the policy.
@@ -313,15 +300,14 @@ def evaluate(env_name: str, policy: Policy, *, num_episodes: int, seed: int, bat
       videos.append(np.stack(fr))
 
   row = _summarise(env_name, policy_name, task_names, task_E, return_E, length_E, success_E, ach_names, ach_EK)
-  row["seed"] = int(seed)
-  row["per_episode"]["terminal"] = [bool(x) for x in terminal_E]
-  row["videos"] = videos
-  row["video_tasks"] = [task_names[int(task_E[i])] for i in range(min(video_episodes, num_episodes))]
+  row.seed = int(seed)
+  row.per_episode["terminal"] = [bool(x) for x in terminal_E]
+  row.videos = videos
+  row.video_tasks = [task_names[int(task_E[i])] for i in range(min(video_episodes, num_episodes))]
   return row
 
 
-def behaviour_table(store_path: str, *, video_episodes: int = 2, tasks: Sequence[str] | None = None
-                    ) -> dict[str, Any]:
+def behaviour_table(store_path: str, *, video_episodes: int = 2, tasks: Sequence[str] | None = None) -> Row:
   """The row of a dataset's own episodes (the behaviour policy), with the definitions of `evaluate`.
 
   Args:
@@ -350,219 +336,9 @@ def behaviour_table(store_path: str, *, video_episodes: int = 2, tasks: Sequence
   length_E = store.episode_lengths - 1
   row = _summarise(store.metadata["env"], "behaviour", task_names, task_E[ids].astype(np.int32), return_E[ids],
                    length_E[ids], success_E[ids], ach_names or None, None if ach_EK is None else ach_EK[ids])
-  row["dataset"] = store.path
+  row.dataset = store.path
   starts = store.episode_offsets[:-1]
   shown = ids[:video_episodes]
-  row["videos"] = [store.read("frames", int(starts[i]), int(starts[i] + store.episode_lengths[i])) for i in shown]
-  row["video_tasks"] = [task_names[int(task_E[i])] for i in shown]
+  row.videos = [store.read("frames", int(starts[i]), int(starts[i] + store.episode_lengths[i])) for i in shown]
+  row.video_tasks = [task_names[int(task_E[i])] for i in shown]
   return row
-
-
-# ---------------------------------------------------------------------------- seeds
-
-
-def flat_metrics(row: dict[str, Any]) -> dict[str, float]:
-  """A row's scalars: success/<task>, mean_success, return_mean/std, length_mean/std, achievement/<name>
-  (and, for rows from `aggregate_seeds`, success_seed_std/<task> and mean_success_seed_std)."""
-  out = {f"success/{t}": float(v["success_rate"]) for t, v in row["tasks"].items()}
-  out["mean_success"] = float(row["mean_success"])
-  for k in ("return", "length"):
-    out[f"{k}_mean"] = float(row[k]["mean"])
-    out[f"{k}_std"] = float(row[k]["std"])
-  for name, v in (row.get("achievements") or {}).items():
-    out[f"achievement/{name}"] = float(v)
-  for t, v in row["tasks"].items():
-    if "success_rate_std" in v:
-      out[f"success_seed_std/{t}"] = float(v["success_rate_std"])
-  if "mean_success_std" in row:
-    out["mean_success_seed_std"] = float(row["mean_success_std"])
-  return out
-
-
-def aggregate_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-  """One row of mean ± std across seeds from the rows of several seeds (same env, same tasks).
-
-  Success rates, mean success, achievements: mean across seeds, std (sample std, ddof=1;
-  0 for one seed) in `success_rate_std`, `mean_success_std`, `achievements_std`; each seed's
-  mean success, mean return and per-task success in `per_seed`. Return and
-  length: the mean across seeds of the per-seed means, and their std across seeds
-  ("over": "seeds"). Episode and success counts are summed. Videos come from the first row.
-
-  Raises:
-    ValueError: no rows, or rows of different envs or task sets.
-  """
-  results = list(results)
-  if not results:
-    raise ValueError("aggregate_seeds: results is empty; give the rows of one or more seeds")
-  env, tasks = results[0]["env"], list(results[0]["tasks"])
-  for r in results[1:]:
-    if r["env"] != env or list(r["tasks"]) != tasks:
-      raise ValueError(f"aggregate_seeds: rows differ in env or tasks ({r['env']} {list(r['tasks'])} vs "
-                       f"{env} {tasks}); aggregate runs of one evaluation setting only")
-
-  def ms(values) -> tuple[float, float]:
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-  out: dict[str, Any] = {"env": env, "policy": results[0].get("policy", ""),
-                         "seeds": [r.get("seed") for r in results], "num_seeds": len(results),
-                         "episodes": int(sum(r["episodes"] for r in results)), "tasks": {}}
-  for t in tasks:
-    m, s = ms([r["tasks"][t]["success_rate"] for r in results])
-    out["tasks"][t] = {"episodes": int(sum(r["tasks"][t]["episodes"] for r in results)),
-                       "successes": int(sum(r["tasks"][t]["successes"] for r in results)),
-                       "success_rate": m, "success_rate_std": s}
-  out["mean_success"], out["mean_success_std"] = ms([r["mean_success"] for r in results])
-  out["success_rate"], out["success_rate_std"] = ms([r["success_rate"] for r in results])
-  for k in ("return", "length"):
-    m, s = ms([r[k]["mean"] for r in results])
-    out[k] = {"mean": m, "std": s, "over": "seeds"}
-  achs = [r.get("achievements") for r in results]
-  if all(a is not None for a in achs):
-    out["achievements"], out["achievements_std"] = {}, {}
-    for name in achs[0]:
-      out["achievements"][name], out["achievements_std"][name] = ms([a[name] for a in achs])
-  else:
-    out["achievements"] = None
-  # Each seed's own numbers, so paired comparisons between agents stay possible.
-  # "index": the position in `results` (the pipeline's training seed); "seed": the row's env seed.
-  out["per_seed"] = [{"index": i, "seed": r.get("seed"), "mean_success": float(r["mean_success"]),
-                      "return_mean": float(r["return"]["mean"]),
-                      "tasks": {t: float(r["tasks"][t]["success_rate"]) for t in tasks}}
-                     for i, r in enumerate(results)]
-  out["videos"] = list(results[0].get("videos", []))
-  out["video_tasks"] = list(results[0].get("video_tasks", []))
-  return out
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-def slug(name: str) -> str:
-  """The TensorBoard/file-name form of a row name: runs of other characters than [A-Za-z0-9_.-] become "_"."""
-  return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("_") or "row"
-
-
-def _pct(x: float) -> str:
-  return f"{100.0 * x:.1f}"
-
-
-def _cell(rate: float | None, std: float | None = None) -> str:
-  if rate is None:
-    return "—"
-  return _pct(rate) if std is None else f"{_pct(rate)} ± {_pct(std)}"
-
-
-def to_markdown(rows: dict[str, dict[str, Any]]) -> str:
-  """The results table (agents as rows, success % per task as columns) and, for envs with
-  achievements, a second table with achievements as rows and agents as columns (as Table 7)."""
-  tasks: list[str] = []
-  for r in rows.values():
-    tasks += [t for t in r["tasks"] if t not in tasks]
-  head = ["agent"] + tasks + ["mean success", "return", "length", "episodes", "seeds"]
-  lines = ["# Real-environment evaluation", "",
-           "Success rate (%) per task over real episodes (PAPER §7.3, Table 7). ± is the std over "
-           "episodes (return, length) for a single run, and the std across seeds for aggregated rows.", "",
-           "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-  for name, r in rows.items():
-    cells = [name]
-    for t in tasks:
-      v = r["tasks"].get(t)
-      cells.append(_cell(v["success_rate"], v.get("success_rate_std")) if v else "—")
-    cells.append(_cell(r["mean_success"], r.get("mean_success_std")))
-    cells.append(f"{r['return']['mean']:.2f} ± {r['return']['std']:.2f}")
-    cells.append(f"{r['length']['mean']:.1f} ± {r['length']['std']:.1f}")
-    cells.append(str(r["episodes"]))
-    cells.append(str(r.get("num_seeds", 1)))
-    lines.append("| " + " | ".join(cells) + " |")
-  seeded = {n: r for n, r in rows.items() if r.get("per_seed")}
-  if seeded:
-    lines += ["", "Mean success (%) of each seed (the index of the run: seed 0, 1, ...):", ""]
-    for name, r in seeded.items():
-      seeds = ", ".join(f"{p['index']}: {_pct(p['mean_success'])}" for p in r["per_seed"])
-      lines.append(f"- {name}: {seeds}")
-  with_ach = {n: r for n, r in rows.items() if r.get("achievements")}
-  if with_ach:
-    achs: list[str] = []
-    for r in with_ach.values():
-      achs += [a for a in r["achievements"] if a not in achs]
-    lines += ["", "## Achievements (% of all episodes that unlocked each)", "",
-              "| item | " + " | ".join(with_ach) + " |", "|---|" + "---:|" * len(with_ach)]
-    for a in achs:
-      cells = [a]
-      for r in with_ach.values():
-        v = r["achievements"].get(a)
-        cells.append(_cell(v, (r.get("achievements_std") or {}).get(a)) if v is not None else "—")
-      lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: str, text: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def _pad_videos(videos: Sequence[np.ndarray]) -> np.ndarray:
-  """Episodes of different lengths as one [R, T, H, W, C] array (short ones hold their last frame)."""
-  t = max(len(v) for v in videos)
-  return np.stack([np.concatenate([v, np.repeat(v[-1:], t - len(v), 0)]) if len(v) < t else v for v in videos])
-
-
-def write_table(rows: dict[str, dict[str, Any]], workdir: str, *, step: int = 0, fps: int = 8) -> dict[str, Any]:
-  """Writes the table of `rows` (row name -> row of evaluate/behaviour_table/aggregate_seeds).
-
-  Files: workdir/results.md, workdir/results.json ({"rows": {name: row without videos},
-  "tags": {name: slug}}), both replaced atomically; workdir/videos/env_eval_<slug>.gif for
-  rows with videos. TensorBoard (CLU writer on workdir): scalars `env_eval/<slug>/<metric>`
-  for every metric of `flat_metrics`, an image strip `env_eval/<slug>/episodes` per row with
-  videos, and the markdown as text `env_eval/table`, all at `step`.
-
-  Returns:
-    {"markdown": text, "written": [paths], "tags": {name: slug}}.
-
-  Raises:
-    ValueError: no rows.
-  """
-  if not rows:
-    raise ValueError("write_table: rows is empty; give at least one row")
-  from dreamer4.training import metrics as mt  # pylint: disable=g-import-not-at-top  (imports jax)
-  os.makedirs(workdir, exist_ok=True)
-  tags: dict[str, str] = {}
-  for name in rows:
-    s, k = slug(name), 1
-    while s in tags.values():
-      k += 1
-      s = f"{slug(name)}_{k}"
-    tags[name] = s
-  text = to_markdown(rows)
-  md, js = os.path.join(workdir, "results.md"), os.path.join(workdir, "results.json")
-  plain = {n: {k: v for k, v in r.items() if k != "videos"} for n, r in rows.items()}
-  _atomic_write(md, text)
-  _atomic_write(js, json.dumps({"rows": plain, "tags": tags}, indent=1, default=float))
-  written = [md, js]
-
-  writer = mt.create_writer(workdir)
-  try:
-    images = {}
-    for name, r in rows.items():
-      scalars = {f"env_eval/{tags[name]}/{k}": v for k, v in flat_metrics(r).items() if math.isfinite(v)}
-      writer.write_scalars(step, scalars)
-      if r.get("videos"):
-        v = _pad_videos(r["videos"])
-        gif_stride = max(1, -(-v.shape[1] // MAX_GIF_FRAMES))
-        path = os.path.join(workdir, "videos", f"env_eval_{tags[name]}.gif")
-        mt.write_gif(path, v[:, ::gif_stride], fps=fps)
-        written.append(path)
-        pick = np.unique(np.linspace(0, v.shape[1] - 1, min(STRIP_FRAMES, v.shape[1])).round().astype(int))
-        strip = v[:, pick]
-        images[f"env_eval/{tags[name]}/episodes"] = mt.image_grid(
-            strip.reshape((-1,) + strip.shape[2:]), cols=len(pick))[None]
-    if images:
-      writer.write_images(step, images)
-    writer.write_texts(step, {"env_eval/table": text})
-    writer.flush()
-  finally:
-    writer.close()
-  return {"markdown": text, "written": written, "tags": tags}

@@ -23,6 +23,7 @@ import numpy as np
 from etils import epath
 
 from dreamer4 import runs
+from dreamer4.aot import AotJit
 from dreamer4.inference import kv_cache
 from dreamer4.models import heads as heads_lib
 from dreamer4.models.agent import agent_embedding
@@ -57,8 +58,8 @@ class WorldModelAgent:
     self._tok_def, self._tok_params = tok_def, tok_params
     self._context_noise = float(acfg.agent.context_noise)
     self._window = int(dcfg.model.context) or 16
-    self._tok_window = max(1, int(tcfg.model.get("context", 1)))
-    self._step = jax.jit(self._step_impl)
+    self._tok_window = max(1, int(tcfg.model.context))
+    self._step = AotJit(self._step_impl)
     self._cache = None
 
   def _step_impl(self, params, tok_params, cache, frames_BTHWC, action, tasks_B, rng):
@@ -72,6 +73,10 @@ class WorldModelAgent:
     h = agent_embedding(agent_out)
     disc, _ = heads_lib.sample(agent.policy.spec, agent.policy.params(h, 0), a_key)
     return cache, disc
+
+  def step_compiles(self) -> int:
+    """Executables of the acting step built so far (two shapes: an episode's first frame, later ones)."""
+    return self._step.compiles
 
   def _run(self, frames_BTHWC, action, rng):
     key = jax.random.key(int(rng.integers(0, 2**31 - 1)))
@@ -101,7 +106,7 @@ class WorldModelAgent:
 
 
 def load_policy(agent_workdir: str, *, action_spec=None, num_latents=None, latent_dim=None):
-  """The play page's hook (dreamer4/play/server.py): policy_fn(z_TNL, rng) -> int32 [Ad].
+  """The play page's hook (dreamer4/play/session.py): policy_fn(z_TNL, rng) -> int32 [Ad].
 
   It reads the latents of the frames so far (already encoded), runs the agent over the
   last `window` of them at the context level with unlabelled actions (the page does not

@@ -10,7 +10,7 @@ for interactive rollouts of B environments at once:
 
 Each step generates one frame with `k` shortcut steps over the KV cache
 (`inference.kv_cache`); both functions are jitted once with static shapes, so a
-step never recompiles (`step_compiles()` reads the jit cache size).
+step never recompiles (`step_compiles()` counts its executables, dreamer4/aot.py).
 
 RNG convention (matches `sampler.generate`, so the two can be compared noise for
 noise): `reset` draws all context corruption noise as normal(rng, [B, C, N, L]);
@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dreamer4.aot import AotJit
 from dreamer4.inference import kv_cache
 from dreamer4.models.dynamics import Dynamics, log2_exact
 
@@ -93,7 +94,7 @@ class World:
       self._tok_def, self._tok_state = None, None
     self._reset_jit = jax.jit(self._reset_impl)
     # The old state is dead after a step: donating it lets XLA update the cache in place.
-    self._step_jit = jax.jit(self._step_impl, donate_argnums=(2,))
+    self._step_jit = AotJit(self._step_impl, donate_argnums=(2,))
 
   # Pure functions of (parameters, inputs); jitted in __init__.
 
@@ -162,4 +163,4 @@ class World:
 
   def step_compiles(self) -> int:
     """How many times `step` has been compiled (1 after any number of steps)."""
-    return self._step_jit._cache_size()
+    return self._step_jit.compiles

@@ -88,6 +88,7 @@ class Dynamics(nnx.Module):
     remat: Rematerialise each transformer block in the backward pass.
     scan_layers: Scan the transformer's layer groups (see `transformer.Transformer`).
     remat_policy: What a rematerialised group saves (`transformer.REMAT_POLICIES`).
+    attention: Attention implementation (`transformer.ATTENTION_IMPLS`).
   """
 
   def __init__(
@@ -96,7 +97,7 @@ class Dynamics(nnx.Module):
       num_kv_heads: int, head_dim: int, mlp_dim: int, time_every: int,
       softcap: float | None, context: int, num_agent_tokens: int = 0, num_tasks: int = 0,
       rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False, spatial_pos: bool = False,
-      scan_layers: bool = True, remat_policy: str = "nothing",
+      scan_layers: bool = True, remat_policy: str = "nothing", attention: str = "dense",
   ):
     if group < 1 or num_latents % group:
       raise ConfigError(
@@ -192,17 +193,19 @@ class Dynamics(nnx.Module):
         width=D, depth=depth, num_heads=num_heads, num_kv_heads=num_kv_heads,
         head_dim=head_dim, mlp_dim=mlp_dim, time_every=time_every, softcap=softcap,
         rngs=rngs, dtype=dtype, remat=remat, scan_layers=scan_layers, remat_policy=remat_policy,
+        attention=attention,
     )
     self.readout_kernel = param(rngs, tr.fan_in_init(D), (D, G), ("embed", None))
     self.readout_bias = param(rngs, zeros, (G,), (None,))
 
   @classmethod
   def from_config(cls, model_cfg, num_latents: int, latent_dim: int, action_spec: ActionSpec,
-                  rngs: nnx.Rngs) -> "Dynamics":
-    """Builds the model from `config.model` (an ml_collections ConfigDict).
+                  rngs: nnx.Rngs, *, num_agent_tokens: int = 0, num_tasks: int = 0) -> "Dynamics":
+    """Builds the model from `config.model` of configs/dynamics.py (an ml_collections ConfigDict;
+    a saved run's config is first upgraded by `dreamer4.runs.read_config`).
 
     `num_latents` / `latent_dim` come from the frozen tokenizer, `action_spec` from
-    the dataset.
+    the dataset; `num_agent_tokens` / `num_tasks` from the agent phase (0: phase 1).
     """
     return cls(
         num_latents=int(num_latents),
@@ -210,7 +213,7 @@ class Dynamics(nnx.Module):
         group=int(model_cfg.group),
         num_registers=int(model_cfg.num_registers),
         action_spec=action_spec,
-        k_max=int(model_cfg.get("k_max", 64)),
+        k_max=int(model_cfg.k_max),
         width=int(model_cfg.width),
         depth=int(model_cfg.depth),
         num_heads=int(model_cfg.num_heads),
@@ -220,15 +223,16 @@ class Dynamics(nnx.Module):
         time_every=int(model_cfg.time_every),
         softcap=model_cfg.softcap,
         context=int(model_cfg.context),
-        num_agent_tokens=int(model_cfg.get("num_agent_tokens", 0)),
-        num_tasks=int(model_cfg.get("num_tasks", 0)),
+        num_agent_tokens=int(num_agent_tokens),
+        num_tasks=int(num_tasks),
         rngs=rngs,
-        dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
-        remat=bool(model_cfg.get("remat", False)),
-        spatial_pos=bool(model_cfg.get("spatial_pos", False)),
-        # A config without the key predates scanned layers: its checkpoints are unscanned.
-        scan_layers=bool(model_cfg.get("scan_layers", False)),
-        remat_policy=str(model_cfg.get("remat_policy", "nothing")),
+        dtype=jnp.dtype(model_cfg.dtype),
+        remat=bool(model_cfg.remat),
+        spatial_pos=bool(model_cfg.spatial_pos),
+        scan_layers=bool(model_cfg.scan_layers),
+        remat_policy=str(model_cfg.remat_policy),
+        # Every run before the key existed used the dense path.
+        attention=str(model_cfg.get("attention", "dense")),
     )
 
   # --------------------------------------------------------------------------------

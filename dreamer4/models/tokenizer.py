@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dreamer4.errors import ConfigError
 from dreamer4.models import transformer as tr
 
 _GREY = 0.5  # Fill value for masked patches in the summary image.
@@ -52,16 +53,16 @@ class Tokenizer(nnx.Module):
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
       dtype=jnp.float32, remat: bool = False, context: int = 0, readout_bias_init: float = 0.0,
       readout_init_scale: float = 1.0, block_skip: bool = False, output: str = "sigmoid",
-      scan_layers: bool = True, remat_policy: str = "nothing",
+      scan_layers: bool = True, remat_policy: str = "nothing", attention: str = "dense",
   ):
     H, W, C = frame_shape
     if H % patch_size or W % patch_size:
-      raise ValueError(
+      raise ConfigError(
           f"Frame size {H}x{W} is not divisible by config.model.patch_size={patch_size}; "
           "pad or resize frames, or change config.model.patch_size."
       )
     if output not in ("sigmoid", "clip"):
-      raise ValueError(f"config.model.output must be 'sigmoid' or 'clip', got {output!r}")
+      raise ConfigError(f"config.model.output must be 'sigmoid' or 'clip', got {output!r}")
     self.frame_shape = (H, W, C)
     self.output = output
     self.patch_size = patch_size
@@ -85,7 +86,7 @@ class Tokenizer(nnx.Module):
     # only" plateau (README, tokenizer notes).
     self.block_skip = bool(block_skip)
     if self.block_skip and P % N:
-      raise ValueError(
+      raise ConfigError(
           f"config.model.block_skip needs num_patches ({P}) divisible by config.model.num_latents ({N}); "
           "change num_latents or turn block_skip off."
       )
@@ -108,7 +109,7 @@ class Tokenizer(nnx.Module):
     tf_kwargs = dict(
         width=D, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
         mlp_dim=mlp_dim, time_every=time_every, softcap=softcap, rngs=rngs, dtype=dtype,
-        remat=remat, scan_layers=scan_layers, remat_policy=remat_policy,
+        remat=remat, scan_layers=scan_layers, remat_policy=remat_policy, attention=attention,
     )
     self.encoder = tr.Transformer(depth=enc_depth, depth_setting="--config.model.enc_depth", **tf_kwargs)
     self.bottleneck_kernel = param(rngs, tr.fan_in_init(D), (D, L), ("embed", None))
@@ -132,7 +133,8 @@ class Tokenizer(nnx.Module):
 
   @classmethod
   def from_config(cls, model_cfg, frame_shape, rngs: nnx.Rngs) -> "Tokenizer":
-    """Builds the tokenizer from `config.model` (an ml_collections ConfigDict)."""
+    """Builds the tokenizer from `config.model` of configs/tokenizer.py (an ml_collections
+    ConfigDict; a saved run's config is first upgraded by `dreamer4.runs.read_config`)."""
     return cls(
         frame_shape=tuple(frame_shape),
         patch_size=int(model_cfg.patch_size),
@@ -148,16 +150,17 @@ class Tokenizer(nnx.Module):
         time_every=int(model_cfg.time_every),
         softcap=model_cfg.softcap,
         rngs=rngs,
-        dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
-        remat=bool(model_cfg.get("remat", False)),
-        # A config without the key predates scanned layers: its checkpoints are unscanned.
-        scan_layers=bool(model_cfg.get("scan_layers", False)),
-        remat_policy=str(model_cfg.get("remat_policy", "nothing")),
-        context=int(model_cfg.get("context", 0)),
-        readout_bias_init=float(model_cfg.get("readout_bias_init", 0.0)),
-        readout_init_scale=float(model_cfg.get("readout_init_scale", 1.0)),
-        block_skip=bool(model_cfg.get("block_skip", False)),
-        output=str(model_cfg.get("output", "sigmoid")),
+        dtype=jnp.dtype(model_cfg.dtype),
+        remat=bool(model_cfg.remat),
+        scan_layers=bool(model_cfg.scan_layers),
+        remat_policy=str(model_cfg.remat_policy),
+        # Every run before the key existed used the dense path.
+        attention=str(model_cfg.get("attention", "dense")),
+        context=int(model_cfg.context),
+        readout_bias_init=float(model_cfg.readout_bias_init),
+        readout_init_scale=float(model_cfg.readout_init_scale),
+        block_skip=bool(model_cfg.block_skip),
+        output=str(model_cfg.output),
     )
 
   # --------------------------------------------------------------------------------

@@ -8,7 +8,16 @@ and earlier frames). Stacking the two gives block-causal attention: frame t only
 ever sees frames <= t.
 
 Every parameter carries logical axis names (see `LOGICAL_AXES`) through
-`nnx.with_partitioning`; the mapping of those names to mesh axes lives elsewhere.
+`nnx.with_partitioning`; the mapping of those names to mesh axes lives elsewhere
+(`configs.common.LOGICAL_AXIS_RULES`). Activations are constrained by the same names
+(`dreamer4.sharding.constrain`: "batch" leading; residual stream "embed", attention
+"heads"/"kv_heads", MLP hidden "mlp"), so FSDP and tensor parallelism shard them too;
+outside a mesh context the constraints are no-ops.
+
+Attention implementations (`ATTENTION_IMPLS`, `config.model.attention`): space and
+time attention both go through `attend`, which runs the dense einsum reference, XLA's
+or cuDNN's fused `jax.nn.dot_product_attention`, or a query-chunked version of the
+reference; see `attend` for what each does with the logit soft cap.
 
 Scanned layers (`scan_layers=True`, the default): the stack is depth / time_every
 copies of one `LayerGroup` (time_every - 1 space layers, then the time layer) whose
@@ -27,6 +36,7 @@ Shape letters used in array names:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping, Sequence
 
 import jax
@@ -35,6 +45,7 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from dreamer4 import sharding as shd
 from dreamer4.errors import ConfigError
 
 # The only logical axis names a parameter may carry (None is also allowed). "layers"
@@ -51,6 +62,47 @@ LOGICAL_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "norm"
 REMAT_POLICIES = ("nothing", "inputs", "attention")
 
 _NEG_INF = -1e30  # Finite so that a fully masked row can never produce NaNs.
+
+# Attention implementations, all computing softmax(mask(cap(q k^T / sqrt(K)))) v:
+#   dense    the reference: one einsum over all (query, key) pairs; the [.., Q, V] logits
+#            are materialised. The configs' default (every run so far used it).
+#   chunked  the reference over chunks of at most ATTENTION_CHUNK queries under lax.map,
+#            each chunk rematerialised in the backward pass: logits memory drops from
+#            [.., Q, V] to [.., chunk, V] (forward and backward). Keeps the soft cap. With
+#            at most ATTENTION_CHUNK tokens (the toy frames have <= 80) it IS the dense path;
+#            on CPU, attention forward + backward over 256-1024 tokens ran 2-4x faster than
+#            dense (noisy timings on a shared 2-core machine; presumably a chunk's logits
+#            stay in cache).
+#   xla      jax.nn.dot_product_attention(implementation=None), XLA's fused attention on
+#            any platform. Has no soft cap: the cap is DROPPED on this path.
+#   cudnn    jax.nn.dot_product_attention(implementation="cudnn"): cuDNN flash attention,
+#            NVIDIA GPUs with bfloat16/float16 compute only. The cap is DROPPED here too.
+ATTENTION_IMPLS = ("dense", "chunked", "xla", "cudnn")
+_FUSED_IMPLS = ("xla", "cudnn")  # no soft cap on these (jax.nn.dot_product_attention has none)
+# Queries per chunk of the chunked path (chunks are evened out: Q=262 gives 3 of 88).
+ATTENTION_CHUNK = 128
+
+
+def check_attention(name: str) -> str:
+  """`name` if it is one of `ATTENTION_IMPLS`, else a ConfigError."""
+  if name not in ATTENTION_IMPLS:
+    raise ConfigError(f"--config.model.attention={name!r} is unknown; choose one of {', '.join(ATTENTION_IMPLS)}")
+  return name
+
+
+def effective_softcap(softcap: float | None, impl: str) -> float | None:
+  """The soft cap that attention path `impl` really applies: None on the fused paths."""
+  return None if impl in _FUSED_IMPLS else softcap
+
+
+def constrain(x, *trailing):
+  """Activation `x` with logical names: "batch" leading, `trailing` last, None between.
+
+  Every activation of this module has the batch first and its feature axes last
+  ([B, T, S, D], [B, S, T, H, K], [B, S, D], ...), whatever sits between.
+  """
+  names = ("batch",) + (None,) * (x.ndim - 1 - len(trailing)) + tuple(trailing)
+  return shd.constrain(x, names)
 
 
 # ----------------------------------------------------------------------------------
@@ -215,7 +267,8 @@ def rope(x_NQHK, positions_Q, base: float = 10_000.0):
   return out.astype(x_NQHK.dtype)
 
 
-def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None):
+def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None, impl: str = "dense",
+           chunk: int | None = None):
   """Grouped-query attention on explicit queries, keys and values.
 
   Keys and values are explicit arguments (rather than computed inside) so that a
@@ -223,18 +276,35 @@ def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None):
 
   Args:
     q_NQHK: [..., Q, H, K] queries (already normed and rotated).
-    k_NVGK: [..., V, G, K] keys, G kv heads with H % G == 0.
+    k_NVGK: [..., V, G, K] keys, G kv heads with H % G == 0; the leading axes
+      those of the queries.
     v_NVGK: [..., V, G, K] values.
     mask_NQV: Bool, broadcastable to [..., Q, V]; True where attention is allowed.
-    softcap: Logit soft cap c, or None.
+    softcap: Logit soft cap c, or None. Applied by "dense" and "chunked"; "xla" and
+      "cudnn" ignore it (`effective_softcap`): the fused kernels have no logit hook.
+    impl: One of `ATTENTION_IMPLS`.
+    chunk: Queries per chunk of the "chunked" path; None: `ATTENTION_CHUNK`, read at
+      trace time.
 
   Returns:
     [..., Q, H, K] attention output, in the dtype of `v_NVGK`.
   """
-  *lead, Q, H, K = q_NQHK.shape
-  G = k_NVGK.shape[-2]
+  H, G = q_NQHK.shape[-2], k_NVGK.shape[-2]
   if H % G:
     raise ValueError(f"num_heads={H} must be a multiple of num_kv_heads={G}")
+  if impl == "dense":
+    return _attend_dense(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap)
+  if impl == "chunked":
+    return _attend_chunked(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap, chunk or ATTENTION_CHUNK)
+  if impl in _FUSED_IMPLS:
+    return _attend_fused(q_NQHK, k_NVGK, v_NVGK, mask_NQV, None if impl == "xla" else impl)
+  raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
+
+
+def _attend_dense(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap):
+  """The reference: every logit of [..., Q, V] at once (see `attend`)."""
+  *lead, Q, H, K = q_NQHK.shape
+  G = k_NVGK.shape[-2]
   R = H // G
   # Query head h uses kv head h // R, the same grouping as jnp.repeat(k, R, axis=-2).
   q_NQGRK = q_NQHK.reshape(*lead, Q, G, R, K)
@@ -247,6 +317,71 @@ def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None):
   probs_NGRQV = jax.nn.softmax(logits_NGRQV, axis=-1)  # float32 softmax
   out_NQGRK = jnp.einsum("...grqv,...vgk->...qgrk", probs_NGRQV.astype(v_NVGK.dtype), v_NVGK)
   return out_NQGRK.reshape(*lead, Q, H, K)
+
+
+def _attend_chunked(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap, chunk: int):
+  """The reference over query chunks: exact softmax rows, [..., chunk, V] logits at a time.
+
+  Every query row still sees all V keys in one softmax, so the soft cap and any mask
+  apply exactly as in `_attend_dense` (no online-softmax rescaling, and so no extra
+  rounding). V is at most the tokens of a frame or the frames of a window, so whole key
+  rows fit; what grows is Q x V per head, which the chunks bound. Each chunk is
+  rematerialised in the backward pass, so the gradient too holds one chunk's logits:
+  the scan's residuals are the query chunks alone (k, v and an unchunked mask are
+  loop-invariant).
+  """
+  *lead, Q, H, K = q_NQHK.shape
+  num = -(-Q // max(int(chunk), 1))
+  if num <= 1:
+    return _attend_dense(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap)
+  size = -(-Q // num)  # even chunks: the padding is < num rows, not up to a whole chunk
+  pad = num * size - Q
+  mask_NQV = jnp.asarray(mask_NQV, bool)
+  q_NQHK = jnp.pad(q_NQHK, [(0, 0)] * len(lead) + [(0, pad), (0, 0), (0, 0)])
+  # [num, ..., size, H, K]: the chunk axis leads for lax.map.
+  q_CNQHK = jnp.moveaxis(q_NQHK.reshape(*lead, num, size, H, K), -4, 0)
+  per_row_mask = mask_NQV.shape[-2] != 1
+  if per_row_mask:  # padded rows may read everything: their outputs are cut off below
+    mask_NQV = jnp.pad(mask_NQV, [(0, 0)] * (mask_NQV.ndim - 2) + [(0, pad), (0, 0)], constant_values=True)
+    mlead = mask_NQV.shape[:-2]
+    mask_CNQV = jnp.moveaxis(mask_NQV.reshape(*mlead, num, size, mask_NQV.shape[-1]), -3, 0)
+  else:
+    mask_CNQV = None
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def one_chunk(q_nqhk, mask_nqv):
+    return _attend_dense(q_nqhk, k_NVGK, v_NVGK, mask_NQV if mask_nqv is None else mask_nqv, softcap)
+
+  out_CNQHK = jax.lax.map(lambda xs: one_chunk(*xs), (q_CNQHK, mask_CNQV))
+  out_NQHK = jnp.moveaxis(out_CNQHK, 0, -4).reshape(*lead, num * size, H, K)
+  return out_NQHK[..., :Q, :, :]
+
+
+def _attend_fused(q_NQHK, k_NVGK, v_NVGK, mask_NQV, implementation):
+  """`jax.nn.dot_product_attention` over the flattened leading axes (see `attend`).
+
+  The kernel takes [batch, seq, heads, head_dim] with GQA built in (query head h reads
+  kv head h // R, as in `_attend_dense`) and the default 1/sqrt(K) scale. It has no
+  logit soft cap, so none is applied: a model trained with one computes slightly
+  different attention here (tests/models/test_attention_paths.py bounds how much on a
+  small model).
+  """
+  *lead, Q, H, K = q_NQHK.shape
+  V, G = k_NVGK.shape[-3], k_NVGK.shape[-2]
+  if tuple(k_NVGK.shape[:-3]) != tuple(lead):
+    raise ValueError(f"keys {k_NVGK.shape} and queries {q_NQHK.shape} differ in their leading axes")
+  n = int(np.prod(lead)) if lead else 1
+  mask_NQV = jnp.asarray(mask_NQV, bool)
+  if mask_NQV.ndim == 2:  # one mask for every row of the batch (space layers): no copies
+    mask_N1QV = mask_NQV[None, None]
+  else:  # e.g. the time mask [B, 1, T, T] over lead (B, S): one per flattened row
+    mask_N1QV = jnp.broadcast_to(mask_NQV, (*lead, Q, V)).reshape(n, 1, Q, V)
+  dtype = v_NVGK.dtype
+  out_NQHK = jax.nn.dot_product_attention(
+      q_NQHK.astype(dtype).reshape(n, Q, H, K), k_NVGK.astype(dtype).reshape(n, V, G, K),
+      v_NVGK.reshape(n, V, G, K), mask=mask_N1QV, implementation=implementation,
+  )
+  return out_NQHK.reshape(*lead, Q, H, K)
 
 
 def make_param(rngs: nnx.Rngs, init, shape, names):
@@ -283,13 +418,22 @@ class RMSNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-  """Multi-head attention with GQA, QKNorm, RoPE and logit soft capping."""
+  """Multi-head attention with GQA, QKNorm, RoPE and logit soft capping.
 
-  def __init__(self, *, width, num_heads, num_kv_heads, head_dim, softcap, rngs, dtype):
+  `impl` picks the attention implementation (`ATTENTION_IMPLS`); the fused ones drop
+  the soft cap, and `logit_cap` is the cap really applied (the KV-cached decode uses it
+  too, so cached and uncached passes agree on every path).
+  """
+
+  def __init__(self, *, width, num_heads, num_kv_heads, head_dim, softcap, rngs, dtype, impl: str = "dense"):
     if num_heads % num_kv_heads:
       raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.softcap = softcap
+    self.impl = check_attention(impl)
+    if impl == "cudnn" and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+      raise ConfigError(f"--config.model.attention=cudnn needs --config.model.dtype=bfloat16 (or float16), "
+                        f"not {jnp.dtype(dtype).name}: cuDNN flash attention has no float32 kernel")
     self.dtype = dtype
     init_in = fan_in_init(width)
     self.wq = make_param(rngs, init_in, (width, num_heads, head_dim), ("embed", "heads", "head_dim"))
@@ -308,7 +452,7 @@ class Attention(nnx.Module):
     k_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wk[...].astype(self.dtype))
     v_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wv[...].astype(self.dtype))
     k_NVGK = rope(self.k_norm(k_NVGK), positions_V)
-    return k_NVGK, v_NVGK
+    return constrain(k_NVGK, "kv_heads", "head_dim"), constrain(v_NVGK, "kv_heads", "head_dim")
 
   def project_kv_unrotated(self, x_NVD):
     """Normed keys (before RoPE) and values [..., V, G, K].
@@ -319,19 +463,29 @@ class Attention(nnx.Module):
     x = x_NVD.astype(self.dtype)
     k_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wk[...].astype(self.dtype))
     v_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wv[...].astype(self.dtype))
-    return self.k_norm(k_NVGK), v_NVGK
+    return constrain(self.k_norm(k_NVGK), "kv_heads", "head_dim"), constrain(v_NVGK, "kv_heads", "head_dim")
 
   def project_q(self, x_NQD, positions_Q):
     x = x_NQD.astype(self.dtype)
     q_NQHK = jnp.einsum("...qd,dhk->...qhk", x, self.wq[...].astype(self.dtype))
-    return rope(self.q_norm(q_NQHK), positions_Q)
+    return constrain(rope(self.q_norm(q_NQHK), positions_Q), "heads", "head_dim")
+
+  @property
+  def logit_cap(self) -> float | None:
+    """The soft cap this layer's attention applies (None on the fused paths)."""
+    return effective_softcap(self.softcap, self.impl)
+
+  def project_out(self, out_NQHK):
+    """Per-head outputs [..., Q, H, K] -> the residual stream's width [..., Q, D]."""
+    out_NQHK = constrain(out_NQHK, "heads", "head_dim")
+    return constrain(jnp.einsum("...qhk,hkd->...qd", out_NQHK, self.wo[...].astype(self.dtype)), "embed")
 
   def __call__(self, x_NQD, mask_NQV, positions_Q):
     """Self-attention over the second-to-last axis of x_NQD."""
     q_NQHK = self.project_q(x_NQD, positions_Q)
     k_NVGK, v_NVGK = self.project_kv(x_NQD, positions_Q)
-    out_NQHK = attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap=self.softcap)
-    return jnp.einsum("...qhk,hkd->...qd", out_NQHK, self.wo[...].astype(self.dtype))
+    out_NQHK = attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap=self.softcap, impl=self.impl)
+    return self.project_out(out_NQHK)
 
 
 class SwiGLU(nnx.Module):
@@ -345,27 +499,28 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x_ND):
     x = x_ND.astype(self.dtype)
-    gate = x @ self.w_gate[...].astype(self.dtype)
-    up = x @ self.w_up[...].astype(self.dtype)
-    return (jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype)
+    gate = constrain(x @ self.w_gate[...].astype(self.dtype), "mlp")
+    up = constrain(x @ self.w_up[...].astype(self.dtype), "mlp")
+    return constrain((jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype), "embed")
 
 
 class Block(nnx.Module):
   """Pre-norm transformer block, either space-only or causal time-only."""
 
-  def __init__(self, *, is_time: bool, width, num_heads, num_kv_heads, head_dim, mlp_dim, softcap, rngs, dtype):
+  def __init__(self, *, is_time: bool, width, num_heads, num_kv_heads, head_dim, mlp_dim, softcap, rngs, dtype,
+               attention: str = "dense"):
     self.is_time = is_time
     self.attn_norm = RMSNorm(width, rngs=rngs)
     self.attn = Attention(
         width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        softcap=softcap, rngs=rngs, dtype=dtype,
+        softcap=softcap, rngs=rngs, dtype=dtype, impl=attention,
     )
     self.mlp_norm = RMSNorm(width, rngs=rngs)
     self.mlp = SwiGLU(width=width, mlp_dim=mlp_dim, rngs=rngs, dtype=dtype)
 
   def __call__(self, x_BTSD, space_mask_SS, time_mask_BTT):
     B, T, S, D = x_BTSD.shape
-    x_BTSD = checkpoint_name(x_BTSD, "layer_input")  # names for the remat policies
+    x_BTSD = checkpoint_name(constrain(x_BTSD, "embed"), "layer_input")  # names for the remat policies
     h_BTSD = self.attn_norm(x_BTSD)
     if self.is_time:
       # Axial time attention: each token position s reads position s of frames
@@ -379,9 +534,9 @@ class Block(nnx.Module):
       # index inside the frame (patches in raster order, then the other segments).
       a_BTSD = self.attn(h_BTSD, space_mask_SS, jnp.arange(S))
     a_BTSD = checkpoint_name(a_BTSD, "attn_out")
-    x_BTSD = x_BTSD + a_BTSD.astype(x_BTSD.dtype)
+    x_BTSD = constrain(x_BTSD + a_BTSD.astype(x_BTSD.dtype), "embed")
     m_BTSD = self.mlp(self.mlp_norm(x_BTSD))
-    return x_BTSD + m_BTSD.astype(x_BTSD.dtype)
+    return constrain(x_BTSD + m_BTSD.astype(x_BTSD.dtype), "embed")
 
   def decode(self, x_BSD, space_mask_SS, cache_k_BSMGK=None, cache_v_BSMGK=None,
              cache_pos_M=None, cache_valid_M=None, query_pos=None, keys_rotated: bool = False):
@@ -402,6 +557,7 @@ class Block(nnx.Module):
       frame's unrotated keys and values (the entries a cache would store); None
       for space layers.
     """
+    x_BSD = constrain(x_BSD, "embed")
     h_BSD = self.attn_norm(x_BSD)
     k_BSGK = v_BSGK = None
     if self.is_time:
@@ -411,9 +567,9 @@ class Block(nnx.Module):
       )
     else:
       a_BSD = self.attn(h_BSD, space_mask_SS, jnp.arange(x_BSD.shape[-2]))
-    x_BSD = x_BSD + a_BSD.astype(x_BSD.dtype)
+    x_BSD = constrain(x_BSD + a_BSD.astype(x_BSD.dtype), "embed")
     m_BSD = self.mlp(self.mlp_norm(x_BSD))
-    return x_BSD + m_BSD.astype(x_BSD.dtype), k_BSGK, v_BSGK
+    return constrain(x_BSD + m_BSD.astype(x_BSD.dtype), "embed"), k_BSGK, v_BSGK
 
   def decode_time(self, h_BSD, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M, query_pos,
                   keys_rotated: bool = False):
@@ -425,13 +581,19 @@ class Block(nnx.Module):
     caller can choose positions that reproduce the angles of an uncached pass.
     With `keys_rotated` the cached keys are taken as already rotated (by
     `rotate_cached_keys`), so several passes over one cache rotate it once.
+
+    Whatever `attention` implementation the layer uses, this one query per position
+    runs the dense two-block softmax below (its logits are [B, S, H, M], no bigger
+    than the cache; a fused kernel would gain nothing on one query and would need the
+    concat), with the layer's `logit_cap`: a fused-path model decodes without the cap,
+    as its uncached pass computes.
     """
     attn = self.attn
     h_BS1D = h_BSD[:, :, None]
     query_pos_1 = jnp.reshape(jnp.asarray(query_pos, jnp.int32), (1,))
     q_BS1HK = attn.project_q(h_BS1D, query_pos_1)
     k_BS1GK, v_BS1GK = attn.project_kv_unrotated(h_BS1D)
-    cache_k_BSMGK = cache_k_BSMGK.astype(attn.dtype)
+    cache_k_BSMGK = constrain(cache_k_BSMGK.astype(attn.dtype), "kv_heads", "head_dim")
     if not keys_rotated:
       cache_k_BSMGK = rope(cache_k_BSMGK, cache_pos_M)
     # The same computation as `attend` over [cache | self], but with the softmax
@@ -444,15 +606,15 @@ class Block(nnx.Module):
                               preferred_element_type=jnp.float32)
     logits_BSGR1 = jnp.einsum("bsgrk,bsgk->bsgr", q_BSGRK, k_self_BSGK,
                               preferred_element_type=jnp.float32)[..., None]
-    logits_BSGRM = soft_cap(logits_BSGRM * K**-0.5, attn.softcap)
-    logits_BSGR1 = soft_cap(logits_BSGR1 * K**-0.5, attn.softcap)
+    logits_BSGRM = soft_cap(logits_BSGRM * K**-0.5, attn.logit_cap)
+    logits_BSGR1 = soft_cap(logits_BSGR1 * K**-0.5, attn.logit_cap)
     logits_BSGRM = jnp.where(jnp.asarray(cache_valid_M, bool), logits_BSGRM, _NEG_INF)
     probs_BSGRV = jax.nn.softmax(jnp.concatenate([logits_BSGRM, logits_BSGR1], axis=-1), axis=-1)
     probs_BSGRV = probs_BSGRV.astype(attn.dtype)
     M = logits_BSGRM.shape[-1]
     out_BSGRK = jnp.einsum("bsgrm,bsmgk->bsgrk", probs_BSGRV[..., :M], cache_v_BSMGK.astype(attn.dtype))
     out_BSGRK = out_BSGRK + probs_BSGRV[..., M:] * v_BS1GK[:, :, 0, :, None, :]
-    a_BSD = jnp.einsum("bshk,hkd->bsd", out_BSGRK.reshape(B, S, H, K), attn.wo[...].astype(attn.dtype))
+    a_BSD = attn.project_out(out_BSGRK.reshape(B, S, H, K))
     return a_BSD, k_BS1GK[:, :, 0], v_BS1GK[:, :, 0]
 
 
@@ -509,6 +671,8 @@ class Transformer(nnx.Module):
 
   `remat` recomputes activations in the backward pass: per scanned group with the
   `remat_policy` of `REMAT_POLICIES` (per layer when unscanned).
+
+  `attention` is the attention implementation of every layer (`ATTENTION_IMPLS`).
   """
 
   def __init__(
@@ -516,10 +680,12 @@ class Transformer(nnx.Module):
       mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
       dtype=jnp.float32, remat: bool = False, scan_layers: bool = True,
       remat_policy: str = "nothing", depth_setting: str = "--config.model.depth",
+      attention: str = "dense",
   ):
     if time_every < 1:
       raise ValueError(f"time_every must be >= 1, got {time_every}")
     checkpoint_policy(remat_policy)  # an unknown name fails here, not at the first call
+    self.attention = check_attention(attention)
     self.width = width
     self.dtype = dtype
     self.remat = remat
@@ -530,7 +696,7 @@ class Transformer(nnx.Module):
     self.time_layers = tuple((i + 1) % time_every == 0 for i in range(depth))
     block_kwargs = dict(
         width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        mlp_dim=mlp_dim, softcap=softcap, dtype=dtype,
+        mlp_dim=mlp_dim, softcap=softcap, dtype=dtype, attention=attention,
     )
     if self.scan_layers:
       check_scan_depth(depth, time_every, depth_setting)
@@ -584,6 +750,7 @@ class Transformer(nnx.Module):
     if time_mask_BTT.shape[-2:] != (T, T):
       raise ValueError(f"time mask {time_mask_BTT.shape} does not match T={T}")
     policy = checkpoint_policy(self.remat_policy) if self.remat else None
+    x_BTSD = constrain(x_BTSD, "embed")
 
     if self.scan_layers:
       def run_group(group, x_BTSD, _):

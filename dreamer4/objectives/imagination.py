@@ -125,7 +125,7 @@ def pmpo_loss(logp_N, kl_N, adv_N, alpha: float = 0.5, beta: float = 0.3, mask_N
 
 
 def value_loss(value_head, h_ND, returns_N, mask_N=None):
-  """Eq 10 value loss: two-hot (or HL-Gauss) NLL of the lambda-return target.
+  """Eq 10 value loss: two-hot NLL of the lambda-return target.
 
   The target is under stop-gradient. Averaged over valid states (the paper sums over
   t; the normalisation is not stated).

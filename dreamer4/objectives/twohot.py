@@ -1,10 +1,8 @@
-"""Symlog scalars as distributions over bins: two-hot (default) and HL-Gauss.
+"""Symlog scalars as distributions over bins: two-hot.
 
 PAPER.md §5.2: reward and value heads use "symexp twohot, following Dreamer 3". The
 paper gives no bin count or range; the defaults here (255 bins uniform on [-20, 20] in
-symlog space) are Dreamer 3's, not the paper's. PITFALLS.md: HL-Gauss stabilised reward
-prediction for one reimplementation, so `HLGauss` offers the same interface and can be
-swapped in wherever a `TwoHot` is taken.
+symlog space) are Dreamer 3's, not the paper's.
 
 Shape letters: N any leading shape, K number of bins.
 """
@@ -69,48 +67,5 @@ class TwoHot:
 
   def loss(self, logits_NK, target_N):
     """Cross-entropy [N] between softmax(logits) and the encoded target (target is not differentiated)."""
-    target_NK = jax.lax.stop_gradient(self.encode(target_N))
-    return -jnp.sum(target_NK * jax.nn.log_softmax(logits_NK.astype(jnp.float32), axis=-1), axis=-1)
-
-
-@dataclasses.dataclass(frozen=True)
-class HLGauss:
-  """Histogram-loss Gaussian encoding (Imani & White 2018; Farebrother et al. 2024), not in the paper.
-
-  The target is the mass of N(symlog(value), sigma^2) falling in each bin's interval
-  [c_k - step/2, c_k + step/2], renormalised over the covered range. Same interface as
-  `TwoHot`. Decoding uses the bin centres, so the round trip is exact only up to the
-  truncation of the Gaussian at the range ends.
-
-  Attributes:
-    num_bins: number of bins K.
-    low: lowest bin centre, in symlog space.
-    high: highest bin centre, in symlog space.
-    sigma_ratio: sigma as a multiple of the bin width (0.75 is the usual choice).
-  """
-
-  num_bins: int = 255
-  low: float = -20.0
-  high: float = 20.0
-  sigma_ratio: float = 0.75
-
-  @property
-  def bins_K(self):
-    return jnp.linspace(self.low, self.high, self.num_bins, dtype=jnp.float32)
-
-  def encode(self, value_N):
-    step = (self.high - self.low) / (self.num_bins - 1)
-    sigma = self.sigma_ratio * step
-    y = jnp.clip(symlog(value_N.astype(jnp.float32)), self.low, self.high)
-    edges = jnp.linspace(self.low - step / 2, self.high + step / 2, self.num_bins + 1, dtype=jnp.float32)
-    cdf = jax.scipy.special.erf((edges - y[..., None]) / (jnp.sqrt(2.0) * sigma))
-    mass_NK = cdf[..., 1:] - cdf[..., :-1]
-    return mass_NK / jnp.maximum(jnp.sum(mass_NK, axis=-1, keepdims=True), 1e-12)
-
-  def decode(self, logits_NK):
-    probs_NK = jax.nn.softmax(logits_NK.astype(jnp.float32), axis=-1)
-    return symexp(jnp.sum(probs_NK * self.bins_K, axis=-1))
-
-  def loss(self, logits_NK, target_N):
     target_NK = jax.lax.stop_gradient(self.encode(target_N))
     return -jnp.sum(target_NK * jax.nn.log_softmax(logits_NK.astype(jnp.float32), axis=-1), axis=-1)

@@ -1,9 +1,14 @@
-"""Phases plug into the one trainer; `run` dispatches on `config.phase` (the pipeline of
-all phases is dreamer4/pipeline.py, which calls `run` per stage)."""
+"""The phase registry: `run` runs the phase named by `config.phase`.
+
+Each trained phase plugs into the one trainer (dreamer4/training/trainer.py) through its
+module's `make_phase` (the contract: dreamer4/training/phase.py); encode is a job that
+writes a frozen tokenizer's latents into the dataset. The pipeline of all phases is no
+phase: dreamer4/main.py dispatches it to dreamer4/pipeline.py, which calls `run` per stage.
+"""
 
 from __future__ import annotations
 
-PHASES = ("tokenizer", "encode", "dynamics", "agent", "imagine", "pipeline")
+PHASES = ("tokenizer", "encode", "dynamics", "agent", "imagine")
 
 
 def make_phase_factory(name: str):

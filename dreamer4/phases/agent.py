@@ -16,23 +16,28 @@ level (dreamer4/models/agent.py explains why).
 Data mixture [P §5.3: "half uniform, half task-relevant"]: `data.relevant_fraction` of every
 batch comes from task-relevant episodes (those that accomplished their task,
 data_pipelines.loader.relevant_episode_ids) and the rest uniformly; the dynamics loss reads the uniform rows, BC the
-relevant ones, the reward loss all rows (see `loss_fn`).
+relevant ones, the reward loss all rows (see `loss_fn`). `MixtureStreams` draws these batches
+for the trainer (the phase's `make_streams`).
 """
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from data_pipelines.loader import relevant_rows
+from data_pipelines import loader as data_loader
 from dreamer4 import runs
-from dreamer4.errors import ConfigError
+from dreamer4.errors import ConfigError, UserError
 from dreamer4.inference.sampler import context_tau_index
 from dreamer4.models.agent import agent_embedding
 from dreamer4.models.dynamics import Dynamics, d_min_index, make_training_fn
 from dreamer4.objectives import normalize
 from dreamer4.objectives.agent import bc_reward_loss
 from dreamer4.objectives.shortcut import shortcut_loss
+from dreamer4.training.phase import DataShapes, Phase, Streams, TrainData
 from dreamer4.training.state import to_abstract
 
 AGENT_FIELDS = ("latents", "actions_discrete", "action_labelled", "rewards", "tasks")
@@ -68,36 +73,102 @@ def dynamics_rows(relevant_B, count: int):
 
 def dynamics_row_count(fraction: float, global_batch: int, process_count: int) -> int:
   """Rows of a global batch that carry the dynamics loss (static): the uniform rows of every
-  process's [uniform | relevant] block (trainer `_with_relevant`)."""
+  process's [uniform | relevant] block (`with_relevant`)."""
   local = global_batch // process_count
-  return (local - relevant_rows(float(fraction), local)) * process_count
+  return (local - data_loader.relevant_rows(float(fraction), local)) * process_count
 
 
-class AgentPhase:
-  """Phase 2 in the trainer (see dreamer4/training/trainer.py `Phase`)."""
+def with_relevant(uniform: dict, relevant: dict, relevant_ids) -> dict:
+  """One local batch: the uniform rows, then the relevant rows, flagged in relevant_B (which
+  half a row is from); relevant_episode_B flags every row whose episode accomplished its task
+  (all relevant rows and the uniform rows that happen to be from such episodes)."""
+  out = {k: np.concatenate([uniform[k], relevant[k]], axis=0) for k in uniform}
+  out["relevant_B"] = np.concatenate([np.zeros(len(uniform["index"]), bool), np.ones(len(relevant["index"]), bool)])
+  out["relevant_episode_B"] = out["relevant_B"] | np.isin(out["episode"], np.asarray(relevant_ids))
+  return out
+
+
+class MixtureStreams(Streams):
+  """PAPER §5.3: every local batch is `data.relevant_fraction` task-relevant rows after uniform ones.
+
+  Streams "data" (the uniform rows) and "data_relevant" (windows of the training episodes
+  that accomplished their task), both of `data.window` frames; each step draws one batch of
+  each and joins them (`with_relevant`). Held-out batches get relevant_B for their windows
+  of task-relevant episodes (e.g. BC accuracy on them).
+  """
+
+  flags = ("relevant_B", "relevant_episode_B")
+
+  def __init__(self, config, data: TrainData, pad: str):
+    frac, local_batch = float(config.data.relevant_fraction), data.local_batch
+    n_relevant = data_loader.relevant_rows(frac, local_batch)
+    if not 1 <= n_relevant < local_batch:
+      raise ConfigError(f"--config.data.relevant_fraction={frac} of a per-process batch of {local_batch} leaves "
+                        "no uniform or no relevant rows; raise --config.train.batch_size or change the fraction")
+    relevant = data_loader.relevant_episode_ids(data.store, data.train_ids)
+    if not relevant:
+      raise UserError(f"{config.data.path}: no training episode has a positive return, so "
+                      "--config.data.relevant_fraction has nothing to draw from; collect episodes with "
+                      "successes or set --config.data.relevant_fraction=0")
+    logging.info("data mixture: %d uniform + %d relevant rows per process (%d of %d episodes relevant)",
+                 local_batch - n_relevant, n_relevant, len(relevant), len(data.train_ids))
+    window = config.data.window
+    super().__init__({"data": data.make_iter(window, local_batch - n_relevant),
+                      "data_relevant": data.make_iter(window, n_relevant, relevant)}, {"data": window})
+    self.relevant_ids = relevant
+    self._store, self._eval_ids, self._pad = data.store, data.eval_ids, pad
+
+  def next(self, kind: str) -> dict:
+    return with_relevant(next(self.iters[kind]), next(self.iters["data_relevant"]), self.relevant_ids)
+
+  def label_eval(self, batches: list[dict]) -> None:
+    relevant_eval = data_loader.relevant_episode_ids(self._store, self._eval_ids)
+    for b in batches:
+      b["relevant_B"] = np.isin(b["episode"], relevant_eval)
+
+  def coverage_tables(self, kind: str) -> tuple:
+    if kind != "data":
+      return ()
+    return (data_loader.window_table(self._store.episode_offsets, self.relevant_ids, self.windows[kind], self._pad),)
+
+
+class AgentPhase(Phase):
+  """Phase 2 in the trainer (see dreamer4/training/phase.py `Phase`).
+
+  Built from the shapes of its dataset (latents included) and the phase-1b model config;
+  `warm_start` reads the phase-1b checkpoint (config.dynamics_workdir).
+  """
 
   name = "agent"
-  read_fields = AGENT_FIELDS
   data_fields = AGENT_FIELDS + ("first_T",)
 
-  def __init__(self, config, store, mesh):
+  def __init__(self, config, shapes: DataShapes, dyn_model_cfg):
+    self.validate(config)
     self.config = config
-    self.dyn_cfg = runs.read_config(config.dynamics_workdir, "dynamics",
-                                    "train the dynamics model first and name its workdir in --config.dynamics_workdir")
-    self.num_latents, self.latent_dim = runs.latent_shape(store)
-    self.num_tasks = max(1, len(store.task_names))
-    self.model_def = runs.agent_model_def(self.dyn_cfg.model, config.agent, self.num_latents, self.latent_dim,
-                                     store.action_spec, self.num_tasks)
+    self.dyn_model_cfg = dyn_model_cfg
+    self.num_latents, self.latent_dim = shapes.latents()
+    self.num_tasks = shapes.num_tasks
+    self.model_def = runs.agent_model_def(dyn_model_cfg, config.agent, self.num_latents, self.latent_dim,
+                                          shapes.action_spec, self.num_tasks)
+
+  @staticmethod
+  def validate(config) -> None:
     if config.agent.mtp < 0:
       raise ConfigError(f"--config.agent.mtp must be >= 0, got {config.agent.mtp}")
     if config.loss.bc_rows not in ("relevant_half", "relevant_episodes"):
       raise ConfigError(f"--config.loss.bc_rows={config.loss.bc_rows!r}; choose relevant_half or relevant_episodes")
+    frac = float(config.data.get("relevant_fraction", 0.0))
+    if frac > 0 and (frac >= 1 or config.data.get("long_window", 0)):
+      raise ConfigError(f"--config.data.relevant_fraction={frac} needs 0 <= fraction < 1 and no data.long_window; "
+                        "set it to 0.5 (the paper's mixture) or 0 (uniform batches)")
 
   def init_aux(self):
     return normalize.rms_init(("dynamics", "bc", "reward"))
 
-  def frozen(self):
-    return {}
+  def make_streams(self, data: TrainData) -> Streams:
+    if float(self.config.data.get("relevant_fraction", 0.0)) <= 0:
+      return super().make_streams(data)
+    return MixtureStreams(self.config, data, self.window_pad)
 
   def warm_start(self, params, shardings):
     """Fresh params with the phase-1b dynamics weights restored into params["dynamics"]."""
@@ -114,7 +185,7 @@ class AgentPhase:
     c = self.config
     model = self.model_def.merge(params)
     sc_rng, ctx_rng = jax.random.split(rng)
-    # Data mixture (PAPER §5.3, config data.relevant_fraction): the trainer flags the
+    # Data mixture (PAPER §5.3, config data.relevant_fraction): MixtureStreams flags the
     # task-relevant rows; the dynamics loss reads only the uniform rows and BC only the
     # relevant ones (no optimistic generations, more signal for BC); the reward loss reads
     # both (the paper leaves it open). Without the flag every row counts for every loss.
@@ -181,5 +252,8 @@ class AgentPhase:
     return {}
 
 
-def make_phase(config, store, mesh) -> AgentPhase:
-  return AgentPhase(config, store, mesh)
+def make_phase(config, store, mesh=None) -> AgentPhase:
+  """Phase 2 on `store`, continuing the phase-1b run in config.dynamics_workdir."""
+  dyn_cfg = runs.read_config(config.dynamics_workdir, "dynamics",
+                             "train the dynamics model first and name its workdir in --config.dynamics_workdir")
+  return AgentPhase(config, DataShapes.of_store(store, latents=True), dyn_cfg.model).load_frozen(store, mesh)

@@ -8,18 +8,20 @@ of sampling steps K, plus the same rollout with shuffled actions (action sensiti
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
+from dreamer4 import runs
 from dreamer4.errors import ConfigError, UserError
 from dreamer4.evaluation import toy_state
 from dreamer4.evaluation import video_metrics as vm
 from dreamer4.inference.sampler import generate
-from dreamer4.models.dynamics import Dynamics, make_sampling_fn, make_training_fn
+from dreamer4.models.dynamics import make_sampling_fn, make_training_fn
 from dreamer4.objectives import normalize
 from dreamer4.objectives.shortcut import shortcut_loss
-from dreamer4.runs import LATENTS, latents_attrs, latents_ready, load_tokenizer
+from dreamer4.training.phase import DataShapes, Phase
 from dreamer4.training.state import ModelDef
 
 
@@ -40,25 +42,26 @@ def dynamics_loss(model_def: ModelDef, config, params, aux, batch, rng):
   return norm, (aux, dict(metrics, shortcut_loss=loss))
 
 
-class DynamicsPhase:
-  """Plugs the dynamics model into the trainer (see dreamer4/training/trainer.py `Phase`)."""
+class DynamicsPhase(Phase):
+  """Plugs the dynamics model into the trainer (see dreamer4/training/phase.py `Phase`).
+
+  Built from the latent shape (`shapes.latent_shape`, the tokenizer's) and the action
+  spec; `load_frozen` adds the frozen tokenizer that evaluation decodes with.
+  """
 
   name = "dynamics"
   data_fields = ("latents", "actions_discrete", "action_labelled")
-  read_fields = ("latents", "actions_discrete", "action_labelled")
 
-  def __init__(self, config, store, mesh):
+  def __init__(self, config, shapes: DataShapes):
+    self.validate(config)
     self.config = config
-    self.toy_eval = store.metadata.get("env") == "toy"  # toy frames parse into their state (eval_fn)
-    tcfg, self.tok_def, self.tok_params, step = load_tokenizer(config.tokenizer_workdir, mesh, store.frame_shape)
-    attrs = latents_attrs(config.tokenizer_workdir, step, tcfg)
-    if not latents_ready(store, attrs):
-      have = store.array_attrs(LATENTS)
-      raise UserError(
-          f"dataset {store.path} holds no complete latents of tokenizer {config.tokenizer_workdir} step "
-          f"{step} (found: {have}); run python -m dreamer4.main --config=configs/encode.py "
-          f"--config.data.path={store.path} --config.tokenizer_workdir={config.tokenizer_workdir}")
-    self.num_latents, self.latent_dim = attrs["num_latents"], attrs["latent_dim"]
+    self.toy_eval = shapes.env == "toy"  # toy frames parse into their state (eval_fn)
+    self.num_latents, self.latent_dim = shapes.latents()
+    self.model_def = runs.dynamics_model_def(config.model, self.num_latents, self.latent_dim, shapes.action_spec)
+    self.tok_def = self.tok_params = None  # load_frozen
+
+  @staticmethod
+  def validate(config) -> None:
     m = config.model
     long_window = int(config.data.get("long_window", 0))
     if m.context and long_window and long_window <= m.context:
@@ -68,12 +71,19 @@ class DynamicsPhase:
     if ev.context_frames + ev.horizon > (long_window or config.data.window):
       raise ConfigError(f"--config.eval.context_frames + --config.eval.horizon = {ev.context_frames + ev.horizon} "
                         f"exceeds the evaluation window {long_window or config.data.window} (data.long_window)")
-    action_spec = store.action_spec
-    try:
-      self.model_def = ModelDef.build(lambda rng: Dynamics.from_config(
-          m, self.num_latents, self.latent_dim, action_spec, nnx.Rngs(rng)))
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+
+  def load_frozen(self, store, mesh) -> "DynamicsPhase":
+    """The frozen tokenizer (config.tokenizer_workdir) on `mesh`; UserError unless `store` holds its latents."""
+    workdir = self.config.tokenizer_workdir
+    tcfg, self.tok_def, self.tok_params, step = runs.load_tokenizer(workdir, mesh, store.frame_shape)
+    attrs = runs.latents_attrs(workdir, step, tcfg)
+    if not runs.latents_ready(store, attrs):
+      have = store.array_attrs(runs.LATENTS)
+      raise UserError(
+          f"dataset {store.path} holds no complete latents of tokenizer {workdir} step "
+          f"{step} (found: {have}); run python -m dreamer4.main --config=configs/encode.py "
+          f"--config.data.path={store.path} --config.tokenizer_workdir={workdir}")
+    return self
 
   def init_aux(self):
     return normalize.rms_init(("dynamics",))
@@ -141,7 +151,7 @@ class DynamicsPhase:
     mean = lambda x_BH: vm.masked_mean(x_BH, valid_BH)
     mean_H = lambda x_BH: vm.masked_mean(x_BH, valid_BH, axis=0)
     out = {}
-    toy, toy_truth = getattr(self, "toy_eval", False), None  # (a phase built without __init__: no toy)
+    toy, toy_truth = self.toy_eval, None
     key = jax.random.key(0)  # the same noise for every K and for shuffled actions
     for k in ev.sampling_steps:
       truth, gen, lat_BH = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
@@ -201,4 +211,8 @@ class DynamicsPhase:
 
 
 def make_phase(config, store, mesh) -> DynamicsPhase:
-  return DynamicsPhase(config, store, mesh)
+  """Phase 1b on the latents in `store` of the tokenizer in config.tokenizer_workdir."""
+  tcfg = runs.tokenizer_config(config.tokenizer_workdir)
+  shapes = dataclasses.replace(DataShapes.of_store(store),
+                               latent_shape=(int(tcfg.model.num_latents), int(tcfg.model.latent_dim)))
+  return DynamicsPhase(config, shapes).load_frozen(store, mesh)

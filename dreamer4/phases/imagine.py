@@ -39,6 +39,7 @@ from dreamer4.models.agent import agent_embedding
 from dreamer4.models.dynamics import Dynamics
 from dreamer4.objectives import normalize
 from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, terminal_masks, value_loss
+from dreamer4.training.phase import DataShapes, Phase
 
 IMAGINE_FIELDS = ("latents", "actions_discrete", "action_labelled", "tasks")
 
@@ -102,27 +103,43 @@ def imagine_rollout(dyn: Dynamics, policy_params_fn, reward_head, batch, rng, *,
           "cont_BHA": sw(cont_HBA), "reward_BH": sw(r_HB), "latents_BHNL": sw(z_HBNL)}
 
 
-class ImaginePhase:
-  """Phase 3 in the trainer."""
+class ImaginePhase(Phase):
+  """Phase 3 in the trainer (see dreamer4/training/phase.py `Phase`).
+
+  Built from the shapes of its dataset (latents included) and the configs of the phase-2
+  run (its world model `dyn_model_cfg`, its heads `agent_cfg`); `load_frozen` restores
+  that run's AgentModel (config.agent_workdir).
+  """
 
   name = "imagine"
-  read_fields = IMAGINE_FIELDS
   data_fields = IMAGINE_FIELDS
   # Every frame is a start state: a window ends at it, and slots before its episode's
   # first frame repeat that frame with the null, unlabelled action (data_pipelines/windows.py).
   window_pad = "start"
 
-  def __init__(self, config, store, mesh):
+  def __init__(self, config, shapes: DataShapes, dyn_model_cfg, agent_cfg):
+    self.validate(config)
     self.config = config
     ic = config.imagine
-    self.agent_cfg, dyn_cfg, _, self.agent_def, self.agent_params = runs.load_agent(
-        config.agent_workdir, mesh, store, flag="--config.agent_workdir")
-    self.model_def = runs.imagine_heads_def(self.agent_def, self.agent_cfg.agent)
+    N, L = shapes.latents()
+    self.agent_def = runs.agent_model_def(dyn_model_cfg, agent_cfg, N, L, shapes.action_spec, shapes.num_tasks)
+    self.model_def = runs.imagine_heads_def(self.agent_def, agent_cfg)
+    self.window = int(dyn_model_cfg.context) or (ic.context + ic.horizon)
+    self.agent_params = None  # load_frozen
+
+  @staticmethod
+  def validate(config) -> None:
+    ic = config.imagine
     if ic.context < 1 or ic.horizon < 1:
       raise ConfigError("--config.imagine.context and --config.imagine.horizon must be >= 1")
     if ic.context > config.data.window:
       raise ConfigError(f"--config.imagine.context={ic.context} exceeds --config.data.window={config.data.window}")
-    self.window = int(dyn_cfg.model.context) or (ic.context + ic.horizon)
+
+  def load_frozen(self, store, mesh) -> "ImaginePhase":
+    """The phase-2 AgentModel of config.agent_workdir, restored onto `mesh`."""
+    del store
+    _, self.agent_params = runs.restore_model(self.config.agent_workdir, self.agent_def, mesh)
+    return self
 
   def init_aux(self):
     return normalize.rms_init(("policy", "value"))
@@ -191,4 +208,7 @@ class ImaginePhase:
 
 
 def make_phase(config, store, mesh) -> ImaginePhase:
-  return ImaginePhase(config, store, mesh)
+  """Phase 3 on `store`, in the frozen world model of the phase-2 run in config.agent_workdir."""
+  agent_cfg, dyn_cfg = runs.agent_configs(config.agent_workdir, flag="--config.agent_workdir")
+  shapes = DataShapes.of_store(store, latents=True)
+  return ImaginePhase(config, shapes, dyn_cfg.model, agent_cfg.agent).load_frozen(store, mesh)

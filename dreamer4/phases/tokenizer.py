@@ -11,24 +11,29 @@ from dreamer4.models.tokenizer import Tokenizer
 from dreamer4.objectives import normalize
 from dreamer4.objectives.tokenizer import tokenizer_loss
 from dreamer4.training import metrics as mt
+from dreamer4.training.phase import DataShapes, Phase
 from dreamer4.training.state import ModelDef
 
 
-class TokenizerPhase:
-  """Plugs the tokenizer into the trainer (see dreamer4/training/trainer.py `Phase`)."""
+class TokenizerPhase(Phase):
+  """Plugs the tokenizer into the trainer (see dreamer4/training/phase.py `Phase`).
+
+  Built from the frame shape (`shapes.frame_shape`); its one frozen input, the LPIPS
+  network, is loaded by `frozen` when the loss uses it.
+  """
 
   name = "tokenizer"
   data_fields = ("frames",)
-  read_fields = ("frames",)  # what the loader reads from the store
 
-  def __init__(self, config, store):
+  def __init__(self, config, shapes: DataShapes):
+    self.validate(config)
     self.config = config
-    frame_shape = tuple(store.frame_shape)
+    frame_shape = tuple(shapes.frame_shape)
     self.frame_shape = frame_shape
     try:
       self.model_def = ModelDef.build(lambda rng: Tokenizer.from_config(config.model, frame_shape, nnx.Rngs(rng)))
     except ValueError as e:
-      raise ConfigError(f"{e} (dataset {store.path} has frames {frame_shape})") from None
+      raise ConfigError(f"{e} (dataset {shapes.path} has frames {frame_shape})") from None
     self._lpips = None
 
   def init_aux(self):
@@ -71,6 +76,6 @@ class TokenizerPhase:
 
 
 def make_phase(config, store, mesh=None) -> TokenizerPhase:
-  del mesh  # the tokenizer has no frozen inputs to place
-  return TokenizerPhase(config, store)
+  """Phase 1a on the frames of `store` (no frozen inputs to place on `mesh`)."""
+  return TokenizerPhase(config, DataShapes.of_store(store)).load_frozen(store, mesh)
 

@@ -50,20 +50,20 @@ def main(argv):
   absl_logging.get_absl_handler().addFilter(_QuietOrbax())
   from data_pipelines.episodes import StoreError
   from dreamer4.errors import UserError
-  from dreamer4.play import server as play
+  from dreamer4.play import server, session
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}; give settings as flags, e.g. --workdir=runs/toy",
           file=sys.stderr)
     sys.exit(2)
   httpd = None
   try:
-    paths = play.locate_run(_WORKDIR.value, _DATA.value, _TOKENIZER.value)  # files only: fast
+    paths = session.locate_run(_WORKDIR.value, _DATA.value, _TOKENIZER.value)  # files only: fast
     if _K.value < 1 or _K.value & (_K.value - 1):
       raise UserError(f"--k={_K.value} must be a power of two (1, 2, 4, ...)")
-    httpd = play.make_server(_HOST.value, _PORT.value)                      # a busy port fails here
+    httpd = server.make_server(_HOST.value, _PORT.value)                      # a busy port fails here
     print(f"play: loading {paths.dynamics} (tokenizer {paths.tokenizer}, data {paths.data}) ...",
           file=sys.stderr, flush=True)
-    httpd.session = play.PlaySession(paths, k=_K.value, context_noise=_CONTEXT_NOISE.value, seed=_SEED.value)
+    httpd.session = session.PlaySession(paths, k=_K.value, context_noise=_CONTEXT_NOISE.value, seed=_SEED.value)
   except (UserError, StoreError) as e:
     if httpd is not None:
       httpd.server_close()

@@ -10,10 +10,8 @@ is deleted.
 from __future__ import annotations
 
 import json
-
 import logging
 import os
-import time
 from typing import Any
 
 import grain
@@ -43,43 +41,6 @@ def _paths(tree) -> dict[str, Any]:
   return {"/".join(_key_name(k) for k in path): v for path, v in flat}
 
 
-# Test-only hook: with DREAMER4_TEST_SLOW_SAVE_S=<seconds> set, every asynchronous save
-# waits that long in Orbax's background thread after the state is written into the step's
-# temporary directory and before the step is committed (renamed into place), so a crash
-# test can kill -9 a run while a checkpoint write is in flight. Never set in real runs;
-# read only here.
-SLOW_SAVE_ENV = "DREAMER4_TEST_SLOW_SAVE_S"
-
-
-class _SleepFuture:
-  """An Orbax commit future that just waits (once), in the thread that awaits the commit."""
-
-  def __init__(self, seconds: float):
-    self._seconds = seconds
-
-  def result(self, timeout: float | None = None):
-    del timeout
-    seconds, self._seconds = self._seconds, 0.0
-    time.sleep(seconds)
-
-  def cancel(self) -> bool:
-    return False
-
-
-def _state_handler() -> ocp.StandardCheckpointHandler:
-  handler = ocp.StandardCheckpointHandler()
-  slow = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
-  if slow > 0:  # tests only: the commit also waits `slow` seconds (see SLOW_SAVE_ENV)
-    inner = handler.async_save
-
-    async def async_save(directory, *args, **kwargs):
-      futures = await inner(directory, *args, **kwargs)
-      return list(futures or []) + [_SleepFuture(slow)]
-
-    handler.async_save = async_save
-  return handler
-
-
 def _check_local_directory(directory: str) -> None:
   """A local checkpoint path (or one of its parents) that is a file fails here, in one line,
   not later in Orbax's background save thread (which leaves the run hanging)."""
@@ -105,7 +66,7 @@ class Checkpointer:
     self.directory = directory = absolute(directory)
     _check_local_directory(directory)
     self.data_names = tuple(data_names)
-    handlers = {"state": _state_handler()}
+    handlers = {"state": ocp.StandardCheckpointHandler()}
     for name in self.data_names:
       handlers[name] = grain.checkpoint.CheckpointHandler()
     self._mngr = ocp.CheckpointManager(

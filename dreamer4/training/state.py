@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
 from dreamer4 import sharding as shd
+from dreamer4.aot import AotJit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,13 +181,12 @@ class TrainStep:
     def train_step(state, batch, key, frozen):
       return core(state, batch, jax.random.fold_in(key, state["step"] + state["skipped"]), frozen)
 
-    self._jit = jax.jit(train_step, out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
-    self._compiled: dict = {}
+    self._step = AotJit(train_step, out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
 
   @property
   def compiles(self) -> int:
     """Executables built so far: one per input signature."""
-    return len(self._compiled)
+    return self._step.compiles
 
   def abstract_state(self):
     """The state's ShapeDtypeStructs on its shardings (restore targets, lowering inputs)."""
@@ -200,15 +200,12 @@ class TrainStep:
   def lower(self, state, batch, key, frozen) -> jax.stages.Lowered:
     """The step lowered for these inputs (arrays or ShapeDtypeStructs with shardings); not counted."""
     with jax.set_mesh(self.mesh):
-      return self._jit.lower(state, batch, key, frozen)
+      return self._step.lower(state, batch, key, frozen)
 
   def compile(self, state, batch, key, frozen) -> jax.stages.Compiled:
     """The executable for these inputs' signature, lowered and compiled on first use."""
-    leaves, tree = jax.tree.flatten((state, batch, key, frozen))
-    sig = (tree, tuple((tuple(x.shape), x.dtype, getattr(x, "sharding", None)) for x in leaves))
-    if sig not in self._compiled:
-      self._compiled[sig] = self.lower(state, batch, key, frozen).compile()
-    return self._compiled[sig]
+    with jax.set_mesh(self.mesh):
+      return self._step.compile(state, batch, key, frozen)
 
   def __call__(self, state, batch, key, frozen):
     """(new state, metrics); the input state is donated."""

@@ -1,4 +1,5 @@
-"""The one training loop. Phases plug in a model, a loss and evaluations; the loop owns the rest.
+"""The one training loop. Phases plug in a model, a loss, evaluations and their data streams
+(the contract, every member the loop reads: dreamer4/training/phase.py); the loop owns the rest.
 
 Sections: workdir and config · data · mesh · train state · checkpoint and resume · jitted
 steps · periodic actions · the loop. No phase has a loop of its own.
@@ -11,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -25,21 +26,7 @@ from dreamer4.errors import ConfigError, UserError
 from dreamer4.training import metrics as mt
 from dreamer4.training import state as st
 from dreamer4.training.checkpoint import Checkpointer
-
-
-class Phase(Protocol):
-  """What a phase gives the trainer (see dreamer4/phases/)."""
-
-  name: str
-  data_fields: tuple[str, ...]            # batch fields the step reads
-  read_fields: tuple[str, ...]            # store arrays the loader reads (data_fields plus extras)
-  model_def: st.ModelDef                  # the trainable model
-
-  def init_aux(self) -> Any: ...          # non-trainable state (e.g. RMS normalisers)
-  def frozen(self) -> Any: ...            # constant inputs of the step (numpy pytree)
-  def loss_fn(self, params, aux, batch, rng, frozen): ...   # -> loss, (aux, metrics)
-  def eval_fn(self, params, batch, frozen) -> dict: ...     # -> scalar means for one batch
-  def summary_fn(self, params, batch, rng, frozen) -> dict: ...  # -> images [N,H,W,C]
+from dreamer4.training.phase import Phase, Streams, TrainData  # the contract: what the loop reads of a phase
 
 
 class _Preemption:
@@ -127,27 +114,18 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   # ---------------------------------------------------------------- checkpoint and resume
   ckpt_dir = os.path.join(workdir, "checkpoints")
   long_window = int(config.data.get("long_window", 0))
-  fields = tuple(getattr(phase, "read_fields", None) or data_loader.DEFAULT_FIELDS)
-  pad = getattr(phase, "window_pad", "end")  # data_pipelines/windows.py: every frame lies in a window
+  fields, pad = phase.read_fields, phase.window_pad  # data_pipelines/windows.py: every frame lies in a window
   try:
     def make_iter(window, batch=local_batch, ids=train_ids):
       return data_loader.train_iterator(
           config.data.path, window=window, batch_size=batch, seed=config.data.seed,
           episode_ids=ids, process_index=jax.process_index(), process_count=jax.process_count(),
           num_threads=config.data.num_threads, prefetch=config.data.prefetch, fields=fields, pad=pad)
-    # Alternating batch lengths (PAPER §3.2): short windows most steps, a long one every
-    # `long_every` steps and for the last `long_final_steps`; exactly two step shapes.
-    data_iters = {"data": make_iter(config.data.window)}
-    windows = {"data": config.data.window}
-    if long_window:
-      data_iters["data_long"] = make_iter(long_window)
-      windows["data_long"] = long_window
-    mix = _relevant_mixture(config, store, train_ids, local_batch, long_window)
-    relevant_ids = None
-    if mix:  # PAPER §5.3: uniform rows, then task-relevant rows, in every local batch
-      n_uniform, relevant_ids = mix
-      data_iters["data"] = make_iter(config.data.window, n_uniform)
-      data_iters["data_relevant"] = make_iter(config.data.window, local_batch - n_uniform, relevant_ids)
+    # The phase's streams (training/phase.py Streams): by default uniform windows, with
+    # alternating batch lengths (PAPER §3.2) when data.long_window is set: short windows most
+    # steps, a long one every `long_every` steps and for the last `long_final_steps`;
+    # exactly two step shapes.
+    streams = phase.make_streams(TrainData(store, train_ids, eval_ids, local_batch, make_iter))
     eval_window = long_window or config.data.window
     eval_local = data_loader.eval_batches(
         config.data.path, window=eval_window, batch_size=local_batch,
@@ -155,11 +133,8 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
         process_index=jax.process_index(), process_count=jax.process_count())
   except ValueError as e:  # the loader's one-line messages name the dataset and the setting
     raise UserError(str(e)) from None
-  if mix:  # flag the held-out windows of task-relevant episodes (e.g. BC accuracy on them)
-    relevant_eval = data_loader.relevant_episode_ids(store, eval_ids)
-    for b in eval_local:
-      b["relevant_B"] = np.isin(b["episode"], relevant_eval)
-  coverage = _coverage(store, train_ids, eval_ids, windows, eval_window, pad, relevant_ids, phase.name)
+  streams.label_eval(eval_local)  # e.g. flags the held-out windows of task-relevant episodes
+  coverage = _coverage(store, train_ids, eval_ids, streams, eval_window, pad, phase.name)
 
   def batch_kind(iteration: int) -> str:
     if not long_window:
@@ -169,6 +144,7 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
     every = ctc.get("long_every", 0)
     return "data_long" if every and iteration % every == 0 else "data"
 
+  data_iters = streams.iters  # every stream's position is saved with the state
   ckpt = Checkpointer(ckpt_dir, keep=ctc.keep_checkpoints, async_save=ctc.async_checkpoints,
                       data_names=tuple(data_iters))
   with jax.set_mesh(mesh):
@@ -176,8 +152,8 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
     if state is None:
       start_step = 0
       state = p_train.init(base_key)
-      if hasattr(phase, "warm_start"):  # e.g. phase 2 starts from the phase-1b weights
-        state = dict(state, params=phase.warm_start(state["params"], p_train.param_shardings))
+      # e.g. phase 2 starts from the phase-1b weights (the default keeps the fresh params)
+      state = dict(state, params=phase.warm_start(state["params"], p_train.param_shardings))
   # All validation passed: only now write into the workdir.
   write_config(workdir, config)
   logging.info("%s from step %d", "resuming" if start_step else "starting", start_step)
@@ -187,11 +163,11 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   p_summary = jax.jit(lambda params, batch, rng, frozen: phase.summary_fn(params, batch, rng, frozen),
                       out_shardings=rep)
 
-  def to_device(local):
-    extra = tuple(f for f in ("relevant_B", "relevant_episode_B", "valid_T")
-                  if f in local and f not in phase.data_fields)
-    return data_loader.global_batch({f: local[f] for f in phase.data_fields + extra}, mesh)
+  optional = tuple(f for f in streams.flags + ("valid_T",) if f not in phase.data_fields)
 
+  def to_device(local):
+    extra = tuple(f for f in optional if f in local)
+    return data_loader.global_batch({f: local[f] for f in phase.data_fields + extra}, mesh)
 
   def evaluate(state) -> dict[str, float]:
     acc = mt.MeanMetrics()
@@ -225,9 +201,7 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   try:
     while step < min(stop_at, ctc.num_steps):
       t0 = time.time()
-      local = next(data_iters[batch_kind(step + 1)])
-      if "data_relevant" in data_iters:
-        local = _with_relevant(local, next(data_iters["data_relevant"]), relevant_ids)
+      local = streams.next(batch_kind(step + 1))
       with jax.set_mesh(mesh):
         state, metrics = p_train(state, to_device(local), base_key, frozen)
       iteration = step + 1
@@ -295,38 +269,13 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   return summary
 
 
-def _relevant_mixture(config, store, train_ids, local_batch: int, long_window: int):
-  """(uniform rows per process, relevant episode ids) when config.data.relevant_fraction > 0, else None."""
-  frac = float(config.data.get("relevant_fraction", 0.0))
-  if frac <= 0:
-    return None
-  if frac >= 1 or long_window:
-    raise ConfigError(f"--config.data.relevant_fraction={frac} needs 0 <= fraction < 1 and no data.long_window; "
-                      "set it to 0.5 (the paper's mixture) or 0 (uniform batches)")
-  n_relevant = data_loader.relevant_rows(frac, local_batch)
-  if not 1 <= n_relevant < local_batch:
-    raise ConfigError(f"--config.data.relevant_fraction={frac} of a per-process batch of {local_batch} leaves "
-                      "no uniform or no relevant rows; raise --config.train.batch_size or change the fraction")
-  relevant = data_loader.relevant_episode_ids(store, train_ids)
-  if not relevant:
-    raise UserError(f"{config.data.path}: no training episode has a positive return, so "
-                    "--config.data.relevant_fraction has nothing to draw from; collect episodes with "
-                    "successes or set --config.data.relevant_fraction=0")
-  logging.info("data mixture: %d uniform + %d relevant rows per process (%d of %d episodes relevant)",
-               local_batch - n_relevant, n_relevant, len(relevant), len(train_ids))
-  return local_batch - n_relevant, relevant
-
-
-def _coverage(store, train_ids, eval_ids, windows: dict, eval_window: int, pad: str, relevant_ids,
-              name: str) -> dict:
+def _coverage(store, train_ids, eval_ids, streams: Streams, eval_window: int, pad: str, name: str) -> dict:
   """The share of episodes, frames, task-relevant episodes and reward/terminal frames that the
   phase's windows reach, per data stream and for the evaluation split; logged as one line each."""
   out = {}
-  for kind, window in windows.items():
-    extra = ()
-    if kind == "data" and relevant_ids is not None:  # the mixture: uniform and relevant windows together
-      extra = (data_loader.window_table(store.episode_offsets, relevant_ids, window, pad),)
-    out[kind] = data_loader.window_coverage(store, train_ids, window, pad, extra_tables=extra)
+  for kind, window in streams.windows.items():
+    # e.g. a data mixture: its uniform and relevant windows together
+    out[kind] = data_loader.window_coverage(store, train_ids, window, pad, extra_tables=streams.coverage_tables(kind))
   out["eval"] = data_loader.window_coverage(store, eval_ids, eval_window, pad)
   for kind, c in out.items():
     logging.info("%s coverage (%s, %s windows): episodes %.1f%%, frames %.1f%%, task-relevant episodes %.1f%%, "
@@ -334,16 +283,6 @@ def _coverage(store, train_ids, eval_ids, windows: dict, eval_window: int, pad: 
                  "per terminal frame %.2f", name, kind, pad, 100 * c["episodes"], 100 * c["frames"],
                  100 * c["relevant_episodes"], 100 * c["reward_frames"], 100 * c["terminal_frames"],
                  c["windows_per_frame"], c["windows_per_reward_frame"], c["windows_per_terminal_frame"])
-  return out
-
-
-def _with_relevant(uniform: dict, relevant: dict, relevant_ids) -> dict:
-  """One local batch: the uniform rows, then the relevant rows, flagged in relevant_B (which
-  half a row is from); relevant_episode_B flags every row whose episode accomplished its task
-  (all relevant rows and the uniform rows that happen to be from such episodes)."""
-  out = {k: np.concatenate([uniform[k], relevant[k]], axis=0) for k in uniform}
-  out["relevant_B"] = np.concatenate([np.zeros(len(uniform["index"]), bool), np.ones(len(relevant["index"]), bool)])
-  out["relevant_episode_B"] = out["relevant_B"] | np.isin(out["episode"], np.asarray(relevant_ids))
   return out
 
 

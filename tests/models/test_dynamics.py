@@ -27,15 +27,16 @@ def _cfg(**overrides):
   cfg = ml_collections.ConfigDict(dict(
       group=2, num_registers=1, k_max=K_MAX, width=32, depth=2, num_heads=2, num_kv_heads=1,
       head_dim=16, mlp_dim=64, time_every=2, softcap=50.0, context=0, dtype="float32",
-      remat=False, num_agent_tokens=0, num_tasks=0,
+      remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing",
   ))
   cfg.update(overrides)
   return cfg
 
 
-def _make(spec=SPEC, **overrides):
+def _make(spec=SPEC, num_agent_tokens=0, num_tasks=0, **overrides):
   with nnx.use_eager_sharding(False):
-    return Dynamics.from_config(_cfg(**overrides), N, L, spec, nnx.Rngs(0))
+    return Dynamics.from_config(_cfg(**overrides), N, L, spec, nnx.Rngs(0),
+                                num_agent_tokens=num_agent_tokens, num_tasks=num_tasks)
 
 
 @pytest.fixture(scope="module", params=["default", "spatial_pos"])

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer4.objectives.twohot import HLGauss, TwoHot, symexp, symlog
+from dreamer4.objectives.twohot import TwoHot, symexp, symlog
 
 
 def _logits(probs):
@@ -55,16 +55,3 @@ def test_twohot_loss_is_cross_entropy():
   np.testing.assert_allclose(g, jax.nn.softmax(logits) - enc.encode(target), atol=1e-6)
   gt = jax.grad(lambda t: jnp.sum(enc.loss(logits, t)))(target)
   np.testing.assert_allclose(gt, 0.0)
-
-
-def test_hlgauss_round_trip_and_interface():
-  enc = HLGauss()
-  x = jnp.array([-50.0, -1.0, 0.0, 0.3, 2.0, 80.0])
-  probs = enc.encode(x)
-  np.testing.assert_allclose(jnp.sum(probs, -1), 1.0, atol=1e-5)
-  assert bool(jnp.all(probs >= 0))
-  np.testing.assert_allclose(symlog(enc.decode(_logits(probs))), symlog(x), atol=1e-3)
-  # Spread over several bins, unlike two-hot.
-  assert int(jnp.min(jnp.sum(probs > 1e-3, -1))) >= 3
-  logits = jnp.zeros((6, enc.num_bins))
-  assert enc.loss(logits, x).shape == (6,)

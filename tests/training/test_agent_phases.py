@@ -12,9 +12,10 @@ from data_pipelines.episodes import EpisodeStore
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  from tests.pipeline_helpers import tiny_world_model_run
-  return tiny_world_model_run(str(tmp_path_factory.mktemp("agent") / "run"))
+def run_dir(world_model_run, tmp_path_factory):
+  """A copy of the session's tiny world-model run (tests/conftest.py): the agent phases write into it."""
+  from tests.pipeline_helpers import copy_world_model_run
+  return copy_world_model_run(world_model_run, str(tmp_path_factory.mktemp("agent") / "run"))
 
 
 def _agent_config(run_dir):
@@ -35,11 +36,11 @@ def agent_run(run_dir):
 
 def _phase_and_params(run_dir):
   from dreamer4 import sharding as shd
-  from dreamer4.phases.agent import AgentPhase
+  from dreamer4.phases.agent import make_phase
   c = _agent_config(run_dir)
   store = EpisodeStore.open(c.data.path)
   mesh = shd.make_mesh(c.mesh)
-  phase = AgentPhase(c, store, mesh)
+  phase = make_phase(c, store, mesh)
   shardings = phase.model_def.param_shardings(mesh)
   fresh = phase.model_def.init_params(jax.random.key(3))
   return phase, fresh, shardings, store
@@ -131,21 +132,21 @@ def test_data_mixture_routes_dynamics_to_uniform_rows_and_bc_to_relevant_rows(ru
   # Without the flag every row counts for both terms.
   plain = metrics(fresh, {k: v for k, v in acts.items() if k != "relevant_B"})
   assert abs(float(plain["bc_nll"]) - float(base["bc_nll"])) > 1e-6
-  # A uniform row from a task-relevant episode (relevant_episode_B) also trains BC under the
-  # default bc_rows="relevant_episodes", and not under the paper's literal "relevant_half";
+  # A uniform row from a task-relevant episode (relevant_episode_B) trains BC under
+  # bc_rows="relevant_episodes", and not under the default, the paper's "relevant_half";
   # the dynamics term reads the uniform rows either way.
   row0 = jnp.asarray([True, False, True, True])
   flagged, moved_flagged = (dict(b, relevant_episode_B=row0) for b in (batch, acts))
-  assert phase.config.loss.bc_rows == "relevant_episodes"
-  a, b = metrics(fresh, flagged), metrics(fresh, moved_flagged)
-  assert abs(float(a["bc_nll"]) - float(b["bc_nll"])) > 1e-6  # row 0's actions now count for BC
-  assert float(a["shortcut_loss"]) == pytest.approx(float(base["shortcut_loss"]), rel=1e-6)
-  phase.config.loss.bc_rows = "relevant_half"
+  assert phase.config.loss.bc_rows == "relevant_half"
+  assert float(metrics(fresh, moved_flagged)["bc_nll"]) == pytest.approx(float(base["bc_nll"]), rel=1e-6)
+  phase.config.loss.bc_rows = "relevant_episodes"
   try:
-    half = jax.jit(lambda p, b: phase.loss_fn(p, aux, b, jax.random.key(0), {})[1][1])
-    assert float(half(fresh, moved_flagged)["bc_nll"]) == pytest.approx(float(base["bc_nll"]), rel=1e-6)
+    wide = jax.jit(lambda p, b: phase.loss_fn(p, aux, b, jax.random.key(0), {})[1][1])
+    a, b = wide(fresh, flagged), wide(fresh, moved_flagged)
+    assert abs(float(a["bc_nll"]) - float(b["bc_nll"])) > 1e-6  # row 0's actions now count for BC
+    assert float(a["shortcut_loss"]) == pytest.approx(float(base["shortcut_loss"]), rel=1e-6)
   finally:
-    phase.config.loss.bc_rows = "relevant_episodes"
+    phase.config.loss.bc_rows = "relevant_half"
 
 
 def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
@@ -199,13 +200,13 @@ def test_world_model_agent_acts_in_the_real_env(agent_run, run_dir):
     return np.stack(acts)
 
   a1 = episode(0)
-  compiles = agent._step._cache_size()
+  compiles = agent.step_compiles()
   a2 = episode(0)
   assert a1.shape == (5, 3, 1) and a1.dtype == np.int32
   assert a1.min() >= 0 and a1.max() < 5
   np.testing.assert_array_equal(a1, a2)  # seeded: the same actions again
   # A few shapes (first frame T=1, later frames T=2), never one per frame or per episode.
-  assert agent._step._cache_size() == compiles <= 3
+  assert agent.step_compiles() == compiles <= 3
 
   policy_fn = load_policy(os.path.join(run_dir, "agent"))
   z = np.asarray(EpisodeStore.open(os.path.join(run_dir, "data")).read("latents", 0, 3), np.float32)
@@ -266,14 +267,14 @@ def test_dynamics_evaluation_reports_pixel_and_latent_errors(run_dir):
   import ml_collections
   from data_pipelines import loader
   from dreamer4 import sharding as shd
-  from dreamer4.phases.dynamics import DynamicsPhase
+  from dreamer4.phases.dynamics import make_phase
   from dreamer4.training.checkpoint import restore_params
   from dreamer4.training.state import to_abstract
   cfg = ml_collections.ConfigDict(json.loads(open(os.path.join(run_dir, "dynamics", "config.json")).read()))
   cfg.eval.sampling_steps = (1, 4)
   store = EpisodeStore.open(cfg.data.path)
   mesh = shd.make_mesh(cfg.mesh)
-  phase = DynamicsPhase(cfg, store, mesh)
+  phase = make_phase(cfg, store, mesh)
   shardings = phase.model_def.param_shardings(mesh)
   abstract = to_abstract(phase.model_def.init_params(jax.random.key(0)), shardings)
   _, params = restore_params(os.path.join(run_dir, "dynamics", "checkpoints"), abstract)
@@ -310,7 +311,7 @@ def test_dynamics_evaluation_reports_toy_state_metrics_over_valid_frames(run_dir
   import ml_collections
   from data_pipelines import loader
   from dreamer4 import sharding as shd
-  from dreamer4.phases.dynamics import DynamicsPhase
+  from dreamer4.phases.dynamics import make_phase
   from dreamer4.training.checkpoint import restore_params
   from dreamer4.training.state import to_abstract
   cfg = ml_collections.ConfigDict(json.loads(open(os.path.join(run_dir, "dynamics", "config.json")).read()))
@@ -318,7 +319,7 @@ def test_dynamics_evaluation_reports_toy_state_metrics_over_valid_frames(run_dir
   cfg.eval.horizon = 3
   store = EpisodeStore.open(cfg.data.path)
   mesh = shd.make_mesh(cfg.mesh)
-  phase = DynamicsPhase(cfg, store, mesh)
+  phase = make_phase(cfg, store, mesh)
   assert phase.toy_eval
   shardings = phase.model_def.param_shardings(mesh)
   abstract = to_abstract(phase.model_def.init_params(jax.random.key(0)), shardings)
@@ -359,10 +360,10 @@ def test_dynamics_evaluation_reports_toy_state_metrics_over_valid_frames(run_dir
 
 
 def test_mixture_batch_flags_rows_of_task_relevant_episodes():
-  from dreamer4.training.trainer import _with_relevant
+  from dreamer4.phases.agent import with_relevant
   uniform = {"episode": np.asarray([3, 4, 7]), "index": np.arange(3)}
   relevant = {"episode": np.asarray([4, 9]), "index": np.arange(2)}
-  out = _with_relevant(uniform, relevant, [4, 9, 11])
+  out = with_relevant(uniform, relevant, [4, 9, 11])
   np.testing.assert_array_equal(out["episode"], [3, 4, 7, 4, 9])
   np.testing.assert_array_equal(out["relevant_B"], [False, False, False, True, True])
   np.testing.assert_array_equal(out["relevant_episode_B"], [False, True, False, True, True])

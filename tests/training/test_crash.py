@@ -5,9 +5,9 @@ checkpoint is being written, between checkpoints) and restarted after each kill;
 restart must resume from the newest committed checkpoint, and the final state (parameters,
 optimiser moments, counters, data-iterator position) must equal an uninterrupted run's.
 
-The mid-write kills use the test-only hook DREAMER4_TEST_SLOW_SAVE_S (dreamer4/training/
-checkpoint.py): each asynchronous save then stays uncommitted, in `<step>.orbax-checkpoint-tmp`,
-for that many seconds, so the kill lands inside the write, not by luck.
+The crashed run goes through tests/training/slow_save.py (DREAMER4_TEST_SLOW_SAVE_S): each
+asynchronous save then stays uncommitted, in `<step>.orbax-checkpoint-tmp`, for that many
+seconds, so the mid-write kills land inside the write, not by luck.
 """
 
 import json
@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dreamer4.training.checkpoint import SLOW_SAVE_ENV
+from tests.training.slow_save import SLOW_SAVE_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED = 20240611
@@ -32,8 +32,9 @@ SLOW_SAVE_S = 0.6
 TMP = ".orbax-checkpoint-tmp"
 
 
-def _cmd(store, work):
-  return [sys.executable, "-m", "dreamer4.main", f"--config={ROOT}/configs/tokenizer.py:tiny", f"--workdir={work}",
+def _cmd(store, work, slow: bool = False):
+  main = "tests.training.slow_save" if slow else "dreamer4.main"  # slow_save: dreamer4.main, slow commits
+  return [sys.executable, "-m", main, f"--config={ROOT}/configs/tokenizer.py:tiny", f"--workdir={work}",
           f"--config.data.path={store}", f"--config.train.num_steps={NUM_STEPS}", "--config.mesh.num_devices=1",
           "--config.train.checkpoint_every=1", "--config.train.log_every=1000"]
 
@@ -127,7 +128,7 @@ def test_kill9_at_random_moments_then_restart_loses_nothing(tiny_store, tmp_path
       stale = _in_flight(ckdir)
       log_path = tmp_path / f"crash{n}.log"
       with open(log_path, "w") as log:
-        proc = subprocess.Popen(_cmd(tiny_store, work), cwd=ROOT, env=_env(slow=True), stdout=log,
+        proc = subprocess.Popen(_cmd(tiny_store, work, slow=True), cwd=ROOT, env=_env(slow=True), stdout=log,
                                 stderr=subprocess.STDOUT)
         if kind == "startup":  # a random moment in imports / restore / compile / first steps
           time.sleep(0.5 + 6.0 * u)
@@ -152,7 +153,7 @@ def test_kill9_at_random_moments_then_restart_loses_nothing(tiny_store, tmp_path
     # The final restart finishes; it must resume from the newest committed step.
     log_path = tmp_path / "final.log"
     with open(log_path, "w") as log:
-      final = subprocess.run(_cmd(tiny_store, work), cwd=ROOT, env=_env(slow=True), stdout=log,
+      final = subprocess.run(_cmd(tiny_store, work, slow=True), cwd=ROOT, env=_env(slow=True), stdout=log,
                              stderr=subprocess.STDOUT, timeout=400)
     out = open(log_path).read()
     assert final.returncode == 0, out[-3000:]

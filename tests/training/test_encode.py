@@ -11,7 +11,7 @@ from data_pipelines.episodes import EpisodeStore
 from dreamer4 import sharding as shd
 from dreamer4.errors import CheckpointError
 from dreamer4.phases.encode import encode_dataset
-from dreamer4.phases.tokenizer import TokenizerPhase
+from dreamer4.phases.tokenizer import make_phase
 from dreamer4.runs import load_tokenizer
 from dreamer4.training import state as st
 from dreamer4.training.checkpoint import Checkpointer
@@ -25,7 +25,7 @@ def tokenizer_workdir(tmp_path_factory, tiny_store):
   cfg = tokenizer.get_config("tiny")
   cfg.data.path = tiny_store
   workdir = str(tmp_path_factory.mktemp("tok"))
-  phase = TokenizerPhase(cfg, EpisodeStore.open(tiny_store))
+  phase = make_phase(cfg, EpisodeStore.open(tiny_store))
   tx = st.make_optimizer(cfg.optim, 10)
   state = jax.jit(lambda r: st.init_state(phase.model_def.init_params(r), tx, phase.init_aux()))(jax.random.key(5))
   ck = Checkpointer(f"{workdir}/checkpoints", data_names=())

@@ -20,8 +20,8 @@ def tiny_phase():
   from configs import agent as agent_config
   from configs import dynamics as dynamics_config
   from configs import imagine
-  from dreamer4 import runs
   from dreamer4.phases.imagine import ImaginePhase
+  from dreamer4.training.phase import DataShapes
   cfg = imagine.get_config("tiny")
   cfg.imagine.horizon = H
   cfg.imagine.terminal_reward = 0.5
@@ -29,14 +29,11 @@ def tiny_phase():
   a.mtp, a.head_hidden, a.head_layers = 2, 16, 1
   dyn_model = dynamics_config.model_config("tiny")
   spec = ActionSpec((ActionComponent("move", "discrete", 5),))
-  phase = object.__new__(ImaginePhase)
-  phase.config = cfg
-  phase.agent_def = runs.agent_model_def(dyn_model, a, 4, 4, spec, 1)
+  # Built from shapes (no store, no phase-2 run); the frozen agent is a fresh one.
+  phase = ImaginePhase(cfg, DataShapes(path="(test)", action_spec=spec, latent_shape=(4, 4)), dyn_model, a)
   phase.agent_params = phase.agent_def.init_params(jax.random.key(0))
   dyn_abstract = phase.agent_def.merge(phase.agent_def.abstract_params).dynamics
   assert dyn_abstract.width == D
-  phase.model_def = runs.imagine_heads_def(phase.agent_def, a)
-  phase.window = 8
   params = phase.warm_start(phase.model_def.init_params(jax.random.key(1)), None)
   # The value head's output layer starts at zero (every value 0, the loss independent of h):
   # random output weights make the value loss read h.

@@ -92,9 +92,8 @@ def test_too_many_nonfinite_steps_stop_with_last_good_checkpoint(one_device_conf
   assert ck.all_steps() == [3]
   ck.close()
   from dreamer4.training.checkpoint import restore_params
-  from dreamer4.phases.tokenizer import TokenizerPhase
   from data_pipelines.episodes import EpisodeStore
-  phase = TokenizerPhase(cfg, EpisodeStore.open(cfg.data.path))
+  phase = make_phase(cfg, EpisodeStore.open(cfg.data.path))
   _, params = restore_params(os.path.join(work, "checkpoints"), jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
       phase.model_def.abstract_params))

@@ -10,7 +10,7 @@ from data_pipelines import loader
 from data_pipelines.episodes import EpisodeStore
 from dreamer4 import sharding as shd
 from dreamer4.errors import CheckpointError, ConfigError
-from dreamer4.phases.tokenizer import TokenizerPhase, make_phase
+from dreamer4.phases.tokenizer import make_phase
 from dreamer4.training import state as st
 from dreamer4.training.checkpoint import Checkpointer
 from dreamer4.training.trainer import train_and_evaluate
@@ -44,7 +44,7 @@ def _one_batch(config):
 
 def test_sharded_step_matches_single_device(tiny_config):
   store, local = _one_batch(tiny_config)
-  phase = TokenizerPhase(tiny_config, store)
+  phase = make_phase(tiny_config, store)
   frozen_np = phase.frozen()
   results = {}
   for name, shape, n in (("single", (1, 1, 1), 1), ("sharded", (2, 2, 2), 8)):
@@ -70,7 +70,7 @@ def test_sharded_step_matches_single_device(tiny_config):
 
 def test_checkpoint_restores_onto_other_meshes(tiny_config, tmp_path):
   store, _ = _one_batch(tiny_config)
-  phase = TokenizerPhase(tiny_config, store)
+  phase = make_phase(tiny_config, store)
   state = _train_step(phase, tiny_config, _mesh((2, 2, 2), 8)).init(jax.random.key(3))
   ckpt = Checkpointer(str(tmp_path / "ck"), data_names=())
   ckpt.save(7, state)
