@@ -31,7 +31,7 @@ def model_cfg(depth: int, scan: bool, remat: bool, policy: str) -> ml_collection
   return ml_collections.ConfigDict(dict(
       group=2, num_registers=2, k_max=64, width=128, depth=depth, num_heads=4, num_kv_heads=2,
       head_dim=32, mlp_dim=512, time_every=2, softcap=50.0, context=16, dtype="float32",
-      remat=remat, remat_policy=policy, scan_layers=scan, spatial_pos=False))
+      remat=remat, remat_policy=policy, scan_layers=scan, spatial_pos=False, attention="dense"))
 
 
 def measure(depth: int, scan: bool, remat: bool, policy: str = "nothing", B: int = 4, T: int = 16,

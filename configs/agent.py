@@ -1,4 +1,4 @@
-r"""Phase 2: agent tokens, multi-token behaviour cloning and reward model (PAPER.md §5).
+r"""Phase 2: agent tokens, multi-token behaviour cloning and reward model [P §3.3].
 
 Run (after the dynamics phase):
 
@@ -26,7 +26,7 @@ VARIANTS = ("toy", "tiny", "craftax", "craftax_large")
 def agent_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.num_agent_tokens = 1     # agent tokens per frame (paper: unstated; one is enough for one task id)
-  c.mtp = 8                  # L: heads predict offsets n = 0..L [P §5.2]
+  c.mtp = 8                  # L: heads predict offsets n = 0..L [P Eq 9]
   c.head_hidden = 256        # head MLP width (paper: "small MLP", unstated)
   c.head_layers = 2          # head MLP depth (unstated)
   c.context_noise = 0.1      # the heads read frames at the context noise level (our choice, see models/agent.py)
@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.variant = variant
   c.dynamics_workdir = ""    # finished phase-1b workdir (its config.json and checkpoints)
   c.data = tokenizer_config.data_config(window=16)
-  # PAPER §5.3 data mixture: this share of every batch comes from task-relevant episodes
+  # Data mixture [P §4.1]: this share of every batch comes from task-relevant episodes
   # (positive return) and carries the BC loss; the rest is uniform and carries the dynamics
   # loss; the reward loss uses both (unstated in the paper; our choice). 0 = uniform batches
   # with every loss on every row.
@@ -56,11 +56,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.independent_fraction = dyn_loss.independent_fraction
   c.loss.ramp = dyn_loss.ramp
   c.loss.rms_decay = 0.99
-  c.loss.dynamics_weight = 1.0  # each term RMS-normalised, then weighted [P §5.3: equal weights]
+  c.loss.dynamics_weight = 1.0  # each term RMS-normalised, then weighted [P §3: equal weights]
   c.loss.bc_weight = 1.0
   c.loss.reward_weight = 1.0
   # Rows whose labelled actions train the BC head under the data mixture (data.relevant_fraction):
-  # "relevant_half" is the paper's rule (the relevant half only, §5.3); "relevant_episodes" (ours)
+  # "relevant_half" is the paper's rule (the relevant half only [P §4.1]); "relevant_episodes" (ours)
   # also counts the uniform rows from task-relevant episodes. Measured on the toy (run toy7's world
   # model, 300 of 900 steps, same seeds): 1.55x the BC labels per step, but held-out next-action
   # accuracy 32.0% against 34.7% and train NLL 1.539 against 1.542: BC is not short of labels here.

@@ -78,8 +78,8 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.time_every = 2
     c.context = 4
   if variant == "paper":
-    # Widths/depths are ours (paper: "1.6B"); close to the third-party reference of
-    # PAPER.md §7.2 (width 2048, 32 layers, 16 heads, 4 registers), with GQA (4 KV heads)
+    # Widths/depths are ours (paper: "1.6B" [P §4]); close to a third-party reimplementation
+    # (IamCreateAI/Dreamerv4-MC: width 2048, 32 layers, 16 heads, 4 registers), with GQA (4 KV heads)
     # and a SwiGLU hidden width that brings the total to 1.59B.
     c.group = 2              # 512x16 latents -> 256 spatial tokens x 32 [P App. A]
     c.spatial_pos = False    # RoPE only, as the paper states
@@ -137,7 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.bootstrap_fraction = 0.25  # rows trained with Eq-4 step sizes (3 forward passes); the rest flow-only
   c.loss.independent_fraction = 0.3  # rows trained as independent images (diagonal time mask) [P §4]
-  c.loss.ramp = True         # Eq 8 ramp weight 0.9 tau + 0.1 [P §4.3]; the toy turns it off (below)
+  c.loss.ramp = True         # ramp weight 0.9 tau + 0.1 [P Eq 8]; the toy turns it off (below)
   c.loss.rms_decay = 0.99    # EMA decay of the RMS loss normaliser
 
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
@@ -213,7 +213,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # One GPU, latents of tokenizer.py:craftax_large on the default Craftax collection (1M frames,
     # episodes up to 2000 steps). Steps and batch are our choices and placeholders until measured.
     c.data.window = 32       # T1: short windows, half the context
-    c.data.long_window = 96  # T2: long windows (> context 64) [P §3.2]
+    c.data.long_window = 96  # T2: long windows (> context 64) [P §3.4]
     c.data.latent_shape = (64, 16)  # tokenizer.py:craftax_large's latents (for --dry_run without one)
     c.loss.bootstrap_fraction = 0.25  # one device holds the whole batch, so a row split keeps its sharding
     c.loss.ramp = True       # Eq 8 ramp weight, as in the paper (the toy's measurement was at toy scale)

@@ -1,4 +1,4 @@
-r"""Phase 3: imagination training with PMPO inside the frozen world model (Dreamer 4 paper, §6).
+r"""Phase 3: imagination training with PMPO inside the frozen world model [P §3.3].
 
   python -m dreamer4.main --config=configs/imagine.py:toy --workdir=runs/toy/imagine \
       --config.data.path=runs/toy/data --config.agent_workdir=runs/toy/agent
@@ -32,14 +32,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.imagine = ml_collections.ConfigDict()
   c.imagine.context = 4      # dataset frames that prime each rollout
   c.imagine.horizon = 16     # imagined steps per rollout (paper: unstated for Minecraft)
-  c.imagine.k = 4            # shortcut steps per generated frame [P §6: K = 4]
+  c.imagine.k = 4            # shortcut steps per generated frame [P §3.2: K = 4]
   c.imagine.context_noise = 0.1
-  c.imagine.gamma = 0.997    # [P §6.3]
+  c.imagine.gamma = 0.997    # [P Eq 10]
   c.imagine.lam = 0.95       # lambda (paper: unstated; Dreamer 3's)
   c.imagine.alpha = 0.5      # PMPO positive/negative balance [P Eq 11]
   c.imagine.beta = 0.3       # PMPO reverse-KL weight to the BC prior [P Eq 11]
   c.imagine.terminal_reward = 0.5  # predicted reward >= this ends the imagined episode (our choice; 0: never)
-  c.imagine.normalize_policy_loss = False  # PMPO / its RMS: on a tiny run it clipped 19/20 steps (x0.08 at step 0) and cut value steps 11% [App. F: none]
+  c.imagine.normalize_policy_loss = False  # PMPO / its RMS: on a tiny run it clipped 19/20 steps (x0.08 at step 0) and cut value steps 11% [P App. F: none]
 
   c.loss = ml_collections.ConfigDict()
   c.loss.rms_decay = 0.99

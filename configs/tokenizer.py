@@ -97,8 +97,8 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.time_every = 2
     c.readout_bias_init = 0.5
   if variant == "paper":
-    # Widths/depths are ours (paper: "400M"); they follow the third-party reference of
-    # PAPER.md §2.4 (width 1024, 16+16 layers, 8 heads) with a SwiGLU hidden width of
+    # Widths/depths are ours (paper: "400M" [P §4]); they follow a third-party reimplementation
+    # (IamCreateAI/Dreamerv4-MC: width 1024, 16+16 layers, 8 heads) with a SwiGLU hidden width of
     # about 8/3 of its 4096 GELU FFN, which gives 403M parameters.
     c.patch_size = 16        # 384x640 -> 24x40 = 960 patches [P App. A]
     c.num_latents = 512      # N_b [P App. A]
@@ -155,7 +155,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = model_config(variant)
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.lpips_weight = 0.2  # Eq 5: MSE + 0.2 LPIPS, each RMS-normalised
+  c.loss.lpips_weight = 0.2  # MSE + 0.2 LPIPS, each RMS-normalised [P Eq 5]
   c.loss.lpips_frames = 4    # LPIPS on this many random frames per step (our CPU-cost choice; <=0: all)
   c.loss.max_mask_prob = 0.9  # MAE: per-image drop probability p ~ U(0, max_mask_prob)
   c.loss.rms_decay = 0.99    # EMA decay of the RMS loss normaliser (non-paper choice)
@@ -180,7 +180,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 2
     c.eval.num_batches = 1
   if variant == "paper":
-    c.data.window = 16       # 16-frame windows (PAPER.md §2.4 reference; the paper gives none)
+    c.data.window = 16       # 16-frame windows (as IamCreateAI/Dreamerv4-MC; the paper gives none)
     c.data.frame_shape = (384, 640, 3)  # Minecraft frames zero-padded to 384x640 [P App. A]
     c.loss.lpips_frames = 0  # LPIPS on every frame: a random subset would gather frames across devices
     c.mesh = common.mesh_config("tpu_fsdp")  # FSDP over every device [P §4]

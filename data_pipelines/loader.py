@@ -93,7 +93,7 @@ def relevant_rows(fraction: float, local_batch: int) -> int:
 def relevant_episode_ids(store, episode_ids: Sequence[int]) -> list[int]:
   """The episodes among `episode_ids` that accomplished their task.
 
-  PAPER.md §5.3's "relevant" sequences for the phase-2 data mixture, with the success
+  The paper's "relevant" sequences [P §4.1] for the phase-2 data mixture, with the success
   definition of `data_pipelines.report.episode_success`: where the task is an achievement
   (Craftax), the episode unlocked it (any other achievement does not count: Craftax pays
   +1 for every achievement, so a positive return says little); otherwise (toy: reaching

@@ -68,11 +68,11 @@ def memory_aware_cpu_scheduler() -> None:
 
 
 def _store_or_config(config) -> DataShapes:
-  path = config.data.get("path", "")
+  path = config.data.path
   if path:  # metadata only; no window is read
     from data_pipelines.episodes import EpisodeStore
     return DataShapes.of_store(EpisodeStore.open(path))
-  frame_shape = config.data.get("frame_shape", None)
+  frame_shape = config.data.frame_shape
   return DataShapes(path="(no store: config.data.frame_shape)", frame_shape=tuple(frame_shape) if frame_shape else None,
                     action_spec=ASSUMED_ACTIONS)
 
@@ -87,13 +87,13 @@ def _tokenizer_phase(config, shapes: DataShapes):
 
 
 def _latent_shape(config) -> tuple[int, int]:
-  workdir = config.get("tokenizer_workdir", "")
+  workdir = config.tokenizer_workdir
   if workdir:
     from dreamer4.runs import read_config
     tcfg = read_config(workdir, "tokenizer", "train the tokenizer first, or leave --config.tokenizer_workdir "
                        "empty and set --config.data.latent_shape=(N,L) for a dry run")
     return int(tcfg.model.num_latents), int(tcfg.model.latent_dim)
-  shape = config.data.get("latent_shape", None)
+  shape = config.data.latent_shape
   if not shape or len(shape) != 2:
     raise ConfigError("--dry_run of the dynamics phase needs the latent shape: set "
                       "--config.tokenizer_workdir=DIR or --config.data.latent_shape=(num_latents,latent_dim)")
@@ -164,13 +164,13 @@ def dry_run(config) -> dict[str, Any]:
   key_in = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
 
   windows = {"short": int(config.data.window)}
-  if int(config.data.get("long_window", 0)):
+  if int(config.data.get("long_window", 0)):  # dynamics configs only
     windows["long"] = int(config.data.long_window)
   n_dev = mesh.devices.size
   report: dict[str, Any] = dict(
-      phase=config.phase, variant=config.get("variant", ""), devices=int(n_dev),
+      phase=config.phase, variant=config.variant, devices=int(n_dev),
       mesh={k: int(v) for k, v in mesh.shape.items()}, global_batch=int(ctc.batch_size),
-      compute_dtype=str(config.model.get("dtype", "float32")), remat=bool(config.model.get("remat", False)),
+      compute_dtype=str(config.model.dtype), remat=bool(config.model.remat),
       params_total=mdef.num_params(), params_per_device=_count_per_device(mdef.abstract_params, p_train.param_shardings),
       state_bytes_per_device=_bytes_per_device(p_train.abstract, p_train.shardings),
       frame_shape=list(shapes.frame_shape) if shapes.frame_shape else None,

@@ -91,7 +91,7 @@ def eval_tasks(config) -> tuple[str, ...] | None:
 
 
 def evaluate_stage(config, workdir: str, data_path: str) -> dict:
-  """Real-environment table (PAPER Table 7): random, behaviour data, WM+BC, Dreamer 4.
+  """Real-environment table [P Table 7]: random, behaviour data, WM+BC, Dreamer 4.
 
   Skipped when WORKDIR/evaluate/results.json exists. Rows whose phase is missing are left out.
   """

@@ -35,7 +35,7 @@ BATCH_AXES = rule_axes("batch")
 
 def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   """Resolves `config.mesh` to a concrete (data, fsdp, tensor) shape for `num_devices`."""
-  if mesh_cfg.get("shape"):
+  if mesh_cfg.shape:
     shape = tuple(int(s) for s in mesh_cfg.shape)
     where = f"--config.mesh.shape={tuple(mesh_cfg.shape)}"
   else:
@@ -60,9 +60,9 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds the ("data", "fsdp", "tensor") mesh with Auto axis types (see STACK_NOTES P12)."""
+  """Builds the ("data", "fsdp", "tensor") mesh with Auto axis types (jax.make_mesh defaults to Explicit)."""
   devices = list(devices if devices is not None else jax.devices())
-  n = int(mesh_cfg.get("num_devices", 0) or 0)
+  n = int(mesh_cfg.get("num_devices", 0) or 0)  # mesh configs built by hand (tests, play) may leave it out
   if n:
     if jax.process_count() > 1 or n > len(devices):
       raise ConfigError(f"--config.mesh.num_devices={n} needs a single process with at least {n} devices "

@@ -11,4 +11,7 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     DEBIAN_FRONTEND=noninteractive $_sudo apt-get install -y -qq chromium chromium-driver >/dev/null || \
     echo "[test] could not install chromium; tests/test_play.py will fail and say so" >&2
 fi
+# Format and lint first (settings in pyproject.toml); to fix: ruff format . && ruff check --fix .
+python -m ruff format --check --quiet . || { echo "[test] ruff format: files above need formatting (ruff format .)" >&2; exit 1; }
+python -m ruff check --quiet . || { echo "[test] ruff check: fix the findings above (many: ruff check --fix .)" >&2; exit 1; }
 exec python -m pytest tests -q -ra "$@"

@@ -34,6 +34,9 @@ class EnvSpec:
       `behaviour` and `collect_batched` is set.
     frame_arrays: extra per-frame uint8 arrays the collected episodes carry (in "extra"):
       array name -> names of its columns (e.g. achievement unlocks).
+    state_parser: the module that reads the env's frames back into game state, for the
+      dynamics evaluation's rollout metrics (see dreamer4/evaluation/frame_state.py for its
+      interface); a dotted name, so that data_pipelines never imports dreamer4. "": none.
   """
 
   make: Callable[..., Env]
@@ -42,6 +45,7 @@ class EnvSpec:
   behaviour: Callable[[float, int], Callable[[Env], np.ndarray]] | None = None
   collect_batched: Callable[..., dict[str, Any]] | None = None
   frame_arrays: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  state_parser: str = ""
 
   def __post_init__(self):
     if (self.behaviour is None) == (self.collect_batched is None):
@@ -71,9 +75,11 @@ def _craftax_collect(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 ENVS: dict[str, EnvSpec] = {
-    "toy": EnvSpec(ToyWorld, max_steps=64, layouts=toy.LAYOUTS, behaviour=toy.ScriptedPolicy),
+    "toy": EnvSpec(ToyWorld, max_steps=64, layouts=toy.LAYOUTS, behaviour=toy.ScriptedPolicy,
+                   state_parser="dreamer4.evaluation.toy_state"),
     "craftax": EnvSpec(_craftax, max_steps=2000, collect_batched=_craftax_collect,
-                       frame_arrays={"achievement_unlocks": craftax.ACHIEVEMENT_NAMES}),
+                       frame_arrays={"achievement_unlocks": craftax.ACHIEVEMENT_NAMES},
+                       state_parser="dreamer4.evaluation.craftax_state"),
 }
 
 

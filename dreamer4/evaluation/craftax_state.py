@@ -476,3 +476,29 @@ def hold_last_metrics(last: CraftaxState, truth: CraftaxState, valid_BH, tag: st
   """Reference (no model): rollout_metrics of holding the last context frame over the horizon."""
   held = hold_last(last, jnp.asarray(valid_BH).shape[1])
   return rollout_metrics(frame_counts(truth, held), valid_BH, tag)
+
+
+def readable(frame_shape) -> bool:
+  """Whether `parse` reads frames of shape (S, S, 3): every cell keeps >= 2 interior pixels
+  (`interior_windows`; S >= 32, exact at 64)."""
+  if len(frame_shape) != 3 or frame_shape[0] != frame_shape[1] or frame_shape[2] != 3:
+    return False
+  try:
+    interior_windows(int(frame_shape[0]))
+  except ValueError:
+    return False
+  return True
+
+
+EXACT_DAYLIGHT = 0.5  # the parse is exact on real frames at daylight >= 0.5 (module docstring)
+
+
+def extra_metrics(last: CraftaxState, truth: CraftaxState, valid_BH) -> dict[str, jax.Array]:
+  """Whether the true frames lie where the parse is exact (for the dynamics evaluation,
+  dreamer4/evaluation/frame_state.py): craftax_truth_daylight, the mean fitted daylight of the
+  valid true frames, and craftax_truth_night, their share below EXACT_DAYLIGHT (night static:
+  the map parse is not guaranteed there, so every model's block_acc drops there)."""
+  del last
+  d_BH = jnp.asarray(truth.daylight, jnp.float32)
+  return {"craftax_truth_daylight": masked_mean(d_BH, valid_BH),
+          "craftax_truth_night": masked_mean((d_BH < EXACT_DAYLIGHT).astype(jnp.float32), valid_BH)}

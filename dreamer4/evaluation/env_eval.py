@@ -1,6 +1,6 @@
 r"""Real-environment evaluation of policies: success per task, returns, videos, and a Table-7-style table.
 
-PAPER §7.3 (Table 7) reports, per agent, the success rate of each task over many real
+The paper [P §4.1, Table 7] reports, per agent, the success rate of each task over many real
 episodes. This module does the same for the project's envs (`data_pipelines.envs`):
 
 - `evaluate(env_name, policy, ...)` plays `num_episodes` real episodes, `batch_size` envs at a
@@ -18,7 +18,6 @@ The policy protocol (numpy in, numpy out; the world-model policy implements it t
     name: str
     def begin(self, frames_BHWC, tasks_B, rng) -> actions_BA
     def next(self, frames_BHWC, actions_BA, rng) -> actions_BA
-    def bind(self, envs) -> None            # optional
 
 - `begin(frames_BHWC, tasks_B, rng)`: uint8 [B, H, W, C] first observations of B new
   episodes, their int32 [B] task ids (indices into `env.task_names`) and a
@@ -31,9 +30,6 @@ The policy protocol (numpy in, numpy out; the world-model policy implements it t
   ended keep receiving frames (their last frame, repeated) and their actions are ignored,
   so a batched policy keeps fixed shapes. A policy must not assume anything about rows of
   finished episodes beyond that.
-- `bind(envs)`, if present, is called with the list of the B env objects right before each
-  `begin`: reference policies that read the simulator state (the scripted expert) use it;
-  learned policies should not have it.
 - `name`: a short label (recorded in the row as "policy").
 
 Definitions (the same for `evaluate` and `behaviour_table`):
@@ -44,7 +40,7 @@ Definitions (the same for `evaluate` and `behaviour_table`):
   an episode with any positive reward, or, where the task is an achievement name and the
   store has `achievement_unlocks`, an episode that unlocked it (as `data_pipelines.report`).
 - per-task success rate: successes / episodes of that task; "mean_success" is the
-  unweighted mean over the tasks that have episodes (Table 7 averages items, not episodes).
+  unweighted mean over the tasks that have episodes ([P Table 7] averages items, not episodes).
 - return: the sum of an episode's rewards; length: its number of steps (actions taken,
   i.e. frames - 1).
 - achievements (craftax): per achievement, the share of all episodes that unlocked it.
@@ -84,7 +80,7 @@ class Policy(Protocol):
     ...
 
 
-# ---------------------------------------------------------------------------- reference policies
+# ---------------------------------------------------------------------------- reference policy
 
 
 class RandomPolicy:
@@ -112,47 +108,6 @@ class RandomPolicy:
 
   def next(self, frames_BHWC, actions_BA, rng):
     return self._sample(len(frames_BHWC), rng)
-
-
-class ScriptedPolicyAdapter:
-  """ToyWorld's `ScriptedPolicy` (greedy toward the task goal with probability `skill`) behind `Policy`.
-
-  It reads the simulator state, so `evaluate` hands it the env objects through `bind(envs)`.
-  Each episode gets its own `ScriptedPolicy`, seeded from the batch's rng.
-
-  Args:
-    skill: probability in [0, 1] of the greedy action (1.0 is the near-expert).
-    name: label of the policy (default "scripted_<skill>").
-  """
-
-  def __init__(self, skill: float, name: str | None = None):
-    if not 0.0 <= skill <= 1.0:
-      raise ValueError(f"ScriptedPolicyAdapter: skill must be in [0, 1], got {skill}")
-    self.skill = float(skill)
-    self.name = name or f"scripted_{skill:g}"
-    self._envs: list[Any] = []
-    self._policies: list[Any] = []
-
-  def bind(self, envs: Sequence[Any]) -> None:
-    for env in envs:
-      if not hasattr(env, "greedy_action"):
-        raise ValueError(f"ScriptedPolicyAdapter: env {getattr(env, 'name', env)!r} has no greedy_action; "
-                         "the scripted policy works on the toy env only")
-    self._envs = list(envs)
-
-  def _act(self) -> np.ndarray:
-    return np.stack([p(env) for p, env in zip(self._policies, self._envs)]).astype(np.int32)
-
-  def begin(self, frames_BHWC, tasks_B, rng):
-    from data_pipelines.envs.toy import ScriptedPolicy  # pylint: disable=g-import-not-at-top
-    if len(self._envs) != len(frames_BHWC):
-      raise ValueError(f"ScriptedPolicyAdapter: bound to {len(self._envs)} envs but got {len(frames_BHWC)} "
-                       "frames; call bind(envs) before begin")
-    self._policies = [ScriptedPolicy(self.skill, int(s)) for s in rng.integers(0, 2**31 - 1, len(frames_BHWC))]
-    return self._act()
-
-  def next(self, frames_BHWC, actions_BA, rng):
-    return self._act()
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -267,8 +222,6 @@ def evaluate(env_name: str, policy: Policy, *, num_episodes: int, seed: int, bat
     frames = [env.reset(seed * SEED_STRIDE + i, task=int(task_E[i]))[0] for env, i in zip(benvs, ids)]
     recorded = {j: [frames[j]] for j, i in enumerate(ids) if i < video_episodes}
     rng = np.random.default_rng([seed, start])
-    if hasattr(policy, "bind"):
-      policy.bind(benvs)
     actions = _check_actions(policy.begin(np.stack(frames), task_E[ids].copy(), rng), b, cols, policy, "begin")
     done = np.zeros((b,), bool)
     while True:

@@ -1,6 +1,6 @@
 r"""The real-environment results table: its rows, mean ± std across seeds, and the written table.
 
-A `Row` is one agent's line of the table (PAPER §7.3, Table 7): built by `env_eval.evaluate`
+A `Row` is one agent's line of the table [P §4.1, Table 7]: built by `env_eval.evaluate`
 (real episodes of a policy) or `env_eval.behaviour_table` (a dataset's own episodes), or by
 `aggregate_seeds` from the rows of several seeds.
 
@@ -55,7 +55,7 @@ class Row:
     env, policy: the env name and the policy's label.
     episodes: episodes counted (summed over seeds for aggregated rows).
     tasks: task name -> TaskScore, for the tasks that have episodes.
-    mean_success: the unweighted mean of the tasks' success rates (Table 7 averages items).
+    mean_success: the unweighted mean of the tasks' success rates ([P Table 7] averages items).
     success_rate: successes / episodes over all episodes (mean across seeds when aggregated).
     returns, length: episode return and length (steps).
     achievements: achievement name -> share of all episodes that unlocked it (envs with
@@ -205,13 +205,13 @@ def _cell(rate: float | None, std: float | None = None) -> str:
 
 def to_markdown(rows: dict[str, Row]) -> str:
   """The results table (agents as rows, success % per task as columns) and, for envs with
-  achievements, a second table with achievements as rows and agents as columns (as Table 7)."""
+  achievements, a second table with achievements as rows and agents as columns (as [P Table 7])."""
   tasks: list[str] = []
   for r in rows.values():
     tasks += [t for t in r.tasks if t not in tasks]
   head = ["agent"] + tasks + ["mean success", "return", "length", "episodes", "seeds"]
   lines = ["# Real-environment evaluation", "",
-           "Success rate (%) per task over real episodes (PAPER §7.3, Table 7). ± is the std over "
+           "Success rate (%) per task over real episodes [P §4.1, Table 7]. ± is the std over "
            "episodes (return, length) for a single run, and the std across seeds for aggregated rows.", "",
            "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
   for name, r in rows.items():

@@ -240,3 +240,33 @@ def random_walk_metrics(start_cell_B, true_cell_BH, valid_BH) -> dict[str, jax.A
   out = {f"agent_acc_random_walk_h{h + 1:02d}": per_h[h] for h in range(per_h.shape[0])}
   out["agent_acc_random_walk"] = masked_mean(hits_BH, valid_BH)
   return out
+
+
+# ------------------------------------------------------------------ evaluation interface
+# What the dynamics evaluation calls (dreamer4/evaluation/frame_state.py): parse, frame_counts,
+# rollout_metrics (above), the hold-last reference and the toy's extra references.
+
+
+def readable(frame_shape) -> bool:
+  """Whether `parse` reads frames of shape (S, S, 3): S a positive multiple of the grid (8)."""
+  return len(frame_shape) == 3 and frame_shape[0] == frame_shape[1] > 0 and frame_shape[0] % GRID == 0 \
+      and frame_shape[2] == 3
+
+
+def hold_last(last: ToyState, horizon: int) -> ToyState:
+  """The parse of the last context frame (leading [B]) held for `horizon` steps: [B, H]."""
+  return jax.tree.map(lambda v: jnp.repeat(jnp.asarray(v)[:, None], horizon, axis=1), last)
+
+
+def hold_last_metrics(last: ToyState, truth: ToyState, valid_BH, tag: str = "hold") -> dict[str, jax.Array]:
+  """Reference (no model): rollout_metrics of holding the last context frame over the horizon."""
+  held = hold_last(last, jnp.asarray(valid_BH).shape[1])
+  return rollout_metrics(frame_counts(truth, held), valid_BH, tag)
+
+
+def extra_metrics(last: ToyState, truth: ToyState, valid_BH) -> dict[str, jax.Array]:
+  """The toy's own references: `random_walk_metrics` from the last context frame's agent cell
+  (what an action-blind model falls to) and `truth_metrics` (whether the true frames parse)."""
+  out = random_walk_metrics(last.agent_cell, truth.agent_cell, valid_BH)
+  out.update(truth_metrics(truth, valid_BH))
+  return out

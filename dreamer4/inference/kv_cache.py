@@ -1,4 +1,4 @@
-"""KV-cached frame-by-frame decoding for the dynamics model (PAPER.md §4.4).
+"""KV-cached frame-by-frame decoding for the dynamics model [P §3.2].
 
 Only time layers read past frames, so a cache of their keys/values for the last
 W - 1 finished frames is all the state that generation needs: a new frame runs the
@@ -12,8 +12,8 @@ static, so one jitted step serves every frame. A scanned transformer has one tim
 layer per layer group, so L is also its group axis: its decode scans the stacked
 group parameters and the cache's L axis together.
 
-Convention (one for primed and generated frames; PITFALLS "KV-cache keying
-mismatch"): the K denoising steps of a frame share the cache and never write it;
+Convention (one for primed and generated frames, so both are keyed alike in the
+cache): the K denoising steps of a frame share the cache and never write it;
 the current frame's own k/v are recomputed at each step. When a frame is finished
 (or primed) it is corrupted ONCE to the context level, tau index
 round((1 - context_noise) * k_max) with d = d_min and noise drawn once, re-encoded

@@ -1,4 +1,4 @@
-"""Autoregressive generation with the shortcut dynamics model (PAPER.md §4.4).
+"""Autoregressive generation with the shortcut dynamics model [P §3.2].
 
 Frame by frame: a new frame starts from pure noise and takes `k` shortcut steps on
 the grid tau = j/k (j = 0..k-1) with step d = 1/k, each the x-prediction flow step
@@ -10,7 +10,7 @@ clean prediction. The finished frame then enters the history corrupted to the
 context level ("tau_ctx = 0.1", read as 10% noise: signal 1 - context_noise,
 quantised to the k_max grid), with the noise drawn once, when it enters; primed
 context frames are corrupted the same way, to the same level, with the same d_min
-key (one convention for both; PITFALLS "KV-cache keying mismatch").
+key (one convention for both, so the cached and uncached paths key context alike).
 
 No KV cache yet: every step recomputes a fixed window of `window` frames that ends
 at the frame being generated, cut out of a buffer that holds all C + horizon frames

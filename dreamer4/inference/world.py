@@ -73,7 +73,7 @@ class World:
     model: Dynamics model (its parameters are captured at construction).
     tokenizer: Optional frozen Tokenizer; when given, `step` also returns pixels.
     k: Shortcut steps per frame (power of two <= model.k_max).
-    context_noise: Noise share of history frames (PAPER §4.4, tau_ctx = 0.1).
+    context_noise: Noise share of history frames ([P §3.2]: tau_ctx = 0.1).
     window: Frames each new frame reads, itself included (default model.context).
   """
 

@@ -1,4 +1,4 @@
-"""The phase-2/3 agent: a dynamics model with agent tokens, plus heads (PAPER.md §5–6).
+"""The phase-2/3 agent: a dynamics model with agent tokens, plus heads [P §3.3].
 
 `AgentModel` bundles the world model (a `Dynamics` with `num_agent_tokens` > 0 and a
 task embedding) with the policy and reward heads of phase 2. Phase 3 trains only

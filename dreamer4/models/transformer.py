@@ -1,6 +1,6 @@
 """Block-causal axial transformer shared by the tokenizer and the dynamics model.
 
-PAPER.md §3.4: pre-RMSNorm blocks with RoPE, QKNorm, attention-logit soft capping,
+[P §3.4]: pre-RMSNorm blocks with RoPE, QKNorm, attention-logit soft capping,
 GQA and SwiGLU. Attention is factorised: most layers are space-only (tokens of one
 frame attend to each other, subject to a modality mask) and every `time_every`-th
 layer is time-only (each token position attends to the same position in the current
@@ -664,7 +664,7 @@ class Transformer(nnx.Module):
   """Stack of space layers with a causal time layer every `time_every` layers.
 
   Layer i (0-based) is a time layer when (i + 1) % time_every == 0, i.e. the last
-  layer of each group, following Fig 2b (3 space layers then 1 time layer). With
+  layer of each group, following [P Fig 2b] (3 space layers then 1 time layer). With
   `scan_layers` the depth must be a positive multiple of time_every and the groups
   run under one `jax.lax.scan` (module doc); without it, a stack shallower than
   `time_every` has no time layers and is purely per-frame.

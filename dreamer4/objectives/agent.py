@@ -1,4 +1,4 @@
-"""Phase 2 agent losses: multi-token behaviour cloning and reward modelling (PAPER.md Eq 9).
+"""Phase 2 agent losses: multi-token behaviour cloning and reward modelling [P Eq 9].
 
 Alignment convention (the project's, data_pipelines/envs/base.py): frame t holds the
 action a_t that LED TO frame t and the reward r_t of that transition; the first frame
@@ -13,7 +13,7 @@ own indexing, where a_t is the action *taken at* state t. We decided:
   * Rewards: offset n targets r_{t+n}, stored at frame t+n (`REWARD_SHIFT = 0`). So the
     n = 0 reward head reads the reward of the transition INTO frame t from h_t, which
     has seen a_t and the resulting frame. This is what lets the reward head "see the
-    sampled action" in imagination (PITFALLS.md, lucidrains): the policy samples
+    sampled action" in imagination (a known pitfall; lucidrains does the same): the policy samples
     a_{t+1} at h_t, the dynamics generate frame t+1 with it, and the reward r_{t+1} is
     read from h_{t+1}. Had we chosen r_{t+1+n}, the reward of a_{t+1} would be predicted
     by h_t before a_{t+1} is chosen, i.e. averaged over the BC policy. It is the same
@@ -79,11 +79,11 @@ def _masked_mean_per_offset(x_BTL, mask_BTL):
 
 def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_BT, labelled_BT, L: int,
                    valid_BT=None):
-  """Eq 9: multi-token behaviour-cloning and reward NLLs, each summed over n = 0..L.
+  """[P Eq 9]: multi-token behaviour-cloning and reward NLLs, each summed over n = 0..L.
 
   Each offset's NLL is averaged over its valid (b, t) targets, then summed over offsets
   (the paper writes a sum over n; how to average over b, t is not stated). The two terms
-  are returned separately so the caller can RMS-normalise each (PAPER.md §5.3).
+  are returned separately so the caller can RMS-normalise each [P §3].
 
   Args:
     policy_head: a PolicyHead with at least L+1 offsets.

@@ -1,4 +1,4 @@
-"""Phase 3 losses: lambda-returns (Eq 10), value loss and PMPO (Eq 11). Dreamer 4 paper, §6.
+"""Phase 3 losses [P §3.3]: lambda-returns [P Eq 10], value loss and PMPO [P Eq 11].
 
 Index convention (the same as dreamer4/objectives/agent.py and the data pipeline): an
 imagined trajectory has frames t = 0..T-1 with agent embeddings h_t. At h_t the policy
@@ -61,7 +61,7 @@ def terminal_masks(r_BT, terminal_reward: float):
 
 
 def lambda_returns(r_BT, v_BT, c_BT, gamma: float = 0.997, lam: float = 0.95):
-  """Eq 10 lambda-returns [B, T-1] for frames 0..T-2 (see the module docstring).
+  """[P Eq 10] lambda-returns [B, T-1] for frames 0..T-2 (see the module docstring).
 
   Args:
     r_BT: rewards, r_t of the step into frame t.
@@ -84,13 +84,13 @@ def lambda_returns(r_BT, v_BT, c_BT, gamma: float = 0.997, lam: float = 0.95):
 
 
 def pmpo_loss(logp_N, kl_N, adv_N, alpha: float = 0.5, beta: float = 0.3, mask_N=None):
-  """Eq 11: PMPO with a reverse-KL prior; only sign(advantage) is used.
+  """[P Eq 11]: PMPO with a reverse-KL prior; only sign(advantage) is used.
 
     L = (1-alpha)/|D-| sum_{D-} logp  -  alpha/|D+| sum_{D+} logp  +  beta/N sum KL
 
   D+ = {A >= 0}, D- = {A < 0}. Minimising lowers log pi of negative-advantage actions
   and raises it for non-negative ones. An empty D+ or D- contributes 0 (its count is
-  clamped to 1). No return or advantage normalisation and no entropy bonus (App. F).
+  clamped to 1). No return or advantage normalisation and no entropy bonus [P App. F].
 
   Args:
     logp_N: log pi_theta(a_i | s_i) of the imagined actions (differentiable).
@@ -125,7 +125,7 @@ def pmpo_loss(logp_N, kl_N, adv_N, alpha: float = 0.5, beta: float = 0.3, mask_N
 
 
 def value_loss(value_head, h_ND, returns_N, mask_N=None):
-  """Eq 10 value loss: two-hot NLL of the lambda-return target.
+  """[P Eq 10] value loss: two-hot NLL of the lambda-return target.
 
   The target is under stop-gradient. Averaged over valid states (the paper sums over
   t; the normalisation is not stated).

@@ -1,4 +1,4 @@
-"""Running-RMS loss normaliser (PAPER.md §1).
+"""Running-RMS loss normaliser [P §3].
 
 The paper divides every loss term by a running estimate of its root-mean-square
 under stop-gradient, but does not give the estimator. Ours:

@@ -1,4 +1,4 @@
-"""Shortcut forcing objective for the dynamics model (PAPER.md §4.2-4.3; Eq 4, 6-8).
+"""Shortcut forcing objective for the dynamics model [P §2, Eq 4, Eq 6–8].
 
 Every frame gets its own signal level tau and step size d (diffusion forcing), is
 corrupted to z~ = (1 - tau) z0 + tau z1, and the model predicts the clean frame
@@ -7,9 +7,9 @@ corrupted to z~ = (1 - tau) z0 + tau z1, and the model predicts the clean frame
 the model itself, under stop-gradient (bootstrap term), in the division-free form
 
   || z1_hat - (z~ + (1 - tau) * sg(b' + b'') / 2) ||^2
-    == (1 - tau)^2 || (z1_hat - z~) / (1 - tau) - sg(b' + b'') / 2 ||^2     (Eq 7)
+    == (1 - tau)^2 || (z1_hat - z~) / (1 - tau) - sg(b' + b'') / 2 ||^2     [P Eq 7]
 
-Both terms are weighted per frame by the ramp w(tau) = 0.9 tau + 0.1 (Eq 8),
+Both terms are weighted per frame by the ramp w(tau) = 0.9 tau + 0.1 [P Eq 8],
 averaged over tokens and channels, then over frames and batch. The caller applies
 the RMS normaliser.
 
@@ -36,7 +36,7 @@ ApplyFn = Callable[..., jax.Array]
 
 
 def ramp_weight(tau):
-  """Eq 8: w(tau) = 0.9 tau + 0.1, from 0.1 at pure noise to 1 when clean."""
+  """[P Eq 8]: w(tau) = 0.9 tau + 0.1, from 0.1 at pure noise to 1 when clean."""
   return 0.9 * tau + 0.1
 
 
@@ -100,7 +100,7 @@ def shortcut_loss(
     independent_fraction: float = 0.3, ramp: bool = True, return_frames: bool = False,
     row_weight_B=None, valid_BT=None,
 ):
-  """Shortcut forcing loss (Eq 6-8) on one batch of clean latents.
+  """Shortcut forcing loss [P Eq 6–8] on one batch of clean latents.
 
   Row split (our choice; the paper's Eq 4 applied to every row is
   bootstrap_fraction=1.0): the first round(bootstrap_fraction * B) rows draw
@@ -108,16 +108,16 @@ def shortcut_loss(
   their bootstrap targets; the remaining rows use d = d_min on every frame (flow
   term only, tau = j / k_max). Rows of a shuffled batch are exchangeable, so taking
   the first rows is as good as a random subset and keeps shapes static. The default
-  0.25 follows the nicklashansen/edwhu precedent; PITFALLS notes a 50% split ran out
-  of memory on one GPU. Frames of bootstrap rows that drew d = d_min get the flow
+  0.25 follows the nicklashansen/edwhu precedent; a 50% split is known to run out of
+  memory on one GPU. Frames of bootstrap rows that drew d = d_min get the flow
   term, as Eq 7 says.
 
-  In the bootstrap passes the whole row is advanced together (Eq 7): bootstrap
+  In the bootstrap passes the whole row is advanced together [P Eq 7]: bootstrap
   frames step to z' at tau + d/2; frames without a bootstrap term keep their own z~,
   tau and d_min as context.
 
   round(independent_fraction * B) rows, picked at random, get a diagonal time mask
-  (trained as independent images, P §4).
+  (trained as independent images [P §4]).
 
   Args:
     apply_fn: (z_BTNL, tau_idx_BT, d_idx_BT, independent_B) -> z1_hat_BTNL; may be

@@ -1,6 +1,6 @@
 """Symlog scalars as distributions over bins: two-hot.
 
-PAPER.md §5.2: reward and value heads use "symexp twohot, following Dreamer 3". The
+[P §3.3]: reward and value heads use "symexp twohot, following Dreamer 3". The
 paper gives no bin count or range; the defaults here (255 bins uniform on [-20, 20] in
 symlog space) are Dreamer 3's, not the paper's.
 

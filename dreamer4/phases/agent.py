@@ -1,19 +1,19 @@
-"""Phase 2: agent tokens, behaviour cloning and reward model (PAPER.md §5).
+"""Phase 2: agent tokens, behaviour cloning and reward model [P §3.3].
 
 The world model of phase 1b is rebuilt from its workdir's config.json with agent tokens
 (`config.model.num_agent_tokens`, default 1) and a task embedding, warm-started from its
 checkpoint (the new tokens and the heads start fresh), and finetuned as a whole with
-three RMS-normalised losses [P §5.3]:
+three RMS-normalised losses [P §3, Eq 9]:
 
   shortcut forcing (as in phase 1b)  +  MTP behaviour cloning  +  MTP reward (two-hot).
 
 The agent tokens read every modality and nothing reads them, so adding them cannot
-change a world-model prediction (tests/models/test_agent_model.py checks that the
-task input changes no latent prediction). The heads read the agent tokens of a second
-pass over the window in which every frame is corrupted once to the context noise
-level (dreamer4/models/agent.py explains why).
+change a world-model prediction (test_agent_tokens_are_read_by_nobody in
+tests/models/test_dynamics.py checks that the task input changes no latent prediction).
+The heads read the agent tokens of a second pass over the window in which every frame
+is corrupted once to the context noise level (dreamer4/models/agent.py explains why).
 
-Data mixture [P §5.3: "half uniform, half task-relevant"]: `data.relevant_fraction` of every
+Data mixture [P §4.1: "half uniform, half task-relevant"]: `data.relevant_fraction` of every
 batch comes from task-relevant episodes (those that accomplished their task,
 data_pipelines.loader.relevant_episode_ids) and the rest uniformly; the dynamics loss reads the uniform rows, BC the
 relevant ones, the reward loss all rows (see `loss_fn`). `MixtureStreams` draws these batches
@@ -89,7 +89,7 @@ def with_relevant(uniform: dict, relevant: dict, relevant_ids) -> dict:
 
 
 class MixtureStreams(Streams):
-  """PAPER §5.3: every local batch is `data.relevant_fraction` task-relevant rows after uniform ones.
+  """[P §4.1]: every local batch is `data.relevant_fraction` task-relevant rows after uniform ones.
 
   Streams "data" (the uniform rows) and "data_relevant" (windows of the training episodes
   that accomplished their task), both of `data.window` frames; each step draws one batch of
@@ -157,7 +157,7 @@ class AgentPhase(Phase):
       raise ConfigError(f"--config.agent.mtp must be >= 0, got {config.agent.mtp}")
     if config.loss.bc_rows not in ("relevant_half", "relevant_episodes"):
       raise ConfigError(f"--config.loss.bc_rows={config.loss.bc_rows!r}; choose relevant_half or relevant_episodes")
-    frac = float(config.data.get("relevant_fraction", 0.0))
+    frac = float(config.data.relevant_fraction)
     if frac > 0 and (frac >= 1 or config.data.get("long_window", 0)):
       raise ConfigError(f"--config.data.relevant_fraction={frac} needs 0 <= fraction < 1 and no data.long_window; "
                         "set it to 0.5 (the paper's mixture) or 0 (uniform batches)")
@@ -166,7 +166,7 @@ class AgentPhase(Phase):
     return normalize.rms_init(("dynamics", "bc", "reward"))
 
   def make_streams(self, data: TrainData) -> Streams:
-    if float(self.config.data.get("relevant_fraction", 0.0)) <= 0:
+    if float(self.config.data.relevant_fraction) <= 0:
       return super().make_streams(data)
     return MixtureStreams(self.config, data, self.window_pad)
 
@@ -185,7 +185,7 @@ class AgentPhase(Phase):
     c = self.config
     model = self.model_def.merge(params)
     sc_rng, ctx_rng = jax.random.split(rng)
-    # Data mixture (PAPER §5.3, config data.relevant_fraction): MixtureStreams flags the
+    # Data mixture ([P §4.1], config data.relevant_fraction): MixtureStreams flags the
     # task-relevant rows; the dynamics loss reads only the uniform rows and BC only the
     # relevant ones (no optimistic generations, more signal for BC); the reward loss reads
     # both (the paper leaves it open). Without the flag every row counts for every loss.
@@ -200,8 +200,8 @@ class AgentPhase(Phase):
     if valid_BT is not None:
       dyn["valid_T"] = valid_BT
     if relevant_B is not None:  # only the uniform rows, so the bootstrap share is of them
-      rows = dynamics_rows(relevant_B, dynamics_row_count(c.data.get("relevant_fraction", 0.0),
-                                                          relevant_B.shape[0], jax.process_count()))
+      rows = dynamics_rows(relevant_B, dynamics_row_count(c.data.relevant_fraction, relevant_B.shape[0],
+                                                          jax.process_count()))
       dyn = {k: v[rows] for k, v in dyn.items()}
     apply_fn = make_training_fn(model.dynamics, dyn["actions_discrete"], dyn["action_labelled"])
     dyn_loss, metrics = shortcut_loss(apply_fn, dyn["latents"], sc_rng, k_max=model.dynamics.k_max,

@@ -3,7 +3,10 @@
 The train step reads latents (written into the store by the encode job), never pixels.
 Evaluation generates `eval.horizon` frames after `eval.context_frames` true ones, decodes
 them with the frozen tokenizer, and reports PSNR/SSIM per horizon step for each number
-of sampling steps K, plus the same rollout with shuffled actions (action sensitivity).
+of sampling steps K, plus the same rollout with shuffled actions (action sensitivity). Envs
+whose frames parse back into game state (a parser in their registry entry,
+data_pipelines/envs `EnvSpec.state_parser`) also get what the rollouts get right, from the
+parsed frames (dreamer4/evaluation/frame_state.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 
 from dreamer4 import runs
 from dreamer4.errors import ConfigError, UserError
-from dreamer4.evaluation import toy_state
+from dreamer4.evaluation import frame_state
 from dreamer4.evaluation import video_metrics as vm
 from dreamer4.inference.sampler import generate
 from dreamer4.models.dynamics import make_sampling_fn, make_training_fn
@@ -55,7 +58,8 @@ class DynamicsPhase(Phase):
   def __init__(self, config, shapes: DataShapes):
     self.validate(config)
     self.config = config
-    self.toy_eval = shapes.env == "toy"  # toy frames parse into their state (eval_fn)
+    # The env's frame parser (a module, or None): eval_fn's game-state metrics.
+    self.state_parser = frame_state.parser_for_env(shapes.env, shapes.frame_shape)
     self.num_latents, self.latent_dim = shapes.latents()
     self.model_def = runs.dynamics_model_def(config.model, self.num_latents, self.latent_dim, shapes.action_spec)
     self.tok_def = self.tok_params = None  # load_frozen
@@ -63,10 +67,10 @@ class DynamicsPhase(Phase):
   @staticmethod
   def validate(config) -> None:
     m = config.model
-    long_window = int(config.data.get("long_window", 0))
+    long_window = int(config.data.long_window)
     if m.context and long_window and long_window <= m.context:
       raise ConfigError(f"--config.data.long_window={long_window} must exceed --config.model.context="
-                        f"{m.context} (PAPER §3.2: batch length > context length)")
+                        f"{m.context} ([P §3.4]: batch length > context length)")
     ev = config.eval
     if ev.context_frames + ev.horizon > (long_window or config.data.window):
       raise ConfigError(f"--config.eval.context_frames + --config.eval.horizon = {ev.context_frames + ev.horizon} "
@@ -126,24 +130,30 @@ class DynamicsPhase(Phase):
       return jnp.ones((batch["latents"].shape[0], H), bool)
     return valid_T[:, C:C + H].astype(bool)
 
-  def _toy_truth(self, batch, truth):
+  def _truth_state(self, batch, truth):
     """Parsed true horizon frames [B, H]: the real frames when the batch carries them, else
     the decoded true latents (the frames PSNR compares against)."""
     C, H = self.config.eval.context_frames, self.config.eval.horizon
     frames = batch.get("frames")
-    return toy_state.parse(frames[:, C:C + H] if frames is not None else truth)
+    return self.state_parser.parse(frames[:, C:C + H] if frames is not None else truth)
 
   def eval_fn(self, params, batch, frozen):
     """Per-batch means over the horizon frames whose truth is valid (`valid_T`).
 
     For each K: PSNR, SSIM, latent MSE (per horizon step for K=4); shuffled actions (K=4)
-    and the hold-last-frame reference. On the toy world also what the generation gets
-    right [P §4.2], from parsed frames (dreamer4/evaluation/toy_state.py), per horizon
-    step and over the horizon: agent_acc (agent cell), goal_persist (true goal cells still
-    shown as the right kind), distractor_acc / distractor_f1 (distractor map), for every K,
-    for K=4 with shuffled actions (`_k4_shuffled`), for the held frame (`_hold`), and
-    agent_acc_random_walk (uniform random actions from the last context frame's cell);
-    toy_truth_goal_cells / toy_truth_distractor_cells say whether the truth parses.
+    and the hold-last-frame reference. Where the store's env has a frame parser
+    (`state_parser`, dreamer4/evaluation/frame_state.py) also what the generation gets right
+    [P §4.2], from frames parsed back into game state, per horizon step (`_hXX`) and over
+    the horizon: for every K (`_k<K>`), for K=4 with shuffled actions (`_k4_shuffled`) and
+    for the held frame (`_hold`), plus the parser's extra references. Toy (toy_state.py):
+    agent_acc (agent cell), goal_persist (true goal cells still shown as the right kind),
+    distractor_acc / distractor_f1 (distractor map); agent_acc_random_walk (uniform random
+    actions from the last context frame's cell), toy_truth_goal_cells /
+    toy_truth_distractor_cells (whether the truth parses). Craftax (craftax_state.py):
+    craftax_block_acc (map cells with the right block), craftax_overlay_acc,
+    craftax_inventory_acc, craftax_inventory_exact, craftax_presence_acc,
+    craftax_intrinsics_acc, craftax_table_near_acc; craftax_truth_daylight /
+    craftax_truth_night (whether the truth lies where the parse is exact).
     """
     ev = self.config.eval
     C, H = ev.context_frames, ev.horizon
@@ -151,7 +161,7 @@ class DynamicsPhase(Phase):
     mean = lambda x_BH: vm.masked_mean(x_BH, valid_BH)
     mean_H = lambda x_BH: vm.masked_mean(x_BH, valid_BH, axis=0)
     out = {}
-    toy, toy_truth = self.toy_eval, None
+    parser, truth_state = self.state_parser, None
     key = jax.random.key(0)  # the same noise for every K and for shuffled actions
     for k in ev.sampling_steps:
       truth, gen, lat_BH = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
@@ -163,10 +173,9 @@ class DynamicsPhase(Phase):
           out[f"psnr_k4_h{h + 1:02d}"] = p_H[h]
           out[f"ssim_k4_h{h + 1:02d}"] = s_H[h]
           out[f"latent_mse_k4_h{h + 1:02d}"] = lat_H[h]
-      if toy:
-        toy_truth = self._toy_truth(batch, truth) if toy_truth is None else toy_truth
-        counts = toy_state.frame_counts(toy_truth, toy_state.parse(gen))
-        out.update(toy_state.rollout_metrics(counts, valid_BH, f"k{k}"))
+      if parser is not None:
+        truth_state = self._truth_state(batch, truth) if truth_state is None else truth_state
+        out.update(frame_state.rollout_state_metrics(parser, truth_state, gen, valid_BH, f"k{k}"))
     truth, gen, lat_BH = self._rollouts(params, frozen["tokenizer"], batch, key, 4, shuffle_actions=True)
     out["latent_mse_k4_shuffled_actions"] = mean(lat_BH)
     out["psnr_k4_shuffled_actions"] = mean(vm.psnr_BT(gen, truth))
@@ -176,10 +185,9 @@ class DynamicsPhase(Phase):
     lat_H = mean_H(lat_BH)
     for h in range(H):
       out[f"latent_mse_k4_shuffled_actions_h{h + 1:02d}"] = lat_H[h]
-    if toy:
-      toy_truth = self._toy_truth(batch, truth) if toy_truth is None else toy_truth
-      counts = toy_state.frame_counts(toy_truth, toy_state.parse(gen))
-      out.update(toy_state.rollout_metrics(counts, valid_BH, "k4_shuffled"))
+    if parser is not None:
+      truth_state = self._truth_state(batch, truth) if truth_state is None else truth_state
+      out.update(frame_state.rollout_state_metrics(parser, truth_state, gen, valid_BH, "k4_shuffled"))
     # Reference: hold the last context frame for the whole horizon (no model). A dynamics
     # model that predicts motion beats it; one that only copies does not. The last context
     # frame is always valid (windows start inside episodes).
@@ -191,14 +199,13 @@ class DynamicsPhase(Phase):
     z_next_B1NL = batch["latents"][:, C:C + 1].astype(jnp.float32)
     lat_hold_B1 = jnp.mean(jnp.square(z_last[:, :1].astype(jnp.float32) - z_next_B1NL), axis=(2, 3))
     out["latent_mse_hold_last_frame_h01"] = vm.masked_mean(lat_hold_B1, valid_BH[:, :1])
-    if toy:
-      held_state = toy_state.parse(held)
-      out.update(toy_state.rollout_metrics(toy_state.frame_counts(toy_truth, held_state), valid_BH, "hold"))
-      # Random-walk reference: the level an action-blind model (e.g. shuffled actions) falls to.
+    if parser is not None:
+      # The held frame's parse over the horizon, and the env's extra references (toy: the
+      # random walk an action-blind model falls to) from the last context frame: the real
+      # one when the batch carries frames, else the held (decoded) one.
       frames = batch.get("frames")
-      start_B = toy_state.parse(frames[:, C - 1]).agent_cell if frames is not None else held_state.agent_cell[:, 0]
-      out.update(toy_state.random_walk_metrics(start_B, toy_truth.agent_cell, valid_BH))
-      out.update(toy_state.truth_metrics(toy_truth, valid_BH))
+      out.update(frame_state.reference_state_metrics(
+          parser, truth_state, held[:, 0], valid_BH, last_frames=frames[:, C - 1] if frames is not None else None))
     return out
 
   def summary_fn(self, params, batch, rng, frozen):

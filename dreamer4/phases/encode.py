@@ -44,7 +44,7 @@ def encode_dataset(config, workdir: str) -> dict:
     logging.info("encode: %s already holds latents of %s step %d", store.path, config.tokenizer_workdir, step)
     return {"stop_reason": "finished", "skipped": True, "frames": store.num_frames}
 
-  context = int(tcfg.model.get("context", 0))
+  context = int(tcfg.model.context)
   time_layers = sum((i + 1) % tcfg.model.time_every == 0 for i in range(tcfg.model.enc_depth))
   lengths = store.episode_lengths
   halo = (context - 1) * time_layers if context else int(lengths.max()) - 1

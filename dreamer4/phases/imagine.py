@@ -1,4 +1,4 @@
-"""Phase 3: imagination training of policy and value heads with PMPO (Dreamer 4 paper, §6).
+"""Phase 3: imagination training of policy and value heads with PMPO [P §3.3].
 
 The phase-2 AgentModel (world model with agent tokens, BC policy, reward head) is frozen.
 Only `ImagineHeads` train: the policy (initialised from the BC policy) and a new value
@@ -9,8 +9,8 @@ head. One jitted train step = rollout + update:
   2. For t = 0..H-1 (lax.scan): sample a_{t+1} ~ pi(.|h_t) (n = 0 head, no gradient),
      generate frame t+1 with K shortcut steps over the cache, commit it at the context
      noise level, which yields h_{t+1}; the reward head reads r_{t+1} at h_{t+1}.
-  3. Lambda-returns (Eq 10, gamma 0.997) from the value head over h_0..h_H; value loss
-     (two-hot) and PMPO (Eq 11, alpha 0.5, beta 0.3, reverse KL to the frozen BC policy)
+  3. Lambda-returns ([P Eq 10], gamma 0.997) from the value head over h_0..h_H; value loss
+     (two-hot) and PMPO ([P Eq 11], alpha 0.5, beta 0.3, reverse KL to the frozen BC policy)
      on the H decisions.
 
 Terminations: the paper describes no continue head. Our choice: with
@@ -21,8 +21,8 @@ and all later ones carry weight 0 (their decisions and values are not trained) a
 rewards are 0. The toy world ends an episode exactly when the task reward is paid. 0
 disables it (continue = 1 everywhere).
 
-Loss scaling: the value loss is RMS-normalised like every other term (Dreamer 4 paper,
-§5.3); the PMPO loss is not by default (`imagine.normalize_policy_loss`, App. F: PMPO
+Loss scaling: the value loss is RMS-normalised like every other term [P §3];
+the PMPO loss is not by default (`imagine.normalize_policy_loss`; [P App. F]: PMPO
 needs no return or advantage normalisation).
 """
 
@@ -189,12 +189,12 @@ class ImaginePhase(Phase):
 
     The two touch disjoint parameters but share the global gradient clip. PMPO starts
     near 0 with a random sign (policy = prior), so dividing it by its RMS inflates a
-    noisy gradient that then dominates the clip (Dreamer 4 paper, App. F: no return or
+    noisy gradient that then dominates the clip ([P App. F]: no return or
     advantage normalisation for PMPO).
     """
     p_loss, v_loss, metrics = self._rollout_and_losses(params, batch, rng, frozen)
     decay = self.config.loss.rms_decay
-    if self.config.imagine.get("normalize_policy_loss", False):
+    if self.config.imagine.normalize_policy_loss:
       p_loss, aux = normalize.rms_normalize(aux, "policy", p_loss, decay=decay)
     n_v, aux = normalize.rms_normalize(aux, "value", v_loss, decay=decay)
     return p_loss + n_v, (aux, metrics)

@@ -23,7 +23,7 @@ _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0:
 _DATA = flags.DEFINE_string("data", None, "EpisodeStore with latents (default: the one the dynamics run names).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer workdir (default: the one the dynamics run names).")
 _K = flags.DEFINE_integer("k", 4, "Shortcut steps per generated frame (a power of two <= the model's k_max).")
-_CONTEXT_NOISE = flags.DEFINE_float("context_noise", 0.1, "Noise share of history frames (PAPER §4.4).")
+_CONTEXT_NOISE = flags.DEFINE_float("context_noise", 0.1, "Noise share of history frames [P §3.2].")
 _SEED = flags.DEFINE_integer("seed", 0, "Base seed of the generation noise.")
 
 
@@ -48,7 +48,6 @@ def main(argv):
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   absl_logging.get_absl_handler().addFilter(_QuietOrbax())
-  from data_pipelines.episodes import StoreError
   from dreamer4.errors import UserError
   from dreamer4.play import server, session
   if len(argv) > 1:
@@ -64,7 +63,7 @@ def main(argv):
     print(f"play: loading {paths.dynamics} (tokenizer {paths.tokenizer}, data {paths.data}) ...",
           file=sys.stderr, flush=True)
     httpd.session = session.PlaySession(paths, k=_K.value, context_noise=_CONTEXT_NOISE.value, seed=_SEED.value)
-  except (UserError, StoreError) as e:
+  except UserError as e:  # StoreError and DataError are UserErrors
     if httpd is not None:
       httpd.server_close()
     print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)

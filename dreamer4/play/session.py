@@ -259,7 +259,7 @@ class PlaySession:
   Args:
     paths: from `locate_run`.
     k: shortcut steps per generated frame (a power of two <= the model's k_max).
-    context_noise: noise share of history frames (PAPER §4.4: 0.1).
+    context_noise: noise share of history frames ([P §3.2]: 0.1).
     seed: base seed; a session's keys come from key(seed + the reset's seed).
     policy: a policy_fn to use instead of the agent hook (see module docstring); None: the hook.
     warmup: compile reset and step now (on the first usable episode) rather than on first use.
@@ -301,7 +301,7 @@ class PlaySession:
     device = jax.devices()[0]
     model = dyn_def.merge(jax.device_put(jax.device_get(dyn_params), device))
     tokenizer = tok_def.merge(jax.device_put(jax.device_get(tok_params), device))
-    window = int(model.context) or int(cfg.data.get("long_window", 0) or cfg.data.window)
+    window = int(model.context) or int(cfg.data.long_window or cfg.data.window)
     try:
       self.world = World(model, tokenizer, k=k, context_noise=context_noise, window=window)
     except ValueError as e:  # k not a power of two, or above the model's k_max
@@ -317,7 +317,7 @@ class PlaySession:
     self.frame_shape = tuple(store.frame_shape)
     self.episode_lengths = store.episode_lengths
     self.offsets = store.episode_offsets
-    _, held_out = store.split(float(cfg.data.get("eval_fraction", 0.1)), seed=int(cfg.data.get("split_seed", 0)))
+    _, held_out = store.split(float(cfg.data.eval_fraction), seed=int(cfg.data.split_seed))
     self.held_out = [int(e) for e in held_out]
     if policy is not None:
       self.policy, self.policy_reason = policy, ""

@@ -96,10 +96,10 @@ class Streams:
   @classmethod
   def uniform(cls, config, data: TrainData) -> "Streams":
     """Windows drawn uniformly from the training episodes: "data" (config.data.window) and,
-    with config.data.long_window, "data_long" (PAPER §3.2: alternating batch lengths)."""
+    with config.data.long_window, "data_long" ([P §3.4]: alternating batch lengths)."""
     iters = {"data": data.make_iter(config.data.window)}
     windows = {"data": config.data.window}
-    long_window = int(config.data.get("long_window", 0))
+    long_window = int(config.data.get("long_window", 0))  # a dynamics-phase key; other phases lack it
     if long_window:
       iters["data_long"] = data.make_iter(long_window)
       windows["data_long"] = long_window

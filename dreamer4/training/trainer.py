@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from data_pipelines import loader as data_loader
 from data_pipelines.episodes import EpisodeStore
 from dreamer4 import sharding as shd
-from dreamer4.errors import ConfigError, UserError
+from dreamer4.errors import ConfigError
 from dreamer4.training import metrics as mt
 from dreamer4.training import state as st
 from dreamer4.training.checkpoint import Checkpointer
@@ -113,35 +113,34 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
 
   # ---------------------------------------------------------------- checkpoint and resume
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  long_window = int(config.data.get("long_window", 0))
+  long_window = int(config.data.get("long_window", 0))  # a dynamics-phase key; other phases lack it
   fields, pad = phase.read_fields, phase.window_pad  # data_pipelines/windows.py: every frame lies in a window
-  try:
-    def make_iter(window, batch=local_batch, ids=train_ids):
-      return data_loader.train_iterator(
-          config.data.path, window=window, batch_size=batch, seed=config.data.seed,
-          episode_ids=ids, process_index=jax.process_index(), process_count=jax.process_count(),
-          num_threads=config.data.num_threads, prefetch=config.data.prefetch, fields=fields, pad=pad)
-    # The phase's streams (training/phase.py Streams): by default uniform windows, with
-    # alternating batch lengths (PAPER §3.2) when data.long_window is set: short windows most
-    # steps, a long one every `long_every` steps and for the last `long_final_steps`;
-    # exactly two step shapes.
-    streams = phase.make_streams(TrainData(store, train_ids, eval_ids, local_batch, make_iter))
-    eval_window = long_window or config.data.window
-    eval_local = data_loader.eval_batches(
-        config.data.path, window=eval_window, batch_size=local_batch,
-        episode_ids=eval_ids, max_batches=config.eval.num_batches, fields=fields, pad=pad,
-        process_index=jax.process_index(), process_count=jax.process_count())
-  except ValueError as e:  # the loader's one-line messages name the dataset and the setting
-    raise UserError(str(e)) from None
+
+  def make_iter(window, batch=local_batch, ids=train_ids):
+    return data_loader.train_iterator(
+        config.data.path, window=window, batch_size=batch, seed=config.data.seed,
+        episode_ids=ids, process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=config.data.num_threads, prefetch=config.data.prefetch, fields=fields, pad=pad)
+
+  # The phase's streams (training/phase.py Streams): by default uniform windows, with
+  # alternating batch lengths [P §3.4] when data.long_window is set: short windows most
+  # steps, a long one every `long_every` steps and for the last `long_final_steps`;
+  # exactly two step shapes.
+  streams = phase.make_streams(TrainData(store, train_ids, eval_ids, local_batch, make_iter))
+  eval_window = long_window or config.data.window
+  eval_local = data_loader.eval_batches(
+      config.data.path, window=eval_window, batch_size=local_batch,
+      episode_ids=eval_ids, max_batches=config.eval.num_batches, fields=fields, pad=pad,
+      process_index=jax.process_index(), process_count=jax.process_count())
   streams.label_eval(eval_local)  # e.g. flags the held-out windows of task-relevant episodes
   coverage = _coverage(store, train_ids, eval_ids, streams, eval_window, pad, phase.name)
 
   def batch_kind(iteration: int) -> str:
     if not long_window:
       return "data"
-    if iteration > ctc.num_steps - ctc.get("long_final_steps", 0):
+    if iteration > ctc.num_steps - ctc.long_final_steps:
       return "data_long"
-    every = ctc.get("long_every", 0)
+    every = ctc.long_every
     return "data_long" if every and iteration % every == 0 else "data"
 
   data_iters = streams.iters  # every stream's position is saved with the state

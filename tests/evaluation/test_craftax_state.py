@@ -278,3 +278,58 @@ def test_metrics_truth_shift_and_hold(episodes, render):
   want_near = [[any(truth.block_RC[b, h, 3 + dy, 4 + dx] == cs.TABLE for dy, dx in cs.CLOSE_OFFSETS)
                 for h in range(H)] for b in range(B)]
   np.testing.assert_array_equal(near, want_near)
+
+
+def test_dynamics_eval_reports_craftax_state_metrics(episodes):
+  """The dynamics phase's eval_fn on a Craftax store picks craftax_state from the env registry
+  and reports, per horizon step and over the horizon, the parsed-state accuracy of every K's
+  rollout, of shuffled actions and of holding the last context frame, against the env state
+  (tests/evaluation/dynamics_eval.py: the latents are the frames, the rollouts given)."""
+  from tests.evaluation import dynamics_eval  # pylint: disable=g-import-not-at-top
+  frames, states, offsets = episodes
+  B, C, H = 3, 2, 4
+  idx_BT = (np.asarray(offsets[:B]) + 1)[:, None] + np.arange(C + H)
+  window = frames[idx_BT]
+  truth = {k: v.reshape((B, H) + v.shape[1:]) for k, v in _stack_truth([states[i] for i in idx_BT[:, C:].ravel()]).items()}
+  last = _stack_truth([states[i] for i in idx_BT[:, C - 1]])
+  phase = dynamics_eval.make_phase("craftax", SIZE, C, H)
+  assert phase.state_parser is cs
+  valid_BT = np.ones((B, C + H), bool)
+  valid_BT[2, -1] = False  # padding past an episode's end: row 2's last step does not count
+  valid_BH = valid_BT[:, C:]
+  shuffled = np.roll(window[:, C:], 1, axis=0)  # another window's frames, as shuffled actions roll them
+  m = dynamics_eval.eval_metrics(phase, window, window[:, C:], shuffled, valid_BT)
+
+  names = ("block_acc", "overlay_acc", "inventory_acc", "inventory_exact", "presence_acc", "intrinsics_acc",
+           "table_near_acc")
+  steps = [""] + [f"_h{h:02d}" for h in range(1, H + 1)]
+  tags = ("k1", "k4", "k4_shuffled", "hold")
+  want_names = {f"craftax_{n}_{t}{s}" for n in names for t in tags for s in steps}
+  want_names |= {"craftax_truth_daylight", "craftax_truth_night"}
+  assert {k for k in m if k.startswith("craftax_")} == want_names
+  assert not any(k.startswith("agent_acc") for k in m)  # no toy metrics
+  # Every K generates the truth: every state metric is 1.
+  for k in (f"craftax_{n}_{t}{s}" for n in names for t in ("k1", "k4") for s in steps):
+    assert m[k] == 1.0, (k, m[k])
+
+  def check(tag, share_BH, name):
+    """The eval's per-step and horizon means of `share_BH` over the valid frames."""
+    per_h = [share_BH[valid_BH[:, h], h].mean() for h in range(H)]
+    np.testing.assert_allclose([m[f"craftax_{name}_{tag}_h{h + 1:02d}"] for h in range(H)], per_h, rtol=1e-6,
+                               err_msg=f"{name}_{tag}")
+    np.testing.assert_allclose(m[f"craftax_{name}_{tag}"], share_BH[valid_BH].mean(), rtol=1e-6, err_msg=name)
+
+  # Holding the last context frame: the share of map cells, overlays and counts unchanged
+  # since then, read from the env state.
+  for name, field in (("block_acc", "block_RC"), ("overlay_acc", "overlay_RC"), ("inventory_acc", "inventory_I"),
+                      ("intrinsics_acc", "intrinsics_I")):
+    same = last[field][:, None] == truth[field]
+    check("hold", same.reshape(B, H, -1).mean(-1), name)
+  hold_block_BH = (last["block_RC"][:, None] == truth["block_RC"]).mean((-2, -1))
+  assert 0.0 < hold_block_BH[valid_BH].mean() < 1.0  # the view moves: a real reference, not a trivial 1
+  # Shuffled actions (another window's frames).
+  check("k4_shuffled", (np.roll(truth["block_RC"], 1, axis=0) == truth["block_RC"]).mean((-2, -1)), "block_acc")
+  check("k4_shuffled", (np.roll(truth["overlay_RC"], 1, axis=0) == truth["overlay_RC"]).mean((-2, -1)), "overlay_acc")
+  # The truth is in daylight: the parse is exact there.
+  np.testing.assert_allclose(m["craftax_truth_daylight"], truth["daylight"][valid_BH].mean(), atol=0.01)
+  assert m["craftax_truth_night"] == 0.0

@@ -12,18 +12,20 @@ from data_pipelines.episodes import EpisodeStore
 from data_pipelines.report import compute_report
 from dreamer4.evaluation import env_eval as ev
 from dreamer4.evaluation import report as table
+from tests.evaluation.scripted_policy import ScriptedPolicyAdapter, evaluate_scripted
 
 ENV_KW = {"size": 16, "max_steps": 32}
 N = 12  # episodes per run: 4 per task
 
 
 def _run(policy, seed=0, batch_size=4, **kw):
-  return ev.evaluate("toy", policy, num_episodes=N, seed=seed, batch_size=batch_size, env_kwargs=ENV_KW, **kw)
+  run = evaluate_scripted if isinstance(policy, ScriptedPolicyAdapter) else ev.evaluate
+  return run("toy", policy, num_episodes=N, seed=seed, batch_size=batch_size, env_kwargs=ENV_KW, **kw)
 
 
 @pytest.fixture(scope="module")
 def scripted():
-  return _run(ev.ScriptedPolicyAdapter(1.0))
+  return _run(ScriptedPolicyAdapter(1.0))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_per_task_counts_sum_to_num_episodes(scripted, random_row):
 
 
 def test_seeding_and_videos(scripted):
-  again = _run(ev.ScriptedPolicyAdapter(1.0))
+  again = _run(ScriptedPolicyAdapter(1.0))
   assert again.per_episode == scripted.per_episode
   for a, b in zip(again.videos, scripted.videos):
     np.testing.assert_array_equal(a, b)
@@ -80,7 +82,7 @@ def test_seeding_and_videos(scripted):
   assert not np.array_equal(seed1, scripted.videos[0][0])
 
 
-class _Recorder(ev.ScriptedPolicyAdapter):
+class _Recorder(ScriptedPolicyAdapter):
   """The scripted expert; checks the frames contract (finished rows get their last frame repeated)."""
 
   def __init__(self):
@@ -101,7 +103,7 @@ class _Recorder(ev.ScriptedPolicyAdapter):
 
 def test_policy_contract_batches_and_finished_rows():
   pol = _Recorder()
-  row = ev.evaluate("toy", pol, num_episodes=5, seed=3, batch_size=3, env_kwargs=ENV_KW, max_steps=12)
+  row = evaluate_scripted("toy", pol, num_episodes=5, seed=3, batch_size=3, env_kwargs=ENV_KW, max_steps=12)
   begins = [c for c in pol.calls if c[0] == "begin"]
   assert [len(c[1]) for c in begins] == [3, 2]  # the last batch is partial
   assert list(begins[0][2]) == [0, 1, 2] and list(begins[1][2]) == [0, 1]
@@ -181,7 +183,7 @@ def test_aggregate_seeds():
 
 def test_write_table_files_and_tensorboard(tmp_path, scripted, random_row, tiny_store):
   behaviour = ev.behaviour_table(tiny_store)
-  agg = table.aggregate_seeds([scripted, _run(ev.ScriptedPolicyAdapter(1.0), seed=1)])
+  agg = table.aggregate_seeds([scripted, _run(ScriptedPolicyAdapter(1.0), seed=1)])
   rows = {"random": random_row, "behaviour data": behaviour, "scripted": scripted, "WM+BC (3 seeds)": agg}
   out = table.write_table(rows, str(tmp_path))
   md = (tmp_path / "results.md").read_text()

@@ -247,3 +247,60 @@ def test_random_walk_metrics_names_and_mask():
   p2 = ts.random_walk_matrices(2)[1][0, 0]  # only row 0 is valid at h = 2
   assert float(m["agent_acc_random_walk_h02"]) == pytest.approx(p2)
   assert float(m["agent_acc_random_walk"]) == pytest.approx((3 / 5 + 1 / 5 + p2) / 3)
+
+
+# ------------------------------------------------------------------ the dynamics evaluation
+
+
+def test_dynamics_eval_reports_toy_state_metrics(windows):
+  """The dynamics phase's eval_fn on a toy store picks toy_state from the env registry and
+  reports, per horizon step and over the horizon, what every K's rollout, shuffled actions and
+  the held last context frame get right, the random walk and the truth's counts, against the
+  env state (tests/evaluation/dynamics_eval.py: the latents are the frames, the rollouts given)."""
+  from tests.evaluation import dynamics_eval  # pylint: disable=g-import-not-at-top
+  frames_BTHWC, states_BT = windows
+  B = frames_BTHWC.shape[0]
+  phase = dynamics_eval.make_phase("toy", 16, C, H)
+  assert phase.state_parser is ts
+  valid_BT = np.ones((B, C + H), bool)
+  valid_BT[0, -2:] = False  # padding past an episode's end
+  valid_BH = valid_BT[:, C:]
+  truth = frames_BTHWC[:, C:]
+  m = dynamics_eval.eval_metrics(phase, frames_BTHWC, truth, np.roll(truth, 1, axis=0), valid_BT)
+
+  names = ("agent_acc", "goal_persist", "distractor_acc", "distractor_f1")
+  steps = [""] + [f"_h{h:02d}" for h in range(1, H + 1)]
+  want = {f"{n}_{t}{s}" for n in names for t in ("k1", "k4", "k4_shuffled", "hold") for s in steps}
+  want |= {f"agent_acc_random_walk{s}" for s in steps} | {"toy_truth_goal_cells", "toy_truth_distractor_cells"}
+  assert want <= set(m) and not any(k.startswith("craftax_") for k in m)
+  assert all(m[f"{n}_{t}{s}"] == 1.0 for n in names for t in ("k1", "k4") for s in steps)
+
+  vis_BT = [[_visible(s, 16) for s in row] for row in states_BT]
+  agent_BT = np.array([[v[0] for v in row] for row in vis_BT])
+  goal_BT = np.array([[v[1] for v in row] for row in vis_BT])
+  distractor_BT = np.array([[v[2] for v in row] for row in vis_BT])
+
+  def check(tag, name, num_BH, den_BH=None):
+    """Pooled over the valid frames, per step and over the horizon: sum num / sum den."""
+    den_BH = np.ones_like(num_BH) if den_BH is None else den_BH
+    per_h = [num_BH[valid_BH[:, h], h].sum() / den_BH[valid_BH[:, h], h].sum() for h in range(H)]
+    np.testing.assert_allclose([m[f"{name}_{tag}_h{h + 1:02d}"] for h in range(H)], per_h, rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(m[f"{name}_{tag}"], num_BH[valid_BH].sum() / den_BH[valid_BH].sum(), rtol=1e-6)
+
+  # Holding the last context frame: the agent cell, goals and distractors it still gets right.
+  last = slice(C - 1, C)
+  stayed_BH = (agent_BT[:, C:] == agent_BT[:, last]).astype(float)
+  assert 0 < stayed_BH[valid_BH].mean() < 1  # both kinds of step occur
+  check("hold", "agent_acc", stayed_BH)
+  goal_true_BH = (goal_BT[:, C:] > 0).sum((-2, -1))
+  check("hold", "goal_persist", ((goal_BT[:, C:] > 0) & (goal_BT[:, C:] == goal_BT[:, last])).sum((-2, -1)),
+        goal_true_BH)
+  check("hold", "distractor_acc", (distractor_BT[:, C:] == distractor_BT[:, last]).mean((-2, -1)))
+  # Shuffled actions (another window's frames).
+  check("k4_shuffled", "agent_acc", (np.roll(agent_BT[:, C:], 1, axis=0) == agent_BT[:, C:]).astype(float))
+  # The random walk from the last context frame's cell, and the truth's own counts.
+  p_HCC = ts.random_walk_matrices(H)
+  check("random_walk", "agent_acc", p_HCC[np.arange(H)[None], agent_BT[:, C - 1:C], agent_BT[:, C:]])
+  np.testing.assert_allclose(m["toy_truth_goal_cells"], goal_true_BH[valid_BH].mean(), rtol=1e-6)
+  np.testing.assert_allclose(m["toy_truth_distractor_cells"], distractor_BT[:, C:].sum((-2, -1))[valid_BH].mean(),
+                             rtol=1e-6)

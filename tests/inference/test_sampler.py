@@ -143,7 +143,7 @@ def model():
       group=2, num_registers=1, k_max=K_MAX, width=32, depth=2, num_heads=2, num_kv_heads=1,
       head_dim=16, mlp_dim=64, time_every=2, softcap=50.0, context=4, dtype="float32",
       remat=True,  # sampling must cope with a model trained with remat
-      spatial_pos=False, scan_layers=False, remat_policy="nothing",
+      spatial_pos=False, scan_layers=False, remat_policy="nothing", attention="dense",
   ))
   with nnx.use_eager_sharding(False):
     return Dynamics.from_config(cfg, NM, LM, SPEC, nnx.Rngs(0))

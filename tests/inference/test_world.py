@@ -31,6 +31,7 @@ def _make(depth, time_every, context=W):
       group=2, num_registers=1, k_max=K_MAX, width=32, depth=depth, num_heads=2, num_kv_heads=1,
       head_dim=16, mlp_dim=64, time_every=time_every, softcap=50.0, context=context,
       dtype="float32", remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing",
+      attention="dense",
   ))
   with nnx.use_eager_sharding(False):
     return Dynamics.from_config(cfg, N, L, SPEC, nnx.Rngs(3))

@@ -27,7 +27,7 @@ def _cfg(**overrides):
   cfg = ml_collections.ConfigDict(dict(
       group=2, num_registers=1, k_max=K_MAX, width=32, depth=2, num_heads=2, num_kv_heads=1,
       head_dim=16, mlp_dim=64, time_every=2, softcap=50.0, context=0, dtype="float32",
-      remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing",
+      remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing", attention="dense",
   ))
   cfg.update(overrides)
   return cfg

@@ -46,7 +46,7 @@ def _tokenizer(scan, **kw):
       patch_size=4, num_latents=4, latent_dim=8, width=32, enc_depth=4, dec_depth=2, num_heads=4,
       num_kv_heads=2, head_dim=8, mlp_dim=64, time_every=2, softcap=50.0, dtype="float32",
       remat=False, scan_layers=scan, remat_policy="nothing", context=0, readout_bias_init=0.0,
-      readout_init_scale=1.0, block_skip=True, output="clip"))
+      readout_init_scale=1.0, block_skip=True, output="clip", attention="dense"))
   cfg.update(kw)
   return Tokenizer.from_config(cfg, (16, 16, 3), nnx.Rngs(0))
 
@@ -55,7 +55,7 @@ def _dynamics(scan, depth=4, time_every=2, **kw):
   cfg = ml_collections.ConfigDict(dict(
       group=2, num_registers=1, k_max=8, width=32, depth=depth, num_heads=2, num_kv_heads=1,
       head_dim=16, mlp_dim=64, time_every=time_every, softcap=50.0, context=3, dtype="float32",
-      remat=False, spatial_pos=False, scan_layers=scan, remat_policy="nothing"))
+      remat=False, spatial_pos=False, scan_layers=scan, remat_policy="nothing", attention="dense"))
   cfg.update(kw)
   return Dynamics.from_config(cfg, N, L, SPEC, nnx.Rngs(0), num_agent_tokens=1, num_tasks=2)
 

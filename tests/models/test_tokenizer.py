@@ -19,6 +19,7 @@ def _cfg(**overrides):
       num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, time_every=2, softcap=50.0,
       dtype="float32", remat=False, scan_layers=False, remat_policy="nothing", context=0,
       readout_bias_init=0.0, readout_init_scale=1.0, block_skip=False, output="sigmoid",
+      attention="dense",
   ))
   cfg.update(overrides)
   return cfg

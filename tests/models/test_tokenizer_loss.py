@@ -19,6 +19,7 @@ def _model():
       num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, time_every=2, softcap=50.0,
       dtype="float32", remat=False, scan_layers=False, remat_policy="nothing", context=0,
       readout_bias_init=0.0, readout_init_scale=1.0, block_skip=False, output="sigmoid",
+      attention="dense",
   ))
   with nnx.use_eager_sharding(False):
     return Tokenizer.from_config(cfg, (16, 16, 3), nnx.Rngs(0))
@@ -109,6 +110,7 @@ def test_toy_tokenizer_learns_the_sprites_not_just_the_background():
       num_heads=4, num_kv_heads=4, head_dim=16, mlp_dim=128, time_every=2, softcap=50.0,
       block_skip=True, output="clip", readout_bias_init=0.13, readout_init_scale=0.1,
       dtype="float32", remat=False, scan_layers=False, remat_policy="nothing", context=0,
+      attention="dense",
   ))
   with nnx.use_eager_sharding(False):
     model = Tokenizer.from_config(cfg, (size, size, 3), nnx.Rngs(0))

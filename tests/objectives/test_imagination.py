@@ -1,4 +1,4 @@
-"""Tests for lambda-returns, terminal masks, PMPO and the value loss (Dreamer 4 paper, §6, Eq 10-11)."""
+"""Tests for lambda-returns, terminal masks, PMPO and the value loss [P §3.3, Eq 10–11]."""
 
 import math
 

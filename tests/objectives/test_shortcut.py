@@ -150,7 +150,7 @@ def _model():
   cfg = ml_collections.ConfigDict(dict(
       group=2, num_registers=1, k_max=8, width=32, depth=2, num_heads=2, num_kv_heads=1,
       head_dim=16, mlp_dim=64, time_every=2, softcap=50.0, context=0, dtype="float32",
-      remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing",
+      remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing", attention="dense",
   ))
   with nnx.use_eager_sharding(False):
     return Dynamics.from_config(cfg, 4, 4, SPEC, nnx.Rngs(0))

@@ -1,5 +1,5 @@
 """Phase 3 loss scaling: the PMPO loss reaches the optimiser as is (no division by its running
-RMS, Dreamer 4 paper, App. F) unless `imagine.normalize_policy_loss`; the value loss keeps its
+RMS, [P App. F]) unless `imagine.normalize_policy_loss`; the value loss keeps its
 RMS normalisation. `_rollout_and_losses` is replaced by fixed linear losses."""
 
 import math
