@@ -44,8 +44,9 @@ def block_matmul_params(width: int, num_heads: int, num_kv_heads: int, head_dim:
   return attn + mlp
 
 
-def tokenizer_train_flops(model_cfg, frame_shape, batch: int, window: int, lpips_frames: int = 0,
-                          lpips: bool = True) -> dict[str, int]:
+def tokenizer_train_flops(
+  model_cfg, frame_shape, batch: int, window: int, lpips_frames: int = 0, lpips: bool = True
+) -> dict[str, int]:
   """Analytic FLOPs of one tokenizer training step.
 
   Args:
@@ -97,12 +98,18 @@ def tokenizer_train_flops(model_cfg, frame_shape, batch: int, window: int, lpips
 def tokenizer_num_params_matmul(model_cfg) -> int:
   """Transformer-block matmul weights of the tokenizer (the "params" of 6 * params * tokens)."""
   depth = int(model_cfg.enc_depth) + int(model_cfg.dec_depth)
-  return depth * block_matmul_params(int(model_cfg.width), int(model_cfg.num_heads), int(model_cfg.num_kv_heads),
-                                     int(model_cfg.head_dim), int(model_cfg.mlp_dim))
+  return depth * block_matmul_params(
+    int(model_cfg.width),
+    int(model_cfg.num_heads),
+    int(model_cfg.num_kv_heads),
+    int(model_cfg.head_dim),
+    int(model_cfg.mlp_dim),
+  )
 
 
-def dynamics_train_flops(model_cfg, num_latents: int, latent_dim: int, batch: int, window: int,
-                         bootstrap_fraction: float) -> dict[str, int]:
+def dynamics_train_flops(
+  model_cfg, num_latents: int, latent_dim: int, batch: int, window: int, bootstrap_fraction: float
+) -> dict[str, int]:
   """Analytic FLOPs of one dynamics (shortcut forcing) training step.
 
   The step is one forward + backward pass over the whole batch (3 forward-pass costs)

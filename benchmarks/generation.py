@@ -57,8 +57,7 @@ def build_model(variant: str, context: int) -> Dynamics:
   tok_cfg = tokenizer_config.model_config(variant)
   spec = ActionSpec((ActionComponent("move", "discrete", 5),))
   with nnx.use_eager_sharding(False):
-    return Dynamics.from_config(model_cfg, tok_cfg.num_latents, tok_cfg.latent_dim, spec,
-                                nnx.Rngs(0))
+    return Dynamics.from_config(model_cfg, tok_cfg.num_latents, tok_cfg.latent_dim, spec, nnx.Rngs(0))
 
 
 def time_calls(fn, warmup: int, frames: int) -> tuple[list[float], float]:
@@ -92,8 +91,7 @@ def bench_cached(model, c: int, B: int, k: int, warmup: int, frames: int) -> dic
     return out["z_BNL"]
 
   times, first = time_calls(one, warmup, frames)
-  return {"frame_s": statistics.median(times), "first_call_s": first,
-          "compiles": world.step_compiles()}
+  return {"frame_s": statistics.median(times), "first_call_s": first, "compiles": world.step_compiles()}
 
 
 def bench_uncached(model, c: int, B: int, k: int, warmup: int, frames: int) -> dict:
@@ -126,8 +124,7 @@ def bench_uncached(model, c: int, B: int, k: int, warmup: int, frames: int) -> d
     return frame(hist, actions, jax.random.key(box["i"]))
 
   times, first = time_calls(one, warmup, frames)
-  return {"frame_s": statistics.median(times), "first_call_s": first,
-          "compiles": frame.compiles}
+  return {"frame_s": statistics.median(times), "first_call_s": first, "compiles": frame.compiles}
 
 
 def main(argv):
@@ -151,18 +148,27 @@ def main(argv):
       for mode in FLAGS.modes:
         r = benches[mode](model, c, B, FLAGS.k, FLAGS.warmup, FLAGS.frames)
         results[(mode, B, c)] = r["frame_s"]
-        emit({"bench": "generation", "mode": mode, "variant": FLAGS.variant, "context": c,
-              "batch": B, "k": FLAGS.k, "frame_s": round(r["frame_s"], 6),
-              "frames_per_s": round(B / r["frame_s"], 2),
-              "first_call_s": round(r["first_call_s"], 3), "compiles": r["compiles"],
-              "device": jax.devices()[0].device_kind})
+        emit(
+          {
+            "bench": "generation",
+            "mode": mode,
+            "variant": FLAGS.variant,
+            "context": c,
+            "batch": B,
+            "k": FLAGS.k,
+            "frame_s": round(r["frame_s"], 6),
+            "frames_per_s": round(B / r["frame_s"], 2),
+            "first_call_s": round(r["first_call_s"], 3),
+            "compiles": r["compiles"],
+            "device": jax.devices()[0].device_kind,
+          }
+        )
   for B in batches:
     summary = {"bench": "generation", "summary": True, "batch": B, "k": FLAGS.k}
     lo, hi = contexts[0], contexts[-1]
     if ("cached", B, lo) in results and ("cached", B, hi) in results:
       growth = results[("cached", B, hi)] / results[("cached", B, lo)]
-      summary.update({f"cached_growth_{lo}_to_{hi}": round(growth, 3),
-                      "growth_target_met": growth <= 1.5})
+      summary.update({f"cached_growth_{lo}_to_{hi}": round(growth, 3), "growth_target_met": growth <= 1.5})
     ref = 64 if 64 in contexts else hi
     if ("cached", B, ref) in results and ("uncached", B, ref) in results:
       speedup = results[("uncached", B, ref)] / results[("cached", B, ref)]

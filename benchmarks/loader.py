@@ -54,7 +54,8 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,23 +83,32 @@ def read_spec(read: str) -> dict[str, Any]:
   if read == "tokenizer":
     from configs import tokenizer
     from dreamer4.phases.tokenizer import TokenizerPhase as phase_cls
+
     config = tokenizer.get_config("toy")
   elif read == "dynamics":
     from configs import dynamics
     from dreamer4.phases.dynamics import DynamicsPhase as phase_cls
+
     config = dynamics.get_config("toy")
   elif read == "tokenizer_paper":
     # The paper tokenizer's read (16-frame windows of 384x640 frames), one window per batch: the
     # share of one chip in the paper's 256-chip run (batch 256). Read from a synthetic store.
     from configs import tokenizer
     from dreamer4.phases.tokenizer import TokenizerPhase as phase_cls
+
     config = tokenizer.get_config("paper")
     config.train.batch_size = 1
   else:
     raise ValueError(f"--reads: unknown read {read!r}; choose from {', '.join(READS)}")
-  return dict(read=read, window=int(config.data.window), batch=int(config.train.batch_size),
-              fields=tuple(f for f in phase_cls.data_fields if f not in LOADER_FIELDS),
-              num_threads=int(config.data.num_threads), prefetch=int(config.data.prefetch), config=config)
+  return dict(
+    read=read,
+    window=int(config.data.window),
+    batch=int(config.train.batch_size),
+    fields=tuple(f for f in phase_cls.data_fields if f not in LOADER_FIELDS),
+    num_threads=int(config.data.num_threads),
+    prefetch=int(config.data.prefetch),
+    config=config,
+  )
 
 
 def add_random_latents(path: str, latent_shape: Sequence[int] = (16, 16), seed: int = 0, chunk: int = 4096):
@@ -116,8 +126,9 @@ def add_random_latents(path: str, latent_shape: Sequence[int] = (16, 16), seed: 
   store.set_array_attrs("latents", dict(attrs, complete=True, frames=n))
 
 
-def make_store(path: str, episodes: int = 200, size: int = 64, latent_shape: Sequence[int] | None = (16, 16),
-               seed: int = 0) -> str:
+def make_store(
+  path: str, episodes: int = 200, size: int = 64, latent_shape: Sequence[int] | None = (16, 16), seed: int = 0
+) -> str:
   """A fresh toy-world store (scripted policies, as the tests and train_step.py collect) with random latents.
 
   latent_shape None: no latents.
@@ -143,9 +154,15 @@ def make_paper_frames_store(path: str, episodes: int = 12, size: int = 64, seed:
   collect_store = make_store(tmp, episodes=episodes, size=size, seed=seed, latent_shape=None)
   src = EpisodeStore.open(collect_store)
   H, W, _ = PAPER_FRAME
-  store = EpisodeStore.create(path, env="synthetic-paper-frames", frame_shape=PAPER_FRAME,
-                              action_spec=src.action_spec, task_names=src.task_names, fps=20,
-                              created_by="benchmarks.loader")
+  store = EpisodeStore.create(
+    path,
+    env="synthetic-paper-frames",
+    frame_shape=PAPER_FRAME,
+    action_spec=src.action_spec,
+    task_names=src.task_names,
+    fps=20,
+    created_by="benchmarks.loader",
+  )
   rng = np.random.default_rng(seed)
   for e in range(src.num_episodes):
     ep = src.read_episode(e)
@@ -163,8 +180,18 @@ def _disk_bytes(path: str) -> int:
 # ------------------------------------------------------------------------------------------ loader
 
 
-def _worker_iterator(path: str, *, window: int, batch_size: int, seed: int, episode_ids, num_threads: int,
-                     prefetch: int, fields, workers: int):
+def _worker_iterator(
+  path: str,
+  *,
+  window: int,
+  batch_size: int,
+  seed: int,
+  episode_ids,
+  num_threads: int,
+  prefetch: int,
+  fields,
+  workers: int,
+):
   """`loader.train_iterator`'s dataset (same source, epoch shuffle, batching) with `mp_prefetch`.
 
   `train_iterator` has no worker option, so this rebuilds its pipeline (one process, shard 0
@@ -182,19 +209,35 @@ def _worker_iterator(path: str, *, window: int, batch_size: int, seed: int, epis
   per_process = len(source) // batch_size * batch_size
   if per_process == 0:
     raise ValueError(f"{path}: {len(source)} windows, fewer than one batch of {batch_size}")
-  ds = loader._EpochShuffleShard(grain.MapDataset.source(source), seed=seed,  # pylint: disable=protected-access
-                                 per_process_epoch=per_process, process_index=0, process_count=1,
-                                 block=batch_size)
+  ds = loader._EpochShuffleShard(
+    grain.MapDataset.source(source),
+    seed=seed,  # pylint: disable=protected-access
+    per_process_epoch=per_process,
+    process_index=0,
+    process_count=1,
+    block=batch_size,
+  )
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
   ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iter(ds)
 
 
-def measure_loader(path: str, read: str, *, num_threads: int = 4, workers: int = 0, prefetch: int | None = None,
-                   warmup: int = 20, blocks: int = 5, block_batches: int = 100, window: int | None = None,
-                   batch_size: int | None = None, fields: Sequence[str] | None = None, seed: int = 0
-                   ) -> dict[str, Any]:
+def measure_loader(
+  path: str,
+  read: str,
+  *,
+  num_threads: int = 4,
+  workers: int = 0,
+  prefetch: int | None = None,
+  warmup: int = 20,
+  blocks: int = 5,
+  block_batches: int = 100,
+  window: int | None = None,
+  batch_size: int | None = None,
+  fields: Sequence[str] | None = None,
+  seed: int = 0,
+) -> dict[str, Any]:
   """Frames/s that the loader delivers for one read and one setting (see the module docstring).
 
   Args:
@@ -223,8 +266,9 @@ def measure_loader(path: str, read: str, *, num_threads: int = 4, workers: int =
   prefetch = int(spec["prefetch"] if prefetch is None else prefetch)
   store = EpisodeStore.open(path)
   train_ids, _ = store.split(float(spec["config"].data.eval_fraction))
-  kwargs = dict(window=T, batch_size=B, seed=seed, episode_ids=train_ids, num_threads=num_threads,
-                prefetch=prefetch, fields=fields)
+  kwargs = dict(
+    window=T, batch_size=B, seed=seed, episode_ids=train_ids, num_threads=num_threads, prefetch=prefetch, fields=fields
+  )
   load_before = _load()
   t0 = time.perf_counter()
   if workers:
@@ -256,12 +300,32 @@ def measure_loader(path: str, read: str, *, num_threads: int = 4, workers: int =
     del it
   fps = statistics.median(block_fps)
   return dict(
-      bench="loader", read=read, store=os.path.basename(os.path.normpath(path)), window=T, batch=B,
-      fields=list(fields), num_threads=int(num_threads), workers=int(workers), prefetch=prefetch,
-      warmup=warmup, blocks=blocks, block_batches=block_batches, batches=blocks * block_batches, frames=frames,
-      frames_per_batch=B * T, bytes_per_frame=bytes_per_frame, startup_s=startup_s, block_s=block_s,
-      block_fps=block_fps, fps=fps, fps_min=min(block_fps), fps_max=max(block_fps),
-      mb_per_s=fps * bytes_per_frame / 1e6, load_before=load_before, **_load())
+    bench="loader",
+    read=read,
+    store=os.path.basename(os.path.normpath(path)),
+    window=T,
+    batch=B,
+    fields=list(fields),
+    num_threads=int(num_threads),
+    workers=int(workers),
+    prefetch=prefetch,
+    warmup=warmup,
+    blocks=blocks,
+    block_batches=block_batches,
+    batches=blocks * block_batches,
+    frames=frames,
+    frames_per_batch=B * T,
+    bytes_per_frame=bytes_per_frame,
+    startup_s=startup_s,
+    block_s=block_s,
+    block_fps=block_fps,
+    fps=fps,
+    fps_min=min(block_fps),
+    fps_max=max(block_fps),
+    mb_per_s=fps * bytes_per_frame / 1e6,
+    load_before=load_before,
+    **_load(),
+  )
 
 
 # ------------------------------------------------------------------------------------------ step
@@ -286,8 +350,9 @@ def measure_step(read: str, path: str, *, steps: int = 3, warmup: int = 1) -> di
     shape = (16, 16)
     if "latents" in store.array_names:
       shape = tuple(int(s) for s in store.metadata["extra_arrays"]["latents"]["trailing_shape"])
-    rec = ts.run_dynamics_step(ts.dynamics_size_config("toy"), latent_shape=shape, steps=steps, warmup=warmup,
-                               size="toy")
+    rec = ts.run_dynamics_step(
+      ts.dynamics_size_config("toy"), latent_shape=shape, steps=steps, warmup=warmup, size="toy"
+    )
   else:
     raise ValueError(f"unknown read {read!r}")
   return dict(rec, read=read, **_load())
@@ -318,25 +383,40 @@ def paper_need(mfu: float = 0.4, chips: dict[str, float] | None = None) -> list[
   N, L = dc.data.latent_shape
   Td = int(dc.data.window)
   dyn = fl.dynamics_train_flops(dc.model, N, L, 1, Td, float(dc.loss.bootstrap_fraction))
-  reads = {"tokenizer": (tok["total"] / T, H * W * C, dict(frame_shape=[H, W, C], window=T)),
-           "dynamics": (dyn["total"] / Td, N * L * 4 + 4 + 1, dict(latent_shape=[N, L], window=Td))}
+  reads = {
+    "tokenizer": (tok["total"] / T, H * W * C, dict(frame_shape=[H, W, C], window=T)),
+    "dynamics": (dyn["total"] / Td, N * L * 4 + 4 + 1, dict(latent_shape=[N, L], window=Td)),
+  }
   for read, (flops_per_frame, bytes_per_frame, info) in reads.items():
     for chip, peak in chips.items():
       fps = peak * mfu / flops_per_frame
       per_host = CHIPS_PER_HOST.get(chip, 1)
-      out.append(dict(bench="paper_need", read=read, chip=chip, peak_tflops=peak / 1e12, mfu=mfu,
-                      flops_per_frame=flops_per_frame, bytes_per_frame=bytes_per_frame, fps_per_chip=fps,
-                      mb_per_s_per_chip=fps * bytes_per_frame / 1e6, chips_per_host=per_host,
-                      fps_per_host_process=fps * per_host,
-                      mb_per_s_per_host_process=fps * per_host * bytes_per_frame / 1e6, **info))
+      out.append(
+        dict(
+          bench="paper_need",
+          read=read,
+          chip=chip,
+          peak_tflops=peak / 1e12,
+          mfu=mfu,
+          flops_per_frame=flops_per_frame,
+          bytes_per_frame=bytes_per_frame,
+          fps_per_chip=fps,
+          mb_per_s_per_chip=fps * bytes_per_frame / 1e6,
+          chips_per_host=per_host,
+          fps_per_host_process=fps * per_host,
+          mb_per_s_per_host_process=fps * per_host * bytes_per_frame / 1e6,
+          **info,
+        )
+      )
   return out
 
 
 # ------------------------------------------------------------------------------------------ summary
 
 
-def summarize(loader_recs: Sequence[dict], step_recs: dict[str, dict], paper_recs: Sequence[dict] = (),
-              target: float = TARGET_RATIO) -> dict[str, Any]:
+def summarize(
+  loader_recs: Sequence[dict], step_recs: dict[str, dict], paper_recs: Sequence[dict] = (), target: float = TARGET_RATIO
+) -> dict[str, Any]:
   """One summary per read: ratio = loader fps / toy step fps, at the trainer's setting.
 
   The paper-size read (`tokenizer_paper`) has no toy step; its summary says how many chips of each
@@ -355,11 +435,14 @@ def summarize(loader_recs: Sequence[dict], step_recs: dict[str, dict], paper_rec
     default = [r for r in recs if r["num_threads"] == default_threads and r["workers"] == 0]
     best = max(recs, key=lambda r: r["fps"])
     chosen = default[0] if default else best
-    entry = dict(loader_fps=chosen["fps"], loader_mb_per_s=chosen["mb_per_s"],
-                 loader_setting=dict(num_threads=chosen["num_threads"], workers=chosen["workers"]),
-                 loader_fps_best=best["fps"],
-                 best_setting=dict(num_threads=best["num_threads"], workers=best["workers"]),
-                 loader_fps_min=min(r["fps"] for r in recs))
+    entry = dict(
+      loader_fps=chosen["fps"],
+      loader_mb_per_s=chosen["mb_per_s"],
+      loader_setting=dict(num_threads=chosen["num_threads"], workers=chosen["workers"]),
+      loader_fps_best=best["fps"],
+      best_setting=dict(num_threads=best["num_threads"], workers=best["workers"]),
+      loader_fps_min=min(r["fps"] for r in recs),
+    )
     step = step_recs.get(read)
     if step:
       entry["step_fps"] = step["frames_per_s"]
@@ -368,8 +451,16 @@ def summarize(loader_recs: Sequence[dict], step_recs: dict[str, dict], paper_rec
       entry["target_met"] = entry["ratio"] >= target
     for p in paper_recs:
       if p["read"] == read.removesuffix("_paper"):
-        entry[f"paper_{p['chip']}"] = {k: p[k] for k in ("fps_per_chip", "mb_per_s_per_chip", "chips_per_host",
-                                                        "fps_per_host_process", "mb_per_s_per_host_process")}
+        entry[f"paper_{p['chip']}"] = {
+          k: p[k]
+          for k in (
+            "fps_per_chip",
+            "mb_per_s_per_chip",
+            "chips_per_host",
+            "fps_per_host_process",
+            "mb_per_s_per_host_process",
+          )
+        }
         if read.endswith("_paper"):  # paper-size frames: how many chips this process's loader keeps fed
           entry[f"paper_{p['chip']}"]["chips_fed"] = entry["loader_fps"] / p["fps_per_chip"]
     out["reads"][read] = entry
@@ -387,9 +478,22 @@ def _emit(record: dict, out_path: str):
       f.write(line + "\n")
 
 
-def run(path: str, reads: Sequence[str], threads: Sequence[int], workers: Sequence[int], *,
-        prefetch: int | None, warmup: int, blocks: int, block_batches: int, step_steps: int, mfu: float,
-        emit: Callable[[dict], None], paper_store: str = "", paper_block_batches: int = 10) -> dict[str, Any]:
+def run(
+  path: str,
+  reads: Sequence[str],
+  threads: Sequence[int],
+  workers: Sequence[int],
+  *,
+  prefetch: int | None,
+  warmup: int,
+  blocks: int,
+  block_batches: int,
+  step_steps: int,
+  mfu: float,
+  emit: Callable[[dict], None],
+  paper_store: str = "",
+  paper_block_batches: int = 10,
+) -> dict[str, Any]:
   """Measures every read and setting, the toy steps and the paper need; emits every line; returns the summary.
 
   `path` serves the toy reads, `paper_store` (make_paper_frames_store) the `tokenizer_paper` read,
@@ -411,8 +515,16 @@ def run(path: str, reads: Sequence[str], threads: Sequence[int], workers: Sequen
       continue
     for w in workers:
       for t in threads:
-        rec = measure_loader(read_path, read, num_threads=t, workers=w, prefetch=prefetch, warmup=warmup,
-                             blocks=blocks, block_batches=paper_block_batches if paper else block_batches)
+        rec = measure_loader(
+          read_path,
+          read,
+          num_threads=t,
+          workers=w,
+          prefetch=prefetch,
+          warmup=warmup,
+          blocks=blocks,
+          block_batches=paper_block_batches if paper else block_batches,
+        )
         loader_recs.append(rec)
         emit(rec)
   for read in sorted({r["read"] for r in loader_recs}, key=list(reads).index):
@@ -430,17 +542,32 @@ def run(path: str, reads: Sequence[str], threads: Sequence[int], workers: Sequen
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   ints = lambda s: [int(x) for x in s.split(",") if x]
   p = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.split("\n\n")[0])
-  p.add_argument("--store", default="", help="An existing EpisodeStore (e.g. runs/toy/data); default: collect "
-                 "a fresh toy store into a temporary directory.")
+  p.add_argument(
+    "--store",
+    default="",
+    help="An existing EpisodeStore (e.g. runs/toy/data); default: collect "
+    "a fresh toy store into a temporary directory.",
+  )
   p.add_argument("--episodes", type=int, default=200, help="Episodes of the fresh toy store (64x64 frames).")
-  p.add_argument("--reads", default=",".join(DEFAULT_READS),
-                 help=f"Reads to measure: {', '.join(READS)} (tokenizer_paper writes a temporary store of "
-                 "384x640 frames, about 100 MB on disk).")
-  p.add_argument("--paper_block_batches", type=int, default=10,
-                 help="Batches per timed block of tokenizer_paper (one 16-frame window each).")
+  p.add_argument(
+    "--reads",
+    default=",".join(DEFAULT_READS),
+    help=f"Reads to measure: {', '.join(READS)} (tokenizer_paper writes a temporary store of "
+    "384x640 frames, about 100 MB on disk).",
+  )
+  p.add_argument(
+    "--paper_block_batches",
+    type=int,
+    default=10,
+    help="Batches per timed block of tokenizer_paper (one 16-frame window each).",
+  )
   p.add_argument("--num_threads", type=ints, default=[1, 2, 4], help="Grain read threads, one setting each.")
-  p.add_argument("--workers", type=ints, default=[0, 2],
-                 help="Grain worker processes, one setting each (0: none, the trainer's path).")
+  p.add_argument(
+    "--workers",
+    type=ints,
+    default=[0, 2],
+    help="Grain worker processes, one setting each (0: none, the trainer's path).",
+  )
   p.add_argument("--prefetch", type=int, default=0, help="Grain prefetch buffer (batches); 0: the config's.")
   p.add_argument("--warmup", type=int, default=20, help="Untimed batches per setting.")
   p.add_argument("--blocks", type=int, default=5, help="Timed blocks per setting (the median counts).")
@@ -462,6 +589,7 @@ def main(argv: Sequence[str] | None = None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from absl import flags
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain reads its absl flags; keep their defaults
   emit = lambda rec: _emit(rec, args.out)
@@ -474,15 +602,36 @@ def main(argv: Sequence[str] | None = None):
       t0 = time.perf_counter()
       make_store(path, episodes=args.episodes)
       from data_pipelines.episodes import EpisodeStore
+
       s = EpisodeStore.open(path)
-      emit(dict(bench="store", path="fresh toy store (temporary)", episodes=s.num_episodes, frames=s.num_frames,
-                frame_shape=list(s.frame_shape), arrays=list(s.array_names), latents="random",
-                seconds=time.perf_counter() - t0, **_load()))
+      emit(
+        dict(
+          bench="store",
+          path="fresh toy store (temporary)",
+          episodes=s.num_episodes,
+          frames=s.num_frames,
+          frame_shape=list(s.frame_shape),
+          arrays=list(s.array_names),
+          latents="random",
+          seconds=time.perf_counter() - t0,
+          **_load(),
+        )
+      )
     elif path:
       from data_pipelines.episodes import EpisodeStore
+
       s = EpisodeStore.open(path)
-      emit(dict(bench="store", path=path, episodes=s.num_episodes, frames=s.num_frames,
-                frame_shape=list(s.frame_shape), arrays=list(s.array_names), **_load()))
+      emit(
+        dict(
+          bench="store",
+          path=path,
+          episodes=s.num_episodes,
+          frames=s.num_frames,
+          frame_shape=list(s.frame_shape),
+          arrays=list(s.array_names),
+          **_load(),
+        )
+      )
     paper_store = ""
     if any(r.endswith("_paper") for r in args.reads):
       tmp = tmp or tempfile.mkdtemp(prefix="bench-loader-")
@@ -490,15 +639,36 @@ def main(argv: Sequence[str] | None = None):
       t0 = time.perf_counter()
       make_paper_frames_store(paper_store)
       from data_pipelines.episodes import EpisodeStore
+
       s = EpisodeStore.open(paper_store)
       raw = s.num_frames * int(np.prod(s.frame_shape))
-      emit(dict(bench="store", path="synthetic paper-size frames (temporary)", episodes=s.num_episodes,
-                frames=s.num_frames, frame_shape=list(s.frame_shape),
-                frames_compression=raw / _disk_bytes(os.path.join(paper_store, "frames")),
-                seconds=time.perf_counter() - t0, **_load()))
-    run(path, args.reads, args.num_threads, args.workers, prefetch=args.prefetch or None, warmup=args.warmup,
-        blocks=args.blocks, block_batches=args.block_batches, step_steps=args.step_steps, mfu=args.mfu, emit=emit,
-        paper_store=paper_store, paper_block_batches=args.paper_block_batches)
+      emit(
+        dict(
+          bench="store",
+          path="synthetic paper-size frames (temporary)",
+          episodes=s.num_episodes,
+          frames=s.num_frames,
+          frame_shape=list(s.frame_shape),
+          frames_compression=raw / _disk_bytes(os.path.join(paper_store, "frames")),
+          seconds=time.perf_counter() - t0,
+          **_load(),
+        )
+      )
+    run(
+      path,
+      args.reads,
+      args.num_threads,
+      args.workers,
+      prefetch=args.prefetch or None,
+      warmup=args.warmup,
+      blocks=args.blocks,
+      block_batches=args.block_batches,
+      step_steps=args.step_steps,
+      mfu=args.mfu,
+      emit=emit,
+      paper_store=paper_store,
+      paper_block_batches=args.paper_block_batches,
+    )
   finally:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)

@@ -28,17 +28,35 @@ N, L = 16, 16  # the toy tokenizer's latents
 
 
 def model_cfg(depth: int, scan: bool, remat: bool, policy: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      group=2, num_registers=2, k_max=64, width=128, depth=depth, num_heads=4, num_kv_heads=2,
-      head_dim=32, mlp_dim=512, time_every=2, softcap=50.0, context=16, dtype="float32",
-      remat=remat, remat_policy=policy, scan_layers=scan, spatial_pos=False, attention="dense"))
+  return ml_collections.ConfigDict(
+    dict(
+      group=2,
+      num_registers=2,
+      k_max=64,
+      width=128,
+      depth=depth,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=32,
+      mlp_dim=512,
+      time_every=2,
+      softcap=50.0,
+      context=16,
+      dtype="float32",
+      remat=remat,
+      remat_policy=policy,
+      scan_layers=scan,
+      spatial_pos=False,
+      attention="dense",
+    )
+  )
 
 
-def measure(depth: int, scan: bool, remat: bool, policy: str = "nothing", B: int = 4, T: int = 16,
-            steps: int = 0) -> dict:
+def measure(
+  depth: int, scan: bool, remat: bool, policy: str = "nothing", B: int = 4, T: int = 16, steps: int = 0
+) -> dict:
   with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: Dynamics.from_config(model_cfg(depth, scan, remat, policy), N, L, SPEC,
-                                                        nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: Dynamics.from_config(model_cfg(depth, scan, remat, policy), N, L, SPEC, nnx.Rngs(0)))
   graphdef, params = nnx.split(model, nnx.Param)
   z = jax.ShapeDtypeStruct((B, T, N, L), jnp.float32)
   idx = jax.ShapeDtypeStruct((B, T), jnp.int32)
@@ -64,11 +82,18 @@ def measure(depth: int, scan: bool, remat: bool, policy: str = "nothing", B: int
       jax.block_until_ready(compiled(*concrete))
       times.append(time.perf_counter() - t)
     step_s = round(sorted(times[1:])[len(times[1:]) // 2], 4)
-  return dict(depth=depth, scan_layers=scan, remat=remat, remat_policy=policy if remat else None,
-              lower_s=round(t1 - t0, 2), compile_s=round(t2 - t1, 2),
-              hlo_lines=len(lowered.as_text().splitlines()),
-              temp_MiB=round(mem.temp_size_in_bytes / 2**20, 2),
-              argument_MiB=round(mem.argument_size_in_bytes / 2**20, 2), step_s=step_s)
+  return dict(
+    depth=depth,
+    scan_layers=scan,
+    remat=remat,
+    remat_policy=policy if remat else None,
+    lower_s=round(t1 - t0, 2),
+    compile_s=round(t2 - t1, 2),
+    hlo_lines=len(lowered.as_text().splitlines()),
+    temp_MiB=round(mem.temp_size_in_bytes / 2**20, 2),
+    argument_MiB=round(mem.argument_size_in_bytes / 2**20, 2),
+    step_s=step_s,
+  )
 
 
 def main():

@@ -50,7 +50,8 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import app, flags
 
@@ -61,15 +62,20 @@ SIZES = ("small", "matmul")
 DYNAMICS_SIZES = ("toy", "flow_only", "all_bootstrap")
 
 _PHASE = flags.DEFINE_enum("phase", "tokenizer", PHASES, "Which phase's train step to measure.")
-_SIZES = flags.DEFINE_list("sizes", None, f"Benchmark sizes: tokenizer {', '.join(SIZES)} (default all); "
-                           f"dynamics {', '.join(DYNAMICS_SIZES)} (default all).")
+_SIZES = flags.DEFINE_list(
+  "sizes",
+  None,
+  f"Benchmark sizes: tokenizer {', '.join(SIZES)} (default all); dynamics {', '.join(DYNAMICS_SIZES)} (default all).",
+)
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per size (after one warm-up step).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after the compile.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Fake CPU devices for the data mesh (correctness only).")
-_PEAK_SIZES = flags.DEFINE_list("peak_sizes", ["1024", "2048"],
-                                "Matrix sizes of the matmul peak; the largest one is the MFU reference.")
-_DATA = flags.DEFINE_string("data", "", "An existing toy EpisodeStore with 64x64 frames; default: "
-                            "collect one into a temporary directory.")
+_PEAK_SIZES = flags.DEFINE_list(
+  "peak_sizes", ["1024", "2048"], "Matrix sizes of the matmul peak; the largest one is the MFU reference."
+)
+_DATA = flags.DEFINE_string(
+  "data", "", "An existing toy EpisodeStore with 64x64 frames; default: collect one into a temporary directory."
+)
 _OUT = flags.DEFINE_string("out", "", "Append the JSON lines to this file as well.")
 
 
@@ -88,7 +94,6 @@ def matmul_peak(sizes: Sequence[int] = (1024, 2048), repeats: int = 5, dtype: st
     One dict per size with n, dtype, seconds (best) and gflops.
   """
   import jax
-  import jax.numpy as jnp
 
   matmul = jax.jit(lambda a, b: a @ b)
   out = []
@@ -118,13 +123,13 @@ def size_config(size: str):
   if size == "matmul":
     c = tokenizer.get_config("toy")
     m = c.model
-    m.patch_size = 8        # 64x64 frames -> 64 patches
-    m.num_latents = 64      # + 64 latents = 128 tokens per frame
+    m.patch_size = 8  # 64x64 frames -> 64 patches
+    m.num_latents = 64  # + 64 latents = 128 tokens per frame
     m.width = 768
     m.num_heads = 6
     m.num_kv_heads = 6
-    m.head_dim = 128        # few wide heads: bigger attention matmuls than 12 x 64
-    m.mlp_dim = 3072        # 4x width (SwiGLU)
+    m.head_dim = 128  # few wide heads: bigger attention matmuls than 12 x 64
+    m.mlp_dim = 3072  # 4x width (SwiGLU)
     m.enc_depth = 4
     m.dec_depth = 4
     c.loss.lpips_weight = 0.0
@@ -143,15 +148,17 @@ def _read_batches(data_path: str, window: int, batch_size: int, count: int) -> l
 
   store = EpisodeStore.open(data_path)
   train_ids, _ = store.split(0.1)
-  it = loader.train_iterator(data_path, window=window, batch_size=batch_size, seed=0, episode_ids=train_ids,
-                             num_threads=1, prefetch=1)
+  it = loader.train_iterator(
+    data_path, window=window, batch_size=batch_size, seed=0, episode_ids=train_ids, num_threads=1, prefetch=1
+  )
   batches = [{"frames": next(it)["frames"]} for _ in range(count)]
   del it
   return batches
 
 
-def _compile_and_time(p_train, state, device_batches, key, frozen, *, warmup: int,
-                      peak_fn: Callable[[], float] | None = None) -> dict[str, Any]:
+def _compile_and_time(
+  p_train, state, device_batches, key, frozen, *, warmup: int, peak_fn: Callable[[], float] | None = None
+) -> dict[str, Any]:
   """Compiles the TrainStep `p_train` for the batches once, then times it.
 
   Every call reuses that executable (`compiles` stays 1). The first `warmup` batches run
@@ -170,8 +177,11 @@ def _compile_and_time(p_train, state, device_batches, key, frozen, *, warmup: in
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  cost = {k: float(v) * p_train.mesh.size for k, v in dict(cost or {}).items()
-          if k in ("flops", "bytes accessed", "transcendentals")}
+  cost = {
+    k: float(v) * p_train.mesh.size
+    for k, v in dict(cost or {}).items()
+    if k in ("flops", "bytes accessed", "transcendentals")
+  }
   t0 = time.perf_counter()
   for b in device_batches[:warmup]:
     state, metrics = p_train(state, b, key, frozen)
@@ -187,9 +197,17 @@ def _compile_and_time(p_train, state, device_batches, key, frozen, *, warmup: in
   return dict(compile_s=compile_s, cost=cost, warmup_s=warmup_s, times=times, metrics=metrics, peak=peak)
 
 
-def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup: int = 1,
-                   peak_gflops: float | None = None, peak_fn: Callable[[], float] | None = None,
-                   size: str = "custom") -> dict[str, Any]:
+def run_train_step(
+  config,
+  data_path: str,
+  *,
+  mesh=None,
+  steps: int = 3,
+  warmup: int = 1,
+  peak_gflops: float | None = None,
+  peak_fn: Callable[[], float] | None = None,
+  size: str = "custom",
+) -> dict[str, Any]:
   """Builds the tokenizer train step as the trainer does and times it.
 
   Args:
@@ -210,12 +228,13 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
   """
   import jax
   import numpy as np
+
+  from benchmarks import flops as fl
   from data_pipelines import loader
   from data_pipelines.episodes import EpisodeStore
   from dreamer4 import sharding as shd
   from dreamer4.phases.tokenizer import make_phase
   from dreamer4.training import state as st
-  from benchmarks import flops as fl
 
   if steps < 1 or warmup < 1:
     raise ValueError(f"need --steps >= 1 and --warmup >= 1, got {steps} and {warmup}")
@@ -247,25 +266,44 @@ def run_train_step(config, data_path: str, *, mesh=None, steps: int = 3, warmup:
   loss = float(np.asarray(jax.device_get(metrics["loss"])))
 
   step_s = statistics.median(times)
-  analytic = fl.tokenizer_train_flops(config.model, frame_shape, B, T,
-                                      lpips_frames=int(config.loss.lpips_frames), lpips=use_lpips)
+  analytic = fl.tokenizer_train_flops(
+    config.model, frame_shape, B, T, lpips_frames=int(config.loss.lpips_frames), lpips=use_lpips
+  )
   patches = (frame_shape[0] // int(config.model.patch_size)) * (frame_shape[1] // int(config.model.patch_size))
   result = dict(
-      bench="train_step", phase=phase.name, size=size, devices=int(mesh.size),
-      mesh={k: int(v) for k, v in mesh.shape.items()}, frame_shape=list(frame_shape),
-      batch=B, window=T, width=int(config.model.width), heads=int(config.model.num_heads),
-      head_dim=int(config.model.head_dim), mlp_dim=int(config.model.mlp_dim),
-      depth=int(config.model.enc_depth) + int(config.model.dec_depth), lpips=use_lpips,
-      params=int(mdef.num_params()), tokens_per_step=B * T * (patches + int(config.model.num_latents)),
-      compiles=p_train.compiles, setup_s=setup_s, compile_s=compile_s, warmup_step_s=warmup_s,
-      steps=len(times), step_s=step_s, step_s_min=min(times), frames_per_s=B * T / step_s,
-      flops_analytic=int(analytic["total"]),
-      flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},
-      flops_xla=xla_flops, bytes_accessed_xla=cost.get("bytes accessed", 0.0),
-      transcendentals_xla=cost.get("transcendentals", 0.0),
-      analytic_over_xla=analytic["total"] / xla_flops if xla_flops else None,
-      achieved_gflops=analytic["total"] / step_s / 1e9, achieved_gflops_xla=xla_flops / step_s / 1e9,
-      loss=loss,
+    bench="train_step",
+    phase=phase.name,
+    size=size,
+    devices=int(mesh.size),
+    mesh={k: int(v) for k, v in mesh.shape.items()},
+    frame_shape=list(frame_shape),
+    batch=B,
+    window=T,
+    width=int(config.model.width),
+    heads=int(config.model.num_heads),
+    head_dim=int(config.model.head_dim),
+    mlp_dim=int(config.model.mlp_dim),
+    depth=int(config.model.enc_depth) + int(config.model.dec_depth),
+    lpips=use_lpips,
+    params=int(mdef.num_params()),
+    tokens_per_step=B * T * (patches + int(config.model.num_latents)),
+    compiles=p_train.compiles,
+    setup_s=setup_s,
+    compile_s=compile_s,
+    warmup_step_s=warmup_s,
+    steps=len(times),
+    step_s=step_s,
+    step_s_min=min(times),
+    frames_per_s=B * T / step_s,
+    flops_analytic=int(analytic["total"]),
+    flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},
+    flops_xla=xla_flops,
+    bytes_accessed_xla=cost.get("bytes accessed", 0.0),
+    transcendentals_xla=cost.get("transcendentals", 0.0),
+    analytic_over_xla=analytic["total"] / xla_flops if xla_flops else None,
+    achieved_gflops=analytic["total"] / step_s / 1e9,
+    achieved_gflops_xla=xla_flops / step_s / 1e9,
+    loss=loss,
   )
   if peak_gflops:
     result["peak_gflops"] = peak_gflops
@@ -291,8 +329,16 @@ def dynamics_size_config(size: str):
   return c
 
 
-def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 3, warmup: int = 1,
-                      peak_gflops: float | None = None, size: str = "custom") -> dict[str, Any]:
+def run_dynamics_step(
+  config,
+  *,
+  latent_shape=(16, 16),
+  mesh=None,
+  steps: int = 3,
+  warmup: int = 1,
+  peak_gflops: float | None = None,
+  size: str = "custom",
+) -> dict[str, Any]:
   """Times the dynamics phase's shortcut-forcing train step (short windows).
 
   The step is the trainer's (`TrainStep` of the phase's `dynamics_loss`: the shortcut
@@ -307,14 +353,15 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
   """
   import jax
   import numpy as np
+
+  from benchmarks import flops as fl
+  from data_pipelines import loader
   from data_pipelines.envs.base import ActionComponent, ActionSpec
   from dreamer4 import sharding as shd
   from dreamer4.objectives import normalize
   from dreamer4.phases.dynamics import dynamics_loss
   from dreamer4.runs import dynamics_model_def
   from dreamer4.training import state as st
-  from data_pipelines import loader
-  from benchmarks import flops as fl
 
   if steps < 1 or warmup < 1:
     raise ValueError(f"need --steps >= 1 and --warmup >= 1, got {steps} and {warmup}")
@@ -333,9 +380,14 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
   p_train = st.TrainStep(mdef, loss_fn, lambda: normalize.rms_init(("dynamics",)), config.optim, 1000, mesh)
   key = jax.random.key(0)
   rng = np.random.default_rng(0)
-  batches = [dict(latents=np.tanh(rng.normal(size=(B, T, N, L))).astype(np.float32),
-                  actions_discrete=rng.integers(0, 5, (B, T, 1)).astype(np.int32),
-                  action_labelled=np.ones((B, T), bool)) for _ in range(warmup + steps)]
+  batches = [
+    dict(
+      latents=np.tanh(rng.normal(size=(B, T, N, L))).astype(np.float32),
+      actions_discrete=rng.integers(0, 5, (B, T, 1)).astype(np.int32),
+      action_labelled=np.ones((B, T), bool),
+    )
+    for _ in range(warmup + steps)
+  ]
   with jax.set_mesh(mesh):
     state = p_train.init(key)
     device_batches = [loader.global_batch(b, mesh) for b in batches]
@@ -345,15 +397,28 @@ def run_dynamics_step(config, *, latent_shape=(16, 16), mesh=None, steps: int = 
   step_s = statistics.median(times)
   analytic = fl.dynamics_train_flops(config.model, N, L, B, T, float(config.loss.bootstrap_fraction))
   result = dict(
-      bench="train_step", phase="dynamics", size=size, devices=int(mesh.size), batch=B, window=T,
-      latent_shape=[int(N), int(L)], bootstrap_fraction=float(config.loss.bootstrap_fraction),
-      params=int(mdef.num_params()), compiles=p_train.compiles, compile_s=compile_s,
-      steps=len(times), step_s=step_s, step_s_min=min(times), frames_per_s=B * T / step_s,
-      flops_analytic=int(analytic["total"]),
-      flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},
-      flops_xla=xla_flops, analytic_over_xla=analytic["total"] / xla_flops if xla_flops else None,
-      achieved_gflops=analytic["total"] / step_s / 1e9, achieved_gflops_xla=xla_flops / step_s / 1e9,
-      loss=float(np.asarray(jax.device_get(metrics["loss"]))),
+    bench="train_step",
+    phase="dynamics",
+    size=size,
+    devices=int(mesh.size),
+    batch=B,
+    window=T,
+    latent_shape=[int(N), int(L)],
+    bootstrap_fraction=float(config.loss.bootstrap_fraction),
+    params=int(mdef.num_params()),
+    compiles=p_train.compiles,
+    compile_s=compile_s,
+    steps=len(times),
+    step_s=step_s,
+    step_s_min=min(times),
+    frames_per_s=B * T / step_s,
+    flops_analytic=int(analytic["total"]),
+    flops_analytic_parts={k: int(v) for k, v in analytic.items() if k != "total"},
+    flops_xla=xla_flops,
+    analytic_over_xla=analytic["total"] / xla_flops if xla_flops else None,
+    achieved_gflops=analytic["total"] / step_s / 1e9,
+    achieved_gflops_xla=xla_flops / step_s / 1e9,
+    loss=float(np.asarray(jax.device_get(metrics["loss"]))),
   )
   if peak_gflops:
     result["peak_gflops"] = peak_gflops
@@ -398,8 +463,9 @@ def main(argv):
   if _PHASE.value == "dynamics":
     for size in sizes:
       peak = max(peak, max(r["gflops"] for r in matmul_peak([max(peak_sizes)], repeats=3)))
-      rec = run_dynamics_step(dynamics_size_config(size), steps=_STEPS.value, warmup=_WARMUP.value,
-                              peak_gflops=peak, size=size)
+      rec = run_dynamics_step(
+        dynamics_size_config(size), steps=_STEPS.value, warmup=_WARMUP.value, peak_gflops=peak, size=size
+      )
       _emit(rec, _OUT.value)
     return
 
@@ -407,6 +473,7 @@ def main(argv):
     data_path = _DATA.value
     if not data_path:
       from data_pipelines.collect import collect
+
       data_path = os.path.join(tmp, "toy64")
       collect("toy", data_path, episodes=24, seed=0, skills=(0.9, 0.5, 0.0), size=64)
     for size in sizes:
@@ -419,8 +486,9 @@ def main(argv):
 
       config = size_config(size)
       config.data.path = data_path
-      rec = run_train_step(config, data_path, steps=_STEPS.value, warmup=_WARMUP.value, peak_gflops=peak,
-                           peak_fn=peak_again, size=size)
+      rec = run_train_step(
+        config, data_path, steps=_STEPS.value, warmup=_WARMUP.value, peak_gflops=peak, peak_fn=peak_again, size=size
+      )
       peak = max(peak, rec.get("peak_gflops", 0.0))
       _emit(rec, _OUT.value)
 

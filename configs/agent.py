@@ -25,11 +25,11 @@ VARIANTS = ("toy", "tiny", "craftax", "craftax_large")
 
 def agent_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.num_agent_tokens = 1     # agent tokens per frame (paper: unstated; one is enough for one task id)
-  c.mtp = 8                  # L: heads predict offsets n = 0..L [P Eq 9]
-  c.head_hidden = 256        # head MLP width (paper: "small MLP", unstated)
-  c.head_layers = 2          # head MLP depth (unstated)
-  c.context_noise = 0.1      # the heads read frames at the context noise level (our choice, see models/agent.py)
+  c.num_agent_tokens = 1  # agent tokens per frame (paper: unstated; one is enough for one task id)
+  c.mtp = 8  # L: heads predict offsets n = 0..L [P Eq 9]
+  c.head_hidden = 256  # head MLP width (paper: "small MLP", unstated)
+  c.head_layers = 2  # head MLP depth (unstated)
+  c.context_noise = 0.1  # the heads read frames at the context noise level (our choice, see models/agent.py)
   return c
 
 
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.phase = "agent"
   c.variant = variant
-  c.dynamics_workdir = ""    # finished phase-1b workdir (its config.json and checkpoints)
+  c.dynamics_workdir = ""  # finished phase-1b workdir (its config.json and checkpoints)
   c.data = tokenizer_config.data_config(window=16)
   # Data mixture [P §4.1]: this share of every batch comes from task-relevant episodes
   # (positive return) and carries the BC loss; the rest is uniform and carries the dynamics
@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = common.mesh_config("data")
   c.train = common.train_config(batch_size=16, num_steps=900, eval_every=300, summary_every=0)
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_batches = 8       # held-out windows: 128 (a next-action accuracy to about ±2 points)
+  c.eval.num_batches = 8  # held-out windows: 128 (a next-action accuracy to about ±2 points)
 
   if variant == "tiny":
     c.data.window = 4
@@ -91,20 +91,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "craftax":
     # The toy settings with a step budget a 2-core CPU affords (our choice): the agent stage of
     # configs/pipeline.py:craftax.
-    c.train.num_steps = 300    # about 7.5 minutes on 2 cores
-    c.train.eval_every = 150   # one evaluation halfway, one at the end
+    c.train.num_steps = 300  # about 7.5 minutes on 2 cores
+    c.train.eval_every = 150  # one evaluation halfway, one at the end
   if variant == "craftax_large":
     # One GPU, on dynamics.py:craftax_large (the world model's sizes come from its workdir).
     # Steps and batch are our choices and placeholders until measured.
-    c.data.window = 32         # = dynamics.py:craftax_large's short windows (T1)
+    c.data.window = 32  # = dynamics.py:craftax_large's short windows (T1)
     c.agent.head_hidden = 512  # head MLP width, grown with the model (width 768)
     c.mesh = common.mesh_config("single")  # one GPU
-    c.mesh.num_devices = 1     # the first device only
-    c.train.batch_size = 32    # as the dynamics phase it finetunes (placeholder)
+    c.mesh.num_devices = 1  # the first device only
+    c.train.batch_size = 32  # as the dynamics phase it finetunes (placeholder)
     c.train.num_steps = 20_000  # placeholder
     c.train.eval_every = 2000  # next-action accuracy 10 times per run
     c.train.checkpoint_every = 1000  # lose at most 1000 steps to an interruption
-    c.train.log_every = 100    # scalar metrics
+    c.train.log_every = 100  # scalar metrics
     c.optim = common.optim_config(lr=3e-4, warmup_steps=500)  # the dynamics variant's peak lr (finetuning)
-    c.eval.num_batches = 8     # held-out windows: 256
+    c.eval.num_batches = 8  # held-out windows: 256
   return c

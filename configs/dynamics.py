@@ -32,24 +32,24 @@ VARIANTS = ("toy", "tiny", "paper", "craftax", "craftax_large")
 def model_config(variant: str) -> ml_collections.ConfigDict:
   """Dynamics size. Widths/depths are our choice (paper: 1.6B total, unstated shapes)."""
   c = ml_collections.ConfigDict()
-  c.group = 2                # latent tokens concatenated per spatial token (paper: 512x16 -> 256x32)
-  c.num_registers = 2        # S_r learned register tokens per frame (paper: unstated)
-  c.k_max = 64               # finest step size 1/k_max; the tau/d grid (paper: unstated, 64 common)
-  c.width = 128              # model width
-  c.depth = 8                # layers (a time layer every time_every)
-  c.num_heads = 4            # query heads
-  c.num_kv_heads = 2         # GQA key/value heads (the paper uses GQA everywhere in the dynamics)
-  c.head_dim = 32            # per-head width
-  c.mlp_dim = 512            # SwiGLU hidden width
-  c.time_every = 2           # a causal time layer every N layers (the N-th of each group); the
-                             # toy uses 2 (paper: 4): with 8 layers, 4 causes only one time layer
-                             # followed by space layers, and next-frame latent error fell slowly
-  c.softcap = 50.0           # attention-logit soft cap
-  c.context = 16             # C: sliding time window in frames; must be < data.long_window
-  c.dtype = "float32"        # compute dtype (params are float32)
-  c.remat = False            # rematerialise each block
+  c.group = 2  # latent tokens concatenated per spatial token (paper: 512x16 -> 256x32)
+  c.num_registers = 2  # S_r learned register tokens per frame (paper: unstated)
+  c.k_max = 64  # finest step size 1/k_max; the tau/d grid (paper: unstated, 64 common)
+  c.width = 128  # model width
+  c.depth = 8  # layers (a time layer every time_every)
+  c.num_heads = 4  # query heads
+  c.num_kv_heads = 2  # GQA key/value heads (the paper uses GQA everywhere in the dynamics)
+  c.head_dim = 32  # per-head width
+  c.mlp_dim = 512  # SwiGLU hidden width
+  c.time_every = 2  # a causal time layer every N layers (the N-th of each group); the
+  # toy uses 2 (paper: 4): with 8 layers, 4 causes only one time layer
+  # followed by space layers, and next-frame latent error fell slowly
+  c.softcap = 50.0  # attention-logit soft cap
+  c.context = 16  # C: sliding time window in frames; must be < data.long_window
+  c.dtype = "float32"  # compute dtype (params are float32)
+  c.remat = False  # rematerialise each block
   c.remat_policy = "nothing"  # with remat, what each scanned layer group saves: "nothing" (its input
-                             # only), "inputs" (every layer's input), "attention" (+ attention outputs)
+  # only), "inputs" (every layer's input), "attention" (+ attention outputs)
   # Attention implementation (dreamer4/models/transformer.py, ATTENTION_IMPLS): "dense" (the
   # reference einsum), "chunked" (the same per chunk of 128 queries: logits memory bounded by
   # the chunk, soft cap kept; at <= 128 queries, a frame's tokens or a window's frames, it is
@@ -66,7 +66,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   # with it (fixed toy layout) and memorises without it (24% held-out, random layout).
   c.spatial_pos = True
   if variant == "tiny":
-    c.spatial_pos = False    # the test-sized model; tests/models/test_dynamics.py covers both
+    c.spatial_pos = False  # the test-sized model; tests/models/test_dynamics.py covers both
     c.num_registers = 1
     c.k_max = 8
     c.width = 32
@@ -81,41 +81,41 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     # Widths/depths are ours (paper: "1.6B" [P §4]); close to a third-party reimplementation
     # (IamCreateAI/Dreamerv4-MC: width 2048, 32 layers, 16 heads, 4 registers), with GQA (4 KV heads)
     # and a SwiGLU hidden width that brings the total to 1.59B.
-    c.group = 2              # 512x16 latents -> 256 spatial tokens x 32 [P App. A]
-    c.spatial_pos = False    # RoPE only, as the paper states
+    c.group = 2  # 512x16 latents -> 256 spatial tokens x 32 [P App. A]
+    c.spatial_pos = False  # RoPE only, as the paper states
     c.num_registers = 4
     c.k_max = 64
     c.width = 2048
     c.depth = 32
     c.num_heads = 16
-    c.num_kv_heads = 4       # GQA in every layer of the dynamics model [P §3.4]
+    c.num_kv_heads = 4  # GQA in every layer of the dynamics model [P §3.4]
     c.head_dim = 128
     c.mlp_dim = 6400
-    c.time_every = 4         # time attention in one layer of four [P §3.4]
-    c.context = 192          # C = 192 frames (9.6 s at 20 FPS) [P §4]
+    c.time_every = 4  # time attention in one layer of four [P §3.4]
+    c.context = 192  # C = 192 frames (9.6 s at 20 FPS) [P §4]
     # Mixed precision: parameters, gradients and Adam state stay float32; matmuls and the
     # residual stream run in bfloat16; RMSNorm, RoPE, attention logits/softmax, the
     # readout and the loss are computed in float32.
     c.dtype = "bfloat16"
-    c.remat = True           # recompute each block in the backward pass (activation memory)
-    c.scan_layers = True     # one scanned layer group: memory and program flat in depth
+    c.remat = True  # recompute each block in the backward pass (activation memory)
+    c.scan_layers = True  # one scanned layer group: memory and program flat in depth
   if variant == "craftax_large":
     # Our sizes for one GPU (the paper has no Craftax dynamics model): 6x the toy's width, 2x its
     # depth. spatial_pos stays on: Craftax's view is player-centred with a fixed inventory strip.
-    c.group = 2              # 64x16 latents -> 32 spatial tokens x 32 (the paper's factor [P App. A])
-    c.num_registers = 4      # S_r (the paper variant's)
-    c.k_max = 64             # finest step 1/64, as the toy and paper variants
-    c.width = 768            # model width
-    c.depth = 16             # layers: 4 time layers
-    c.num_heads = 8          # query heads (head_dim x num_heads = width)
-    c.num_kv_heads = 2       # GQA, 4 query heads per KV head as in the paper variant [P §3.4]
-    c.head_dim = 96          # per-head width
-    c.mlp_dim = 3072         # SwiGLU hidden width: 4 x width
-    c.time_every = 4         # time attention in one layer of four [P §3.4]
-    c.context = 64           # C: 64 frames; the short windows (32) fit, the long ones (96) exceed it
-    c.dtype = "bfloat16"     # bf16 matmuls and residual stream (norms, softmax, loss in float32)
-    c.remat = True           # recompute each block in the backward pass (activation memory)
-    c.scan_layers = True     # one scanned layer group: memory and program flat in depth
+    c.group = 2  # 64x16 latents -> 32 spatial tokens x 32 (the paper's factor [P App. A])
+    c.num_registers = 4  # S_r (the paper variant's)
+    c.k_max = 64  # finest step 1/64, as the toy and paper variants
+    c.width = 768  # model width
+    c.depth = 16  # layers: 4 time layers
+    c.num_heads = 8  # query heads (head_dim x num_heads = width)
+    c.num_kv_heads = 2  # GQA, 4 query heads per KV head as in the paper variant [P §3.4]
+    c.head_dim = 96  # per-head width
+    c.mlp_dim = 3072  # SwiGLU hidden width: 4 x width
+    c.time_every = 4  # time attention in one layer of four [P §3.4]
+    c.context = 64  # C: 64 frames; the short windows (32) fit, the long ones (96) exceed it
+    c.dtype = "bfloat16"  # bf16 matmuls and residual stream (norms, softmax, loss in float32)
+    c.remat = True  # recompute each block in the backward pass (activation memory)
+    c.scan_layers = True  # one scanned layer group: memory and program flat in depth
   return c
 
 
@@ -124,11 +124,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"configs/dynamics.py: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
   c = ml_collections.ConfigDict()
-  c.phase = "dynamics"       # which phase dreamer4.main runs
+  c.phase = "dynamics"  # which phase dreamer4.main runs
   c.variant = variant
-  c.tokenizer_workdir = ""   # workdir of the finished tokenizer (frozen; its latents must be in the store)
+  c.tokenizer_workdir = ""  # workdir of the finished tokenizer (frozen; its latents must be in the store)
   c.data = tokenizer_config.data_config(window=8)
-  c.data.long_window = 20    # T2: long windows (> model.context); 0 disables alternating lengths
+  c.data.long_window = 20  # T2: long windows (> model.context); 0 disables alternating lengths
   # (num_latents, latent_dim) of the tokenizer's latents, used only by --dry_run without a
   # tokenizer_workdir; a real run reads them from the store's latents.
   c.data.latent_shape = ml_collections.FieldReference(None, field_type=tuple)
@@ -137,8 +137,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.bootstrap_fraction = 0.25  # rows trained with Eq-4 step sizes (3 forward passes); the rest flow-only
   c.loss.independent_fraction = 0.3  # rows trained as independent images (diagonal time mask) [P §4]
-  c.loss.ramp = True         # ramp weight 0.9 tau + 0.1 [P Eq 8]; the toy turns it off (below)
-  c.loss.rms_decay = 0.99    # EMA decay of the RMS loss normaliser
+  c.loss.ramp = True  # ramp weight 0.9 tau + 0.1 [P Eq 8]; the toy turns it off (below)
+  c.loss.rms_decay = 0.99  # EMA decay of the RMS loss normaliser
 
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
   c.mesh = common.mesh_config("data")
@@ -153,17 +153,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # world. The paper variant keeps the ramp.
     c.loss.ramp = False
 
-  c.train = common.train_config(batch_size=16, num_steps=3000, eval_every=0, summary_every=0)  # eval at the end only (K=64 rollouts are slow on CPU)
-  c.train.long_every = 10    # every N-th step uses a long window (T2)
+  c.train = common.train_config(
+    batch_size=16, num_steps=3000, eval_every=0, summary_every=0
+  )  # eval at the end only (K=64 rollouts are slow on CPU)
+  c.train.long_every = 10  # every N-th step uses a long window (T2)
   c.train.long_final_steps = 150  # the last N steps use long windows only (long finetune)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_batches = 2     # held-out batches per evaluation
+  c.eval.num_batches = 2  # held-out batches per evaluation
   c.eval.context_frames = 4  # C_eval: true frames given before generating
-  c.eval.horizon = 16        # frames generated (window = context_frames + horizon <= data.long_window)
+  c.eval.horizon = 16  # frames generated (window = context_frames + horizon <= data.long_window)
   c.eval.sampling_steps = (1, 2, 4, 8, 64)  # K values compared (shortcut steps per frame)
   c.eval.context_noise = 0.1  # history corrupted to signal 1 - 0.1 (the paper's "tau_ctx = 0.1")
-  c.eval.videos = 4          # rollouts written to TensorBoard (truth | generated)
+  c.eval.videos = 4  # rollouts written to TensorBoard (truth | generated)
 
   if variant == "tiny":
     c.data.window = 4
@@ -182,7 +184,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.sampling_steps = (1, 4)
     c.eval.videos = 2
   if variant == "paper":
-    c.data.window = 64       # T1: short batches [P §4]
+    c.data.window = 64  # T1: short batches [P §4]
     c.data.long_window = 256  # T2: long batches (> context 192)
     c.data.latent_shape = (512, 16)  # the paper tokenizer's latents (for --dry_run without one)
     # Eq 4 step sizes on every row (per frame, as in the paper). A row split (< 1) slices the
@@ -205,20 +207,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "craftax":
     # The toy model and settings with a step budget a 2-core CPU affords (our choice): the
     # dynamics stage of configs/pipeline.py:craftax.
-    c.train.num_steps = 1500   # about 14 minutes on 2 cores with the evaluation (0.53 s/step measured)
+    c.train.num_steps = 1500  # about 14 minutes on 2 cores with the evaluation (0.53 s/step measured)
     c.train.long_final_steps = 100  # the long-only finetune, shortened with the run
-    c.eval.num_batches = 1     # one held-out batch: rollouts are the slow part on CPU
+    c.eval.num_batches = 1  # one held-out batch: rollouts are the slow part on CPU
     c.eval.sampling_steps = (1, 4)  # K = 1 and the K = 4 the agent phases use
   if variant == "craftax_large":
     # One GPU, latents of tokenizer.py:craftax_large on the default Craftax collection (1M frames,
     # episodes up to 2000 steps). Steps and batch are our choices and placeholders until measured.
-    c.data.window = 32       # T1: short windows, half the context
+    c.data.window = 32  # T1: short windows, half the context
     c.data.long_window = 96  # T2: long windows (> context 64) [P §3.4]
     c.data.latent_shape = (64, 16)  # tokenizer.py:craftax_large's latents (for --dry_run without one)
     c.loss.bootstrap_fraction = 0.25  # one device holds the whole batch, so a row split keeps its sharding
-    c.loss.ramp = True       # Eq 8 ramp weight, as in the paper (the toy's measurement was at toy scale)
+    c.loss.ramp = True  # Eq 8 ramp weight, as in the paper (the toy's measurement was at toy scale)
     c.mesh = common.mesh_config("single")  # one GPU
-    c.mesh.num_devices = 1   # the first device only, so a --dry_run on fake CPU devices sizes one GPU
+    c.mesh.num_devices = 1  # the first device only, so a --dry_run on fake CPU devices sizes one GPU
     c.train.batch_size = 32  # 1024 frames per short step, 3072 per long one (placeholder)
     c.train.num_steps = 30_000  # about 30 passes over 1M frames in short windows (placeholder)
     c.train.long_every = 10  # every 10th step long, as the toy and paper variants
@@ -229,6 +231,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 100  # scalar metrics
     c.optim = common.optim_config(lr=3e-4, warmup_steps=1000)  # the paper variant's peak lr, shorter warm-up
     c.eval.context_frames = 16  # C_eval: true frames given before generating
-    c.eval.horizon = 64      # frames generated (16 + 64 <= long_window 96)
+    c.eval.horizon = 64  # frames generated (16 + 64 <= long_window 96)
     c.eval.sampling_steps = (1, 2, 4, 8, 64)  # K values compared, as the toy
   return c

@@ -18,12 +18,12 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg  # one variant: sizes come from the tokenizer's own config.json
   c = ml_collections.ConfigDict()
-  c.phase = "encode"         # dreamer4.main runs the encode job
-  c.tokenizer_workdir = ""   # workdir of a finished tokenizer run
+  c.phase = "encode"  # dreamer4.main runs the encode job
+  c.tokenizer_workdir = ""  # workdir of a finished tokenizer run
   c.data = ml_collections.ConfigDict()
-  c.data.path = ""           # EpisodeStore to encode (latents are written into it)
+  c.data.path = ""  # EpisodeStore to encode (latents are written into it)
   c.encode = ml_collections.ConfigDict()
   c.encode.block_frames = 64  # frames per encoded block (plus a halo of earlier frames)
-  c.encode.batch_blocks = 8   # blocks per jitted call (global; divides over the data axes)
+  c.encode.batch_blocks = 8  # blocks per jitted call (global; divides over the data axes)
   c.mesh = common.mesh_config("data")
   return c

@@ -20,8 +20,8 @@ import ml_collections
 
 from configs import agent as agent_config
 from configs import dynamics as dynamics_config
-from configs import imagine as imagine_config
 from configs import encode as encode_config
+from configs import imagine as imagine_config
 from configs import tokenizer as tokenizer_config
 
 VARIANTS = ("toy", "tiny", "craftax", "craftax_large")
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
   c = ml_collections.ConfigDict()
-  c.phase = "pipeline"       # dreamer4.main runs the stages below in order
+  c.phase = "pipeline"  # dreamer4.main runs the stages below in order
   c.variant = variant
   # Phase 2 and 3 (agent, imagine) and the evaluation repeat for seeds 0..seeds-1 on the one world
   # model (tokenizer + dynamics); seed s > 0 lives in WORKDIR/seed<s>/. The table reports mean ± std.
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stages = ("collect", "tokenizer", "encode", "dynamics", "agent", "imagine", "evaluate")  # in this order
 
   c.collect = ml_collections.ConfigDict()
-  c.collect.env = "toy"      # environment name (data_pipelines.envs.make_env)
+  c.collect.env = "toy"  # environment name (data_pipelines.envs.make_env)
   # 2000 episodes (~47k frames) on fixed goal cells: our choice for the toy. With goals placed
   # anew every episode and 400 episodes, a probe (2x512 MLP on frame latents + task -> next
   # action) fits the training set but stays at chance on held-out episodes (25%, also with 2000
@@ -48,11 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # episodes (the behaviour data acts greedily 51% of the time, so ~60% is the ceiling).
   c.collect.episodes = 2000  # episodes in the dataset
   c.collect.layout = "fixed"  # toy goal cells: "fixed" or "random" (data_pipelines/envs/toy.py)
-  c.collect.seed = 0         # collection seed
+  c.collect.seed = 0  # collection seed
   c.collect.skills = "0.9,0.6,0.3,0.0"  # behaviour-policy skills, one drawn per episode (mixed quality)
-  c.collect.size = 64        # frame height and width
-  c.collect.max_steps = 64   # steps after which an episode is truncated
-  c.collect.frames = 0       # craftax only: collect until this many frames instead of collect.episodes (0: off)
+  c.collect.size = 64  # frame height and width
+  c.collect.max_steps = 64  # steps after which an episode is truncated
+  c.collect.frames = 0  # craftax only: collect until this many frames instead of collect.episodes (0: off)
 
   # Each trained stage is its phase config's variant of the same name (steps and sizes live there).
   c.tokenizer = tokenizer_config.get_config(variant)
@@ -62,11 +62,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.imagine = imagine_config.get_config(variant)
 
   c.evaluate = ml_collections.ConfigDict()
-  c.evaluate.episodes = 60   # real-environment episodes per agent (tasks cycled, seeded)
+  c.evaluate.episodes = 60  # real-environment episodes per agent (tasks cycled, seeded)
   c.evaluate.seed = 0
   c.evaluate.batch_size = 12  # environments stepped together
-  c.evaluate.max_steps = 0   # cap on episode steps (0: the environment's own limit)
-  c.evaluate.tasks = ""      # comma-separated task names to cycle through ("": all of the env's tasks)
+  c.evaluate.max_steps = 0  # cap on episode steps (0: the environment's own limit)
+  c.evaluate.tasks = ""  # comma-separated task names to cycle through ("": all of the env's tasks)
   if variant == "tiny":
     c.seeds = 1
     c.collect.episodes = 24
@@ -97,18 +97,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "craftax_large":
     # One 80 GB GPU (our choice, not the paper's scale): the stages are the phases' craftax_large
     # variants, whose step counts are placeholders until step times are measured.
-    c.seeds = 1                # one seed until the agent phases' times are known; raise for mean ± std
+    c.seeds = 1  # one seed until the agent phases' times are known; raise for mean ± std
     c.collect.env = "craftax"  # Craftax-Classic from pixels
-    c.collect.layout = ""      # toy only
+    c.collect.layout = ""  # toy only
     c.collect.frames = 1_000_000  # frame budget, as `python -m data_pipelines.collect --env=craftax` (its default)
-    c.collect.episodes = 0     # no episode cap: collect.frames bounds the dataset
+    c.collect.episodes = 0  # no episode cap: collect.frames bounds the dataset
     c.collect.max_steps = 2000  # data_pipelines.collect's Craftax default (the expert mostly dies earlier)
     c.collect.skills = "0.9,0.5,0.0"  # data_pipelines.collect's default skill mix
     # Every goal the expert's episodes are labelled with (data_pipelines/envs/craftax STAGES),
     # so each task embedding saw training data.
-    c.evaluate.tasks = ("collect_wood,place_table,make_wood_pickaxe,make_wood_sword,collect_stone,place_stone,"
-                        "make_stone_pickaxe,make_stone_sword,place_furnace,collect_coal,collect_iron,"
-                        "make_iron_pickaxe,make_iron_sword,collect_diamond")
-    c.evaluate.episodes = 56   # 4 per task
+    c.evaluate.tasks = (
+      "collect_wood,place_table,make_wood_pickaxe,make_wood_sword,collect_stone,place_stone,"
+      "make_stone_pickaxe,make_stone_sword,place_furnace,collect_coal,collect_iron,"
+      "make_iron_pickaxe,make_iron_sword,collect_diamond"
+    )
+    c.evaluate.episodes = 56  # 4 per task
     c.evaluate.batch_size = 14  # one episode of each task at a time
   return c

@@ -33,13 +33,13 @@ VARIANTS = ("toy", "tiny", "paper", "craftax", "craftax_large")
 
 def data_config(path: str = "", window: int = 2) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.path = path              # EpisodeStore directory or TensorStore kvstore URL
-  c.window = window          # frames per window; one starts at every frame, padded past the episode end (valid_T)
-  c.eval_fraction = 0.1      # share of episodes held out for evaluation (split by episode)
-  c.split_seed = 0           # seed of the train/eval episode split
-  c.seed = 0                 # data order seed (shuffle per epoch)
-  c.num_threads = 4          # Grain read threads per process
-  c.prefetch = 8             # Grain prefetch buffer (batches of windows)
+  c.path = path  # EpisodeStore directory or TensorStore kvstore URL
+  c.window = window  # frames per window; one starts at every frame, padded past the episode end (valid_T)
+  c.eval_fraction = 0.1  # share of episodes held out for evaluation (split by episode)
+  c.split_seed = 0  # seed of the train/eval episode split
+  c.seed = 0  # data order seed (shuffle per epoch)
+  c.num_threads = 4  # Grain read threads per process
+  c.prefetch = 8  # Grain prefetch buffer (batches of windows)
   # (H, W, C) of the frames, used only by --dry_run when no data.path is given; a real run
   # takes the frame shape from the store.
   c.frame_shape = ml_collections.FieldReference(None, field_type=tuple)
@@ -49,22 +49,22 @@ def data_config(path: str = "", window: int = 2) -> ml_collections.ConfigDict:
 def model_config(variant: str) -> ml_collections.ConfigDict:
   """Tokenizer size. Widths/depths are our choice: the paper gives only the 400M total."""
   c = ml_collections.ConfigDict()
-  c.patch_size = 8           # pixels per patch side (paper: 16 at 384x640)
-  c.num_latents = 16         # N_b learned latent tokens per frame (paper: 512)
-  c.latent_dim = 16          # D_b bottleneck channels, tanh (paper: 16)
-  c.width = 128              # model width
-  c.enc_depth = 4            # encoder layers
-  c.dec_depth = 4            # decoder layers
-  c.num_heads = 4            # attention heads
-  c.num_kv_heads = 4         # key/value heads (GQA when fewer than num_heads)
-  c.head_dim = 32            # per-head width
-  c.mlp_dim = 512            # SwiGLU hidden width
-  c.time_every = 4           # a causal time layer every N layers (the N-th of each group)
-  c.softcap = 50.0           # attention-logit soft cap c*tanh(x/c) (Gemma 2's value; paper: unstated)
-  c.dtype = "float32"        # compute dtype; parameters are always float32 (XLA:CPU bf16 is not faster)
-  c.remat = False            # rematerialise each block in the backward pass
+  c.patch_size = 8  # pixels per patch side (paper: 16 at 384x640)
+  c.num_latents = 16  # N_b learned latent tokens per frame (paper: 512)
+  c.latent_dim = 16  # D_b bottleneck channels, tanh (paper: 16)
+  c.width = 128  # model width
+  c.enc_depth = 4  # encoder layers
+  c.dec_depth = 4  # decoder layers
+  c.num_heads = 4  # attention heads
+  c.num_kv_heads = 4  # key/value heads (GQA when fewer than num_heads)
+  c.head_dim = 32  # per-head width
+  c.mlp_dim = 512  # SwiGLU hidden width
+  c.time_every = 4  # a causal time layer every N layers (the N-th of each group)
+  c.softcap = 50.0  # attention-logit soft cap c*tanh(x/c) (Gemma 2's value; paper: unstated)
+  c.dtype = "float32"  # compute dtype; parameters are always float32 (XLA:CPU bf16 is not faster)
+  c.remat = False  # rematerialise each block in the backward pass
   c.remat_policy = "nothing"  # with remat, what each scanned layer group saves: "nothing" (its input
-                             # only), "inputs" (every layer's input), "attention" (+ attention outputs)
+  # only), "inputs" (every layer's input), "attention" (+ attention outputs)
   # Attention implementation (dreamer4/models/transformer.py, ATTENTION_IMPLS): "dense" (the
   # reference einsum), "chunked" (the same per chunk of 128 queries: logits memory bounded by
   # the chunk, soft cap kept; at <= 128 queries, a frame's tokens or a window's frames, it is
@@ -77,12 +77,12 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.scan_layers = False
   # Our choices that make the toy tokenizer learn (README "Tokenizer notes"); without the
   # first three it stalls at the background-only 18.9 dB. See dreamer4/models/tokenizer.py.
-  c.block_skip = True        # linear path latent j <-> its block of P/N patches (needs P % N == 0)
-  c.output = "clip"          # pixel readout: "clip" (linear, straight-through clip) or "sigmoid"
+  c.block_skip = True  # linear path latent j <-> its block of P/N patches (needs P % N == 0)
+  c.output = "clip"  # pixel readout: "clip" (linear, straight-through clip) or "sigmoid"
   c.readout_bias_init = 0.13  # readout bias at init: the toy world's mean pixel value
   c.readout_init_scale = 0.1  # readout kernel init scale: start near the mean image
-  c.context = 2              # time layers read at most this many frames (= data.window: encoding
-                             # whole episodes later keeps each frame's context as in training)
+  c.context = 2  # time layers read at most this many frames (= data.window: encoding
+  # whole episodes later keeps each frame's context as in training)
   if variant == "tiny":
     c.patch_size = 4
     c.num_latents = 4
@@ -100,45 +100,45 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     # Widths/depths are ours (paper: "400M" [P §4]); they follow a third-party reimplementation
     # (IamCreateAI/Dreamerv4-MC: width 1024, 16+16 layers, 8 heads) with a SwiGLU hidden width of
     # about 8/3 of its 4096 GELU FFN, which gives 403M parameters.
-    c.patch_size = 16        # 384x640 -> 24x40 = 960 patches [P App. A]
-    c.num_latents = 512      # N_b [P App. A]
-    c.latent_dim = 16        # D_b
+    c.patch_size = 16  # 384x640 -> 24x40 = 960 patches [P App. A]
+    c.num_latents = 512  # N_b [P App. A]
+    c.latent_dim = 16  # D_b
     c.width = 1024
     c.enc_depth = 16
     c.dec_depth = 16
     c.num_heads = 8
-    c.num_kv_heads = 8       # the paper scopes GQA to the dynamics model
+    c.num_kv_heads = 8  # the paper scopes GQA to the dynamics model
     c.head_dim = 128
     c.mlp_dim = 2688
-    c.time_every = 4         # one causal time layer in four [P §3.4]
+    c.time_every = 4  # one causal time layer in four [P §3.4]
     # Mixed precision: parameters, gradients and Adam state stay float32; matmuls and the
     # residual stream run in bfloat16; RMSNorm, RoPE, attention logits/softmax, the
     # tanh bottleneck, the pixel readout and the losses are computed in float32.
     c.dtype = "bfloat16"
-    c.remat = True           # recompute each block in the backward pass (activation memory)
-    c.scan_layers = True     # one scanned layer group: memory and program flat in depth
-    c.context = 16           # = data.window
-    c.block_skip = False     # 960 patches / 512 latents: no whole blocks; the paper has no skip
+    c.remat = True  # recompute each block in the backward pass (activation memory)
+    c.scan_layers = True  # one scanned layer group: memory and program flat in depth
+    c.context = 16  # = data.window
+    c.block_skip = False  # 960 patches / 512 latents: no whole blocks; the paper has no skip
     c.output = "sigmoid"
     c.readout_bias_init = 0.0
     c.readout_init_scale = 1.0
   if variant == "craftax_large":
     # Our sizes for one GPU (the paper has no Craftax tokenizer): 4x the toy's width, 2x its depth.
-    c.patch_size = 8         # 64x64 frames -> 8x8 = 64 patches
-    c.num_latents = 64       # N_b: one latent token per patch
-    c.latent_dim = 16        # D_b, as in the paper [P App. A]
-    c.width = 512            # 4x the toy width
-    c.enc_depth = 8          # encoder layers
-    c.dec_depth = 8          # decoder layers
-    c.num_heads = 8          # attention heads (head_dim x num_heads = width)
-    c.num_kv_heads = 8       # no GQA: the paper scopes GQA to the dynamics model
-    c.head_dim = 64          # per-head width
-    c.mlp_dim = 2048         # SwiGLU hidden width: 4 x width
-    c.time_every = 4         # one causal time layer in four [P §3.4]
-    c.dtype = "bfloat16"     # bf16 matmuls and residual stream (norms, softmax, losses in float32)
-    c.remat = True           # recompute each block in the backward pass (activation memory)
-    c.scan_layers = True     # one scanned layer group: memory and program flat in depth
-    c.context = 8            # = data.window (encoding keeps each frame's training context)
+    c.patch_size = 8  # 64x64 frames -> 8x8 = 64 patches
+    c.num_latents = 64  # N_b: one latent token per patch
+    c.latent_dim = 16  # D_b, as in the paper [P App. A]
+    c.width = 512  # 4x the toy width
+    c.enc_depth = 8  # encoder layers
+    c.dec_depth = 8  # decoder layers
+    c.num_heads = 8  # attention heads (head_dim x num_heads = width)
+    c.num_kv_heads = 8  # no GQA: the paper scopes GQA to the dynamics model
+    c.head_dim = 64  # per-head width
+    c.mlp_dim = 2048  # SwiGLU hidden width: 4 x width
+    c.time_every = 4  # one causal time layer in four [P §3.4]
+    c.dtype = "bfloat16"  # bf16 matmuls and residual stream (norms, softmax, losses in float32)
+    c.remat = True  # recompute each block in the backward pass (activation memory)
+    c.scan_layers = True  # one scanned layer group: memory and program flat in depth
+    c.context = 8  # = data.window (encoding keeps each frame's training context)
     # block_skip, output and the readout init stay the toy's: the craftax variant trained with them
     # (22.2 dB held-out PSNR); 0.13 is the toy world's mean pixel, not measured on Craftax.
   return c
@@ -149,16 +149,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"configs/tokenizer.py: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
   c = ml_collections.ConfigDict()
-  c.phase = "tokenizer"      # which phase dreamer4.main runs
-  c.variant = variant        # the variant this config was built from (for the record)
+  c.phase = "tokenizer"  # which phase dreamer4.main runs
+  c.variant = variant  # the variant this config was built from (for the record)
   c.data = data_config(window=2)
   c.model = model_config(variant)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lpips_weight = 0.2  # MSE + 0.2 LPIPS, each RMS-normalised [P Eq 5]
-  c.loss.lpips_frames = 4    # LPIPS on this many random frames per step (our CPU-cost choice; <=0: all)
+  c.loss.lpips_frames = 4  # LPIPS on this many random frames per step (our CPU-cost choice; <=0: all)
   c.loss.max_mask_prob = 0.9  # MAE: per-image drop probability p ~ U(0, max_mask_prob)
-  c.loss.rms_decay = 0.99    # EMA decay of the RMS loss normaliser (non-paper choice)
+  c.loss.rms_decay = 0.99  # EMA decay of the RMS loss normaliser (non-paper choice)
 
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100)
   c.mesh = common.mesh_config("data")
@@ -166,7 +166,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = common.train_config(batch_size=8, num_steps=1000, eval_every=500, summary_every=500)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_batches = 4     # held-out batches per evaluation
+  c.eval.num_batches = 4  # held-out batches per evaluation
 
   if variant == "tiny":
     c.data.window = 2
@@ -180,7 +180,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 2
     c.eval.num_batches = 1
   if variant == "paper":
-    c.data.window = 16       # 16-frame windows (as IamCreateAI/Dreamerv4-MC; the paper gives none)
+    c.data.window = 16  # 16-frame windows (as IamCreateAI/Dreamerv4-MC; the paper gives none)
     c.data.frame_shape = (384, 640, 3)  # Minecraft frames zero-padded to 384x640 [P App. A]
     c.loss.lpips_frames = 0  # LPIPS on every frame: a random subset would gather frames across devices
     c.mesh = common.mesh_config("tpu_fsdp")  # FSDP over every device [P §4]
@@ -194,16 +194,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "craftax":
     # The toy model and settings with a step budget a 2-core CPU affords (our choice): the
     # tokenizer stage of configs/pipeline.py:craftax.
-    c.train.num_steps = 800    # about 10 minutes on 2 cores (0.69 s/step measured)
-    c.train.eval_every = 400   # one evaluation halfway, one at the end
+    c.train.num_steps = 800  # about 10 minutes on 2 cores (0.69 s/step measured)
+    c.train.eval_every = 400  # one evaluation halfway, one at the end
   if variant == "craftax_large":
     # One GPU, data from the default Craftax collection (1M frames, episodes up to 2000 steps).
     # Steps and batch are our choices and placeholders until step times are measured.
-    c.data.window = 8        # 8-frame windows: time layers see more context than the toy's 2
+    c.data.window = 8  # 8-frame windows: time layers see more context than the toy's 2
     c.data.frame_shape = (64, 64, 3)  # Craftax frames as collected (for --dry_run without a store)
     c.loss.lpips_frames = 0  # LPIPS on every frame: VGG16 at 64x64 costs little next to the model on a GPU
     c.mesh = common.mesh_config("single")  # one GPU
-    c.mesh.num_devices = 1   # the first device only, so a --dry_run on fake CPU devices sizes one GPU
+    c.mesh.num_devices = 1  # the first device only, so a --dry_run on fake CPU devices sizes one GPU
     c.train.batch_size = 32  # 256 frames per step (placeholder; --dry_run shows the memory)
     c.train.num_steps = 50_000  # about 12 passes over 1M frames (placeholder)
     c.train.eval_every = 2500  # held-out PSNR 20 times per run

@@ -28,13 +28,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from data_pipelines.envs import ENVS, make_env
 from data_pipelines.errors import UserError
-
 
 # Episodes are committed in groups of about one shard of frames: each commit
 # rewrites the partly filled shard, so committing per episode is several times
@@ -59,7 +59,7 @@ def _is_local(output: str) -> bool:
 
 
 def _local_path(output: str) -> str:
-  return output[len("file://"):] if output.startswith("file://") else output
+  return output[len("file://") :] if output.startswith("file://") else output
 
 
 def _check_writable(output: str):
@@ -84,10 +84,21 @@ def _episode_seeds(seed: int, episode: int) -> tuple[int, int, float]:
   return env_seed, policy_seed, float(rng.random())
 
 
-def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
-            skills: Sequence[float] = (0.9, 0.5, 0.0), size: int = 64, append: bool = False,
-            max_steps: int | None = None, frames: int | None = None, num_envs: int = 64, chunk: int = 64,
-            log: Any = None, layout: str | None = None) -> dict[str, Any]:
+def collect(
+  env_name: str,
+  output: str,
+  episodes: int | None,
+  seed: int = 0,
+  skills: Sequence[float] = (0.9, 0.5, 0.0),
+  size: int = 64,
+  append: bool = False,
+  max_steps: int | None = None,
+  frames: int | None = None,
+  num_envs: int = 64,
+  chunk: int = 64,
+  log: Any = None,
+  layout: str | None = None,
+) -> dict[str, Any]:
   """Runs scripted policies in an env and appends the episodes to a store.
 
   Args:
@@ -138,8 +149,9 @@ def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
   if max_steps < 1:
     raise CollectError("max_steps", f"must be >= 1, got {max_steps}")
   if layout is not None and not spec.layouts:
-    raise CollectError("layout", f"only the {_env_names('layouts')} env has layouts; "
-                       f"drop --layout for --env={env_name}")
+    raise CollectError(
+      "layout", f"only the {_env_names('layouts')} env has layouts; drop --layout for --env={env_name}"
+    )
   try:
     env = make_env(env_name, **spec.env_kwargs(size, max_steps, layout))
   except ValueError as e:
@@ -151,14 +163,27 @@ def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
       store = EpisodeStore.open(output, "a")
     except StoreError as e:
       raise CollectError("append", f"{e}") from None
-    if store.metadata["env"] != env.name or store.frame_shape != tuple(env.frame_shape) or \
-        store.action_spec != env.action_spec:
-      raise CollectError("append", f"{output} holds env {store.metadata['env']!r} with frames "
-                         f"{store.frame_shape}; collect with matching --env/--size or a new --output")
+    if (
+      store.metadata["env"] != env.name
+      or store.frame_shape != tuple(env.frame_shape)
+      or store.action_spec != env.action_spec
+    ):
+      raise CollectError(
+        "append",
+        f"{output} holds env {store.metadata['env']!r} with frames "
+        f"{store.frame_shape}; collect with matching --env/--size or a new --output",
+      )
   else:
     try:
-      store = EpisodeStore.create(output, env=env.name, frame_shape=env.frame_shape, action_spec=env.action_spec,
-                                  task_names=env.task_names, fps=env.fps, created_by="data_pipelines.collect")
+      store = EpisodeStore.create(
+        output,
+        env=env.name,
+        frame_shape=env.frame_shape,
+        action_spec=env.action_spec,
+        task_names=env.task_names,
+        fps=env.fps,
+        created_by="data_pipelines.collect",
+      )
     except StoreError as e:
       raise CollectError("output", f"{e}") from None
   for name, columns in spec.frame_arrays.items():
@@ -183,20 +208,29 @@ def collect(env_name: str, output: str, episodes: int | None, seed: int = 0,
       pending, pending_frames = [], 0
 
   if spec.batched:
-    out = spec.collect_batched(env, episode_seeds, skills, num_envs=num_envs, chunk=chunk, max_episodes=episodes,
-                               max_frames=frames, sink=sink, log=log)
+    out = spec.collect_batched(
+      env,
+      episode_seeds,
+      skills,
+      num_envs=num_envs,
+      chunk=chunk,
+      max_episodes=episodes,
+      max_frames=frames,
+      sink=sink,
+      log=log,
+    )
   else:
     out = _play_episodes(env, spec.behaviour, episode_seeds, skills, episodes, sink)
   store.append_many(pending)
   return {
-      "output": output,
-      "episodes": out["episodes"],
-      "frames": out["frames"],
-      "seconds": round(out["seconds"], 3),
-      "frames_per_second": round(out["frames_per_second"], 1),
-      "mean_return": float(np.mean(out["returns"])),
-      "success_rate": float(np.mean(out["successes"])),
-      "total_episodes": store.num_episodes,
+    "output": output,
+    "episodes": out["episodes"],
+    "frames": out["frames"],
+    "seconds": round(out["seconds"], 3),
+    "frames_per_second": round(out["frames_per_second"], 1),
+    "mean_return": float(np.mean(out["returns"])),
+    "success_rate": float(np.mean(out["successes"])),
+    "total_episodes": store.num_episodes,
   }
 
 
@@ -220,15 +254,29 @@ def _play_episodes(env, behaviour, episode_seeds, skills, episodes, sink) -> dic
       actions.append(action)
       rewards.append(reward)
     t = len(frames)
-    sink([dict(frames_THWC=np.stack(frames), actions_discrete_TA=np.stack(actions).astype(np.int32),
-               rewards_T=np.asarray(rewards, np.float32), tasks_T=np.full((t,), task, np.int32),
-               action_labelled_T=np.arange(t) > 0)])  # the first frame holds the null action
+    sink(
+      [
+        dict(
+          frames_THWC=np.stack(frames),
+          actions_discrete_TA=np.stack(actions).astype(np.int32),
+          rewards_T=np.asarray(rewards, np.float32),
+          tasks_T=np.full((t,), task, np.int32),
+          action_labelled_T=np.arange(t) > 0,
+        )
+      ]
+    )  # the first frame holds the null action
     returns.append(float(np.sum(rewards)))
     successes.append(bool(info.get("success", False)))
     frames_total += t
   seconds = time.perf_counter() - t0
-  return {"episodes": episodes, "frames": frames_total, "seconds": seconds,
-          "frames_per_second": frames_total / max(seconds, 1e-9), "returns": returns, "successes": successes}
+  return {
+    "episodes": episodes,
+    "frames": frames_total,
+    "seconds": seconds,
+    "frames_per_second": frames_total / max(seconds, 1e-9),
+    "returns": returns,
+    "successes": successes,
+  }
 
 
 def _env_names(kind: str) -> str:
@@ -238,12 +286,18 @@ def _env_names(kind: str) -> str:
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string("env", "toy", "Environment name (registered in data_pipelines.envs).")
   batched = _env_names("batched")
-  flags.DEFINE_integer("episodes", None, f"Number of episodes to collect (default {DEFAULT_EPISODES}; "
-                       f"{batched}: no cap unless given).")
-  flags.DEFINE_integer("frames", None, f"{batched} only: stop starting episodes after this many frames "
-                       f"(default {DEFAULT_FRAMES:,} when --episodes is not given).")
+  flags.DEFINE_integer(
+    "episodes", None, f"Number of episodes to collect (default {DEFAULT_EPISODES}; {batched}: no cap unless given)."
+  )
+  flags.DEFINE_integer(
+    "frames",
+    None,
+    f"{batched} only: stop starting episodes after this many frames "
+    f"(default {DEFAULT_FRAMES:,} when --episodes is not given).",
+  )
   flags.DEFINE_integer("num_envs", 64, f"{batched} only: episodes stepped together.")
   flags.DEFINE_string("output", None, "Store location: a directory or a TensorStore kvstore URL.")
   flags.DEFINE_integer("seed", 0, "Base seed; episode k uses seeds derived from (seed, k).")
@@ -252,12 +306,14 @@ def _define_flags():
   defaults = ", ".join(f"{n} {spec.max_steps}" for n, spec in ENVS.items())
   flags.DEFINE_integer("max_steps", None, f"Steps after which an episode is truncated (default: {defaults}).")
   flags.DEFINE_bool("append", False, "Append to an existing store instead of creating a new one.")
-  flags.DEFINE_string("layout", None, f"{_env_names('layouts')} only: the env's layout (toy: goal cells, "
-                      "'random' (default) or 'fixed').")
+  flags.DEFINE_string(
+    "layout", None, f"{_env_names('layouts')} only: the env's layout (toy: goal cells, 'random' (default) or 'fixed')."
+  )
 
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}; pass options as --flag=value", file=sys.stderr)
     sys.exit(2)
@@ -270,20 +326,35 @@ def main(argv):
     except ValueError:
       raise CollectError("skills", f"give comma-separated numbers in [0, 1], got {','.join(f.skills)}") from None
     log = lambda m: print(m, file=sys.stderr, flush=True)  # batched collectors report progress
-    summary = collect(f.env, f.output, f.episodes, f.seed, skills, f.size, f.append, f.max_steps,
-                      frames=f.frames, num_envs=f.num_envs, log=log, layout=f.layout)
+    summary = collect(
+      f.env,
+      f.output,
+      f.episodes,
+      f.seed,
+      skills,
+      f.size,
+      f.append,
+      f.max_steps,
+      frames=f.frames,
+      num_envs=f.num_envs,
+      log=log,
+      layout=f.layout,
+    )
   except CollectError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"collected {summary['episodes']} episodes, {summary['frames']} frames in {summary['seconds']:.1f}s "
-        f"({summary['frames_per_second']:.0f} frames/s), mean return {summary['mean_return']:.3f}, "
-        f"success rate {summary['success_rate']:.3f}; {summary['output']} now holds "
-        f"{summary['total_episodes']} episodes")
+  print(
+    f"collected {summary['episodes']} episodes, {summary['frames']} frames in {summary['seconds']:.1f}s "
+    f"({summary['frames_per_second']:.0f} frames/s), mean return {summary['mean_return']:.3f}, "
+    f"success rate {summary['success_rate']:.3f}; {summary['output']} now holds "
+    f"{summary['total_episodes']} episodes"
+  )
 
 
 def _parse_flags(argv):
   """absl flag parsing with a bad flag reported as one 'error:' line and exit code 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -293,5 +364,6 @@ def _parse_flags(argv):
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
+
   _define_flags()
   app.run(main, flags_parser=_parse_flags)

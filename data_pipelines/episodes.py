@@ -49,7 +49,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,6 +81,7 @@ def _ts():
   # Imported lazily so `import data_pipelines.episodes` does no work, and so a
   # process that only forks (never opens a store) never loads tensorstore.
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
+
   return ts
 
 
@@ -114,24 +116,32 @@ def _array_metadata(trailing: Sequence[int], dtype: np.dtype, per_frame_sharded:
   """zarr3 metadata for an array of shape [0, *trailing] that grows along axis 0."""
   trailing = [int(t) for t in trailing]
   # zarr3 forbids an endianness on single-byte types.
-  to_bytes = {"name": "bytes"} if np.dtype(dtype).itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
+  to_bytes = (
+    {"name": "bytes"} if np.dtype(dtype).itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
+  )
   zstd = [to_bytes, {"name": "zstd", "configuration": {"level": 3}}]
   if per_frame_sharded:
     # Shards keep the file count low (one per 1024 frames); inner chunks keep a
     # 16-frame window read from decoding more than it needs.
     chunk_grid = [SHARD_FRAMES] + trailing
-    codecs = [{"name": "sharding_indexed", "configuration": {
-        "chunk_shape": [CHUNK_FRAMES] + trailing,
-        "codecs": zstd,
-        "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]}}]
+    codecs = [
+      {
+        "name": "sharding_indexed",
+        "configuration": {
+          "chunk_shape": [CHUNK_FRAMES] + trailing,
+          "codecs": zstd,
+          "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+        },
+      }
+    ]
   else:
     chunk_grid = [SMALL_CHUNK] + trailing
     codecs = zstd
   return {
-      "shape": [0] + trailing,
-      "data_type": np.dtype(dtype).name,
-      "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk_grid}},
-      "codecs": codecs,
+    "shape": [0] + trailing,
+    "data_type": np.dtype(dtype).name,
+    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk_grid}},
+    "codecs": codecs,
   }
 
 
@@ -168,8 +178,17 @@ class EpisodeStore:
   # ------------------------------------------------------------------ creation
 
   @classmethod
-  def create(cls, path: str, *, env: str, frame_shape: Sequence[int], action_spec: ActionSpec,
-             task_names: Sequence[str], fps: int, created_by: str = "data_pipelines.episodes") -> "EpisodeStore":
+  def create(
+    cls,
+    path: str,
+    *,
+    env: str,
+    frame_shape: Sequence[int],
+    action_spec: ActionSpec,
+    task_names: Sequence[str],
+    fps: int,
+    created_by: str = "data_pipelines.episodes",
+  ) -> EpisodeStore:
     """Creates an empty store (metadata, empty arrays, commit of 0 episodes).
 
     Args:
@@ -189,29 +208,35 @@ class EpisodeStore:
     """
     store = cls(path, kvstore_spec(path), "a")
     if store._kv.list().result():
-      raise StoreError(f"dataset {path}: refusing to create a store where files already exist; "
-                       "choose an empty location, or append to it (collect --append)")
+      raise StoreError(
+        f"dataset {path}: refusing to create a store where files already exist; "
+        "choose an empty location, or append to it (collect --append)"
+      )
     frame_shape = tuple(int(s) for s in frame_shape)
     if len(frame_shape) != 3 or min(frame_shape) < 1:
       raise StoreError(f"dataset {path}: frame_shape must be (H, W, C) with positive sizes, got {frame_shape}")
     store._metadata = {
-        "schema_version": SCHEMA_VERSION,
-        "env": env,
-        "fps": int(fps),
-        "frame_shape": list(frame_shape),
-        "action_spec": action_spec.to_json(),
-        "task_names": list(task_names),
-        "created_by": created_by,
-        "extra_arrays": {},
+      "schema_version": SCHEMA_VERSION,
+      "env": env,
+      "fps": int(fps),
+      "frame_shape": list(frame_shape),
+      "action_spec": action_spec.to_json(),
+      "task_names": list(task_names),
+      "created_by": created_by,
+      "extra_arrays": {},
     }
     ts = _ts()
     try:
       for name, (trailing, dtype, sharded) in store._expected_arrays().items():
-        spec = {"driver": "zarr3", "kvstore": _sub(store._kv_spec, name),
-                "metadata": _array_metadata(trailing, dtype, sharded)}
+        spec = {
+          "driver": "zarr3",
+          "kvstore": _sub(store._kv_spec, name),
+          "metadata": _array_metadata(trailing, dtype, sharded),
+        }
         store._arrays[name] = ts.open(spec, create=True, context=_context()).result()
-      store._arrays[OFFSETS] = store._arrays[OFFSETS].resize(
-          exclusive_max=[SMALL_CHUNK], expand_only=True, resize_metadata_only=True).result()
+      store._arrays[OFFSETS] = (
+        store._arrays[OFFSETS].resize(exclusive_max=[SMALL_CHUNK], expand_only=True, resize_metadata_only=True).result()
+      )
       store._arrays[OFFSETS][0:1].write(np.zeros((1,), np.int64)).result()
       store._write_json("metadata.json", store._metadata)
       store._group_doc = {}  # nothing there yet (checked above)
@@ -223,7 +248,7 @@ class EpisodeStore:
     return store
 
   @classmethod
-  def open(cls, path: str, mode: str = "r") -> "EpisodeStore":
+  def open(cls, path: str, mode: str = "r") -> EpisodeStore:
     """Opens and validates an existing store.
 
     Args:
@@ -240,11 +265,14 @@ class EpisodeStore:
     return store
 
   def _load(self):
-    meta = self._read_json("metadata.json", what="this is not an EpisodeStore; create one with "
-                           "python -m data_pipelines.collect")
+    meta = self._read_json(
+      "metadata.json", what="this is not an EpisodeStore; create one with python -m data_pipelines.collect"
+    )
     if meta.get("schema_version") != SCHEMA_VERSION:
-      self._fail(f"metadata.json has schema_version {meta.get('schema_version')!r}, this code reads "
-                 f"{SCHEMA_VERSION}; {FIX_HINT} or use a matching version of dreamer4-jax")
+      self._fail(
+        f"metadata.json has schema_version {meta.get('schema_version')!r}, this code reads "
+        f"{SCHEMA_VERSION}; {FIX_HINT} or use a matching version of dreamer4-jax"
+      )
     for key in ("env", "fps", "frame_shape", "action_spec", "task_names"):
       if key not in meta:
         self._fail(f"metadata.json lacks the key {key!r}; {FIX_HINT}")
@@ -287,8 +315,17 @@ class EpisodeStore:
       need = num_episodes + 1 if name == OFFSETS else num_frames
       if arr.shape[0] < need:
         # A handle opened before a writer grew the array: reopen to see the new shape.
-        arr = _ts().open({"driver": "zarr3", "kvstore": _sub(self._kv_spec, name)}, open=True, read=True,
-                         write=self._mode == "a", context=_context()).result()
+        arr = (
+          _ts()
+          .open(
+            {"driver": "zarr3", "kvstore": _sub(self._kv_spec, name)},
+            open=True,
+            read=True,
+            write=self._mode == "a",
+            context=_context(),
+          )
+          .result()
+        )
         self._arrays[name] = arr
       if arr.shape[0] < need:
         self._fail(f"array {name!r} has {arr.shape[0]} rows but commit.json promises {need}; {FIX_HINT}")
@@ -297,11 +334,14 @@ class EpisodeStore:
       self._fail(f"array 'episode_offsets' starts at {offsets[0]}, expected 0; {FIX_HINT}")
     if np.any(np.diff(offsets) <= 0):
       bad = int(np.flatnonzero(np.diff(offsets) <= 0)[0])
-      self._fail(f"array 'episode_offsets' is not strictly increasing at episode {bad} "
-                 f"({offsets[bad]} -> {offsets[bad + 1]}); {FIX_HINT}")
+      self._fail(
+        f"array 'episode_offsets' is not strictly increasing at episode {bad} "
+        f"({offsets[bad]} -> {offsets[bad + 1]}); {FIX_HINT}"
+      )
     if offsets[-1] != num_frames:
-      self._fail(f"array 'episode_offsets' ends at {offsets[-1]} but commit.json has num_frames={num_frames}; "
-                 f"{FIX_HINT}")
+      self._fail(
+        f"array 'episode_offsets' ends at {offsets[-1]} but commit.json has num_frames={num_frames}; {FIX_HINT}"
+      )
     self._num_episodes, self._num_frames, self._offsets = num_episodes, num_frames, offsets
 
   # ------------------------------------------------------------------ schema
@@ -397,8 +437,9 @@ class EpisodeStore:
       raise KeyError(f"dataset {self._path}: no array {name!r}; it has {', '.join(self._arrays)}")
     limit = self._num_episodes + 1 if name == OFFSETS else self._num_frames
     if not 0 <= start <= stop <= limit:
-      raise IndexError(f"dataset {self._path}: rows [{start}, {stop}) of {name!r} are outside the "
-                       f"committed range [0, {limit})")
+      raise IndexError(
+        f"dataset {self._path}: rows [{start}, {stop}) of {name!r} are outside the committed range [0, {limit})"
+      )
 
   def _read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
     try:
@@ -421,8 +462,10 @@ class EpisodeStore:
 
   def _fail_read(self, name: str, start: int, stop: int, err: Exception):
     where = os.path.join(self._path, name) if "://" not in self._path else f"{self._path.rstrip('/')}/{name}"
-    self._fail(f"array {name!r}, {self._rows_where(name, start, stop)} (rows [{start}, {stop}) under {where}) "
-               f"could not be read, a chunk may be corrupt ({_one_line(err)}); {FIX_HINT}")
+    self._fail(
+      f"array {name!r}, {self._rows_where(name, start, stop)} (rows [{start}, {stop}) under {where}) "
+      f"could not be read, a chunk may be corrupt ({_one_line(err)}); {FIX_HINT}"
+    )
 
   def split(self, eval_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split of episode ids into (train_ids, eval_ids), each sorted.
@@ -443,10 +486,16 @@ class EpisodeStore:
 
   # ------------------------------------------------------------------ writing
 
-  def append(self, frames_THWC: np.ndarray, actions_discrete_TA: np.ndarray | None, rewards_T: np.ndarray,
-             tasks_T: np.ndarray, action_labelled_T: np.ndarray,
-             actions_continuous_TA: np.ndarray | None = None,
-             extra: dict[str, np.ndarray] | None = None) -> int:
+  def append(
+    self,
+    frames_THWC: np.ndarray,
+    actions_discrete_TA: np.ndarray | None,
+    rewards_T: np.ndarray,
+    tasks_T: np.ndarray,
+    action_labelled_T: np.ndarray,
+    actions_continuous_TA: np.ndarray | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+  ) -> int:
     """Appends one episode of T frames and commits it; returns its episode index.
 
     Args:
@@ -461,9 +510,19 @@ class EpisodeStore:
     Raises:
       StoreError: if the store is read-only or an input disagrees with the metadata.
     """
-    return self.append_many([dict(frames_THWC=frames_THWC, actions_discrete_TA=actions_discrete_TA,
-                                  rewards_T=rewards_T, tasks_T=tasks_T, action_labelled_T=action_labelled_T,
-                                  actions_continuous_TA=actions_continuous_TA, extra=extra)])[0]
+    return self.append_many(
+      [
+        dict(
+          frames_THWC=frames_THWC,
+          actions_discrete_TA=actions_discrete_TA,
+          rewards_T=rewards_T,
+          tasks_T=tasks_T,
+          action_labelled_T=action_labelled_T,
+          actions_continuous_TA=actions_continuous_TA,
+          extra=extra,
+        )
+      ]
+    )[0]
 
   def append_many(self, episodes: Sequence[dict[str, Any]]) -> list[int]:
     """Appends several episodes (each a dict of `append`'s arguments) under ONE commit.
@@ -492,7 +551,7 @@ class EpisodeStore:
     # Arrays are independent keys, so their writes run concurrently; the commit
     # below waits for every one of them first.
     futures = [self._arrays[name][start:stop].write(x) for name, x in rows.items()]
-    futures.append(self._arrays[OFFSETS][e + 1:new_e + 1].write(new_offsets))
+    futures.append(self._arrays[OFFSETS][e + 1 : new_e + 1].write(new_offsets))
     for f in futures:
       f.result()
     self._write_json("commit.json", {"num_episodes": new_e, "num_frames": stop})
@@ -500,16 +559,29 @@ class EpisodeStore:
     self._offsets = np.concatenate([self._offsets, new_offsets])
     return list(range(e, new_e))
 
-  def _episode_rows(self, frames_THWC, actions_discrete_TA, rewards_T, tasks_T, action_labelled_T,
-                    actions_continuous_TA=None, extra=None) -> dict[str, np.ndarray]:
+  def _episode_rows(
+    self,
+    frames_THWC,
+    actions_discrete_TA,
+    rewards_T,
+    tasks_T,
+    action_labelled_T,
+    actions_continuous_TA=None,
+    extra=None,
+  ) -> dict[str, np.ndarray]:
     """Validates one episode against the metadata; returns name -> rows in the stored dtype."""
     frames_THWC = np.asarray(frames_THWC)
     if frames_THWC.ndim != 4 or frames_THWC.shape[0] < 1:
       self._fail(f"append: frames must be [T, H, W, C] with T >= 1, got shape {list(frames_THWC.shape)}")
     t = frames_THWC.shape[0]
-    given = {"frames": frames_THWC, "actions_discrete": actions_discrete_TA,
-             "actions_continuous": actions_continuous_TA, "action_labelled": action_labelled_T,
-             "rewards": rewards_T, "tasks": tasks_T}
+    given = {
+      "frames": frames_THWC,
+      "actions_discrete": actions_discrete_TA,
+      "actions_continuous": actions_continuous_TA,
+      "action_labelled": action_labelled_T,
+      "rewards": rewards_T,
+      "tasks": tasks_T,
+    }
     given.update(extra or {})
     rows = {}
     for name, (trailing, dtype, _) in self._expected_arrays().items():
@@ -539,11 +611,18 @@ class EpisodeStore:
       need = offsets_needed if name == OFFSETS else frames_needed
       if arr.shape[0] < need:
         new = max(need, 2 * arr.shape[0], MIN_CAPACITY)
-        self._arrays[name] = arr.resize(exclusive_max=[new] + [None] * (arr.rank - 1), expand_only=True,
-                                        resize_metadata_only=True).result()
+        self._arrays[name] = arr.resize(
+          exclusive_max=[new] + [None] * (arr.rank - 1), expand_only=True, resize_metadata_only=True
+        ).result()
 
-  def add_array(self, name: str, trailing_shape: Sequence[int], dtype: Any, attrs: dict[str, Any] | None = None,
-                overwrite: bool = False):
+  def add_array(
+    self,
+    name: str,
+    trailing_shape: Sequence[int],
+    dtype: Any,
+    attrs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+  ):
     """Adds a per-frame array [N, *trailing_shape] (e.g. tokenizer latents) next to frames.
 
     Existing rows read as zeros until written with `write`. `attrs` (JSON) is kept
@@ -557,16 +636,15 @@ class EpisodeStore:
       raise StoreError(f"dataset {self._path}: cannot add array {name!r}: the name is taken or not alphanumeric")
     dtype = np.dtype(dtype)
     trailing = [int(s) for s in trailing_shape]
-    spec = {"driver": "zarr3", "kvstore": _sub(self._kv_spec, name),
-            "metadata": _array_metadata(trailing, dtype, True)}
+    spec = {"driver": "zarr3", "kvstore": _sub(self._kv_spec, name), "metadata": _array_metadata(trailing, dtype, True)}
     arr = _ts().open(spec, create=True, delete_existing=True, context=_context()).result()
     capacity = self._arrays["frames"].shape[0]
     if capacity:
-      arr = arr.resize(exclusive_max=[capacity] + [None] * len(trailing), expand_only=True,
-                       resize_metadata_only=True).result()
+      arr = arr.resize(
+        exclusive_max=[capacity] + [None] * len(trailing), expand_only=True, resize_metadata_only=True
+      ).result()
     self._arrays[name] = arr
-    self._metadata["extra_arrays"][name] = {"trailing_shape": trailing, "dtype": dtype.name,
-                                            "attrs": dict(attrs or {})}
+    self._metadata["extra_arrays"][name] = {"trailing_shape": trailing, "dtype": dtype.name, "attrs": dict(attrs or {})}
     self._write_metadata()
 
   def array_attrs(self, name: str) -> dict[str, Any] | None:
@@ -593,7 +671,7 @@ class EpisodeStore:
       self._fail(f"write: {name} rows have shape {list(values.shape[1:])}, expected {list(trailing)}")
     self._check_range(name, start, start + values.shape[0])
     self._sync_group()
-    self._arrays[name][start:start + values.shape[0]].write(values.astype(dtype, copy=False)).result()
+    self._arrays[name][start : start + values.shape[0]].write(values.astype(dtype, copy=False)).result()
 
   # ------------------------------------------------------------------ helpers
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -30,8 +31,16 @@ from data_pipelines.windows import DEFAULT_FIELDS, WindowSource, coverage, windo
 class _EpochShuffleShard(grain.MapDataset):
   """Infinite MapDataset: element k is this process's k-th window over repeated, reshuffled epochs."""
 
-  def __init__(self, parent: grain.MapDataset, *, seed: int, per_process_epoch: int, process_index: int,
-               process_count: int, block: int = 1):
+  def __init__(
+    self,
+    parent: grain.MapDataset,
+    *,
+    seed: int,
+    per_process_epoch: int,
+    process_index: int,
+    process_count: int,
+    block: int = 1,
+  ):
     super().__init__(parent)
     self._block = int(block)
     self._seed = int(seed)
@@ -78,7 +87,9 @@ class _EpochShuffleShard(grain.MapDataset):
 
 def _check_batch_size(batch_size: int):
   if batch_size < 1:
-    raise DataError(f"batch_size must be >= 1, got {batch_size}; set the batch size (--config.train.batch_size) to a positive value")
+    raise DataError(
+      f"batch_size must be >= 1, got {batch_size}; set the batch size (--config.train.batch_size) to a positive value"
+    )
 
 
 def relevant_rows(fraction: float, local_batch: int) -> int:
@@ -100,13 +111,25 @@ def relevant_episode_ids(store, episode_ids: Sequence[int]) -> list[int]:
   the task's goal is the only reward) a positive sum of rewards.
   """
   from data_pipelines.report import episode_success  # pylint: disable=g-import-not-at-top
+
   success = episode_success(store)[0]
   return [int(e) for e in episode_ids if success[int(e)]]
 
 
-def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episode_ids: Sequence[int],
-                   process_index: int = 0, process_count: int = 1, num_threads: int = 4, prefetch: int = 8,
-                   fields: Sequence[str] = DEFAULT_FIELDS, pad: str = "end") -> grain.DatasetIterator:
+def train_iterator(
+  path: str,
+  *,
+  window: int,
+  batch_size: int,
+  seed: int,
+  episode_ids: Sequence[int],
+  process_index: int = 0,
+  process_count: int = 1,
+  num_threads: int = 4,
+  prefetch: int = 8,
+  fields: Sequence[str] = DEFAULT_FIELDS,
+  pad: str = "end",
+) -> grain.DatasetIterator:
   """An endless, checkpointable iterator of this process's training batches.
 
   Args:
@@ -140,18 +163,35 @@ def train_iterator(path: str, *, window: int, batch_size: int, seed: int, episod
   source = WindowSource(path, window, episode_ids, fields, pad)
   per_process = len(source) // process_count // batch_size * batch_size
   if per_process == 0:
-    raise DataError(f"dataset {path} has {len(source)} windows of {window} frames, fewer than one global batch "
-                     f"({batch_size} x {process_count} processes); collect more episodes or lower the batch size")
-  ds = _EpochShuffleShard(grain.MapDataset.source(source), seed=seed, per_process_epoch=per_process,
-                          process_index=process_index, process_count=process_count, block=batch_size)
+    raise DataError(
+      f"dataset {path} has {len(source)} windows of {window} frames, fewer than one global batch "
+      f"({batch_size} x {process_count} processes); collect more episodes or lower the batch size"
+    )
+  ds = _EpochShuffleShard(
+    grain.MapDataset.source(source),
+    seed=seed,
+    per_process_epoch=per_process,
+    process_index=process_index,
+    process_count=process_count,
+    block=batch_size,
+  )
   ds = ds.batch(batch_size, drop_remainder=True)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(read))
 
 
-def eval_batches(path: str, *, window: int, batch_size: int, episode_ids: Sequence[int], max_batches: int,
-                 fields: Sequence[str] = DEFAULT_FIELDS, pad: str = "end", process_index: int = 0,
-                 process_count: int = 1) -> list[dict[str, np.ndarray]]:
+def eval_batches(
+  path: str,
+  *,
+  window: int,
+  batch_size: int,
+  episode_ids: Sequence[int],
+  max_batches: int,
+  fields: Sequence[str] = DEFAULT_FIELDS,
+  pad: str = "end",
+  process_index: int = 0,
+  process_count: int = 1,
+) -> list[dict[str, np.ndarray]]:
   """This process's share of a fixed list of at most `max_batches` evaluation batches.
 
   Windows are spread evenly over all eval windows (not the first few, which would all
@@ -176,21 +216,27 @@ def eval_batches(path: str, *, window: int, batch_size: int, episode_ids: Sequen
   batches = []
   for b in range(num_batches):
     lo = b * global_batch_size + process_index * batch_size
-    records = [source[int(i)] for i in picks[lo:lo + batch_size]]
+    records = [source[int(i)] for i in picks[lo : lo + batch_size]]
     batches.append({k: np.stack([r[k] for r in records]) for k in records[0]})
   return batches
 
 
-def window_coverage(store, episode_ids: Sequence[int], window: int, pad: str = "end",
-                    relevant_ids: Sequence[int] | None = None, extra_tables: Sequence[tuple] = ()
-                    ) -> dict[str, float]:
+def window_coverage(
+  store,
+  episode_ids: Sequence[int],
+  window: int,
+  pad: str = "end",
+  relevant_ids: Sequence[int] | None = None,
+  extra_tables: Sequence[tuple] = (),
+) -> dict[str, float]:
   """`windows.coverage` of a phase's windows (see there); `extra_tables` adds e.g. the relevant rows' windows."""
   tables = [window_table(store.episode_offsets, episode_ids, window, pad)] + list(extra_tables)
   return coverage(store, episode_ids, window, pad, relevant_ids=relevant_ids, tables=tables)
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequence[str] | None = None
-                 ) -> dict[str, Any]:
+def global_batch(
+  local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequence[str] | None = None
+) -> dict[str, Any]:
   """Assembles each process's local batch into global jax.Arrays sharded on the batch axes.
 
   Args:
@@ -207,10 +253,12 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequ
     DataError: if the global batch does not divide the product of the batch axes.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P
 
   if batch_axes is None:
     from configs.common import LOGICAL_AXIS_RULES  # pylint: disable=g-import-not-at-top
+
     batch_axes = dict(LOGICAL_AXIS_RULES)["batch"]
     batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
   axes = tuple(a for a in batch_axes if a in mesh.shape)
@@ -220,7 +268,9 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Any, batch_axes: Sequ
   for key, x in local_batch.items():
     global_b = x.shape[0] * jax.process_count()
     if global_b % ways:
-      raise DataError(f"global batch {global_b} does not divide the {ways} devices of mesh axes {axes}; "
-                       "set --config.data.batch_size to a multiple of them")
+      raise DataError(
+        f"global batch {global_b} does not divide the {ways} devices of mesh axes {axes}; "
+        "set --config.data.batch_size to a multiple of them"
+      )
     out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(x))
   return out

@@ -76,8 +76,13 @@ def _stats(x: np.ndarray) -> dict[str, float]:
   x = np.asarray(x, np.float64)
   if not x.size:
     return {"mean": 0.0, "std": 0.0, "min": 0.0, "median": 0.0, "max": 0.0}
-  return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "median": float(np.median(x)),
-          "max": float(x.max())}
+  return {
+    "mean": float(x.mean()),
+    "std": float(x.std()),
+    "min": float(x.min()),
+    "median": float(np.median(x)),
+    "max": float(x.max()),
+  }
 
 
 def compute_report(store) -> dict[str, Any]:
@@ -108,16 +113,28 @@ def compute_report(store) -> dict[str, Any]:
     mine = episode_task == k
     count = int(mine.sum())
     succ = int(success_E[mine].sum())
-    tasks.append({"task": name, "episodes": count, "successes": succ,
-                  "success_rate": succ / count if count else 0.0,
-                  "reward_events": int(reward_events[mine].sum()), "mean_return": float(returns[mine].mean())
-                  if count else 0.0})
+    tasks.append(
+      {
+        "task": name,
+        "episodes": count,
+        "successes": succ,
+        "success_rate": succ / count if count else 0.0,
+        "reward_events": int(reward_events[mine].sum()),
+        "mean_return": float(returns[mine].mean()) if count else 0.0,
+      }
+    )
 
   achievements = None
   if has_unlocks:
-    achievements = [{"achievement": ach_names[i], "episodes": int(per_episode[:, i].sum()),
-                     "success_rate": float(per_episode[:, i].mean()) if e else 0.0,
-                     "events": int(unlocks[:, i].sum())} for i in range(unlocks.shape[1])]
+    achievements = [
+      {
+        "achievement": ach_names[i],
+        "episodes": int(per_episode[:, i].sum()),
+        "success_rate": float(per_episode[:, i].mean()) if e else 0.0,
+        "events": int(unlocks[:, i].sum()),
+      }
+      for i in range(unlocks.shape[1])
+    ]
 
   labelled = data["action_labelled"].astype(bool)
   actions = []
@@ -126,35 +143,35 @@ def compute_report(store) -> dict[str, Any]:
     entry: dict[str, Any] = {"component": comp.name, "kind": comp.kind}
     if comp.kind == "discrete":
       x = data["actions_discrete"][labelled, col_d].astype(np.int64)
-      counts = np.bincount(x, minlength=comp.size)[:comp.size]
+      counts = np.bincount(x, minlength=comp.size)[: comp.size]
       labels = list(comp.labels) if comp.labels else [str(i) for i in range(comp.size)]
       entry["counts"] = {labels[i]: int(counts[i]) for i in range(comp.size)}
       col_d += 1
     elif comp.kind == "binary":
-      x = data["actions_discrete"][labelled, col_d:col_d + comp.size]
+      x = data["actions_discrete"][labelled, col_d : col_d + comp.size]
       labels = list(comp.labels) if comp.labels else [str(i) for i in range(comp.size)]
       entry["on_counts"] = {labels[i]: int((x[:, i] != 0).sum()) for i in range(comp.size)}
       col_d += comp.size
     else:
-      x = data["actions_continuous"][labelled, col_c:col_c + comp.size].astype(np.float64)
+      x = data["actions_continuous"][labelled, col_c : col_c + comp.size].astype(np.float64)
       entry["mean"] = [float(v) for v in (x.mean(0) if len(x) else np.zeros(comp.size))]
       entry["std"] = [float(v) for v in (x.std(0) if len(x) else np.zeros(comp.size))]
       col_c += comp.size
     actions.append(entry)
 
   return {
-      "path": store.path,
-      "env": store.metadata["env"],
-      "frame_shape": list(store.frame_shape),
-      "episodes": e,
-      "frames": n,
-      "labelled_frames": int(labelled.sum()),
-      "episode_length": _stats(lengths),
-      "split": {"train_episodes": int(len(train)), "eval_episodes": int(len(evals)), "eval_fraction": 0.1},
-      "returns": _stats(returns),
-      "tasks": tasks,
-      "achievements": achievements,
-      "actions": actions,
+    "path": store.path,
+    "env": store.metadata["env"],
+    "frame_shape": list(store.frame_shape),
+    "episodes": e,
+    "frames": n,
+    "labelled_frames": int(labelled.sum()),
+    "episode_length": _stats(lengths),
+    "split": {"train_episodes": int(len(train)), "eval_episodes": int(len(evals)), "eval_fraction": 0.1},
+    "returns": _stats(returns),
+    "tasks": tasks,
+    "achievements": achievements,
+    "actions": actions,
   }
 
 
@@ -165,22 +182,34 @@ def _fmt(x: float) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
   """The report as a markdown document."""
   r = report
-  lines = [f"# Dataset report: {r['path']}", "",
-           f"- env: `{r['env']}`, frames {'x'.join(str(s) for s in r['frame_shape'])}",
-           f"- episodes: {r['episodes']} (train {r['split']['train_episodes']}, eval {r['split']['eval_episodes']} "
-           f"with split(0.1))",
-           f"- frames: {r['frames']} ({r['labelled_frames']} with an action label)",
-           "- episode length: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["episode_length"].items()),
-           "- return per episode: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["returns"].items()),
-           "", "## Tasks", "",
-           "| task | episodes | successes | success rate | reward events | mean return |",
-           "|---|---:|---:|---:|---:|---:|"]
+  lines = [
+    f"# Dataset report: {r['path']}",
+    "",
+    f"- env: `{r['env']}`, frames {'x'.join(str(s) for s in r['frame_shape'])}",
+    f"- episodes: {r['episodes']} (train {r['split']['train_episodes']}, eval {r['split']['eval_episodes']} "
+    f"with split(0.1))",
+    f"- frames: {r['frames']} ({r['labelled_frames']} with an action label)",
+    "- episode length: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["episode_length"].items()),
+    "- return per episode: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["returns"].items()),
+    "",
+    "## Tasks",
+    "",
+    "| task | episodes | successes | success rate | reward events | mean return |",
+    "|---|---:|---:|---:|---:|---:|",
+  ]
   for t in r["tasks"]:
-    lines.append(f"| {t['task']} | {t['episodes']} | {t['successes']} | {t['success_rate']:.3f} | "
-                 f"{t['reward_events']} | {t['mean_return']:.3f} |")
+    lines.append(
+      f"| {t['task']} | {t['episodes']} | {t['successes']} | {t['success_rate']:.3f} | "
+      f"{t['reward_events']} | {t['mean_return']:.3f} |"
+    )
   if r["achievements"] is not None:
-    lines += ["", "## Achievements (share of all episodes that unlocked each)", "",
-              "| achievement | episodes | success rate |", "|---|---:|---:|"]
+    lines += [
+      "",
+      "## Achievements (share of all episodes that unlocked each)",
+      "",
+      "| achievement | episodes | success rate |",
+      "|---|---:|---:|",
+    ]
     for a in r["achievements"]:
       lines.append(f"| {a['achievement']} | {a['episodes']} | {a['success_rate']:.3f} |")
   lines += ["", "## Actions (labelled frames)", ""]
@@ -213,11 +242,12 @@ def write_report(path: str, out: str | None = None) -> dict[str, Any]:
     UserError: no local output directory could be chosen.
   """
   from data_pipelines.episodes import EpisodeStore  # pylint: disable=g-import-not-at-top
+
   store = EpisodeStore.open(path)
   if out is None:
     if "://" in path and not path.startswith("file://"):
       raise UserError(f"--out: {path} is not a local directory; give --out=DIR for the report files")
-    out = path[len("file://"):] if path.startswith("file://") else path
+    out = path[len("file://") :] if path.startswith("file://") else path
   report = compute_report(store)
   text = to_markdown(report)
   os.makedirs(out, exist_ok=True)
@@ -231,11 +261,13 @@ def write_report(path: str, out: str | None = None) -> dict[str, Any]:
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string("out", None, "Directory for report.md and report.json (default: the store directory).")
 
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   if len(argv) != 2:
     print("error: give exactly one store path: python -m data_pipelines.report PATH [--out=DIR]", file=sys.stderr)
     sys.exit(2)
@@ -250,5 +282,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
+
   _define_flags()
   app.run(main)

@@ -24,7 +24,8 @@ The window rule (every phase, every split): windows cover every frame.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -47,8 +48,9 @@ def _check_pad(pad: str) -> str:
   return pad
 
 
-def window_table(episode_offsets: np.ndarray, episode_ids: Sequence[int], window: int, pad: str = "end"
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def window_table(
+  episode_offsets: np.ndarray, episode_ids: Sequence[int], window: int, pad: str = "end"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The windows of the given episodes under one padding rule (see the module docstring).
 
   Args:
@@ -80,8 +82,9 @@ def window_table(episode_offsets: np.ndarray, episode_ids: Sequence[int], window
   return starts, begin[ep_of_window], end[ep_of_window]
 
 
-def covered_counts(num_frames: int, starts_W: np.ndarray, episode_starts_W: np.ndarray,
-                   episode_ends_W: np.ndarray, window: int) -> np.ndarray:
+def covered_counts(
+  num_frames: int, starts_W: np.ndarray, episode_starts_W: np.ndarray, episode_ends_W: np.ndarray, window: int
+) -> np.ndarray:
   """int64 [num_frames]: how many windows hold each frame as a valid (real) frame."""
   lo = np.maximum(starts_W, episode_starts_W)
   hi = np.minimum(starts_W + window, episode_ends_W)
@@ -91,8 +94,14 @@ def covered_counts(num_frames: int, starts_W: np.ndarray, episode_starts_W: np.n
   return np.cumsum(diff)[:num_frames]
 
 
-def coverage(store: EpisodeStore, episode_ids: Sequence[int], window: int, pad: str = "end",
-             relevant_ids: Sequence[int] | None = None, tables: Sequence[tuple] | None = None) -> dict[str, float]:
+def coverage(
+  store: EpisodeStore,
+  episode_ids: Sequence[int],
+  window: int,
+  pad: str = "end",
+  relevant_ids: Sequence[int] | None = None,
+  tables: Sequence[tuple] | None = None,
+) -> dict[str, float]:
   """The share of the given episodes that windows reach, as the coverage line logs it.
 
   Args:
@@ -122,13 +131,14 @@ def coverage(store: EpisodeStore, episode_ids: Sequence[int], window: int, pad: 
     count += covered_counts(n, starts, ep_begin, ep_end, window)
   in_split = np.zeros(n, bool)
   for e in ids:
-    in_split[offsets[e]:offsets[e + 1]] = True
+    in_split[offsets[e] : offsets[e + 1]] = True
   rewards = np.asarray(store.read_many(("rewards",), 0, n)["rewards"]).reshape(n) if n else np.zeros(0)
   reward_frames = in_split & (rewards != 0)
   terminal = np.zeros(n, bool)
   terminal[offsets[ids + 1] - 1] = True
   if relevant_ids is None:
     from data_pipelines.report import episode_success  # pylint: disable=g-import-not-at-top
+
     success = episode_success(store)[0]
     relevant_ids = [int(e) for e in ids if success[int(e)]]
   relevant = np.asarray(relevant_ids, np.int64).reshape(-1)
@@ -146,14 +156,14 @@ def coverage(store: EpisodeStore, episode_ids: Sequence[int], window: int, pad: 
     return float(np.mean(count[mask])) if mask.any() else 0.0
 
   return {
-      "episodes": episode_share(ids),
-      "frames": share(in_split),
-      "relevant_episodes": episode_share(relevant),
-      "reward_frames": share(reward_frames),
-      "terminal_frames": share(terminal),
-      "windows_per_frame": rate(in_split),
-      "windows_per_reward_frame": rate(reward_frames),
-      "windows_per_terminal_frame": rate(terminal),
+    "episodes": episode_share(ids),
+    "frames": share(in_split),
+    "relevant_episodes": episode_share(relevant),
+    "reward_frames": share(reward_frames),
+    "terminal_frames": share(terminal),
+    "windows_per_frame": rate(in_split),
+    "windows_per_reward_frame": rate(reward_frames),
+    "windows_per_terminal_frame": rate(terminal),
   }
 
 
@@ -173,30 +183,38 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     pad: the padding rule ("end", "start" or "none"; see the module docstring).
   """
 
-  def __init__(self, path: str, window: int, episode_ids: Sequence[int], fields: Sequence[str] = DEFAULT_FIELDS,
-               pad: str = "end"):
+  def __init__(
+    self, path: str, window: int, episode_ids: Sequence[int], fields: Sequence[str] = DEFAULT_FIELDS, pad: str = "end"
+  ):
     if window < 1:
       raise DataError(f"WindowSource: window must be >= 1, got {window}")
     _check_pad(pad)
     store = EpisodeStore.open(path, "r")
     ids = np.asarray(episode_ids, np.int64).reshape(-1)
     if ids.size == 0:
-      raise DataError(f"dataset {path}: the episode list is empty; check the train/eval split "
-                       "(collect more episodes or lower eval_fraction)")
+      raise DataError(
+        f"dataset {path}: the episode list is empty; check the train/eval split "
+        "(collect more episodes or lower eval_fraction)"
+      )
     if ids.min() < 0 or ids.max() >= store.num_episodes:
-      raise DataError(f"dataset {path}: episode ids must be in [0, {store.num_episodes}), got "
-                       f"[{ids.min()}, {ids.max()}]")
+      raise DataError(
+        f"dataset {path}: episode ids must be in [0, {store.num_episodes}), got [{ids.min()}, {ids.max()}]"
+      )
     missing = [f for f in fields if f not in store.array_names or f == "episode_offsets"]
     if missing:
-      raise DataError(f"dataset {path}: no per-frame array {missing[0]!r}; it has "
-                       f"{', '.join(n for n in store.array_names if n != 'episode_offsets')}")
+      raise DataError(
+        f"dataset {path}: no per-frame array {missing[0]!r}; it has "
+        f"{', '.join(n for n in store.array_names if n != 'episode_offsets')}"
+      )
     self.table = window_table(store.episode_offsets, ids, window, pad)
     self._starts_W, self._episode_starts_W, self._episode_ends_W = self.table
     self._episode_W = np.searchsorted(store.episode_offsets, self._episode_starts_W, side="right") - 1
     if not len(self._starts_W):
       longest = int(store.episode_lengths[ids].max())
-      raise DataError(f"dataset {path} has no episode of at least {window} frames (longest: {longest}); "
-                       "lower --config.data.window or collect longer episodes")
+      raise DataError(
+        f"dataset {path} has no episode of at least {window} frames (longest: {longest}); "
+        "lower --config.data.window or collect longer episodes"
+      )
     self.path = path
     self.window = int(window)
     self.fields = tuple(fields)
@@ -229,7 +247,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
           x = np.pad(x, widths, mode="edge")
       out[name] = x
     valid_T = np.zeros((T,), bool)
-    valid_T[before:T - after] = True
+    valid_T[before : T - after] = True
     first_T = np.zeros((T,), bool)
     if lo == begin:
       first_T[before] = True

@@ -9,7 +9,8 @@ step (`inference.world.World`), the evaluation agent and the benchmarks use it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

@@ -35,9 +35,13 @@ def cluster_kind(coordinator: str | None = None) -> str:
   return "single"
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, local_devices: int | None = None,
-               heartbeat_timeout_s: int | None = None) -> str:
+def initialize(
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_devices: int | None = None,
+  heartbeat_timeout_s: int | None = None,
+) -> str:
   """Initialises jax.distributed for the detected cluster; returns its kind."""
   kind = cluster_kind(coordinator)
   if local_devices:
@@ -49,12 +53,20 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
   if kind == "explicit":
     jax.distributed.initialize(
-        coordinator_address=coordinator or os.environ["DREAMER4_COORDINATOR"],
-        num_processes=int(num_processes or os.environ["DREAMER4_NUM_PROCESSES"]),
-        process_id=int(process_id if process_id is not None else os.environ["DREAMER4_PROCESS_ID"]),
-        initialization_timeout=300, **kwargs)
+      coordinator_address=coordinator or os.environ["DREAMER4_COORDINATOR"],
+      num_processes=int(num_processes or os.environ["DREAMER4_NUM_PROCESSES"]),
+      process_id=int(process_id if process_id is not None else os.environ["DREAMER4_PROCESS_ID"]),
+      initialization_timeout=300,
+      **kwargs,
+    )
   else:
     jax.distributed.initialize(**kwargs)
-  logging.info("jax.distributed (%s): process %d of %d, %d local / %d global devices", kind,
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "jax.distributed (%s): process %d of %d, %d local / %d global devices",
+    kind,
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return kind

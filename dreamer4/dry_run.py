@@ -62,6 +62,7 @@ def memory_aware_cpu_scheduler() -> None:
   (Passing it as a per-compile option is accepted but has no effect in jax 0.10.2.)
   """
   import os
+
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_scheduler_type" not in flags and "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {CPU_SCHEDULER_FLAG}".strip()
@@ -71,17 +72,24 @@ def _store_or_config(config) -> DataShapes:
   path = config.data.path
   if path:  # metadata only; no window is read
     from data_pipelines.episodes import EpisodeStore
+
     return DataShapes.of_store(EpisodeStore.open(path))
   frame_shape = config.data.frame_shape
-  return DataShapes(path="(no store: config.data.frame_shape)", frame_shape=tuple(frame_shape) if frame_shape else None,
-                    action_spec=ASSUMED_ACTIONS)
+  return DataShapes(
+    path="(no store: config.data.frame_shape)",
+    frame_shape=tuple(frame_shape) if frame_shape else None,
+    action_spec=ASSUMED_ACTIONS,
+  )
 
 
 def _tokenizer_phase(config, shapes: DataShapes):
   from dreamer4.phases.tokenizer import TokenizerPhase
+
   if not shapes.frame_shape:
-    raise ConfigError("--dry_run of the tokenizer needs the frame shape: set --config.data.path=STORE "
-                      "or --config.data.frame_shape=(H,W,C)")
+    raise ConfigError(
+      "--dry_run of the tokenizer needs the frame shape: set --config.data.path=STORE "
+      "or --config.data.frame_shape=(H,W,C)"
+    )
   phase = TokenizerPhase(config, shapes)
   return phase, {"frames": (tuple(shapes.frame_shape), jnp.uint8)}, phase.frozen(), None
 
@@ -90,18 +98,26 @@ def _latent_shape(config) -> tuple[int, int]:
   workdir = config.tokenizer_workdir
   if workdir:
     from dreamer4.runs import read_config
-    tcfg = read_config(workdir, "tokenizer", "train the tokenizer first, or leave --config.tokenizer_workdir "
-                       "empty and set --config.data.latent_shape=(N,L) for a dry run")
+
+    tcfg = read_config(
+      workdir,
+      "tokenizer",
+      "train the tokenizer first, or leave --config.tokenizer_workdir "
+      "empty and set --config.data.latent_shape=(N,L) for a dry run",
+    )
     return int(tcfg.model.num_latents), int(tcfg.model.latent_dim)
   shape = config.data.latent_shape
   if not shape or len(shape) != 2:
-    raise ConfigError("--dry_run of the dynamics phase needs the latent shape: set "
-                      "--config.tokenizer_workdir=DIR or --config.data.latent_shape=(num_latents,latent_dim)")
+    raise ConfigError(
+      "--dry_run of the dynamics phase needs the latent shape: set "
+      "--config.tokenizer_workdir=DIR or --config.data.latent_shape=(num_latents,latent_dim)"
+    )
   return int(shape[0]), int(shape[1])
 
 
 def _dynamics_phase(config, shapes: DataShapes):
   from dreamer4.phases.dynamics import DynamicsPhase
+
   N, L = _latent_shape(config)
   spec = shapes.action_spec
   # The phase from shapes only, without its frozen tokenizer and store checks (`load_frozen`):
@@ -121,16 +137,18 @@ def _bytes_per_device(abstract_tree, shardings) -> int:
 
 
 def _count_per_device(abstract_tree, shardings) -> int:
-  return sum(math.prod(s.shard_shape(x.shape)) for x, s in
-             zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)))
+  return sum(
+    math.prod(s.shard_shape(x.shape)) for x, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings))
+  )
 
 
 def _memory(compiled) -> dict[str, int]:
   m = compiled.memory_analysis()
   if m is None:
     return {}
-  out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
-         for k in ("argument", "output", "alias", "temp", "generated_code")}
+  out = {
+    k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in ("argument", "output", "alias", "temp", "generated_code")
+  }
   out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
   return out
 
@@ -158,8 +176,7 @@ def dry_run(config) -> dict[str, Any]:
   p_train = st.TrainStep(mdef, phase.loss_fn, phase.init_aux, config.optim, ctc.num_steps, mesh)
   rep = p_train.replicated
   state_in = p_train.abstract_state()
-  frozen_in = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep),
-                           frozen_np)
+  frozen_in = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=rep), frozen_np)
   key = jax.random.key(ctc.seed)
   key_in = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
 
@@ -168,26 +185,41 @@ def dry_run(config) -> dict[str, Any]:
     windows["long"] = int(config.data.long_window)
   n_dev = mesh.devices.size
   report: dict[str, Any] = dict(
-      phase=config.phase, variant=config.variant, devices=int(n_dev),
-      mesh={k: int(v) for k, v in mesh.shape.items()}, global_batch=int(ctc.batch_size),
-      compute_dtype=str(config.model.dtype), remat=bool(config.model.remat),
-      params_total=mdef.num_params(), params_per_device=_count_per_device(mdef.abstract_params, p_train.param_shardings),
-      state_bytes_per_device=_bytes_per_device(p_train.abstract, p_train.shardings),
-      frame_shape=list(shapes.frame_shape) if shapes.frame_shape else None,
-      latent_shape=list(latent_shape) if latent_shape else None, steps={})
+    phase=config.phase,
+    variant=config.variant,
+    devices=int(n_dev),
+    mesh={k: int(v) for k, v in mesh.shape.items()},
+    global_batch=int(ctc.batch_size),
+    compute_dtype=str(config.model.dtype),
+    remat=bool(config.model.remat),
+    params_total=mdef.num_params(),
+    params_per_device=_count_per_device(mdef.abstract_params, p_train.param_shardings),
+    state_bytes_per_device=_bytes_per_device(p_train.abstract, p_train.shardings),
+    frame_shape=list(shapes.frame_shape) if shapes.frame_shape else None,
+    latent_shape=list(latent_shape) if latent_shape else None,
+    steps={},
+  )
   for kind, T in windows.items():
-    batch_in = {f: jax.ShapeDtypeStruct((ctc.batch_size, T) + tuple(shape), dtype,
-                                        sharding=shd.batch_sharding(mesh, 2 + len(shape)))
-                for f, (shape, dtype) in fields.items()}
+    batch_in = {
+      f: jax.ShapeDtypeStruct(
+        (ctc.batch_size, T) + tuple(shape), dtype, sharding=shd.batch_sharding(mesh, 2 + len(shape))
+      )
+      for f, (shape, dtype) in fields.items()
+    }
     t1 = time.time()
     lowered = p_train.lower(state_in, batch_in, key_in, frozen_in)
     t2 = time.time()
     compiled = lowered.compile()
     t3 = time.time()
     flops = _flops(compiled)
-    report["steps"][kind] = dict(window=T, lower_s=round(t2 - t1, 2), compile_s=round(t3 - t2, 2),
-                                 memory_per_device=_memory(compiled), flops_per_device=flops,
-                                 flops_total=flops * n_dev)
+    report["steps"][kind] = dict(
+      window=T,
+      lower_s=round(t2 - t1, 2),
+      compile_s=round(t3 - t2, 2),
+      memory_per_device=_memory(compiled),
+      flops_per_device=flops,
+      flops_total=flops * n_dev,
+    )
     logging.info("dry run: %s step (window %d) compiled in %.1f s", kind, T, t3 - t2)
   report["wall_s"] = round(time.time() - t0, 2)
   return report
@@ -199,17 +231,23 @@ def _gb(b) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
   """Human-readable lines (the JSON follows on the last line)."""
-  lines = [f"dry run: {r['phase']} ({r['variant']}) on {r['devices']} devices, mesh {r['mesh']}, "
-           f"global batch {r['global_batch']}, compute {r['compute_dtype']}, remat {r['remat']}",
-           f"  parameters: {r['params_total']:,} total, {r['params_per_device']:,} per device",
-           f"  train state (params + optimiser + aux): {_gb(r['state_bytes_per_device'])} per device"]
+  lines = [
+    f"dry run: {r['phase']} ({r['variant']}) on {r['devices']} devices, mesh {r['mesh']}, "
+    f"global batch {r['global_batch']}, compute {r['compute_dtype']}, remat {r['remat']}",
+    f"  parameters: {r['params_total']:,} total, {r['params_per_device']:,} per device",
+    f"  train state (params + optimiser + aux): {_gb(r['state_bytes_per_device'])} per device",
+  ]
   for kind, s in r["steps"].items():
     m = s["memory_per_device"]
     lines.append(f"  {kind} step, window {s['window']}: compiled in {s['compile_s']} s")
     if m:
-      lines.append(f"    memory per device: peak {_gb(m['peak'])} = arguments {_gb(m['argument'])} + outputs "
-                   f"{_gb(m['output'])} - aliased {_gb(m['alias'])} + temporaries {_gb(m['temp'])} "
-                   f"(code {_gb(m['generated_code'])})")
-    lines.append(f"    FLOPs per step: {s['flops_per_device']:.4g} per device, {s['flops_total']:.4g} summed over "
-                 f"devices (replicated work counts once per device)")
+      lines.append(
+        f"    memory per device: peak {_gb(m['peak'])} = arguments {_gb(m['argument'])} + outputs "
+        f"{_gb(m['output'])} - aliased {_gb(m['alias'])} + temporaries {_gb(m['temp'])} "
+        f"(code {_gb(m['generated_code'])})"
+      )
+    lines.append(
+      f"    FLOPs per step: {s['flops_per_device']:.4g} per device, {s['flops_total']:.4g} summed over "
+      f"devices (replicated work counts once per device)"
+    )
   return "\n".join(lines)

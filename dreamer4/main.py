@@ -23,19 +23,26 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tokenizer.py:toy.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file, e.g. configs/tokenizer.py:toy.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints, metrics, config.")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 _LOCAL_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake CPU devices in this process (testing).")
 _HEARTBEAT = flags.DEFINE_integer(
-    "heartbeat_timeout", int(os.environ.get("DREAMER4_HEARTBEAT_TIMEOUT", "60")),
-    "Multi-process runs: seconds without a heartbeat after which a process counts as dead and the "
-    "others exit (non-zero) instead of hanging (env DREAMER4_HEARTBEAT_TIMEOUT).")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the phase's train step on the mesh with abstract "
-                             "inputs, print parameters / memory / FLOPs per device, write nothing, exit.")
+  "heartbeat_timeout",
+  int(os.environ.get("DREAMER4_HEARTBEAT_TIMEOUT", "60")),
+  "Multi-process runs: seconds without a heartbeat after which a process counts as dead and the "
+  "others exit (non-zero) instead of hanging (env DREAMER4_HEARTBEAT_TIMEOUT).",
+)
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run",
+  False,
+  "Compile the phase's train step on the mesh with abstract "
+  "inputs, print parameters / memory / FLOPs per device, write nothing, exit.",
+)
 _DRY_RUN_OUTPUT = flags.DEFINE_string("dry_run_output", None, "With --dry_run: also write the report (JSON) here.")
 
 
@@ -75,11 +82,13 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv):
   from absl import logging as absl_logging
+
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dreamer4 import distributed
   from dreamer4.errors import UserError
+
   try:
     if _CONFIG.value is None:
       raise UserError("--config is required, e.g. --config=configs/tokenizer.py:toy")
@@ -87,6 +96,7 @@ def main(argv):
       raise UserError(f"--heartbeat_timeout={_HEARTBEAT.value} must be at least 1 (seconds)")
     if _DRY_RUN.value:  # the workdir is not needed and never touched
       from dreamer4.dry_run import memory_aware_cpu_scheduler
+
       memory_aware_cpu_scheduler()  # before the XLA backend starts
     elif not _WORKDIR.value:
       raise UserError("--workdir is required: the directory for checkpoints and metrics")
@@ -108,8 +118,10 @@ def _run(config, workdir: str) -> dict:
   of the registry (dreamer4/phases/)."""
   from dreamer4.errors import ConfigError
   from dreamer4.phases import PHASES, run
+
   if config.phase == "pipeline":
     from dreamer4.pipeline import run_pipeline
+
     return run_pipeline(config, workdir)
   if config.phase not in PHASES:
     raise ConfigError(f"--config.phase={config.phase!r} is unknown; choose one of {', '.join(PHASES)}, pipeline")
@@ -118,7 +130,9 @@ def _run(config, workdir: str) -> dict:
 
 def _dry_run(config, output: str | None) -> None:
   import json
+
   from dreamer4.dry_run import dry_run, format_report
+
   report = dry_run(config)
   print(format_report(report))
   print(json.dumps(report), flush=True)  # the last line: the report as JSON

@@ -42,6 +42,7 @@ def collect_stage(config, data_path: str) -> None:
   from data_pipelines.collect import CollectError, collect
   from data_pipelines.envs import ENVS
   from data_pipelines.episodes import EpisodeStore, StoreError
+
   have, have_frames = 0, 0
   try:
     store = EpisodeStore.open(data_path)
@@ -54,8 +55,10 @@ def collect_stage(config, data_path: str) -> None:
   frames = int(config.collect.frames)
   if frames and not (config.collect.env in ENVS and ENVS[config.collect.env].batched):
     batched = ", ".join(name for name, spec in ENVS.items() if spec.batched)
-    raise ConfigError(f"--config.collect.frames applies to {batched} only; "
-                      f"set it to 0 and use --config.collect.episodes for env {config.collect.env!r}")
+    raise ConfigError(
+      f"--config.collect.frames applies to {batched} only; "
+      f"set it to 0 and use --config.collect.episodes for env {config.collect.env!r}"
+    )
   if frames and have_frames >= frames:
     logging.info("collect: %s already holds %d frames; skipped", data_path, have_frames)
     return
@@ -66,13 +69,22 @@ def collect_stage(config, data_path: str) -> None:
   try:
     skills = tuple(float(s) for s in str(config.collect.skills).split(","))
   except ValueError:
-    raise ConfigError(f"--config.collect.skills={config.collect.skills}: give comma-separated numbers in [0, 1]") from None
+    raise ConfigError(
+      f"--config.collect.skills={config.collect.skills}: give comma-separated numbers in [0, 1]"
+    ) from None
   try:
-    summary = collect(config.collect.env, data_path, episodes,
-                      config.collect.seed + have, skills, config.collect.size, have > 0,
-                      max_steps=int(config.collect.max_steps),
-                      frames=(frames - have_frames) if frames else None,
-                      layout=config.collect.layout or None)
+    summary = collect(
+      config.collect.env,
+      data_path,
+      episodes,
+      config.collect.seed + have,
+      skills,
+      config.collect.size,
+      have > 0,
+      max_steps=int(config.collect.max_steps),
+      frames=(frames - have_frames) if frames else None,
+      layout=config.collect.layout or None,
+    )
   except CollectError as e:  # the same setting under the pipeline's name
     raise ConfigError(f"--config.collect.{e.flag}: {e.detail}") from None
   logging.info("collect: %s", summary)
@@ -81,6 +93,7 @@ def collect_stage(config, data_path: str) -> None:
 def eval_env_kwargs(config, frame_shape) -> dict:
   """Constructor arguments of the evaluation env, so it draws frames (and goals) as the data did."""
   from data_pipelines.envs import ENVS
+
   return ENVS[config.collect.env].env_kwargs(frame_shape[0], config.collect.max_steps, config.collect.layout)
 
 
@@ -95,9 +108,10 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
 
   Skipped when WORKDIR/evaluate/results.json exists. Rows whose phase is missing are left out.
   """
+  from data_pipelines.episodes import EpisodeStore
   from dreamer4.evaluation import env_eval, report
   from dreamer4.evaluation.wm_policy import WorldModelAgent
-  from data_pipelines.episodes import EpisodeStore
+
   out_dir = os.path.join(workdir, "evaluate")
   done = epath.Path(out_dir) / "results.json"
   if done.exists():
@@ -111,24 +125,32 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
   def common(s: int) -> dict:
     # Seed s evaluates its own agents on environment seeds ev.seed + s (random play too, so
     # every row of the table sees the same episodes).
-    return dict(num_episodes=int(ev.episodes), seed=int(ev.seed) + s, batch_size=int(ev.batch_size),
-                env_kwargs=kwargs, max_steps=int(ev.max_steps) or None, tasks=tasks)
+    return dict(
+      num_episodes=int(ev.episodes),
+      seed=int(ev.seed) + s,
+      batch_size=int(ev.batch_size),
+      env_kwargs=kwargs,
+      max_steps=int(ev.max_steps) or None,
+      tasks=tasks,
+    )
 
   per_seed: dict[str, list] = {"random": [], "WM+BC": [], "Dreamer 4": []}
   for s in range(num_seeds):
     per_seed["random"].append(
-        env_eval.evaluate(config.collect.env, env_eval.RandomPolicy(store.action_spec), **common(s)))
+      env_eval.evaluate(config.collect.env, env_eval.RandomPolicy(store.action_spec), **common(s))
+    )
     agent_dir, imagine_dir = stage_dir(workdir, "agent", s), stage_dir(workdir, "imagine", s)
     if (epath.Path(agent_dir) / "checkpoints").exists():
       per_seed["WM+BC"].append(
-          env_eval.evaluate(config.collect.env, WorldModelAgent(agent_dir, name="WM+BC"), **common(s)))
+        env_eval.evaluate(config.collect.env, WorldModelAgent(agent_dir, name="WM+BC"), **common(s))
+      )
     if (epath.Path(imagine_dir) / "checkpoints").exists():
-      per_seed["Dreamer 4"].append(env_eval.evaluate(
-          config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"), **common(s)))
+      per_seed["Dreamer 4"].append(
+        env_eval.evaluate(config.collect.env, WorldModelAgent(agent_dir, imagine_dir, name="Dreamer 4"), **common(s))
+      )
   # One seed: its row as is; several: mean ± std across seeds. Table order: random, behaviour, agents.
   merge = lambda found: found[0] if len(found) == 1 else report.aggregate_seeds(found)
-  rows = {"random": merge(per_seed.pop("random")),
-          "behaviour data": env_eval.behaviour_table(data_path, tasks=tasks)}
+  rows = {"random": merge(per_seed.pop("random")), "behaviour data": env_eval.behaviour_table(data_path, tasks=tasks)}
   rows.update({name: merge(found) for name, found in per_seed.items() if found})
   report.write_table(rows, out_dir)
   logging.info("evaluate:\n%s", report.to_markdown(rows))
@@ -138,6 +160,7 @@ def evaluate_stage(config, workdir: str, data_path: str) -> dict:
 def check_config(config) -> None:
   """Settings that would otherwise fail only at the last stage, hours in. Raises ConfigError."""
   from data_pipelines.envs import ENVS, make_env
+
   env = config.collect.env
   if env not in ENVS:
     raise ConfigError(f"--config.collect.env: unknown env {env!r}; choose one of {', '.join(sorted(ENVS))}")
@@ -146,8 +169,9 @@ def check_config(config) -> None:
     names = make_env(env).task_names
     unknown = [t for t in tasks if t not in names]
     if unknown:
-      raise ConfigError(f"--config.evaluate.tasks: unknown task(s) {', '.join(unknown)} for env {env!r}; "
-                        f"choose from {', '.join(names)}")
+      raise ConfigError(
+        f"--config.evaluate.tasks: unknown task(s) {', '.join(unknown)} for env {env!r}; choose from {', '.join(names)}"
+      )
 
 
 def stage_plan(stages, num_seeds: int) -> list[tuple[str, int]]:
@@ -155,9 +179,11 @@ def stage_plan(stages, num_seeds: int) -> list[tuple[str, int]]:
   agent 1, ...), so every finished seed is a whole Dreamer 4 result and an interrupted run
   resumes at the seed it was on."""
   plan, block = [], []
+
   def flush():
     plan.extend((stage, s) for s in range(num_seeds) for stage in block)
     block.clear()
+
   for stage in stages:
     if stage in SEEDED_STAGES:
       block.append(stage)
@@ -174,8 +200,10 @@ def run_pipeline(config, workdir: str) -> dict:
   results = {}
   for stage in config.stages:
     if stage not in ("collect", "encode", "evaluate") + tuple(TRAINED_STAGES):
-      raise ConfigError(f"--config.stages has unknown stage {stage!r}; choose from collect, encode, evaluate, "
-                        f"{', '.join(TRAINED_STAGES)}")
+      raise ConfigError(
+        f"--config.stages has unknown stage {stage!r}; choose from collect, encode, evaluate, "
+        f"{', '.join(TRAINED_STAGES)}"
+      )
   for stage, s in stage_plan(config.stages, int(config.seeds)):
     if stage == "collect":
       collect_stage(config, data_path)
@@ -192,8 +220,11 @@ def run_pipeline(config, workdir: str) -> dict:
     cfg = copy.deepcopy(config[stage])
     if not cfg.data.path:
       cfg.data.path = data_path
-    for key, stage_name in (("tokenizer_workdir", "tokenizer"), ("dynamics_workdir", "dynamics"),
-                            ("agent_workdir", "agent")):
+    for key, stage_name in (
+      ("tokenizer_workdir", "tokenizer"),
+      ("dynamics_workdir", "dynamics"),
+      ("agent_workdir", "agent"),
+    ):
       if key in cfg and not cfg[key]:
         cfg[key] = stage_dir(workdir, stage_name, s)
     if s:  # another seed: other initial heads, step randomness and data order

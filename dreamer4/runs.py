@@ -30,11 +30,31 @@ LATENTS = "latents"  # the store array the encode job writes
 # them in, so every other reader of a config uses plain attribute access. (scan_layers=False:
 # a run older than scanned layers has unscanned checkpoints.)
 LATER_KEYS = {
-    "tokenizer": {"model": dict(dtype="float32", remat=False, scan_layers=False, remat_policy="nothing",
-                                context=0, readout_bias_init=0.0, readout_init_scale=1.0,
-                                block_skip=False, output="sigmoid", attention="dense")},
-    "dynamics": {"model": dict(k_max=64, dtype="float32", remat=False, spatial_pos=False,
-                               scan_layers=False, remat_policy="nothing", attention="dense")},
+  "tokenizer": {
+    "model": dict(
+      dtype="float32",
+      remat=False,
+      scan_layers=False,
+      remat_policy="nothing",
+      context=0,
+      readout_bias_init=0.0,
+      readout_init_scale=1.0,
+      block_skip=False,
+      output="sigmoid",
+      attention="dense",
+    )
+  },
+  "dynamics": {
+    "model": dict(
+      k_max=64,
+      dtype="float32",
+      remat=False,
+      spatial_pos=False,
+      scan_layers=False,
+      remat_policy="nothing",
+      attention="dense",
+    )
+  },
 }
 
 
@@ -89,10 +109,18 @@ def agent_model_def(dyn_model_cfg, agent_cfg, num_latents, latent_dim, action_sp
 
   def make(rng):
     rngs = nnx.Rngs(rng)
-    dyn = Dynamics.from_config(dyn_model_cfg, num_latents, latent_dim, action_spec, rngs,
-                               num_agent_tokens=int(agent_cfg.num_agent_tokens), num_tasks=int(num_tasks))
-    return AgentModel(dyn, mtp=int(agent_cfg.mtp), hidden=int(agent_cfg.head_hidden),
-                      num_layers=int(agent_cfg.head_layers), rngs=rngs)
+    dyn = Dynamics.from_config(
+      dyn_model_cfg,
+      num_latents,
+      latent_dim,
+      action_spec,
+      rngs,
+      num_agent_tokens=int(agent_cfg.num_agent_tokens),
+      num_tasks=int(num_tasks),
+    )
+    return AgentModel(
+      dyn, mtp=int(agent_cfg.mtp), hidden=int(agent_cfg.head_hidden), num_layers=int(agent_cfg.head_layers), rngs=rngs
+    )
 
   return _build(make)
 
@@ -101,8 +129,11 @@ def imagine_heads_def(agent_def: ModelDef, agent_cfg) -> ModelDef:
   """ModelDef of phase 3's ImagineHeads (policy and value) over the AgentModel's dynamics."""
   dyn_abstract = agent_def.merge(agent_def.abstract_params).dynamics  # shapes only
   a = agent_cfg
-  return ModelDef.build(lambda rng: ImagineHeads(dyn_abstract, mtp=int(a.mtp), hidden=int(a.head_hidden),
-                                                 num_layers=int(a.head_layers), rngs=nnx.Rngs(rng)))
+  return ModelDef.build(
+    lambda rng: ImagineHeads(
+      dyn_abstract, mtp=int(a.mtp), hidden=int(a.head_hidden), num_layers=int(a.head_layers), rngs=nnx.Rngs(rng)
+    )
+  )
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -110,8 +141,12 @@ def imagine_heads_def(agent_def: ModelDef, agent_cfg) -> ModelDef:
 
 def tokenizer_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of the tokenizer run in `workdir`; CheckpointError if it has none."""
-  return read_config(workdir, "tokenizer", "train the tokenizer first (python -m dreamer4.main "
-                     "--config=configs/tokenizer.py:toy --workdir=DIR) and name that DIR")
+  return read_config(
+    workdir,
+    "tokenizer",
+    "train the tokenizer first (python -m dreamer4.main "
+    "--config=configs/tokenizer.py:toy --workdir=DIR) and name that DIR",
+  )
 
 
 def load_tokenizer(workdir: str, mesh, frame_shape):
@@ -137,7 +172,9 @@ def agent_configs(workdir: str, flag: str = ""):
   `flag` names the setting that points at `workdir` in the error when it holds no run.
   """
   cfg = read_config(workdir, "agent", "train phase 2 first" + (f" and name its workdir in {flag}" if flag else ""))
-  dyn_cfg = read_config(cfg.dynamics_workdir, "dynamics", f"the agent workdir {workdir} names a missing dynamics workdir")
+  dyn_cfg = read_config(
+    cfg.dynamics_workdir, "dynamics", f"the agent workdir {workdir} names a missing dynamics workdir"
+  )
   return cfg, dyn_cfg
 
 
@@ -163,26 +200,37 @@ def latent_shape(store) -> tuple[int, int]:
   """(num_latents, latent_dim) of the latents in `store`; ConfigError if the encode job has not run."""
   attrs = store.array_attrs(LATENTS) or {}
   if "num_latents" not in attrs:
-    raise ConfigError(f"dataset {store.path} holds no latents; run the encode job first "
-                      "(python -m dreamer4.main --config=configs/encode.py ...)")
+    raise ConfigError(
+      f"dataset {store.path} holds no latents; run the encode job first "
+      "(python -m dreamer4.main --config=configs/encode.py ...)"
+    )
   return int(attrs["num_latents"]), int(attrs["latent_dim"])
 
 
 def latents_attrs(tokenizer_workdir: str, step: int, tcfg) -> dict:
   """The attrs of the latents that the tokenizer in `tokenizer_workdir` at `step` writes."""
-  return {"tokenizer_workdir": str(tokenizer_workdir), "tokenizer_step": int(step),
-          "num_latents": int(tcfg.model.num_latents), "latent_dim": int(tcfg.model.latent_dim)}
+  return {
+    "tokenizer_workdir": str(tokenizer_workdir),
+    "tokenizer_step": int(step),
+    "num_latents": int(tcfg.model.num_latents),
+    "latent_dim": int(tcfg.model.latent_dim),
+  }
 
 
 def latents_ready(store, attrs: dict) -> bool:
   """Whether `store` holds complete latents of every frame, made as `attrs` says."""
   have = store.array_attrs(LATENTS)
-  return bool(have and have.get("complete") and have.get("frames") == store.num_frames
-              and all(have.get(k) == v for k, v in attrs.items()))
+  return bool(
+    have
+    and have.get("complete")
+    and have.get("frames") == store.num_frames
+    and all(have.get(k) == v for k, v in attrs.items())
+  )
 
 
-def check_latents(store, tokenizer_workdir: str, step: int, tcfg, *, prefix: str = "",
-                  match_workdir: bool = True) -> dict:
+def check_latents(
+  store, tokenizer_workdir: str, step: int, tcfg, *, prefix: str = "", match_workdir: bool = True
+) -> dict:
   """The latents attrs of the tokenizer (`latents_attrs`); UserError, one line with the
   encode command, unless `store` holds them complete. `match_workdir=False` accepts
   latents recorded under another path of the tokenizer (a run moved as a whole)."""
@@ -190,7 +238,8 @@ def check_latents(store, tokenizer_workdir: str, step: int, tcfg, *, prefix: str
   want = attrs if match_workdir else {k: v for k, v in attrs.items() if k != "tokenizer_workdir"}
   if not latents_ready(store, want):
     raise UserError(
-        f"{prefix}dataset {store.path} holds no complete latents of tokenizer {tokenizer_workdir} step {step} "
-        f"(found: {store.array_attrs(LATENTS) or None}); run python -m dreamer4.main --config=configs/encode.py "
-        f"--config.data.path={store.path} --config.tokenizer_workdir={tokenizer_workdir}")
+      f"{prefix}dataset {store.path} holds no complete latents of tokenizer {tokenizer_workdir} step {step} "
+      f"(found: {store.array_attrs(LATENTS) or None}); run python -m dreamer4.main --config=configs/encode.py "
+      f"--config.data.path={store.path} --config.tokenizer_workdir={tokenizer_workdir}"
+    )
   return attrs

@@ -10,11 +10,13 @@ parallelism shard them as well; the data's batch axes are the table's "batch" ru
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import common
 from dreamer4.errors import ConfigError
@@ -40,8 +42,9 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     where = f"--config.mesh.shape={tuple(mesh_cfg.shape)}"
   else:
     if mesh_cfg.preset not in common.MESH_PRESETS:
-      raise ConfigError(f"--config.mesh.preset={mesh_cfg.preset!r} is unknown; "
-                        f"choose one of {', '.join(common.MESH_PRESETS)}")
+      raise ConfigError(
+        f"--config.mesh.preset={mesh_cfg.preset!r} is unknown; choose one of {', '.join(common.MESH_PRESETS)}"
+      )
     shape = common.MESH_PRESETS[mesh_cfg.preset]
     where = f"--config.mesh.preset={mesh_cfg.preset}"
   if len(shape) != len(common.MESH_AXES):
@@ -50,12 +53,16 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     raise ConfigError(f"{where}: use positive sizes and at most one -1")
   fixed = math.prod(s for s in shape if s != -1)
   if num_devices % fixed:
-    raise ConfigError(f"{where} needs a multiple of {fixed} devices but {num_devices} are present; "
-                      f"set --config.mesh.shape so its product divides {num_devices}")
+    raise ConfigError(
+      f"{where} needs a multiple of {fixed} devices but {num_devices} are present; "
+      f"set --config.mesh.shape so its product divides {num_devices}"
+    )
   shape = tuple(num_devices // fixed if s == -1 else s for s in shape)
   if math.prod(shape) != num_devices:
-    raise ConfigError(f"{where} uses {math.prod(shape)} devices but {num_devices} are present; "
-                      f"make the product equal {num_devices} (or use -1 for one axis)")
+    raise ConfigError(
+      f"{where} uses {math.prod(shape)} devices but {num_devices} are present; "
+      f"make the product equal {num_devices} (or use -1 for one axis)"
+    )
   return shape  # type: ignore[return-value]
 
 
@@ -65,8 +72,10 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   n = int(mesh_cfg.get("num_devices", 0) or 0)  # mesh configs built by hand (tests, play) may leave it out
   if n:
     if jax.process_count() > 1 or n > len(devices):
-      raise ConfigError(f"--config.mesh.num_devices={n} needs a single process with at least {n} devices "
-                        f"({len(devices)} here, {jax.process_count()} processes); use 0 for all devices")
+      raise ConfigError(
+        f"--config.mesh.num_devices={n} needs a single process with at least {n} devices "
+        f"({len(devices)} here, {jax.process_count()} processes); use 0 for all devices"
+      )
     devices = devices[:n]
   shape = resolve_mesh_shape(mesh_cfg, len(devices))
   axis_types = (AxisType.Auto,) * len(shape)
@@ -83,8 +92,9 @@ def _axis_size(mesh: Mesh, axes) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def logical_to_mesh_spec(logical: Sequence[Any], shape: Sequence[int], mesh: Mesh,
-                         rules=common.LOGICAL_AXIS_RULES) -> P:
+def logical_to_mesh_spec(
+  logical: Sequence[Any], shape: Sequence[int], mesh: Mesh, rules=common.LOGICAL_AXIS_RULES
+) -> P:
   """Maps one array's logical names to a PartitionSpec on `mesh` (a Mesh or an AbstractMesh).
 
   A dimension that its mesh axes do not divide drops trailing axes until they do, down to
@@ -134,8 +144,11 @@ def constrain(x, logical: Sequence[str | None]):
 def tree_shardings(abstract_tree, logical_specs, mesh: Mesh):
   """NamedShardings for a tree of arrays, given a matching tree of logical PartitionSpecs."""
   return jax.tree.map(
-      lambda x, spec: NamedSharding(mesh, logical_to_mesh_spec(tuple(spec), x.shape, mesh)),
-      abstract_tree, logical_specs, is_leaf=lambda s: isinstance(s, P))
+    lambda x, spec: NamedSharding(mesh, logical_to_mesh_spec(tuple(spec), x.shape, mesh)),
+    abstract_tree,
+    logical_specs,
+    is_leaf=lambda s: isinstance(s, P),
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -151,8 +164,12 @@ def check_batch_divides(global_batch: int, mesh: Mesh, setting: str = "--config.
   """The global batch must split evenly over the data axes and over the processes."""
   n = _axis_size(mesh, BATCH_AXES)
   if global_batch % n:
-    raise ConfigError(f"{setting}={global_batch} does not divide over the {n} data-parallel devices "
-                      f"(mesh data x fsdp); use a multiple of {n}")
+    raise ConfigError(
+      f"{setting}={global_batch} does not divide over the {n} data-parallel devices "
+      f"(mesh data x fsdp); use a multiple of {n}"
+    )
   if global_batch % jax.process_count():
-    raise ConfigError(f"{setting}={global_batch} does not divide over {jax.process_count()} processes; "
-                      f"use a multiple of {jax.process_count()}")
+    raise ConfigError(
+      f"{setting}={global_batch} does not divide over {jax.process_count()} processes; "
+      f"use a multiple of {jax.process_count()}"
+    )

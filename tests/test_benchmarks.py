@@ -34,8 +34,7 @@ def _one_device_mesh():
 def test_train_step_benchmark_numbers(tiny_store):
   config = _tiny_matmul_config(tiny_store)
   peak = ts.matmul_peak([256], repeats=2)[0]["gflops"]
-  rec = ts.run_train_step(config, tiny_store, mesh=_one_device_mesh(), steps=2, warmup=1, peak_gflops=peak,
-                          size="test")
+  rec = ts.run_train_step(config, tiny_store, mesh=_one_device_mesh(), steps=2, warmup=1, peak_gflops=peak, size="test")
   assert rec["compiles"] == 1
   assert rec["devices"] == 1 and not rec["lpips"]
   assert rec["steps"] == 2 and rec["step_s"] > 0 and rec["frames_per_s"] > 0
@@ -49,17 +48,26 @@ def test_train_step_benchmark_numbers(tiny_store):
 
 def test_vgg16_flops_match_the_textbook_count():
   # VGG16's 13 convolutions at 224x224 are about 15.35 GMACs (without the classifier).
-  convs = fl.vgg16_forward_flops(224, 224) - sum(2 * s * s * c for s, c in
-                                                ((224, 64), (112, 128), (56, 256), (28, 512), (14, 512)))
+  convs = fl.vgg16_forward_flops(224, 224) - sum(
+    2 * s * s * c for s, c in ((224, 64), (112, 128), (56, 256), (28, 512), (14, 512))
+  )
   assert abs(convs / 2 / 15.35e9 - 1) < 0.01
 
 
 def test_dynamics_train_step_benchmark_counts_the_bootstrap_passes():
   from configs import dynamics
+
   c = dynamics.get_config("tiny")
   c.loss.bootstrap_fraction = 0.5  # 4 of 8 rows
-  rec = ts.run_dynamics_step(c, latent_shape=(4, 8), mesh=_one_device_mesh(), steps=2, warmup=1,
-                             peak_gflops=ts.matmul_peak([256], repeats=2)[0]["gflops"], size="test")
+  rec = ts.run_dynamics_step(
+    c,
+    latent_shape=(4, 8),
+    mesh=_one_device_mesh(),
+    steps=2,
+    warmup=1,
+    peak_gflops=ts.matmul_peak([256], repeats=2)[0]["gflops"],
+    size="test",
+  )
   assert rec["compiles"] == 1 and rec["steps"] == 2 and rec["frames_per_s"] > 0
   assert math.isfinite(rec["loss"])
   parts = rec["flops_analytic_parts"]
@@ -73,14 +81,24 @@ def test_dynamics_train_step_benchmark_counts_the_bootstrap_passes():
 
 def test_loader_benchmark_counts_frames_and_the_ratio(tmp_path):
   from benchmarks import loader as lb
+
   path = lb.make_store(str(tmp_path / "toy16"), episodes=8, size=16, latent_shape=(4, 8))
   recs = []
   # (read, window, batch, threads, workers): the trainer's path for both reads, and Grain's
   # worker processes (the benchmark's own rebuild of the loader's dataset) for one.
-  for read, T, B, threads, workers in (("tokenizer", 2, 4, 1, 0), ("dynamics", 4, 2, 2, 0),
-                                       ("tokenizer", 2, 4, 1, 1)):
-    rec = lb.measure_loader(path, read, num_threads=threads, workers=workers, prefetch=2, warmup=1, blocks=2,
-                            block_batches=3, window=T, batch_size=B)
+  for read, T, B, threads, workers in (("tokenizer", 2, 4, 1, 0), ("dynamics", 4, 2, 2, 0), ("tokenizer", 2, 4, 1, 1)):
+    rec = lb.measure_loader(
+      path,
+      read,
+      num_threads=threads,
+      workers=workers,
+      prefetch=2,
+      warmup=1,
+      blocks=2,
+      block_batches=3,
+      window=T,
+      batch_size=B,
+    )
     assert rec["fps"] > 0 and len(rec["block_fps"]) == 2 and min(rec["block_fps"]) > 0
     assert rec["batches"] == 2 * 3 and rec["frames"] == rec["batches"] * B * T
     assert rec["frames_per_batch"] == B * T and rec["workers"] == workers
@@ -108,9 +126,11 @@ def test_loader_benchmark_counts_frames_and_the_ratio(tmp_path):
 
 def test_loader_benchmark_paper_size_frames(tmp_path):
   from benchmarks import loader as lb
+
   path = lb.make_paper_frames_store(str(tmp_path / "paper"), episodes=1, size=16)
-  rec = lb.measure_loader(path, "tokenizer_paper", num_threads=2, prefetch=2, warmup=1, blocks=2, block_batches=2,
-                          window=2)
+  rec = lb.measure_loader(
+    path, "tokenizer_paper", num_threads=2, prefetch=2, warmup=1, blocks=2, block_batches=2, window=2
+  )
   assert rec["batch"] == 1 and rec["bytes_per_frame"] == 384 * 640 * 3
   assert rec["frames"] == 2 * 2 * 1 * 2 and rec["fps"] > 0
   paper = lb.paper_need(0.4)

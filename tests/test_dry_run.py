@@ -16,8 +16,14 @@ def _run(args, tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)
   env.pop("JAX_NUM_CPU_DEVICES", None)
-  return subprocess.run([sys.executable, "-m", "dreamer4.main", "--dry_run", *args, f"--workdir={tmp_path / 'work'}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "dreamer4.main", "--dry_run", *args, f"--workdir={tmp_path / 'work'}"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def _report(proc):
@@ -44,8 +50,16 @@ def _check_numbers(r, devices=8):
 
 
 def test_tokenizer_dry_run(tiny_store, tmp_path):
-  proc = _run(["--config=configs/tokenizer.py:tiny", f"--config.data.path={tiny_store}", "--cpu_devices=8",
-               "--config.mesh.preset=gpu8", f"--dry_run_output={tmp_path / 'report.json'}"], tmp_path)
+  proc = _run(
+    [
+      "--config=configs/tokenizer.py:tiny",
+      f"--config.data.path={tiny_store}",
+      "--cpu_devices=8",
+      "--config.mesh.preset=gpu8",
+      f"--dry_run_output={tmp_path / 'report.json'}",
+    ],
+    tmp_path,
+  )
   r = _report(proc)
   assert "parameters:" in proc.stdout and "FLOPs per step" in proc.stdout
   assert json.loads((tmp_path / "report.json").read_text()) == r
@@ -56,14 +70,22 @@ def test_tokenizer_dry_run(tiny_store, tmp_path):
   from configs import tokenizer
   from data_pipelines.episodes import EpisodeStore
   from dreamer4.phases.tokenizer import make_phase
+
   cfg = tokenizer.get_config("tiny")
   phase = make_phase(cfg, EpisodeStore.open(tiny_store))
   assert r["params_total"] == _count(phase.model_def.init_params(jax.random.key(0)))
 
 
 def test_dynamics_dry_run_without_tokenizer(tmp_path):
-  proc = _run(["--config=configs/dynamics.py:tiny", "--config.data.latent_shape=(4,8)", "--cpu_devices=8",
-               "--config.mesh.preset=tpu_fsdp"], tmp_path)
+  proc = _run(
+    [
+      "--config=configs/dynamics.py:tiny",
+      "--config.data.latent_shape=(4,8)",
+      "--cpu_devices=8",
+      "--config.mesh.preset=tpu_fsdp",
+    ],
+    tmp_path,
+  )
   r = _report(proc)
   assert not (tmp_path / "work").exists()
   _check_numbers(r)
@@ -75,18 +97,29 @@ def test_dynamics_dry_run_without_tokenizer(tmp_path):
   from configs import dynamics
   from dreamer4.dry_run import ASSUMED_ACTIONS
   from dreamer4.models.dynamics import Dynamics
+
   with nnx.use_eager_sharding(False):
     model = Dynamics.from_config(dynamics.get_config("tiny").model, 4, 8, ASSUMED_ACTIONS, nnx.Rngs(0))
   assert r["params_total"] == _count(nnx.state(model, nnx.Param))
 
 
-@pytest.mark.parametrize("extra,expect", [
-    (["--config=configs/tokenizer.py:tiny", "--config.data.frame_shape=(16,16,3)", "--config.mesh.shape=(3,1,1)",
-      "--cpu_devices=8"], "--config.mesh.shape=(3, 1, 1) needs a multiple of 3 devices but 8 are present"),
+@pytest.mark.parametrize(
+  "extra,expect",
+  [
+    (
+      [
+        "--config=configs/tokenizer.py:tiny",
+        "--config.data.frame_shape=(16,16,3)",
+        "--config.mesh.shape=(3,1,1)",
+        "--cpu_devices=8",
+      ],
+      "--config.mesh.shape=(3, 1, 1) needs a multiple of 3 devices but 8 are present",
+    ),
     (["--config=configs/tokenizer.py:tiny", "--cpu_devices=8"], "needs the frame shape"),
     (["--config=configs/dynamics.py:tiny", "--cpu_devices=8"], "needs the latent shape"),
     (["--config=configs/tokenizer.py:tiny", "--heartbeat_timeout=0"], "--heartbeat_timeout=0 must be at least 1"),
-])
+  ],
+)
 def test_dry_run_bad_input_is_one_line(tmp_path, extra, expect):
   proc = _run(extra, tmp_path)
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
@@ -103,6 +136,7 @@ def test_paper_configs_have_the_paper_sizes():
   from dreamer4.models.dynamics import Dynamics
   from dreamer4.models.tokenizer import Tokenizer
   from dreamer4.training.state import ModelDef
+
   t, d = tokenizer.get_config("paper"), dynamics.get_config("paper")
   tok = ModelDef.build(lambda r: Tokenizer.from_config(t.model, t.data.frame_shape, nnx.Rngs(r)))
   N, L = d.data.latent_shape
@@ -124,6 +158,7 @@ def test_craftax_large_configs_have_their_sizes():
   from dreamer4.models.dynamics import Dynamics
   from dreamer4.models.tokenizer import Tokenizer
   from dreamer4.training.state import ModelDef
+
   t, d = tokenizer.get_config("craftax_large"), dynamics.get_config("craftax_large")
   tok = ModelDef.build(lambda r: Tokenizer.from_config(t.model, t.data.frame_shape, nnx.Rngs(r)))
   N, L = d.data.latent_shape

@@ -54,7 +54,7 @@ def _import_edges(mods: dict[str, str]) -> dict[tuple[str, str], bool]:
           base = child.module or ""
           if child.level:  # relative: from the package of `mod`
             pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
-            base = ".".join(pkg[:len(pkg) - child.level + 1] + ([base] if base else []))
+            base = ".".join(pkg[: len(pkg) - child.level + 1] + ([base] if base else []))
           for a in child.names:  # `from pkg import submodule` imports the submodule
             full = f"{base}.{a.name}"
             add(mod, full if full in mods else base, inner)
@@ -105,8 +105,15 @@ def test_no_import_cycles():
     if (src, dst) not in ALLOWED_LOCAL_EDGES:
       graph.setdefault(src, set()).add(dst)
   cycles = _cycles(graph)
-  detail = [[f"{a} -> {b}" + (" (function-local)" if edges[(a, b)] else "")
-             for a in c for b in sorted(graph.get(a, ())) if b in c] for c in cycles]
+  detail = [
+    [
+      f"{a} -> {b}" + (" (function-local)" if edges[(a, b)] else "")
+      for a in c
+      for b in sorted(graph.get(a, ()))
+      if b in c
+    ]
+    for c in cycles
+  ]
   assert not cycles, detail
 
 
@@ -116,10 +123,11 @@ def test_every_module_imports_in_a_fresh_process():
   groups = [[m for m in mods if not m.endswith(".__main__")]] + [[m] for m in mods if m.endswith(".__main__")]
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   for group in groups:
-    code = ("import importlib, sys\n"
-            f"for m in {group!r}:\n"
-            "  importlib.import_module(m)\n"
-            "assert 'tensorflow' not in sys.modules, 'an import pulled in TensorFlow; keep it lazy'\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    code = (
+      "import importlib, sys\n"
+      f"for m in {group!r}:\n"
+      "  importlib.import_module(m)\n"
+      "assert 'tensorflow' not in sys.modules, 'an import pulled in TensorFlow; keep it lazy'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

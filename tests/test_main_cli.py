@@ -14,26 +14,50 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(args, tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)
-  return subprocess.run([sys.executable, "-m", "dreamer4.main", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "dreamer4.main", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
 
 
-@pytest.mark.parametrize("extra,expect", [
-    (["--config=configs/tokenizer.py:tiny", "--config.train.nope=1"], "--config.train.nope: the config has no key 'nope'"),
-    (["--config=configs/tokenizer.py:tiny", "--config.train.batch_size=abc"], "--config.train.batch_size=abc: invalid literal"),
+@pytest.mark.parametrize(
+  "extra,expect",
+  [
+    (
+      ["--config=configs/tokenizer.py:tiny", "--config.train.nope=1"],
+      "--config.train.nope: the config has no key 'nope'",
+    ),
+    (
+      ["--config=configs/tokenizer.py:tiny", "--config.train.batch_size=abc"],
+      "--config.train.batch_size=abc: invalid literal",
+    ),
     (["--config=configs/tokenizer.py:huge"], "unknown variant 'huge'; choose one of toy, tiny"),
     (["--config=configs/tokenizer.py:tiny", "--config.data.path=DATA_MISSING"], "metadata.json is missing"),
-    (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.mesh.shape=(3,1,1)",
-      "--cpu_devices=8"], "--config.mesh.shape=(3, 1, 1) needs a multiple of 3 devices but 8 are present"),
-    (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.train.batch_size=6",
-      "--cpu_devices=4"], "--config.train.batch_size=6 does not divide over the 4 data-parallel devices"),
-    (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.model.patch_size=5"],
-     "patch_size"),
-    (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.data.window=0"],
-     "window"),
-    (["--config=configs/pipeline.py:tiny", "--config.evaluate.tasks=reach_red,reach_purple"],
-     "--config.evaluate.tasks: unknown task(s) reach_purple for env 'toy'; choose from reach_red"),
-])
+    (
+      [
+        "--config=configs/tokenizer.py:tiny",
+        "--config.data.path=STORE",
+        "--config.mesh.shape=(3,1,1)",
+        "--cpu_devices=8",
+      ],
+      "--config.mesh.shape=(3, 1, 1) needs a multiple of 3 devices but 8 are present",
+    ),
+    (
+      [
+        "--config=configs/tokenizer.py:tiny",
+        "--config.data.path=STORE",
+        "--config.train.batch_size=6",
+        "--cpu_devices=4",
+      ],
+      "--config.train.batch_size=6 does not divide over the 4 data-parallel devices",
+    ),
+    (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.model.patch_size=5"], "patch_size"),
+    (["--config=configs/tokenizer.py:tiny", "--config.data.path=STORE", "--config.data.window=0"], "window"),
+    (
+      ["--config=configs/pipeline.py:tiny", "--config.evaluate.tasks=reach_red,reach_purple"],
+      "--config.evaluate.tasks: unknown task(s) reach_purple for env 'toy'; choose from reach_red",
+    ),
+  ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_store, extra, expect):
   workdir = tmp_path / "work"
   args = [a.replace("DATA_MISSING", str(tmp_path / "nothing")).replace("STORE", tiny_store) for a in extra]
@@ -45,14 +69,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_store, extra, e
   assert not workdir.exists()
 
 
-
-
 def _bad_inputs(tmp_path, store):
   """Files and directories the catalogue below points at (placeholders -> paths)."""
   import json
   import shutil
 
   import numpy as np
+
   from configs import tokenizer
 
   places = {}
@@ -82,6 +105,7 @@ def _bad_inputs(tmp_path, store):
   (places["WCKFILE"] / "checkpoints").write_text("a file where checkpoints/ should be")
   places["WOTHER"] = tmp_path / "other_model"  # a checkpoint of some other model
   from dreamer4.training.checkpoint import Checkpointer
+
   ck = Checkpointer(str(places["WOTHER"] / "checkpoints"), async_save=False, data_names=())
   ck.save(4, {"params": {"w": np.zeros((3,), np.float32)}, "step": np.int32(4)})
   ck.close()
@@ -91,9 +115,13 @@ def _bad_inputs(tmp_path, store):
 TOK = "--config=configs/tokenizer.py:tiny"
 
 
-@pytest.mark.parametrize("extra,expect", [
-    ([TOK, "--config.train.batch_sizee=3"],
-     "--config.train.batch_sizee: the config has no key 'batch_sizee' (did you mean \"batch_size\""),
+@pytest.mark.parametrize(
+  "extra,expect",
+  [
+    (
+      [TOK, "--config.train.batch_sizee=3"],
+      "--config.train.batch_sizee: the config has no key 'batch_sizee' (did you mean \"batch_size\"",
+    ),
     ([TOK, "--config.optim.lr=fast"], "--config.optim.lr=fast: could not convert string to float"),
     ([TOK, "--config.data.path=STORE", "--config.train.batch_size=-8"], "batch_size must be >= 1, got -8"),
     ([TOK, "--config.data.path=FILE"], "metadata.json is missing; this is not an EpisodeStore"),
@@ -101,20 +129,24 @@ TOK = "--config=configs/tokenizer.py:tiny"
     ([TOK, "--config.data.path=V99"], "metadata.json has schema_version 99, this code reads 1"),
     ([TOK, "--config.data.path=CORRUPT"], "array 'frames', episode"),
     (["--config=configs/dynamics.py:tiny", "--config.data.path=STORE"], "tokenizer workdir '' has no config.json"),
-    (["--config=configs/dynamics.py:tiny", "--config.data.path=STORE", "--config.tokenizer_workdir=TOKCFG"],
-     "cannot take frames (16, 16, 3)"),
+    (
+      ["--config=configs/dynamics.py:tiny", "--config.data.path=STORE", "--config.tokenizer_workdir=TOKCFG"],
+      "cannot take frames (16, 16, 3)",
+    ),
     ([TOK, "--config.data.path=STORE", "--workdir=WFILE"], "is a file, not a directory"),
     ([TOK, "--config.data.path=STORE", "--workdir=WCKFILE"], "is a file, not a directory"),
     ([TOK, "--config.data.path=STORE", "--workdir=WOTHER"], "it was written by a different model or phase"),
-])
+  ],
+)
 def test_bad_input_catalogue_one_line_nothing_changed(tmp_path, tiny_store, extra, expect):
   """More kinds of bad input; files that existed before (store, workdir) are byte-identical after."""
   places = _bad_inputs(tmp_path, tiny_store)
   args = []
   for a in extra:
     flag, _, value = a.partition("=")
-    args.append(f"{flag}={places[value] if value in places else tiny_store if value == 'STORE' else value}"
-                if value else a)
+    args.append(
+      f"{flag}={places[value] if value in places else tiny_store if value == 'STORE' else value}" if value else a
+    )
   workdir = tmp_path / "work"
   if not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={workdir}")

@@ -9,6 +9,7 @@ from dreamer4.errors import ConfigError
 
 def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achievements():
   from data_pipelines.envs.craftax import STAGES
+
   toy, cx = pipeline_config.get_config("toy"), pipeline_config.get_config("craftax")
   assert cx.collect.env == "craftax" and cx.seeds == 1
   # Same model shapes as the toy (both worlds are 64x64x3); only the step budgets differ.
@@ -34,6 +35,7 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
 def test_craftax_pipeline_stages_are_the_phase_variants(variant):
   """A phase run alone with :craftax (or :craftax_large) gets exactly the pipeline's stage settings."""
   from configs import agent, dynamics, imagine, tokenizer
+
   cfg = pipeline_config.get_config(variant)
   for stage, module in (("tokenizer", tokenizer), ("dynamics", dynamics), ("agent", agent), ("imagine", imagine)):
     assert cfg[stage].to_dict() == module.get_config(variant).to_dict(), stage
@@ -55,6 +57,7 @@ def test_craftax_large_resolves_for_one_gpu():
     assert c.model.dtype == "bfloat16" and c.model.remat
   tasks = pipeline.eval_tasks(cfg)
   from data_pipelines.envs.craftax import STAGES
+
   assert tasks == tuple(s[0] for s in STAGES) and cfg.evaluate.episodes % len(tasks) == 0
   assert pipeline.eval_env_kwargs(cfg, (64, 64, 3)) == {"size": 64, "max_steps": 2000}
   pipeline.check_config(cfg)  # valid as shipped
@@ -63,6 +66,7 @@ def test_craftax_large_resolves_for_one_gpu():
 @pytest.mark.parametrize("module", ["pipeline", "tokenizer", "dynamics", "agent", "imagine"])
 def test_unknown_variant_is_one_line(module):
   import importlib
+
   mod = importlib.import_module(f"configs.{module}")
   with pytest.raises(ValueError) as e:
     mod.get_config("craftax_huge")
@@ -80,6 +84,7 @@ def test_collect_frames_is_for_batched_envs_only(tmp_path):
   assert not (tmp_path / "data").exists()
   # A store already holding collect.frames frames is kept as is (the stage is skipped).
   from data_pipelines.episodes import EpisodeStore
+
   cfg.collect.frames, cfg.collect.episodes, cfg.collect.max_steps = 0, 2, 3
   pipeline.collect_stage(cfg, str(tmp_path / "data"))
   have = EpisodeStore.open(str(tmp_path / "data")).num_frames
@@ -97,10 +102,13 @@ def test_toy_evaluation_env_follows_the_collected_layout():
   pipeline.check_config(toy)
 
 
-@pytest.mark.parametrize("key,value,expect", [
+@pytest.mark.parametrize(
+  "key,value,expect",
+  [
     ("evaluate.tasks", "collect_wood,fly", "--config.evaluate.tasks: unknown task(s) fly for env 'craftax'"),
     ("collect.env", "atari", "--config.collect.env: unknown env 'atari'"),
-])
+  ],
+)
 def test_bad_pipeline_settings_fail_before_any_stage(key, value, expect):
   cfg = pipeline_config.get_config("craftax")
   section, name = key.split(".")
@@ -115,14 +123,17 @@ def test_collect_stage_hands_over_max_steps_and_names_bad_settings(tmp_path):
   """The collect stage cuts episodes at collect.max_steps; bad collect settings are one ConfigError
   line naming --config.collect.<key>, with nothing written."""
   from data_pipelines.episodes import EpisodeStore
+
   cfg = pipeline_config.get_config("tiny")
   cfg.collect.episodes, cfg.collect.max_steps, cfg.collect.skills = 4, 3, "0.0"
   pipeline.collect_stage(cfg, str(tmp_path / "data"))
   store = EpisodeStore.open(str(tmp_path / "data"))
   assert store.num_episodes == 4 and (store.episode_lengths <= 3 + 1).all() and store.episode_lengths.max() == 4
-  for key, value, expect in (("layout", "diagonal", "--config.collect.layout: "),
-                             ("max_steps", 0, "--config.collect.max_steps: must be >= 1"),
-                             ("skills", "high", "--config.collect.skills=high: give comma-separated numbers")):
+  for key, value, expect in (
+    ("layout", "diagonal", "--config.collect.layout: "),
+    ("max_steps", 0, "--config.collect.max_steps: must be >= 1"),
+    ("skills", "high", "--config.collect.skills=high: give comma-separated numbers"),
+  ):
     bad = pipeline_config.get_config("tiny")
     bad.collect[key] = value
     with pytest.raises(ConfigError) as e:
@@ -135,9 +146,18 @@ def test_seeded_stages_run_seed_by_seed():
   """Agent and imagine alternate per seed, so each finished seed is a whole Dreamer 4 result."""
   stages = ("collect", "tokenizer", "encode", "dynamics", "agent", "imagine", "evaluate")
   assert pipeline.stage_plan(stages, 3) == [
-      ("collect", 0), ("tokenizer", 0), ("encode", 0), ("dynamics", 0),
-      ("agent", 0), ("imagine", 0), ("agent", 1), ("imagine", 1), ("agent", 2), ("imagine", 2),
-      ("evaluate", 0)]
+    ("collect", 0),
+    ("tokenizer", 0),
+    ("encode", 0),
+    ("dynamics", 0),
+    ("agent", 0),
+    ("imagine", 0),
+    ("agent", 1),
+    ("imagine", 1),
+    ("agent", 2),
+    ("imagine", 2),
+    ("evaluate", 0),
+  ]
   assert pipeline.stage_plan(("imagine",), 2) == [("imagine", 0), ("imagine", 1)]
   assert pipeline.stage_plan(("dynamics", "agent"), 1) == [("dynamics", 0), ("agent", 0)]
 

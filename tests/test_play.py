@@ -110,21 +110,37 @@ def test_key_bindings_follow_the_action_spec():
   labels = ("noop", "up", "down", "left", "right")
   toy = play.key_bindings(ActionSpec((ActionComponent("move", "discrete", 5, labels),)))
   assert [(b.name, b.keys, b.column, b.value) for b in toy] == [
-      ("noop", (" ",), 0, 0), ("up", ("ArrowUp", "w"), 0, 1), ("down", ("ArrowDown", "s"), 0, 2),
-      ("left", ("ArrowLeft", "a"), 0, 3), ("right", ("ArrowRight", "d"), 0, 4)]
+    ("noop", (" ",), 0, 0),
+    ("up", ("ArrowUp", "w"), 0, 1),
+    ("down", ("ArrowDown", "s"), 0, 2),
+    ("left", ("ArrowLeft", "a"), 0, 3),
+    ("right", ("ArrowRight", "d"), 0, 4),
+  ]
 
   from data_pipelines.envs.craftax import ACTION_NAMES
+
   crafter = play.key_bindings(ActionSpec((ActionComponent("action", "discrete", len(ACTION_NAMES), ACTION_NAMES),)))
   keys = [k for b in crafter for k in b.keys]
   assert len(crafter) == 17 and len(keys) == len(set(keys))
-  assert {b.name: b.keys for b in crafter}["do"] == ("1",)   # unnamed actions take digits first
+  assert {b.name: b.keys for b in crafter}["do"] == ("1",)  # unnamed actions take digits first
   assert [b.value for b in crafter] == list(range(17))
 
-  generic = play.key_bindings(ActionSpec((ActionComponent("a", "discrete", 3),
-                                          ActionComponent("k", "binary", 2, ("x", "y")),
-                                          ActionComponent("stick", "continuous", 2))))
+  generic = play.key_bindings(
+    ActionSpec(
+      (
+        ActionComponent("a", "discrete", 3),
+        ActionComponent("k", "binary", 2, ("x", "y")),
+        ActionComponent("stick", "continuous", 2),
+      )
+    )
+  )
   assert [(b.name, b.keys, b.column, b.value) for b in generic] == [
-      ("a=0", ("1",), 0, 0), ("a=1", ("2",), 0, 1), ("a=2", ("3",), 0, 2), ("k:x", ("4",), 1, 1), ("k:y", ("5",), 2, 1)]
+    ("a=0", ("1",), 0, 0),
+    ("a=1", ("2",), 0, 1),
+    ("a=2", ("3",), 0, 2),
+    ("k:x", ("4",), 1, 1),
+    ("k:y", ("5",), 2, 1),
+  ]
 
 
 def test_locate_run_reads_pipeline_and_dynamics_workdirs(play_run, tmp_path, monkeypatch):
@@ -138,8 +154,9 @@ def test_locate_run_reads_pipeline_and_dynamics_workdirs(play_run, tmp_path, mon
   (moved / "dynamics" / "checkpoints" / "2").mkdir(parents=True)
   (moved / "data").mkdir()
   (moved / "tokenizer").mkdir()
-  cfg = dict(a.config, data=dict(a.config["data"], path="runs/elsewhere/data"),
-             tokenizer_workdir="runs/elsewhere/tokenizer")
+  cfg = dict(
+    a.config, data=dict(a.config["data"], path="runs/elsewhere/data"), tokenizer_workdir="runs/elsewhere/tokenizer"
+  )
   (moved / "dynamics" / "config.json").write_text(json.dumps(cfg))
   monkeypatch.chdir(tmp_path)
   c = play.locate_run("moved")
@@ -218,23 +235,23 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served):
   eps = {e["id"]: e["length"] for e in _call(base, "/api/info")[1]["episodes"]}
   _call(base, "/api/reset", {})
   cases = [
-      (_call(base, "/api/step", {"key": "F7"}), 400, "unknown key 'F7'", "ArrowUp"),
-      (_call(base, "/api/step", {"action": "jump"}), 400, "unknown action 'jump'"),
-      (_call(base, "/api/step", {"key": 3}), 400, "unknown key 3"),
-      (_call(base, "/api/step", {}), 400, '{"key": KEY}'),
-      (_call(base, "/api/step", raw=b'{"key": "w"'), 400, "malformed JSON"),
-      (_call(base, "/api/step", raw=b"[1, 2]"), 400, "must be an object"),
-      (_call(base, "/api/step", raw=b"\xff\xfe"), 400, "malformed JSON"),
-      (_call(base, "/api/reset", {"episode": 10_000}), 400, "episode 10000 is out of range"),
-      (_call(base, "/api/reset", {"episode": 0, "start": eps[0]}), 400, "start"),
-      (_call(base, "/api/reset", {"episode": "1"}), 400, "episode must be an integer"),
-      (_call(base, "/api/nope"), 404, "no endpoint /api/nope"),
-      (_call(base, "/api/step"), 405, "GET is not allowed on /api/step; use POST"),
-      (_call(base, "/api/info", {"x": 1}), 405, "POST is not allowed"),
-      (_call(base, "/api/reset", {}, method="DELETE"), 405, "DELETE"),
-      (_call(base, "/api/step", {"policy": True}), 409, "no policy can act"),
+    (_call(base, "/api/step", {"key": "F7"}), 400, "unknown key 'F7'", "ArrowUp"),
+    (_call(base, "/api/step", {"action": "jump"}), 400, "unknown action 'jump'"),
+    (_call(base, "/api/step", {"key": 3}), 400, "unknown key 3"),
+    (_call(base, "/api/step", {}), 400, '{"key": KEY}'),
+    (_call(base, "/api/step", raw=b'{"key": "w"'), 400, "malformed JSON"),
+    (_call(base, "/api/step", raw=b"[1, 2]"), 400, "must be an object"),
+    (_call(base, "/api/step", raw=b"\xff\xfe"), 400, "malformed JSON"),
+    (_call(base, "/api/reset", {"episode": 10_000}), 400, "episode 10000 is out of range"),
+    (_call(base, "/api/reset", {"episode": 0, "start": eps[0]}), 400, "start"),
+    (_call(base, "/api/reset", {"episode": "1"}), 400, "episode must be an integer"),
+    (_call(base, "/api/nope"), 404, "no endpoint /api/nope"),
+    (_call(base, "/api/step"), 405, "GET is not allowed on /api/step; use POST"),
+    (_call(base, "/api/info", {"x": 1}), 405, "POST is not allowed"),
+    (_call(base, "/api/reset", {}, method="DELETE"), 405, "DELETE"),
+    (_call(base, "/api/step", {"policy": True}), 409, "no policy can act"),
   ]
-  for (status, payload, headers), want, *fragments in cases:
+  for (status, payload, _headers), want, *fragments in cases:
     _assert_error(status, payload, want, *fragments)
   assert _call(base, "/api/step")[2]["Allow"] == "POST"
 
@@ -287,8 +304,15 @@ def test_policy_acts_when_one_is_set(served):
 def test_page_is_served(served):
   s, html, headers = _call(served.url, "/")
   assert s == 200 and headers["Content-Type"].startswith("text/html")
-  for needle in (b'id="frame"', b'id="frame-count"', b'id="fps"', b'id="reset"', b'id="policy"',
-                 b'href="/api/session.gif"', b"/api/step"):
+  for needle in (
+    b'id="frame"',
+    b'id="frame-count"',
+    b'id="fps"',
+    b'id="reset"',
+    b'id="policy"',
+    b'href="/api/session.gif"',
+    b"/api/step",
+  ):
     assert needle in html
 
 
@@ -297,15 +321,21 @@ def test_page_is_served(served):
 
 def _cli_env():
   """The test session's JAX setup (8 CPU devices, its compilation cache: the World's compiles are hits)."""
-  return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
-              JAX_NUM_CPU_DEVICES="8", JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  return dict(
+    os.environ,
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    JAX_PLATFORMS="cpu",
+    JAX_NUM_CPU_DEVICES="8",
+    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+  )
 
 
 def _cli(*args, timeout=120):
   env = _cli_env()
-  return subprocess.run([sys.executable, "-m", "dreamer4.play", *args], capture_output=True, text=True,
-                        timeout=timeout, env=env, cwd=ROOT)
+  return subprocess.run(
+    [sys.executable, "-m", "dreamer4.play", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+  )
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(play_run, tmp_path):
@@ -319,13 +349,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(play_run, tmp_path):
   before = _snapshot(play_run)
   try:
     cases = [
-        ((), "error: --workdir is required"),
-        ((f"--workdir={tmp_path / 'missing'}",), "error: --workdir=" + str(tmp_path / "missing") + " does not exist"),
-        ((f"--workdir={tmp_path}",), "holds no dynamics run"),
-        ((f"--workdir={only_config}",), "holds no dynamics checkpoint"),
-        ((f"--workdir={play_run}", f"--port={port}"), f"error: --port={port}: 127.0.0.1:{port} is already in use"),
-        ((f"--workdir={play_run}", "--prot=1"), "error: Unknown command line flag 'prot'"),
-        ((f"--workdir={play_run}", "--port=x"), "error: flag --port=x"),
+      ((), "error: --workdir is required"),
+      ((f"--workdir={tmp_path / 'missing'}",), "error: --workdir=" + str(tmp_path / "missing") + " does not exist"),
+      ((f"--workdir={tmp_path}",), "holds no dynamics run"),
+      ((f"--workdir={only_config}",), "holds no dynamics checkpoint"),
+      ((f"--workdir={play_run}", f"--port={port}"), f"error: --port={port}: 127.0.0.1:{port} is already in use"),
+      ((f"--workdir={play_run}", "--prot=1"), "error: Unknown command line flag 'prot'"),
+      ((f"--workdir={play_run}", "--port=x"), "error: flag --port=x"),
     ]
     for args, want in cases:
       r = _cli(*args)
@@ -339,8 +369,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(play_run, tmp_path):
 
 def test_cli_serves_the_page(play_run):
   env = _cli_env()
-  proc = subprocess.Popen([sys.executable, "-m", "dreamer4.play", f"--workdir={play_run}", "--port=0"],
-                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "dreamer4.play", f"--workdir={play_run}", "--port=0"],
+    stderr=subprocess.PIPE,
+    stdout=subprocess.DEVNULL,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
   try:
     url, lines, deadline = None, [], time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -374,8 +410,7 @@ class WebDriver:
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
     self.base = f"http://127.0.0.1:{port}"
-    self.proc = subprocess.Popen([chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+    self.proc = subprocess.Popen([chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     self.sid = None
     try:
       self._start(chromium, profile_dir)
@@ -394,17 +429,31 @@ class WebDriver:
       if time.time() > deadline:
         raise AssertionError("chromedriver did not become ready in 30 s")
       time.sleep(0.2)
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile_dir}", "--window-size=1000,800"]
-    caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome",
-                                             "goog:chromeOptions": {"binary": chromium, "args": args}}}}
+    args = [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-dev-shm-usage",
+      f"--user-data-dir={profile_dir}",
+      "--window-size=1000,800",
+    ]
+    caps = {
+      "capabilities": {
+        "alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": chromium, "args": args}}
+      }
+    }
     self.sid = self._req("POST", "/session", caps)["value"]["sessionId"]
 
   def _req(self, method, path, body=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(self.base + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+      self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
       with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
@@ -427,8 +476,19 @@ class WebDriver:
     self.cmd("POST", f"/element/{self.find(css)}/click", {})
 
   def press(self, key):
-    self.cmd("POST", "/actions", {"actions": [{"type": "key", "id": "keyboard", "actions": [
-        {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]})
+    self.cmd(
+      "POST",
+      "/actions",
+      {
+        "actions": [
+          {
+            "type": "key",
+            "id": "keyboard",
+            "actions": [{"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}],
+          }
+        ]
+      },
+    )
 
   def wait_for(self, script, timeout=60):
     deadline = time.time() + timeout
@@ -450,23 +510,36 @@ class WebDriver:
 
 STATUS = "return document.getElementById('status').textContent"
 COUNT = "return document.getElementById('frame-count').textContent"
-WD_KEYS = {"ArrowUp": "\ue013", "ArrowDown": "\ue015", "ArrowLeft": "\ue012", "ArrowRight": "\ue014", " ": " ",
-           "w": "w", "a": "a", "s": "s", "d": "d"}
+WD_KEYS = {
+  "ArrowUp": "\ue013",
+  "ArrowDown": "\ue015",
+  "ArrowLeft": "\ue012",
+  "ArrowRight": "\ue014",
+  " ": " ",
+  "w": "w",
+  "a": "a",
+  "s": "s",
+  "d": "d",
+}
 
 
 def test_browser_plays_with_the_keyboard(served, tmp_path):
   chromium = shutil.which("chromium") or shutil.which("chromium-browser")
   chromedriver = shutil.which("chromedriver")
   if not (chromium and chromedriver):
-    pytest.fail("the browser test needs Debian's chromium and chromedriver: apt-get install -y chromium "
-                "chromium-driver (bash launch/test.sh installs them when missing)")
+    pytest.fail(
+      "the browser test needs Debian's chromium and chromedriver: apt-get install -y chromium "
+      "chromium-driver (bash launch/test.sh installs them when missing)"
+    )
   driver = WebDriver(chromedriver, chromium, str(tmp_path / "profile"))
   try:
     driver.get(served.url)
     # The page loads /api/info, lists the keys and resets on its own.
-    driver.wait_for("const i = document.getElementById('frame'); "
-                    "return i.src.startsWith('data:image/png') && i.naturalWidth === 16 && "
-                    "document.getElementById('frame-count').textContent === '0'")
+    driver.wait_for(
+      "const i = document.getElementById('frame'); "
+      "return i.src.startsWith('data:image/png') && i.naturalWidth === 16 && "
+      "document.getElementById('frame-count').textContent === '0'"
+    )
     assert driver.js("return document.querySelectorAll('#keys tbody tr').length") == 5
     assert driver.js("return document.getElementById('policy').disabled") is True
     assert "agent" in driver.js("return document.getElementById('policy-reason').textContent")

@@ -9,7 +9,8 @@ cheap and jax-free.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,20 +67,31 @@ class EnvSpec:
 
 def _craftax(**kwargs: Any) -> Env:
   from data_pipelines.envs.craftax.env import CraftaxClassic  # pylint: disable=g-import-not-at-top
+
   return CraftaxClassic(**kwargs)
 
 
 def _craftax_collect(*args: Any, **kwargs: Any) -> dict[str, Any]:
   from data_pipelines.envs.craftax.collect import collect_batched  # pylint: disable=g-import-not-at-top
+
   return collect_batched(*args, **kwargs)
 
 
 ENVS: dict[str, EnvSpec] = {
-    "toy": EnvSpec(ToyWorld, max_steps=64, layouts=toy.LAYOUTS, behaviour=toy.ScriptedPolicy,
-                   state_parser="dreamer4.evaluation.toy_state"),
-    "craftax": EnvSpec(_craftax, max_steps=2000, collect_batched=_craftax_collect,
-                       frame_arrays={"achievement_unlocks": craftax.ACHIEVEMENT_NAMES},
-                       state_parser="dreamer4.evaluation.craftax_state"),
+  "toy": EnvSpec(
+    ToyWorld,
+    max_steps=64,
+    layouts=toy.LAYOUTS,
+    behaviour=toy.ScriptedPolicy,
+    state_parser="dreamer4.evaluation.toy_state",
+  ),
+  "craftax": EnvSpec(
+    _craftax,
+    max_steps=2000,
+    collect_batched=_craftax_collect,
+    frame_arrays={"achievement_unlocks": craftax.ACHIEVEMENT_NAMES},
+    state_parser="dreamer4.evaluation.craftax_state",
+  ),
 }
 
 

@@ -73,9 +73,13 @@ class ActionSpec:
     return [dataclasses.asdict(c) | {"labels": list(c.labels)} for c in self.components]
 
   @classmethod
-  def from_json(cls, items: list[dict[str, Any]]) -> "ActionSpec":
-    return cls(tuple(ActionComponent(name=i["name"], kind=i["kind"], size=int(i["size"]),
-                                     labels=tuple(i.get("labels", ()))) for i in items))
+  def from_json(cls, items: list[dict[str, Any]]) -> ActionSpec:
+    return cls(
+      tuple(
+        ActionComponent(name=i["name"], kind=i["kind"], size=int(i["size"]), labels=tuple(i.get("labels", ())))
+        for i in items
+      )
+    )
 
 
 class Env(Protocol):

@@ -196,7 +196,7 @@ class ToyWorld:
     mask, tile = sprite
     c = self._cell
     y, x = int(yx[0]) * c, int(yx[1]) * c
-    view = frame_HWC[y:y + c, x:x + c]
+    view = frame_HWC[y : y + c, x : x + c]
     np.copyto(view, tile, where=mask)
 
   def render(self) -> np.ndarray:

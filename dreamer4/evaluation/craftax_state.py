@@ -61,22 +61,64 @@ GRID = ROWS + INV_ROWS  # cells per side of the whole image
 CENTRE = (ROWS // 2, COLS // 2)
 NUM_CELLS = ROWS * COLS
 # craftax_classic.constants.BlockType, in value order (checked by the tests).
-BLOCK_NAMES = ("invalid", "out_of_bounds", "grass", "water", "stone", "tree", "wood", "path", "coal", "iron",
-               "diamond", "crafting_table", "furnace", "sand", "lava", "plant", "ripe_plant")
+BLOCK_NAMES = (
+  "invalid",
+  "out_of_bounds",
+  "grass",
+  "water",
+  "stone",
+  "tree",
+  "wood",
+  "path",
+  "coal",
+  "iron",
+  "diamond",
+  "crafting_table",
+  "furnace",
+  "sand",
+  "lava",
+  "plant",
+  "ripe_plant",
+)
 BLOCK = {n: i for i, n in enumerate(BLOCK_NAMES)}
 TABLE = BLOCK["crafting_table"]
 # What is drawn over a block. Player sprites: craftax player_direction 1..4 (left, right, up,
 # down) is overlay 1..4; asleep 5. Arrows by their flight direction.
-OVERLAY_NAMES = ("none", "player_left", "player_right", "player_up", "player_down", "player_sleep", "zombie",
-                 "cow", "skeleton", "arrow_up", "arrow_down", "arrow_left", "arrow_right")
+OVERLAY_NAMES = (
+  "none",
+  "player_left",
+  "player_right",
+  "player_up",
+  "player_down",
+  "player_sleep",
+  "zombie",
+  "cow",
+  "skeleton",
+  "arrow_up",
+  "arrow_down",
+  "arrow_left",
+  "arrow_right",
+)
 OVERLAY = {n: i for i, n in enumerate(OVERLAY_NAMES)}
 PLAYER_OVERLAYS = tuple(range(1, 6))
 MOB_OVERLAYS = tuple(range(6, len(OVERLAY_NAMES)))
 # Arrow overlays' craftax arrow_directions (drow, dcol).
 ARROW_DIRECTIONS = {"arrow_up": (-1, 0), "arrow_down": (1, 0), "arrow_left": (0, -1), "arrow_right": (0, 1)}
 # craftax_classic Inventory fields, then the intrinsics; a count 0-9 each.
-INVENTORY_NAMES = ("wood", "stone", "coal", "iron", "diamond", "sapling", "wood_pickaxe", "stone_pickaxe",
-                   "iron_pickaxe", "wood_sword", "stone_sword", "iron_sword")
+INVENTORY_NAMES = (
+  "wood",
+  "stone",
+  "coal",
+  "iron",
+  "diamond",
+  "sapling",
+  "wood_pickaxe",
+  "stone_pickaxe",
+  "iron_pickaxe",
+  "wood_sword",
+  "stone_sword",
+  "iron_sword",
+)
 INTRINSIC_NAMES = ("health", "food", "drink", "energy")
 SLOT_NAMES = INVENTORY_NAMES + INTRINSIC_NAMES
 MAX_COUNT = 9
@@ -96,6 +138,7 @@ class CraftaxState(NamedTuple):
   inventory_I: int32 [..., 12], INVENTORY_NAMES counts.
   intrinsics_I: int32 [..., 4], INTRINSIC_NAMES values.
   """
+
   block_RC: jax.Array
   overlay_RC: jax.Array
   sleeping: jax.Array
@@ -106,6 +149,7 @@ class CraftaxState(NamedTuple):
 
 class Templates(NamedTuple):
   """Cell-window templates at one frame size (numpy; see `templates`)."""
+
   rows_GK: np.ndarray  # int [9, K]: pixel rows of each cell row's interior window
   cols_GK: np.ndarray  # int [9, K]
   a_JRCP: np.ndarray  # float32 [J, 7, 9, P]: composite j in every map cell at daylight 1
@@ -129,6 +173,7 @@ class Templates(NamedTuple):
 @functools.lru_cache(maxsize=1)
 def _craftax_env():
   from craftax.craftax_env import make_craftax_env_from_name  # pylint: disable=g-import-not-at-top
+
   return make_craftax_env_from_name("Craftax-Classic-Pixels-v1", auto_reset=False)
 
 
@@ -142,6 +187,7 @@ def resize_like_wrapper(obs_HWC, size: int):
 def _run_compiled(fn, *args) -> np.ndarray:
   """fn(*args) as one compiled program, as numpy."""
   from data_pipelines.envs.craftax.env import FAST_COMPILE  # pylint: disable=g-import-not-at-top
+
   # XLA's cheap settings (as the wrapper's step programs): the program runs once, and compiles
   # in half the time for a slower run (about 5 s in all on 2 cores, instead of 7).
   return np.asarray(jax.jit(fn, compiler_options=FAST_COMPILE)(*args))
@@ -156,27 +202,41 @@ def interior_windows(size: int) -> np.ndarray:
   cells = []
   for k in range(GRID):
     inside = np.zeros((native,), bool)
-    inside[k * NATIVE_CELL:(k + 1) * NATIVE_CELL] = True
+    inside[k * NATIVE_CELL : (k + 1) * NATIVE_CELL] = True
     cells.append(np.flatnonzero(support.any(1) & ~(support & ~inside).any(1)))
   k_min = min(len(c) for c in cells)
   if k_min < 2:
     raise ValueError(f"craftax_state: at {size} px a cell has {k_min} interior pixels; need >= 2 (64 px: 6)")
-  return np.stack([c[(len(c) - k_min) // 2:][:k_min] for c in cells])
+  return np.stack([c[(len(c) - k_min) // 2 :][:k_min] for c in cells])
 
 
 def _blank_state():
   """An EnvState with an all-grass map and every other field zero (no world generation to compile)."""
   from craftax.craftax_classic.envs import craftax_state as cstate  # pylint: disable=g-import-not-at-top
+
   EnvState, Inventory, Mobs = cstate.EnvState, cstate.Inventory, cstate.Mobs  # pylint: disable=invalid-name
-  mobs = lambda: Mobs(position=jnp.zeros((1, 2), jnp.int32), health=jnp.zeros((1,), jnp.float32),
-                      mask=jnp.zeros((1,), bool), attack_cooldown=jnp.zeros((1,), jnp.int32))
+  mobs = lambda: Mobs(
+    position=jnp.zeros((1, 2), jnp.int32),
+    health=jnp.zeros((1,), jnp.float32),
+    mask=jnp.zeros((1,), bool),
+    attack_cooldown=jnp.zeros((1,), jnp.int32),
+  )
   fields = {f.name for f in dataclasses.fields(EnvState)} - {"fractal_noise_angles"}
   values = {n: jnp.int32(0) for n in fields}
-  values.update(map=jnp.full((2 * _MAP_POS, 2 * _MAP_POS), BLOCK["grass"], jnp.int32),
-                mob_map=jnp.zeros((2 * _MAP_POS, 2 * _MAP_POS), bool), player_position=jnp.zeros((2,), jnp.int32),
-                is_sleeping=jnp.bool_(False), light_level=jnp.float32(1.0), inventory=Inventory(),
-                zombies=mobs(), cows=mobs(), skeletons=mobs(), arrows=mobs(),
-                arrow_directions=jnp.zeros((1, 2), jnp.int32), state_rng=jax.random.PRNGKey(0))
+  values.update(
+    map=jnp.full((2 * _MAP_POS, 2 * _MAP_POS), BLOCK["grass"], jnp.int32),
+    mob_map=jnp.zeros((2 * _MAP_POS, 2 * _MAP_POS), bool),
+    player_position=jnp.zeros((2,), jnp.int32),
+    is_sleeping=jnp.bool_(False),
+    light_level=jnp.float32(1.0),
+    inventory=Inventory(),
+    zombies=mobs(),
+    cows=mobs(),
+    skeletons=mobs(),
+    arrows=mobs(),
+    arrow_directions=jnp.zeros((1, 2), jnp.int32),
+    state_rng=jax.random.PRNGKey(0),
+  )
   return EnvState(**values)
 
 
@@ -188,6 +248,7 @@ def _render_cells(size: int, specs: dict[str, np.ndarray], rows_GK, cols_GK) -> 
   item (count v for SLOT_NAMES slot `item`, or for every slot when item is -1).
   """
   from craftax.craftax_classic import constants as cc  # pylint: disable=g-import-not-at-top
+
   env = _craftax_env()
   assert tuple(cc.OBS_DIM) == (ROWS, COLS) and cc.INVENTORY_OBS_HEIGHT == INV_ROWS
   assert cc.BLOCK_PIXEL_SIZE_AGENT == NATIVE_CELL
@@ -203,22 +264,34 @@ def _render_cells(size: int, specs: dict[str, np.ndarray], rows_GK, cols_GK) -> 
     base = _blank_state()
 
     def mobs(like, on):
-      return like.replace(position=jnp.asarray(mob_pos_M2), health=jnp.ones((m,), like.health.dtype),
-                          mask=jnp.full((m,), on), attack_cooldown=jnp.zeros((m,), like.attack_cooldown.dtype))
+      return like.replace(
+        position=jnp.asarray(mob_pos_M2),
+        health=jnp.ones((m,), like.health.dtype),
+        mask=jnp.full((m,), on),
+        attack_cooldown=jnp.zeros((m,), like.attack_cooldown.dtype),
+      )
 
-    is_arrow = (mob >= OVERLAY["arrow_up"])
+    is_arrow = mob >= OVERLAY["arrow_up"]
     value = lambda i: jnp.where((item == -1) | (item == i), count, 0).astype(jnp.int32)
     inv = base.inventory.replace(**{n: value(i) for i, n in enumerate(INVENTORY_NAMES)})
     n_inv = len(INVENTORY_NAMES)
     s = base.replace(
-        map=jnp.full_like(base.map, block), player_position=jnp.asarray(pos_2),
-        player_direction=direction.astype(jnp.int32), is_sleeping=asleep.astype(bool),
-        light_level=light.astype(jnp.float32), inventory=inv,
-        player_health=value(n_inv), player_food=value(n_inv + 1), player_drink=value(n_inv + 2),
-        player_energy=value(n_inv + 3),
-        zombies=mobs(base.zombies, mob == OVERLAY["zombie"]), cows=mobs(base.cows, mob == OVERLAY["cow"]),
-        skeletons=mobs(base.skeletons, mob == OVERLAY["skeleton"]), arrows=mobs(base.arrows, is_arrow),
-        arrow_directions=jnp.broadcast_to(jnp.asarray(arrow_dir_O2)[mob], (m, 2)))
+      map=jnp.full_like(base.map, block),
+      player_position=jnp.asarray(pos_2),
+      player_direction=direction.astype(jnp.int32),
+      is_sleeping=asleep.astype(bool),
+      light_level=light.astype(jnp.float32),
+      inventory=inv,
+      player_health=value(n_inv),
+      player_food=value(n_inv + 1),
+      player_drink=value(n_inv + 2),
+      player_energy=value(n_inv + 3),
+      zombies=mobs(base.zombies, mob == OVERLAY["zombie"]),
+      cows=mobs(base.cows, mob == OVERLAY["cow"]),
+      skeletons=mobs(base.skeletons, mob == OVERLAY["skeleton"]),
+      arrows=mobs(base.arrows, is_arrow),
+      arrow_directions=jnp.broadcast_to(jnp.asarray(arrow_dir_O2)[mob], (m, 2)),
+    )
     return resize_like_wrapper(env.get_obs(s), size)
 
   n = len(next(iter(specs.values())))
@@ -256,7 +329,7 @@ def _build_templates(size: int) -> Templates:
   renders = []  # (block, direction, asleep, mob) of each render
   for asleep in (0, 1):
     for b in range(nb):
-      for direction in ((1, 2, 3, 4) if not asleep else (1,)):
+      for direction in (1, 2, 3, 4) if not asleep else (1,):
         renders.append((b, direction, asleep, 0))
       for mob in MOB_OVERLAYS:
         renders.append((b, 1, asleep, mob))
@@ -264,13 +337,15 @@ def _build_templates(size: int) -> Templates:
   # one render per count (every slot at once) and one per slot (to find its cell).
   n, n_slots, n_counts = len(renders), len(SLOT_NAMES), MAX_COUNT + 1
   spec = np.array(renders)
-  specs = {k: np.concatenate([spec[:, i], spec[:, i], np.full((n_counts + n_slots,), d)])
-           for i, (k, d) in enumerate((("block", 2), ("direction", 1), ("asleep", 0), ("mob", 0)))}
+  specs = {
+    k: np.concatenate([spec[:, i], spec[:, i], np.full((n_counts + n_slots,), d)])
+    for i, (k, d) in enumerate((("block", 2), ("direction", 1), ("asleep", 0), ("mob", 0)))
+  }
   specs["light"] = np.concatenate([np.ones((n,)), np.full((n,), 0.5), np.ones((n_counts + n_slots,))])
   specs["count"] = np.concatenate([np.zeros((2 * n,)), np.arange(n_counts), np.ones((n_slots,))])
   specs["item"] = np.concatenate([np.full((2 * n + n_counts,), -1), np.arange(n_slots)])
   cells = _render_cells(size, specs, rows_GK, cols_GK)  # [m, 9, 9, P]
-  a_all, half_all = cells[:n, :ROWS], cells[n:2 * n, :ROWS]
+  a_all, half_all = cells[:n, :ROWS], cells[n : 2 * n, :ROWS]
   b_all = 2.0 * (half_all - a_all)
   index = {r: i for i, r in enumerate(renders)}
   a, b, valid, block, overlay, asleep_j = [], [], [], [], [], []
@@ -303,21 +378,30 @@ def _build_templates(size: int) -> Templates:
   hidden_RCJ &= valid_RCJ
 
   # Inventory slots: the cell that changes when only that slot holds 1; its 10 count renders.
-  count_cells = cells[2 * n:2 * n + n_counts, ROWS:]  # [10, 2, 9, P]
-  single_cells = cells[2 * n + n_counts:, ROWS:]
+  count_cells = cells[2 * n : 2 * n + n_counts, ROWS:]  # [10, 2, 9, P]
+  single_cells = cells[2 * n + n_counts :, ROWS:]
   changed_QRC = np.abs(single_cells - count_cells[0][None]).max(-1) > 0
   if not (changed_QRC.reshape(n_slots, -1).sum(-1) == 1).all():
     raise RuntimeError("craftax_state: an inventory slot does not map to exactly one cell")
   slot_yx_Q2 = np.argwhere(changed_QRC)[:, 1:]
   inv_QVP = np.stack([count_cells[:, y, x] for y, x in slot_yx_Q2])
-  return Templates(rows_GK=rows_GK, cols_GK=cols_GK, a_JRCP=a_JRCP.astype(np.float32),
-                   b_JRCP=b_JRCP.astype(np.float32), valid_RCJ=valid_RCJ, hidden_RCJ=hidden_RCJ,
-                   block_J=block_J, overlay_J=overlay_J, asleep_J=asleep_J, slot_yx_Q2=slot_yx_Q2,
-                   inv_QVP=inv_QVP.astype(np.float32),
-                   a2_RCJ=np.einsum("jrcp,jrcp->rcj", a_JRCP, a_JRCP).astype(np.float32),
-                   b2_RCJ=np.einsum("jrcp,jrcp->rcj", b_JRCP, b_JRCP).astype(np.float32),
-                   ab_RCJ=np.einsum("jrcp,jrcp->rcj", a_JRCP, b_JRCP).astype(np.float32),
-                   inv2_QV=np.einsum("qvp,qvp->qv", inv_QVP, inv_QVP).astype(np.float32))
+  return Templates(
+    rows_GK=rows_GK,
+    cols_GK=cols_GK,
+    a_JRCP=a_JRCP.astype(np.float32),
+    b_JRCP=b_JRCP.astype(np.float32),
+    valid_RCJ=valid_RCJ,
+    hidden_RCJ=hidden_RCJ,
+    block_J=block_J,
+    overlay_J=overlay_J,
+    asleep_J=asleep_J,
+    slot_yx_Q2=slot_yx_Q2,
+    inv_QVP=inv_QVP.astype(np.float32),
+    a2_RCJ=np.einsum("jrcp,jrcp->rcj", a_JRCP, a_JRCP).astype(np.float32),
+    b2_RCJ=np.einsum("jrcp,jrcp->rcj", b_JRCP, b_JRCP).astype(np.float32),
+    ab_RCJ=np.einsum("jrcp,jrcp->rcj", a_JRCP, b_JRCP).astype(np.float32),
+    inv2_QV=np.einsum("qvp,qvp->qv", inv_QVP, inv_QVP).astype(np.float32),
+  )
 
 
 # ------------------------------------------------------------------ parsing
@@ -395,8 +479,11 @@ def parse_inventory(frames):
   cells = _cells(x, t.rows_GK, t.cols_GK)
   slots_NQP = cells[:, t.slot_yx_Q2[:, 0] + ROWS, t.slot_yx_Q2[:, 1]]
   inv = jnp.asarray(t.inv_QVP)
-  d_NQV = (jnp.sum(jnp.square(slots_NQP), -1)[..., None]
-           - 2.0 * jnp.einsum("nqp,qvp->nqv", slots_NQP, inv, precision=_HI) + jnp.asarray(t.inv2_QV))
+  d_NQV = (
+    jnp.sum(jnp.square(slots_NQP), -1)[..., None]
+    - 2.0 * jnp.einsum("nqp,qvp->nqv", slots_NQP, inv, precision=_HI)
+    + jnp.asarray(t.inv2_QV)
+  )
   return jnp.argmin(d_NQV, -1).astype(jnp.int32).reshape(lead + (len(SLOT_NAMES),))
 
 
@@ -405,8 +492,14 @@ def parse(frames) -> CraftaxState:
   block, overlay, asleep, daylight = _parse_map(frames)
   slots = parse_inventory(frames)
   n = len(INVENTORY_NAMES)
-  return CraftaxState(block_RC=block, overlay_RC=overlay, sleeping=asleep, daylight=daylight,
-                      inventory_I=slots[..., :n], intrinsics_I=slots[..., n:])
+  return CraftaxState(
+    block_RC=block,
+    overlay_RC=overlay,
+    sleeping=asleep,
+    daylight=daylight,
+    inventory_I=slots[..., :n],
+    intrinsics_I=slots[..., n:],
+  )
 
 
 def near_block(block_RC, block_id: int) -> jax.Array:
@@ -430,22 +523,25 @@ def frame_counts(truth: CraftaxState, gen: CraftaxState) -> dict[str, jax.Array]
   f = lambda m, axis: jnp.sum(m, axis=axis).astype(jnp.float32)
   inv_same = truth.inventory_I == gen.inventory_I
   return {
-      "block_right": f(truth.block_RC == gen.block_RC, (-2, -1)),
-      "overlay_right": f(truth.overlay_RC == gen.overlay_RC, (-2, -1)),
-      "inventory_right": f(inv_same, -1),
-      "inventory_exact": jnp.all(inv_same, -1).astype(jnp.float32),
-      "presence_right": f((truth.inventory_I > 0) == (gen.inventory_I > 0), -1),
-      "intrinsics_right": f(truth.intrinsics_I == gen.intrinsics_I, -1),
-      "table_near_right": (near_block(truth.block_RC, TABLE) == near_block(gen.block_RC, TABLE)).astype(jnp.float32),
+    "block_right": f(truth.block_RC == gen.block_RC, (-2, -1)),
+    "overlay_right": f(truth.overlay_RC == gen.overlay_RC, (-2, -1)),
+    "inventory_right": f(inv_same, -1),
+    "inventory_exact": jnp.all(inv_same, -1).astype(jnp.float32),
+    "presence_right": f((truth.inventory_I > 0) == (gen.inventory_I > 0), -1),
+    "intrinsics_right": f(truth.intrinsics_I == gen.intrinsics_I, -1),
+    "table_near_right": (near_block(truth.block_RC, TABLE) == near_block(gen.block_RC, TABLE)).astype(jnp.float32),
   }
 
 
-_PER_FRAME = {"block_acc": ("block_right", NUM_CELLS), "overlay_acc": ("overlay_right", NUM_CELLS),
-              "inventory_acc": ("inventory_right", len(INVENTORY_NAMES)),
-              "inventory_exact": ("inventory_exact", 1),
-              "presence_acc": ("presence_right", len(INVENTORY_NAMES)),
-              "intrinsics_acc": ("intrinsics_right", len(INTRINSIC_NAMES)),
-              "table_near_acc": ("table_near_right", 1)}
+_PER_FRAME = {
+  "block_acc": ("block_right", NUM_CELLS),
+  "overlay_acc": ("overlay_right", NUM_CELLS),
+  "inventory_acc": ("inventory_right", len(INVENTORY_NAMES)),
+  "inventory_exact": ("inventory_exact", 1),
+  "presence_acc": ("presence_right", len(INVENTORY_NAMES)),
+  "intrinsics_acc": ("intrinsics_right", len(INTRINSIC_NAMES)),
+  "table_near_acc": ("table_near_right", 1),
+}
 
 
 def rollout_metrics(counts: dict[str, jax.Array], valid_BH, tag: str) -> dict[str, jax.Array]:
@@ -500,5 +596,7 @@ def extra_metrics(last: CraftaxState, truth: CraftaxState, valid_BH) -> dict[str
   the map parse is not guaranteed there, so every model's block_acc drops there)."""
   del last
   d_BH = jnp.asarray(truth.daylight, jnp.float32)
-  return {"craftax_truth_daylight": masked_mean(d_BH, valid_BH),
-          "craftax_truth_night": masked_mean((d_BH < EXACT_DAYLIGHT).astype(jnp.float32), valid_BH)}
+  return {
+    "craftax_truth_daylight": masked_mean(d_BH, valid_BH),
+    "craftax_truth_night": masked_mean((d_BH < EXACT_DAYLIGHT).astype(jnp.float32), valid_BH),
+  }

@@ -57,7 +57,8 @@ ValueError with one line naming the setting.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -73,11 +74,9 @@ class Policy(Protocol):
 
   name: str
 
-  def begin(self, frames_BHWC: np.ndarray, tasks_B: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    ...
+  def begin(self, frames_BHWC: np.ndarray, tasks_B: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
 
-  def next(self, frames_BHWC: np.ndarray, actions_BA: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    ...
+  def next(self, frames_BHWC: np.ndarray, actions_BA: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
 
 
 # ---------------------------------------------------------------------------- reference policy
@@ -131,8 +130,10 @@ def _task_ids(env_name: str, task_names: Sequence[str], tasks: Sequence[str] | N
 def _check_actions(actions, b: int, cols: int, policy, where: str) -> np.ndarray:
   a = np.asarray(actions)
   if a.shape != (b, cols) or not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
-    raise ValueError(f"policy {getattr(policy, 'name', policy)!r}: {where} returned actions of shape "
-                     f"{list(a.shape)} and dtype {a.dtype}; expected int [{b}, {cols}]")
+    raise ValueError(
+      f"policy {getattr(policy, 'name', policy)!r}: {where} returned actions of shape "
+      f"{list(a.shape)} and dtype {a.dtype}; expected int [{b}, {cols}]"
+    )
   return a.astype(np.int32)
 
 
@@ -141,9 +142,17 @@ def _spread(x) -> Spread:
   return Spread(mean=float(x.mean()) if x.size else 0.0, std=float(x.std()) if x.size else 0.0, over="episodes")
 
 
-def _summarise(env_name: str, policy_name: str, task_names: Sequence[str], task_B: np.ndarray,
-               return_B: np.ndarray, length_B: np.ndarray, success_B: np.ndarray,
-               ach_names: Sequence[str] | None, ach_BK: np.ndarray | None) -> Row:
+def _summarise(
+  env_name: str,
+  policy_name: str,
+  task_names: Sequence[str],
+  task_B: np.ndarray,
+  return_B: np.ndarray,
+  length_B: np.ndarray,
+  success_B: np.ndarray,
+  ach_names: Sequence[str] | None,
+  ach_BK: np.ndarray | None,
+) -> Row:
   """The row of a set of episodes (per-episode arrays of equal length)."""
   tasks = {}
   for k, name in enumerate(task_names):
@@ -156,17 +165,36 @@ def _summarise(env_name: str, policy_name: str, task_names: Sequence[str], task_
   if ach_BK is not None:
     achievements = {name: float(ach_BK[:, i].mean()) if len(ach_BK) else 0.0 for i, name in enumerate(ach_names)}
   return Row(
-      env=env_name, policy=policy_name, episodes=int(len(task_B)), tasks=tasks,
-      mean_success=float(np.mean([t.success_rate for t in tasks.values()])) if tasks else 0.0,
-      success_rate=float(np.mean(success_B)) if len(success_B) else 0.0,
-      returns=_spread(return_B), length=_spread(length_B), achievements=achievements,
-      per_episode={"task": [int(x) for x in task_B], "return": [float(x) for x in return_B],
-                   "length": [int(x) for x in length_B], "success": [bool(x) for x in success_B]})
+    env=env_name,
+    policy=policy_name,
+    episodes=int(len(task_B)),
+    tasks=tasks,
+    mean_success=float(np.mean([t.success_rate for t in tasks.values()])) if tasks else 0.0,
+    success_rate=float(np.mean(success_B)) if len(success_B) else 0.0,
+    returns=_spread(return_B),
+    length=_spread(length_B),
+    achievements=achievements,
+    per_episode={
+      "task": [int(x) for x in task_B],
+      "return": [float(x) for x in return_B],
+      "length": [int(x) for x in length_B],
+      "success": [bool(x) for x in success_B],
+    },
+  )
 
 
-def evaluate(env_name: str, policy: Policy, *, num_episodes: int, seed: int, batch_size: int,
-             env_kwargs: dict[str, Any] | None = None, max_steps: int | None = None, video_episodes: int = 2,
-             tasks: Sequence[str] | None = None) -> Row:
+def evaluate(
+  env_name: str,
+  policy: Policy,
+  *,
+  num_episodes: int,
+  seed: int,
+  batch_size: int,
+  env_kwargs: dict[str, Any] | None = None,
+  max_steps: int | None = None,
+  video_episodes: int = 2,
+  tasks: Sequence[str] | None = None,
+) -> Row:
   """Plays `num_episodes` real episodes of `policy` in env `env_name`; returns their row.
 
   Args:
@@ -192,8 +220,12 @@ def evaluate(env_name: str, policy: Policy, *, num_episodes: int, seed: int, bat
   """
   if env_name not in ENVS:
     raise ValueError(f"env_name: unknown env {env_name!r}; choose one of {', '.join(sorted(ENVS))}")
-  for key, value, low in (("num_episodes", num_episodes, 1), ("batch_size", batch_size, 1), ("seed", seed, 0),
-                          ("video_episodes", video_episodes, 0)):
+  for key, value, low in (
+    ("num_episodes", num_episodes, 1),
+    ("batch_size", batch_size, 1),
+    ("seed", seed, 0),
+    ("video_episodes", video_episodes, 0),
+  ):
     if not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f"{key}: must be an integer >= {low}, got {value!r}")
   if max_steps is not None and max_steps < 1:
@@ -249,7 +281,7 @@ def evaluate(env_name: str, policy: Policy, *, num_episodes: int, seed: int, bat
       if done.all():
         break
       actions = _check_actions(policy.next(np.stack(frames), actions, rng), b, cols, policy, "next")
-    for j, fr in recorded.items():
+    for fr in recorded.values():
       videos.append(np.stack(fr))
 
   row = _summarise(env_name, policy_name, task_names, task_E, return_E, length_E, success_E, ach_names, ach_EK)
@@ -275,6 +307,7 @@ def behaviour_table(store_path: str, *, video_episodes: int = 2, tasks: Sequence
   """
   from data_pipelines.episodes import EpisodeStore  # pylint: disable=g-import-not-at-top
   from data_pipelines.report import episode_success  # pylint: disable=g-import-not-at-top
+
   store = EpisodeStore.open(store_path)
   if not store.num_episodes:
     raise ValueError(f"store_path: dataset {store_path} holds no episodes; collect some first")
@@ -287,8 +320,17 @@ def behaviour_table(store_path: str, *, video_episodes: int = 2, tasks: Sequence
       raise ValueError(f"tasks: dataset {store_path} holds no episodes of {', '.join(tasks)}")
   ids = np.flatnonzero(keep)
   length_E = store.episode_lengths - 1
-  row = _summarise(store.metadata["env"], "behaviour", task_names, task_E[ids].astype(np.int32), return_E[ids],
-                   length_E[ids], success_E[ids], ach_names or None, None if ach_EK is None else ach_EK[ids])
+  row = _summarise(
+    store.metadata["env"],
+    "behaviour",
+    task_names,
+    task_E[ids].astype(np.int32),
+    return_E[ids],
+    length_E[ids],
+    success_E[ids],
+    ach_names or None,
+    None if ach_EK is None else ach_EK[ids],
+  )
   row.dataset = store.path
   starts = store.episode_offsets[:-1]
   shown = ids[:video_episodes]

@@ -61,8 +61,12 @@ def parser_for_env(env: str, frame_shape=None) -> ModuleType | None:
   module = parser_module(spec.state_parser)
   readable = getattr(module, READABLE, None)
   if frame_shape is not None and readable is not None and not readable(tuple(frame_shape)):
-    logging.warning("%s frames of shape %s are too small for %s: no game-state metrics in the evaluation",
-                    env, tuple(frame_shape), spec.state_parser)
+    logging.warning(
+      "%s frames of shape %s are too small for %s: no game-state metrics in the evaluation",
+      env,
+      tuple(frame_shape),
+      spec.state_parser,
+    )
     return None
   return module
 
@@ -72,8 +76,7 @@ def rollout_state_metrics(parser: ModuleType, truth: Any, gen_frames, valid_BH, 
   return parser.rollout_metrics(parser.frame_counts(truth, parser.parse(gen_frames)), valid_BH, tag)
 
 
-def reference_state_metrics(parser: ModuleType, truth: Any, held_frames, valid_BH,
-                            last_frames=None) -> dict[str, Any]:
+def reference_state_metrics(parser: ModuleType, truth: Any, held_frames, valid_BH, last_frames=None) -> dict[str, Any]:
   """The no-model references: hold_last_metrics of the held frame [B, S, S, 3] (tag "hold"), and
   the parser's extra_metrics, if it has any, from the last context frame `last_frames` [B, S, S, 3]
   (the held frame when None)."""

@@ -20,7 +20,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,14 +97,26 @@ class Row:
   def to_json(self) -> dict[str, Any]:
     """The row as in results.json (no videos)."""
     out: dict[str, Any] = {
-        "env": self.env, "policy": self.policy, "episodes": self.episodes,
-        "tasks": {t: {k: v for k, v in dataclasses.asdict(s).items() if v is not None} for t, s in self.tasks.items()},
-        "mean_success": self.mean_success, "success_rate": self.success_rate,
-        "return": dataclasses.asdict(self.returns), "length": dataclasses.asdict(self.length),
-        "achievements": self.achievements,
+      "env": self.env,
+      "policy": self.policy,
+      "episodes": self.episodes,
+      "tasks": {t: {k: v for k, v in dataclasses.asdict(s).items() if v is not None} for t, s in self.tasks.items()},
+      "mean_success": self.mean_success,
+      "success_rate": self.success_rate,
+      "return": dataclasses.asdict(self.returns),
+      "length": dataclasses.asdict(self.length),
+      "achievements": self.achievements,
     }
-    for key in ("per_episode", "seed", "dataset", "seeds", "mean_success_std", "success_rate_std",
-                "achievements_std", "per_seed"):
+    for key in (
+      "per_episode",
+      "seed",
+      "dataset",
+      "seeds",
+      "mean_success_std",
+      "success_rate_std",
+      "achievements_std",
+      "per_seed",
+    ):
       if getattr(self, key) is not None:
         out[key] = getattr(self, key)
     if self.seeds is not None:
@@ -151,8 +164,10 @@ def aggregate_seeds(results: Sequence[Row]) -> Row:
   env, tasks = results[0].env, list(results[0].tasks)
   for r in results[1:]:
     if r.env != env or list(r.tasks) != tasks:
-      raise ValueError(f"aggregate_seeds: rows differ in env or tasks ({r.env} {list(r.tasks)} vs "
-                       f"{env} {tasks}); aggregate runs of one evaluation setting only")
+      raise ValueError(
+        f"aggregate_seeds: rows differ in env or tasks ({r.env} {list(r.tasks)} vs "
+        f"{env} {tasks}); aggregate runs of one evaluation setting only"
+      )
 
   def ms(values) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
@@ -161,9 +176,12 @@ def aggregate_seeds(results: Sequence[Row]) -> Row:
   scores = {}
   for t in tasks:
     m, s = ms([r.tasks[t].success_rate for r in results])
-    scores[t] = TaskScore(episodes=int(sum(r.tasks[t].episodes for r in results)),
-                          successes=int(sum(r.tasks[t].successes for r in results)),
-                          success_rate=m, success_rate_std=s)
+    scores[t] = TaskScore(
+      episodes=int(sum(r.tasks[t].episodes for r in results)),
+      successes=int(sum(r.tasks[t].successes for r in results)),
+      success_rate=m,
+      success_rate_std=s,
+    )
   mean_success, mean_success_std = ms([r.mean_success for r in results])
   success_rate, success_rate_std = ms([r.success_rate for r in results])
   returns, length = (Spread(*ms([getattr(r, k).mean for r in results]), over="seeds") for k in ("returns", "length"))
@@ -173,16 +191,34 @@ def aggregate_seeds(results: Sequence[Row]) -> Row:
     for name in results[0].achievements:
       achievements[name], achievements_std[name] = ms([r.achievements[name] for r in results])
   return Row(
-      env=env, policy=results[0].policy, episodes=int(sum(r.episodes for r in results)), tasks=scores,
-      mean_success=mean_success, success_rate=success_rate, returns=returns, length=length,
-      achievements=achievements, videos=list(results[0].videos), video_tasks=list(results[0].video_tasks),
-      seeds=[r.seed for r in results], mean_success_std=mean_success_std, success_rate_std=success_rate_std,
-      achievements_std=achievements_std,
-      # Each seed's own numbers, so paired comparisons between agents stay possible.
-      # "index": the position in `results` (the pipeline's training seed); "seed": the row's env seed.
-      per_seed=[{"index": i, "seed": r.seed, "mean_success": float(r.mean_success),
-                 "return_mean": float(r.returns.mean),
-                 "tasks": {t: float(r.tasks[t].success_rate) for t in tasks}} for i, r in enumerate(results)])
+    env=env,
+    policy=results[0].policy,
+    episodes=int(sum(r.episodes for r in results)),
+    tasks=scores,
+    mean_success=mean_success,
+    success_rate=success_rate,
+    returns=returns,
+    length=length,
+    achievements=achievements,
+    videos=list(results[0].videos),
+    video_tasks=list(results[0].video_tasks),
+    seeds=[r.seed for r in results],
+    mean_success_std=mean_success_std,
+    success_rate_std=success_rate_std,
+    achievements_std=achievements_std,
+    # Each seed's own numbers, so paired comparisons between agents stay possible.
+    # "index": the position in `results` (the pipeline's training seed); "seed": the row's env seed.
+    per_seed=[
+      {
+        "index": i,
+        "seed": r.seed,
+        "mean_success": float(r.mean_success),
+        "return_mean": float(r.returns.mean),
+        "tasks": {t: float(r.tasks[t].success_rate) for t in tasks},
+      }
+      for i, r in enumerate(results)
+    ],
+  )
 
 
 # ---------------------------------------------------------------------------- writing
@@ -210,10 +246,15 @@ def to_markdown(rows: dict[str, Row]) -> str:
   for r in rows.values():
     tasks += [t for t in r.tasks if t not in tasks]
   head = ["agent"] + tasks + ["mean success", "return", "length", "episodes", "seeds"]
-  lines = ["# Real-environment evaluation", "",
-           "Success rate (%) per task over real episodes [P §4.1, Table 7]. ± is the std over "
-           "episodes (return, length) for a single run, and the std across seeds for aggregated rows.", "",
-           "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+  lines = [
+    "# Real-environment evaluation",
+    "",
+    "Success rate (%) per task over real episodes [P §4.1, Table 7]. ± is the std over "
+    "episodes (return, length) for a single run, and the std across seeds for aggregated rows.",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|---|" + "---:|" * (len(head) - 1),
+  ]
   for name, r in rows.items():
     cells = [name]
     for t in tasks:
@@ -236,8 +277,13 @@ def to_markdown(rows: dict[str, Row]) -> str:
     achs: list[str] = []
     for r in with_ach.values():
       achs += [a for a in r.achievements if a not in achs]
-    lines += ["", "## Achievements (% of all episodes that unlocked each)", "",
-              "| item | " + " | ".join(with_ach) + " |", "|---|" + "---:|" * len(with_ach)]
+    lines += [
+      "",
+      "## Achievements (% of all episodes that unlocked each)",
+      "",
+      "| item | " + " | ".join(with_ach) + " |",
+      "|---|" + "---:|" * len(with_ach),
+    ]
     for a in achs:
       cells = [a]
       for r in with_ach.values():
@@ -278,6 +324,7 @@ def write_table(rows: dict[str, Row], workdir: str, *, step: int = 0, fps: int =
   if not rows:
     raise ValueError("write_table: rows is empty; give at least one row")
   from dreamer4.training import metrics as mt  # pylint: disable=g-import-not-at-top  (imports jax)
+
   os.makedirs(workdir, exist_ok=True)
   tags: dict[str, str] = {}
   for name in rows:
@@ -289,8 +336,9 @@ def write_table(rows: dict[str, Row], workdir: str, *, step: int = 0, fps: int =
   text = to_markdown(rows)
   md, js = os.path.join(workdir, "results.md"), os.path.join(workdir, "results.json")
   _atomic_write(md, text)
-  _atomic_write(js, json.dumps({"rows": {n: r.to_json() for n, r in rows.items()}, "tags": tags}, indent=1,
-                               default=float))
+  _atomic_write(
+    js, json.dumps({"rows": {n: r.to_json() for n, r in rows.items()}, "tags": tags}, indent=1, default=float)
+  )
   written = [md, js]
 
   writer = mt.create_writer(workdir)
@@ -308,7 +356,8 @@ def write_table(rows: dict[str, Row], workdir: str, *, step: int = 0, fps: int =
         pick = np.unique(np.linspace(0, v.shape[1] - 1, min(STRIP_FRAMES, v.shape[1])).round().astype(int))
         strip = v[:, pick]
         images[f"env_eval/{tags[name]}/episodes"] = mt.image_grid(
-            strip.reshape((-1,) + strip.shape[2:]), cols=len(pick))[None]
+          strip.reshape((-1,) + strip.shape[2:]), cols=len(pick)
+        )[None]
     if images:
       writer.write_images(step, images)
     writer.write_texts(step, {"env_eval/table": text})

@@ -44,6 +44,7 @@ class ToyState(NamedTuple):
   goal_GG: int32 [..., 8, 8], NO_GOAL or 1 + the goal kind drawn in the cell.
   distractor_GG: bool [..., 8, 8], cells showing a distractor.
   """
+
   agent_cell: jax.Array
   agent_yx: jax.Array
   agent_GG: jax.Array
@@ -125,11 +126,13 @@ def parse(frames) -> ToyState:
   without_agent_GG = jnp.min(jnp.where(agent_J, jnp.inf, d_GGJ), axis=-1)
   score_C = (without_agent_GG - with_agent_GG).reshape(x.shape[:-3] + (NUM_CELLS,))
   agent_cell = jnp.argmax(score_C, axis=-1).astype(jnp.int32)
-  return ToyState(agent_cell=agent_cell,
-                  agent_yx=jnp.stack([agent_cell // GRID, agent_cell % GRID], axis=-1),
-                  agent_GG=agent_J[nearest_GG],
-                  goal_GG=goal_J[nearest_GG],
-                  distractor_GG=distractor_J[nearest_GG])
+  return ToyState(
+    agent_cell=agent_cell,
+    agent_yx=jnp.stack([agent_cell // GRID, agent_cell % GRID], axis=-1),
+    agent_GG=agent_J[nearest_GG],
+    goal_GG=goal_J[nearest_GG],
+    distractor_GG=distractor_J[nearest_GG],
+  )
 
 
 # ------------------------------------------------------------------ rollout metrics
@@ -173,13 +176,13 @@ def frame_counts(truth: ToyState, gen: ToyState) -> dict[str, jax.Array]:
   td, gd = truth.distractor_GG, gen.distractor_GG
   f = lambda m: jnp.sum(m, axis=(-2, -1)).astype(jnp.float32)
   return {
-      "agent_hit": (truth.agent_cell == gen.agent_cell).astype(jnp.float32),
-      "goal_kept": f(kept_BHGG),
-      "goal_true": f(goal_true_BHGG),
-      "distractor_cells_right": f(td == gd),
-      "distractor_tp": f(td & gd),
-      "distractor_fp": f(~td & gd),
-      "distractor_fn": f(td & ~gd),
+    "agent_hit": (truth.agent_cell == gen.agent_cell).astype(jnp.float32),
+    "goal_kept": f(kept_BHGG),
+    "goal_true": f(goal_true_BHGG),
+    "distractor_cells_right": f(td == gd),
+    "distractor_tp": f(td & gd),
+    "distractor_fp": f(~td & gd),
+    "distractor_fn": f(td & ~gd),
   }
 
 
@@ -212,10 +215,10 @@ def rollout_metrics(counts: dict[str, jax.Array], valid_BH, tag: str) -> dict[st
     n = jnp.sum(v_BH, axis=axis)
     tp, fp, fn = (pooled(f"distractor_{s}", axis) for s in ("tp", "fp", "fn"))
     values = {
-        "agent_acc": _ratio(pooled("agent_hit", axis), n),
-        "goal_persist": jnp.where(n > 0, _ratio(pooled("goal_kept", axis), pooled("goal_true", axis), 1.0), jnp.nan),
-        "distractor_acc": _ratio(pooled("distractor_cells_right", axis), n * NUM_CELLS),
-        "distractor_f1": jnp.where(n > 0, _ratio(2 * tp, 2 * tp + fp + fn, 1.0), jnp.nan),
+      "agent_acc": _ratio(pooled("agent_hit", axis), n),
+      "goal_persist": jnp.where(n > 0, _ratio(pooled("goal_kept", axis), pooled("goal_true", axis), 1.0), jnp.nan),
+      "distractor_acc": _ratio(pooled("distractor_cells_right", axis), n * NUM_CELLS),
+      "distractor_f1": jnp.where(n > 0, _ratio(2 * tp, 2 * tp + fp + fn, 1.0), jnp.nan),
     }
     for name, value in values.items():
       value = jnp.reshape(value, (-1,))
@@ -228,8 +231,10 @@ def truth_metrics(truth: ToyState, valid_BH) -> dict[str, jax.Array]:
   """Goal and distractor cells per valid true frame: toy_truth_goal_cells (3 when every goal
   shows) and toy_truth_distractor_cells; far off means the truth does not parse."""
   count = lambda m_BHGG: jnp.sum(m_BHGG, axis=(-2, -1)).astype(jnp.float32)
-  return {"toy_truth_goal_cells": masked_mean(count(truth.goal_GG != NO_GOAL), valid_BH),
-          "toy_truth_distractor_cells": masked_mean(count(truth.distractor_GG), valid_BH)}
+  return {
+    "toy_truth_goal_cells": masked_mean(count(truth.goal_GG != NO_GOAL), valid_BH),
+    "toy_truth_distractor_cells": masked_mean(count(truth.distractor_GG), valid_BH),
+  }
 
 
 def random_walk_metrics(start_cell_B, true_cell_BH, valid_BH) -> dict[str, jax.Array]:
@@ -249,8 +254,12 @@ def random_walk_metrics(start_cell_B, true_cell_BH, valid_BH) -> dict[str, jax.A
 
 def readable(frame_shape) -> bool:
   """Whether `parse` reads frames of shape (S, S, 3): S a positive multiple of the grid (8)."""
-  return len(frame_shape) == 3 and frame_shape[0] == frame_shape[1] > 0 and frame_shape[0] % GRID == 0 \
-      and frame_shape[2] == 3
+  return (
+    len(frame_shape) == 3
+    and frame_shape[0] == frame_shape[1] > 0
+    and frame_shape[0] % GRID == 0
+    and frame_shape[2] == 3
+  )
 
 
 def hold_last(last: ToyState, horizon: int) -> ToyState:

@@ -34,6 +34,7 @@ from dreamer4.training.state import to_abstract
 def _single_device_mesh():
   from configs import common
   from dreamer4 import sharding as shd
+
   c = common.mesh_config("single")
   c.num_devices = 1
   return shd.make_mesh(c)
@@ -67,9 +68,16 @@ class WorldModelAgent:
     tok = self._tok_def.merge(tok_params)
     z_BNL = tok.encode(frames_BTHWC.astype(jnp.float32) / 255.0)[:, -1]
     n_key, a_key = jax.random.split(rng)
-    cache, agent_out = kv_cache.commit_frame(agent.dynamics, cache, z_BNL, jax.random.normal(n_key, z_BNL.shape),
-                                             action, context_noise=self._context_noise, tasks_B=tasks_B,
-                                             with_agent=True)
+    cache, agent_out = kv_cache.commit_frame(
+      agent.dynamics,
+      cache,
+      z_BNL,
+      jax.random.normal(n_key, z_BNL.shape),
+      action,
+      context_noise=self._context_noise,
+      tasks_B=tasks_B,
+      with_agent=True,
+    )
     h = agent_embedding(agent_out)
     disc, _ = heads_lib.sample(agent.policy.spec, agent.policy.params(h, 0), a_key)
     return cache, disc
@@ -80,8 +88,9 @@ class WorldModelAgent:
 
   def _run(self, frames_BTHWC, action, rng):
     key = jax.random.key(int(rng.integers(0, 2**31 - 1)))
-    self._cache, disc = self._step(self._params, self._tok_params, self._cache, jnp.asarray(frames_BTHWC),
-                                   action, self._tasks, key)
+    self._cache, disc = self._step(
+      self._params, self._tok_params, self._cache, jnp.asarray(frames_BTHWC), action, self._tasks, key
+    )
     return np.asarray(disc, np.int32)
 
   # env_eval's Policy protocol ---------------------------------------------------------
@@ -123,8 +132,12 @@ def load_policy(agent_workdir: str, *, action_spec=None, num_latents=None, laten
   def act(params, z_1TNL, key):
     model = agent._agent_def.merge(params)
     B, T = z_1TNL.shape[:2]
-    batch = {"latents": z_1TNL, "actions_discrete": jnp.zeros((B, T, agent.action_spec.discrete_columns), jnp.int32),
-             "action_labelled": jnp.zeros((B, T), bool), "tasks": jnp.zeros((B, T), jnp.int32)}
+    batch = {
+      "latents": z_1TNL,
+      "actions_discrete": jnp.zeros((B, T, agent.action_spec.discrete_columns), jnp.int32),
+      "action_labelled": jnp.zeros((B, T), bool),
+      "tasks": jnp.zeros((B, T), jnp.int32),
+    }
     n_key, a_key = jax.random.split(key)
     h = context_pass(model.dynamics, batch, jax.random.normal(n_key, z_1TNL.shape), agent._context_noise)[:, -1]
     disc, _ = heads_lib.sample(model.policy.spec, model.policy.params(h, 0), a_key)

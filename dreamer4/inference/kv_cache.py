@@ -75,8 +75,8 @@ def cache_window(model: Dynamics, window: int | None = None) -> int:
   W = int(window if window is not None else model.context)
   if W < 1:
     raise ConfigError(
-        f"KV-cached decoding needs a finite window >= 1, got {W} (model.context="
-        f"{model.context}); pass window= explicitly for an unlimited-context model."
+      f"KV-cached decoding needs a finite window >= 1, got {W} (model.context="
+      f"{model.context}); pass window= explicitly for an unlimited-context model."
     )
   if model.context and W > model.context:
     raise ConfigError(f"window={W} exceeds the model's time window context={model.context}")
@@ -119,8 +119,17 @@ def rotated_keys(model: Dynamics, cache: KVCache):
   return model.transformer.rotate_cached_keys(cache.k_LBSMGK, cache_pos_M)
 
 
-def frame_forward(model: Dynamics, cache: KVCache, z_BNL, tau_idx_B, d_idx_B, action,
-                  rotated_k_LBSMGK=None, tasks_B=None, with_agent: bool = False):
+def frame_forward(
+  model: Dynamics,
+  cache: KVCache,
+  z_BNL,
+  tau_idx_B,
+  d_idx_B,
+  action,
+  rotated_k_LBSMGK=None,
+  tasks_B=None,
+  with_agent: bool = False,
+):
   """One pass of the current frame against the cache (the cache is not written).
 
   Args:
@@ -144,18 +153,25 @@ def frame_forward(model: Dynamics, cache: KVCache, z_BNL, tau_idx_B, d_idx_B, ac
   tau_idx_B1 = jnp.broadcast_to(jnp.asarray(tau_idx_B, jnp.int32), (B,))[:, None]
   d_idx_B1 = jnp.broadcast_to(jnp.asarray(d_idx_B, jnp.int32), (B,))[:, None]
   x_B1SD = model.embed(
-      z_BNL[:, None], tau_idx_B1, d_idx_B1, act.get("discrete"), act["labelled"],
-      actions_continuous_BTA=act.get("continuous"),
-      tasks_BT=None if tasks_B is None else jnp.asarray(tasks_B, jnp.int32)[:, None],
+    z_BNL[:, None],
+    tau_idx_B1,
+    d_idx_B1,
+    act.get("discrete"),
+    act["labelled"],
+    actions_continuous_BTA=act.get("continuous"),
+    tasks_BT=None if tasks_B is None else jnp.asarray(tasks_B, jnp.int32)[:, None],
   )
   here, cache_pos_M, cache_valid_M = _positions(cache)
   rotated = rotated_k_LBSMGK is not None
   y_BSD, k_LBSGK, v_LBSGK = model.transformer.decode(
-      x_B1SD[:, 0],
-      space_mask_SS=tr.space_mask(model.layout, tr.dynamics_rule(model.layout.names)),
-      cache_k_LBSMGK=rotated_k_LBSMGK if rotated else cache.k_LBSMGK,
-      cache_v_LBSMGK=cache.v_LBSMGK, cache_pos_M=cache_pos_M, cache_valid_M=cache_valid_M,
-      query_pos=here, keys_rotated=rotated,
+    x_B1SD[:, 0],
+    space_mask_SS=tr.space_mask(model.layout, tr.dynamics_rule(model.layout.names)),
+    cache_k_LBSMGK=rotated_k_LBSMGK if rotated else cache.k_LBSMGK,
+    cache_v_LBSMGK=cache.v_LBSMGK,
+    cache_pos_M=cache_pos_M,
+    cache_valid_M=cache_valid_M,
+    query_pos=here,
+    keys_rotated=rotated,
   )
   z1_hat_BNL = model.readout(y_BSD[:, None])[:, 0]
   if with_agent:
@@ -169,10 +185,8 @@ def write_frame(cache: KVCache, k_LBSGK, v_LBSGK) -> KVCache:
   if M == 0:  # window 1: frames never read the past
     return cache._replace(length=cache.length + 1)
   slot = cache.length % M
-  k = jax.lax.dynamic_update_index_in_dim(
-      cache.k_LBSMGK, k_LBSGK.astype(cache.k_LBSMGK.dtype), slot, axis=3)
-  v = jax.lax.dynamic_update_index_in_dim(
-      cache.v_LBSMGK, v_LBSGK.astype(cache.v_LBSMGK.dtype), slot, axis=3)
+  k = jax.lax.dynamic_update_index_in_dim(cache.k_LBSMGK, k_LBSGK.astype(cache.k_LBSMGK.dtype), slot, axis=3)
+  v = jax.lax.dynamic_update_index_in_dim(cache.v_LBSMGK, v_LBSGK.astype(cache.v_LBSMGK.dtype), slot, axis=3)
   frame_M = cache.frame_M.at[slot].set(cache.length)
   return KVCache(k, v, frame_M, cache.length + 1)
 
@@ -183,9 +197,18 @@ def context_keys(model: Dynamics, context_noise: float) -> tuple[int, int, float
   return ctx_idx, d_min_index(model.k_max), ctx_idx / model.k_max
 
 
-def commit_frame(model: Dynamics, cache: KVCache, z_BNL, noise_BNL, action, *,
-                 context_noise: float, rotated_k_LBSMGK=None, tasks_B=None,
-                 with_agent: bool = False):
+def commit_frame(
+  model: Dynamics,
+  cache: KVCache,
+  z_BNL,
+  noise_BNL,
+  action,
+  *,
+  context_noise: float,
+  rotated_k_LBSMGK=None,
+  tasks_B=None,
+  with_agent: bool = False,
+):
   """Corrupts a finished (or primed) frame to the context level and caches it.
 
   The one entry point for both primed and generated frames, so both use the same
@@ -198,14 +221,14 @@ def commit_frame(model: Dynamics, cache: KVCache, z_BNL, noise_BNL, action, *,
   """
   ctx_idx, d_min_idx, signal = context_keys(model, context_noise)
   z_ctx_BNL = (1.0 - signal) * noise_BNL + signal * z_BNL.astype(jnp.float32)
-  out = frame_forward(model, cache, z_ctx_BNL, ctx_idx, d_min_idx, action, rotated_k_LBSMGK,
-                      tasks_B=tasks_B, with_agent=with_agent)
+  out = frame_forward(
+    model, cache, z_ctx_BNL, ctx_idx, d_min_idx, action, rotated_k_LBSMGK, tasks_B=tasks_B, with_agent=with_agent
+  )
   cache = write_frame(cache, out[1], out[2])
   return (cache, out[3]) if with_agent else cache
 
 
-def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action, *, k: int,
-                  rotated_k_LBSMGK=None):
+def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action, *, k: int, rotated_k_LBSMGK=None):
   """Takes `k` shortcut steps from noise z0 on the grid tau = j/k with d = 1/k.
 
   The same update as `sampler.generate`: z <- z + (z1_hat - z) / (k - j), written
@@ -217,16 +240,24 @@ def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action, *, k: int,
   grid = model.k_max // k
 
   def body(j, z_BNL):
-    z1_hat_BNL, _, _ = frame_forward(model, cache, z_BNL, j * grid, log2_k, action,
-                                     rotated_k_LBSMGK)
+    z1_hat_BNL, _, _ = frame_forward(model, cache, z_BNL, j * grid, log2_k, action, rotated_k_LBSMGK)
     a = 1.0 / jnp.asarray(k - j, jnp.float32)
     return (1.0 - a) * z_BNL + a * z1_hat_BNL
 
   return jax.lax.fori_loop(0, k, body, z0_BNL.astype(jnp.float32))
 
 
-def prime(model: Dynamics, cache: KVCache, context_z_BCNL, context_actions, noise_BCNL, *,
-          context_noise: float, tasks_B=None, with_agent: bool = False):
+def prime(
+  model: Dynamics,
+  cache: KVCache,
+  context_z_BCNL,
+  context_actions,
+  noise_BCNL,
+  *,
+  context_noise: float,
+  tasks_B=None,
+  with_agent: bool = False,
+):
   """Commits C context frames in order (a lax.scan of `commit_frame`).
 
   With `with_agent` (C >= 1) it returns (cache, agent_BKD of the last context frame).
@@ -240,8 +271,9 @@ def prime(model: Dynamics, cache: KVCache, context_z_BCNL, context_actions, nois
 
   def body(cache, x):
     z_BNL, noise_BNL, action = x
-    out = commit_frame(model, cache, z_BNL, noise_BNL, action, context_noise=context_noise,
-                       tasks_B=tasks_B, with_agent=with_agent)
+    out = commit_frame(
+      model, cache, z_BNL, noise_BNL, action, context_noise=context_noise, tasks_B=tasks_B, with_agent=with_agent
+    )
     return (out[0], out[1]) if with_agent else (out, None)
 
   cache, agents = jax.lax.scan(body, cache, xs)

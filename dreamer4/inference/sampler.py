@@ -28,7 +28,8 @@ all frames, W window, N latent tokens, L latent channels.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +53,16 @@ def context_tau_index(context_noise: float, k_max: int) -> int:
 
 
 def generate(
-    apply_fn: ApplyFn, context_z_BCNL, actions, rng, *, horizon: int, k: int = 4,
-    k_max: int, context_noise: float = 0.1, window: int,
+  apply_fn: ApplyFn,
+  context_z_BCNL,
+  actions,
+  rng,
+  *,
+  horizon: int,
+  k: int = 4,
+  k_max: int,
+  context_noise: float = 0.1,
+  window: int,
 ) -> dict:
   """Generates `horizon` frames after `context_z_BCNL`.
 
@@ -137,9 +146,7 @@ def generate(
     # The frame's history noise is drawn once, here, so every later step sees the
     # same corrupted frame.
     noise_BNL = jax.random.normal(ctx_rng, z_BNL.shape, jnp.float32)
-    history_BTNL = jax.lax.dynamic_update_slice_in_dim(
-        history_BTNL, corrupt(z_BNL, noise_BNL)[:, None], p, axis=1
-    )
+    history_BTNL = jax.lax.dynamic_update_slice_in_dim(history_BTNL, corrupt(z_BNL, noise_BNL)[:, None], p, axis=1)
     return history_BTNL, out_BHNL
 
   history_BTNL, out_BHNL = jax.lax.fori_loop(0, horizon, frame_body, (history_BTNL, out_BHNL))

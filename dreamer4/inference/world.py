@@ -77,8 +77,9 @@ class World:
     window: Frames each new frame reads, itself included (default model.context).
   """
 
-  def __init__(self, model: Dynamics, tokenizer=None, *, k: int = 4, context_noise: float = 0.1,
-               window: int | None = None):
+  def __init__(
+    self, model: Dynamics, tokenizer=None, *, k: int = 4, context_noise: float = 0.1, window: int | None = None
+  ):
     log2_exact(k, "steps per frame k")
     if k > model.k_max:
       raise ValueError(f"steps per frame k={k} exceeds k_max={model.k_max}")
@@ -103,8 +104,9 @@ class World:
     B = context_z_BCNL.shape[0]
     cache = kv_cache.init_cache(model, B, self.window)
     noise_BCNL = jax.random.normal(rng, context_z_BCNL.shape, jnp.float32)
-    cache = kv_cache.prime(model, cache, context_z_BCNL.astype(jnp.float32), context_actions,
-                           noise_BCNL, context_noise=self.context_noise)
+    cache = kv_cache.prime(
+      model, cache, context_z_BCNL.astype(jnp.float32), context_actions, noise_BCNL, context_noise=self.context_noise
+    )
     return WorldState(cache)
 
   def _step_impl(self, model_state, tok_state, state, action, rng):
@@ -114,12 +116,12 @@ class World:
     z0_BNL = jax.random.normal(init_rng, (B, self.num_latents, self.latent_dim), jnp.float32)
     # All k + 1 passes of this frame read one cache: rotate its keys once.
     rot_k = kv_cache.rotated_keys(model, state.cache)
-    z_BNL = kv_cache.denoise_frame(model, state.cache, z0_BNL, action, k=self.k,
-                                   rotated_k_LBSMGK=rot_k)
+    z_BNL = kv_cache.denoise_frame(model, state.cache, z0_BNL, action, k=self.k, rotated_k_LBSMGK=rot_k)
     # History noise drawn once, here, as for primed frames (kv_cache.commit_frame).
     noise_BNL = jax.random.normal(ctx_rng, z_BNL.shape, jnp.float32)
-    cache = kv_cache.commit_frame(model, state.cache, z_BNL, noise_BNL, action,
-                                  context_noise=self.context_noise, rotated_k_LBSMGK=rot_k)
+    cache = kv_cache.commit_frame(
+      model, state.cache, z_BNL, noise_BNL, action, context_noise=self.context_noise, rotated_k_LBSMGK=rot_k
+    )
     out = {"z_BNL": z_BNL}
     if self._has_tokenizer:
       tokenizer = nnx.merge(self._tok_def, tok_state)
@@ -141,8 +143,7 @@ class World:
     if context_actions is None:
       context_actions = no_action(nnx.merge(self._model_def, self._model_state), B, C)
     elif not isinstance(context_actions, dict):
-      context_actions = {"discrete": jnp.asarray(context_actions, jnp.int32),
-                         "labelled": jnp.ones((B, C), bool)}
+      context_actions = {"discrete": jnp.asarray(context_actions, jnp.int32), "labelled": jnp.ones((B, C), bool)}
     return self._reset_jit(self._model_state, z, context_actions, rng)
 
   def step(self, state: WorldState, action, rng) -> tuple[dict, WorldState]:

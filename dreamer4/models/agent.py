@@ -35,8 +35,9 @@ class AgentModel(nnx.Module):
       raise ValueError("AgentModel needs a Dynamics with num_agent_tokens >= 1")
     self.dynamics = dynamics
     self.mtp = mtp
-    self.policy = PolicyHead(dynamics.action_spec, width=dynamics.width, hidden=hidden,
-                             num_layers=num_layers, mtp=mtp, rngs=rngs)
+    self.policy = PolicyHead(
+      dynamics.action_spec, width=dynamics.width, hidden=hidden, num_layers=num_layers, mtp=mtp, rngs=rngs
+    )
     self.reward = RewardHead(width=dynamics.width, hidden=hidden, num_layers=num_layers, mtp=mtp, rngs=rngs)
 
 
@@ -44,6 +45,7 @@ class ImagineHeads(nnx.Module):
   """What phase 3 trains: the policy (initialised from phase 2's) and a new value head."""
 
   def __init__(self, dynamics: Dynamics, *, mtp: int, hidden: int, num_layers: int, rngs: nnx.Rngs):
-    self.policy = PolicyHead(dynamics.action_spec, width=dynamics.width, hidden=hidden,
-                             num_layers=num_layers, mtp=mtp, rngs=rngs)
+    self.policy = PolicyHead(
+      dynamics.action_spec, width=dynamics.width, hidden=hidden, num_layers=num_layers, mtp=mtp, rngs=rngs
+    )
     self.value = ValueHead(width=dynamics.width, hidden=hidden, num_layers=num_layers, rngs=rngs)

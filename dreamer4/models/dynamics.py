@@ -39,7 +39,6 @@ from data_pipelines.envs.base import ActionSpec
 from dreamer4.errors import ConfigError
 from dreamer4.models import transformer as tr
 
-
 # ----------------------------------------------------------------------------------
 # Index conventions for the (tau, d) embeddings.
 # ----------------------------------------------------------------------------------
@@ -92,24 +91,42 @@ class Dynamics(nnx.Module):
   """
 
   def __init__(
-      self, *, num_latents: int, latent_dim: int, group: int, num_registers: int,
-      action_spec: ActionSpec, k_max: int = 64, width: int, depth: int, num_heads: int,
-      num_kv_heads: int, head_dim: int, mlp_dim: int, time_every: int,
-      softcap: float | None, context: int, num_agent_tokens: int = 0, num_tasks: int = 0,
-      rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False, spatial_pos: bool = False,
-      scan_layers: bool = True, remat_policy: str = "nothing", attention: str = "dense",
+    self,
+    *,
+    num_latents: int,
+    latent_dim: int,
+    group: int,
+    num_registers: int,
+    action_spec: ActionSpec,
+    k_max: int = 64,
+    width: int,
+    depth: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    mlp_dim: int,
+    time_every: int,
+    softcap: float | None,
+    context: int,
+    num_agent_tokens: int = 0,
+    num_tasks: int = 0,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    remat: bool = False,
+    spatial_pos: bool = False,
+    scan_layers: bool = True,
+    remat_policy: str = "nothing",
+    attention: str = "dense",
   ):
     if group < 1 or num_latents % group:
       raise ConfigError(
-          f"config.model.group={group} must be >= 1 and divide the tokenizer's "
-          f"num_latents={num_latents}; pick a divisor of {num_latents}."
+        f"config.model.group={group} must be >= 1 and divide the tokenizer's "
+        f"num_latents={num_latents}; pick a divisor of {num_latents}."
       )
     if num_registers < 0:
       raise ConfigError(f"config.model.num_registers must be >= 0, got {num_registers}")
     if width % 2:
-      raise ConfigError(
-          f"config.model.width={width} must be even: the (tau, d) token is two D/2 halves."
-      )
+      raise ConfigError(f"config.model.width={width} must be even: the (tau, d) token is two D/2 halves.")
     if context < 0:
       raise ConfigError(f"config.model.context must be >= 0 (0 = unlimited), got {context}")
     if num_agent_tokens < 0 or num_tasks < 0:
@@ -131,8 +148,13 @@ class Dynamics(nnx.Module):
 
     # Our choice: S_a = 1 action token per frame holding the sum over components
     # (the paper leaves S_a open; one token is what the sum naturally gives).
-    segments = [("spatial", self.num_spatial), ("registers", num_registers), ("tau_d", 1),
-                ("action", 1), ("agent", num_agent_tokens)]
+    segments = [
+      ("spatial", self.num_spatial),
+      ("registers", num_registers),
+      ("tau_d", 1),
+      ("action", 1),
+      ("agent", num_agent_tokens),
+    ]
     # Empty segments are left out so the layout (and mask) only has real tokens.
     self.layout = tr.TokenLayout(tuple((n, c) for n, c in segments if c > 0))
 
@@ -147,8 +169,9 @@ class Dynamics(nnx.Module):
     # only RoPE offsets, and the readout kernel is shared by every token).
     self.spatial_pos = bool(spatial_pos)
     if self.spatial_pos:
-      self.spatial_pos_embed = param(rngs, nnx.initializers.truncated_normal(stddev=0.02),
-                                     (num_latents // group, D), (None, "embed"))
+      self.spatial_pos_embed = param(
+        rngs, nnx.initializers.truncated_normal(stddev=0.02), (num_latents // group, D), (None, "embed")
+      )
     self.latent_in_bias = param(rngs, zeros, (D,), ("embed",))
     if num_registers:
       self.registers = param(rngs, small, (num_registers, D), (None, "embed"))
@@ -190,17 +213,36 @@ class Dynamics(nnx.Module):
         self.task_embed = param(rngs, small, (num_tasks, D), ("vocab", "embed"))
 
     self.transformer = tr.Transformer(
-        width=D, depth=depth, num_heads=num_heads, num_kv_heads=num_kv_heads,
-        head_dim=head_dim, mlp_dim=mlp_dim, time_every=time_every, softcap=softcap,
-        rngs=rngs, dtype=dtype, remat=remat, scan_layers=scan_layers, remat_policy=remat_policy,
-        attention=attention,
+      width=D,
+      depth=depth,
+      num_heads=num_heads,
+      num_kv_heads=num_kv_heads,
+      head_dim=head_dim,
+      mlp_dim=mlp_dim,
+      time_every=time_every,
+      softcap=softcap,
+      rngs=rngs,
+      dtype=dtype,
+      remat=remat,
+      scan_layers=scan_layers,
+      remat_policy=remat_policy,
+      attention=attention,
     )
     self.readout_kernel = param(rngs, tr.fan_in_init(D), (D, G), ("embed", None))
     self.readout_bias = param(rngs, zeros, (G,), (None,))
 
   @classmethod
-  def from_config(cls, model_cfg, num_latents: int, latent_dim: int, action_spec: ActionSpec,
-                  rngs: nnx.Rngs, *, num_agent_tokens: int = 0, num_tasks: int = 0) -> "Dynamics":
+  def from_config(
+    cls,
+    model_cfg,
+    num_latents: int,
+    latent_dim: int,
+    action_spec: ActionSpec,
+    rngs: nnx.Rngs,
+    *,
+    num_agent_tokens: int = 0,
+    num_tasks: int = 0,
+  ) -> Dynamics:
     """Builds the model from `config.model` of configs/dynamics.py (an ml_collections ConfigDict;
     a saved run's config is first upgraded by `dreamer4.runs.read_config`).
 
@@ -208,30 +250,30 @@ class Dynamics(nnx.Module):
     the dataset; `num_agent_tokens` / `num_tasks` from the agent phase (0: phase 1).
     """
     return cls(
-        num_latents=int(num_latents),
-        latent_dim=int(latent_dim),
-        group=int(model_cfg.group),
-        num_registers=int(model_cfg.num_registers),
-        action_spec=action_spec,
-        k_max=int(model_cfg.k_max),
-        width=int(model_cfg.width),
-        depth=int(model_cfg.depth),
-        num_heads=int(model_cfg.num_heads),
-        num_kv_heads=int(model_cfg.num_kv_heads),
-        head_dim=int(model_cfg.head_dim),
-        mlp_dim=int(model_cfg.mlp_dim),
-        time_every=int(model_cfg.time_every),
-        softcap=model_cfg.softcap,
-        context=int(model_cfg.context),
-        num_agent_tokens=int(num_agent_tokens),
-        num_tasks=int(num_tasks),
-        rngs=rngs,
-        dtype=jnp.dtype(model_cfg.dtype),
-        remat=bool(model_cfg.remat),
-        spatial_pos=bool(model_cfg.spatial_pos),
-        scan_layers=bool(model_cfg.scan_layers),
-        remat_policy=str(model_cfg.remat_policy),
-        attention=str(model_cfg.attention),
+      num_latents=int(num_latents),
+      latent_dim=int(latent_dim),
+      group=int(model_cfg.group),
+      num_registers=int(model_cfg.num_registers),
+      action_spec=action_spec,
+      k_max=int(model_cfg.k_max),
+      width=int(model_cfg.width),
+      depth=int(model_cfg.depth),
+      num_heads=int(model_cfg.num_heads),
+      num_kv_heads=int(model_cfg.num_kv_heads),
+      head_dim=int(model_cfg.head_dim),
+      mlp_dim=int(model_cfg.mlp_dim),
+      time_every=int(model_cfg.time_every),
+      softcap=model_cfg.softcap,
+      context=int(model_cfg.context),
+      num_agent_tokens=int(num_agent_tokens),
+      num_tasks=int(num_tasks),
+      rngs=rngs,
+      dtype=jnp.dtype(model_cfg.dtype),
+      remat=bool(model_cfg.remat),
+      spatial_pos=bool(model_cfg.spatial_pos),
+      scan_layers=bool(model_cfg.scan_layers),
+      remat_policy=str(model_cfg.remat_policy),
+      attention=str(model_cfg.attention),
     )
 
   # --------------------------------------------------------------------------------
@@ -276,9 +318,7 @@ class Dynamics(nnx.Module):
     if self._action_offsets:
       if actions_discrete_BTA is None or actions_discrete_BTA.shape[-1] != spec.discrete_columns:
         got = None if actions_discrete_BTA is None else actions_discrete_BTA.shape
-        raise ValueError(
-            f"actions_discrete_BTA must have {spec.discrete_columns} columns, got {got}"
-        )
+        raise ValueError(f"actions_discrete_BTA must have {spec.discrete_columns} columns, got {got}")
       offsets_A = np.asarray(self._action_offsets, np.int32)
       max_A = np.asarray(self._action_sizes, np.int32) - 1
       idx_BTA = jnp.clip(jnp.asarray(actions_discrete_BTA, jnp.int32), 0, max_A) + offsets_A
@@ -287,9 +327,7 @@ class Dynamics(nnx.Module):
       cont_BTA = actions_continuous_BTA
       if cont_BTA is None or cont_BTA.shape[-1] != spec.continuous_columns:
         got = None if cont_BTA is None else cont_BTA.shape
-        raise ValueError(
-            f"actions_continuous_BTA must have {spec.continuous_columns} columns, got {got}"
-        )
+        raise ValueError(f"actions_continuous_BTA must have {spec.continuous_columns} columns, got {got}")
       # Zero the inputs of unlabelled frames first: a NaN there would otherwise
       # reach the kernel's gradient through the masked branch below.
       cont_BTA = jnp.where(labelled_BT[..., None], jnp.asarray(cont_BTA, jnp.float32), 0.0)
@@ -306,28 +344,31 @@ class Dynamics(nnx.Module):
       agent_BTKD = agent_BTKD + jnp.take(self.task_embed[...], tasks_BT, axis=0)[:, :, None]
     return agent_BTKD.astype(self.dtype)
 
-  def embed(self, z_BTNL, tau_idx_BT, d_idx_BT, actions_discrete_BTA, action_labelled_BT, *,
-            actions_continuous_BTA=None, tasks_BT=None):
+  def embed(
+    self,
+    z_BTNL,
+    tau_idx_BT,
+    d_idx_BT,
+    actions_discrete_BTA,
+    action_labelled_BT,
+    *,
+    actions_continuous_BTA=None,
+    tasks_BT=None,
+  ):
     """Builds the per-frame token blocks x_BTSD in layout order."""
     B, T, N, L = z_BTNL.shape
     if (N, L) != (self.num_latents, self.latent_dim):
-      raise ValueError(f"z_BTNL has latents {N}x{L}, model expects "
-                       f"{self.num_latents}x{self.latent_dim}")
+      raise ValueError(f"z_BTNL has latents {N}x{L}, model expects {self.num_latents}x{self.latent_dim}")
     dt = self.dtype
     parts = {}
     z_BTSG = self.group_latents(z_BTNL).astype(dt)
-    parts["spatial"] = (z_BTSG @ self.latent_in_kernel[...].astype(dt)
-                        + self.latent_in_bias[...].astype(dt))
+    parts["spatial"] = z_BTSG @ self.latent_in_kernel[...].astype(dt) + self.latent_in_bias[...].astype(dt)
     if self.spatial_pos:
       parts["spatial"] = parts["spatial"] + self.spatial_pos_embed[...].astype(dt)
     if self.num_registers:
-      parts["registers"] = jnp.broadcast_to(
-          self.registers[...].astype(dt), (B, T) + self.registers.shape
-      )
+      parts["registers"] = jnp.broadcast_to(self.registers[...].astype(dt), (B, T) + self.registers.shape)
     parts["tau_d"] = self.embed_tau_d(tau_idx_BT, d_idx_BT)
-    parts["action"] = self.embed_actions(
-        actions_discrete_BTA, action_labelled_BT, actions_continuous_BTA
-    )
+    parts["action"] = self.embed_actions(actions_discrete_BTA, action_labelled_BT, actions_continuous_BTA)
     if self.num_agent_tokens:
       parts["agent"] = self.embed_agent(B, T, tasks_BT)
     return jnp.concatenate([parts[name] for name in self.layout.names], axis=2)
@@ -343,9 +384,19 @@ class Dynamics(nnx.Module):
     """Causal time mask with the sliding window `context` (0 = unlimited)."""
     return tr.time_mask(T, window=self.context or None, independent_B=independent_B)
 
-  def __call__(self, z_BTNL, tau_idx_BT, d_idx_BT, actions_discrete_BTA, action_labelled_BT, *,
-               actions_continuous_BTA=None, tasks_BT=None, independent_B=None,
-               return_tokens: bool = False):
+  def __call__(
+    self,
+    z_BTNL,
+    tau_idx_BT,
+    d_idx_BT,
+    actions_discrete_BTA,
+    action_labelled_BT,
+    *,
+    actions_continuous_BTA=None,
+    tasks_BT=None,
+    independent_B=None,
+    return_tokens: bool = False,
+  ):
     """Predicts clean latents for every frame.
 
     Args:
@@ -366,13 +417,18 @@ class Dynamics(nnx.Module):
     """
     B, T = z_BTNL.shape[:2]
     x_BTSD = self.embed(
-        z_BTNL, tau_idx_BT, d_idx_BT, actions_discrete_BTA, action_labelled_BT,
-        actions_continuous_BTA=actions_continuous_BTA, tasks_BT=tasks_BT,
+      z_BTNL,
+      tau_idx_BT,
+      d_idx_BT,
+      actions_discrete_BTA,
+      action_labelled_BT,
+      actions_continuous_BTA=actions_continuous_BTA,
+      tasks_BT=tasks_BT,
     )
     y_BTSD = self.transformer(
-        x_BTSD,
-        space_mask_SS=tr.space_mask(self.layout, tr.dynamics_rule(self.layout.names)),
-        time_mask_BTT=self.time_mask(T, independent_B),
+      x_BTSD,
+      space_mask_SS=tr.space_mask(self.layout, tr.dynamics_rule(self.layout.names)),
+      time_mask_BTT=self.time_mask(T, independent_B),
     )
     out = {"z1_hat_BTNL": self.readout(y_BTSD)}
     if self.num_agent_tokens:
@@ -387,8 +443,9 @@ class Dynamics(nnx.Module):
 # ----------------------------------------------------------------------------------
 
 
-def make_training_fn(model: Dynamics, actions_discrete_BTA, action_labelled_BT, *,
-                     actions_continuous_BTA=None, tasks_BT=None):
+def make_training_fn(
+  model: Dynamics, actions_discrete_BTA, action_labelled_BT, *, actions_continuous_BTA=None, tasks_BT=None
+):
   """apply_fn(z, tau_idx, d_idx, independent_B) -> z1_hat for `shortcut_loss`.
 
   The loss runs its bootstrap passes on the first n rows of the batch only, so the
@@ -399,9 +456,14 @@ def make_training_fn(model: Dynamics, actions_discrete_BTA, action_labelled_BT, 
     n = z_BTNL.shape[0]
     rows = lambda a: None if a is None else a[:n]
     return model(
-        z_BTNL, tau_idx_BT, d_idx_BT, rows(actions_discrete_BTA), rows(action_labelled_BT),
-        actions_continuous_BTA=rows(actions_continuous_BTA), tasks_BT=rows(tasks_BT),
-        independent_B=independent_B,
+      z_BTNL,
+      tau_idx_BT,
+      d_idx_BT,
+      rows(actions_discrete_BTA),
+      rows(action_labelled_BT),
+      actions_continuous_BTA=rows(actions_continuous_BTA),
+      tasks_BT=rows(tasks_BT),
+      independent_B=independent_B,
     )["z1_hat_BTNL"]
 
   return apply_fn
@@ -423,9 +485,12 @@ def make_sampling_fn(model: Dynamics):
 
   def apply_fn(z_BTNL, tau_idx_BT, d_idx_BT, actions):
     return view(
-        z_BTNL, tau_idx_BT, d_idx_BT, actions.get("discrete"), actions["labelled"],
-        actions_continuous_BTA=actions.get("continuous"),
+      z_BTNL,
+      tau_idx_BT,
+      d_idx_BT,
+      actions.get("discrete"),
+      actions["labelled"],
+      actions_continuous_BTA=actions.get("continuous"),
     )["z1_hat_BTNL"]
 
   return apply_fn
-

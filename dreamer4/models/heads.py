@@ -54,7 +54,7 @@ def _split(spec: ActionSpec, params_NP):
   p = dc = cc = 0
   for comp in spec.components:
     width = 2 * comp.size if comp.kind == "continuous" else comp.size
-    part = params_NP[..., p:p + width].astype(jnp.float32)
+    part = params_NP[..., p : p + width].astype(jnp.float32)
     p += width
     if comp.kind == "continuous":
       yield comp, part, None, (cc, cc + comp.size)
@@ -89,10 +89,10 @@ def log_prob(spec: ActionSpec, params_NP, actions):
       logp = jax.nn.log_softmax(part, axis=-1)
       total += jnp.take_along_axis(logp, label[..., None], axis=-1)[..., 0]
     elif comp.kind == "binary":
-      bits = disc_NA[..., dcols[0]:dcols[1]].astype(jnp.float32)
+      bits = disc_NA[..., dcols[0] : dcols[1]].astype(jnp.float32)
       total += jnp.sum(bits * jax.nn.log_sigmoid(part) + (1.0 - bits) * jax.nn.log_sigmoid(-part), axis=-1)
     else:
-      x = cont_NA[..., ccols[0]:ccols[1]].astype(jnp.float32)
+      x = cont_NA[..., ccols[0] : ccols[1]].astype(jnp.float32)
       mean, log_std = _gauss(part)
       z = (x - mean) * jnp.exp(-log_std)
       total += jnp.sum(-0.5 * jnp.square(z) - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
@@ -128,8 +128,11 @@ def kl(spec: ActionSpec, params_p_NP, params_q_NP):
       total += jnp.sum(jnp.exp(lp) * (lp - lq), axis=-1)
     elif comp.kind == "binary":
       p1 = jax.nn.sigmoid(pp)
-      total += jnp.sum(p1 * (jax.nn.log_sigmoid(pp) - jax.nn.log_sigmoid(qq))
-                       + (1.0 - p1) * (jax.nn.log_sigmoid(-pp) - jax.nn.log_sigmoid(-qq)), axis=-1)
+      total += jnp.sum(
+        p1 * (jax.nn.log_sigmoid(pp) - jax.nn.log_sigmoid(qq))
+        + (1.0 - p1) * (jax.nn.log_sigmoid(-pp) - jax.nn.log_sigmoid(-qq)),
+        axis=-1,
+      )
     else:
       mp, lsp = _gauss(pp)
       mq, lsq = _gauss(qq)
@@ -164,8 +167,17 @@ def sample(spec: ActionSpec, params_NP, rng):
 class _MTPMLP(nnx.Module):
   """RMSNorm -> num_layers x (dense + SiLU) -> one output layer per offset n = 0..L."""
 
-  def __init__(self, *, width: int, hidden: int, num_layers: int, num_offsets: int, out_dim: int,
-               zero_init_out: bool, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    width: int,
+    hidden: int,
+    num_layers: int,
+    num_offsets: int,
+    out_dim: int,
+    zero_init_out: bool,
+    rngs: nnx.Rngs,
+  ):
     self.norm = RMSNorm(width, rngs=rngs)
     self.weights, self.biases = nnx.List(), nnx.List()
     fan_in = width
@@ -197,20 +209,28 @@ class PolicyHead(nnx.Module):
   the alignment); n = 0 is the head that acts in imagination.
   """
 
-  def __init__(self, spec: ActionSpec, *, width: int, hidden: int = 256, num_layers: int = 2,
-               mtp: int = 8, rngs: nnx.Rngs):
+  def __init__(
+    self, spec: ActionSpec, *, width: int, hidden: int = 256, num_layers: int = 2, mtp: int = 8, rngs: nnx.Rngs
+  ):
     """Args:
-      spec: the action space.
-      width: D, width of the agent embedding.
-      hidden: M, trunk width (paper: not stated).
-      num_layers: trunk depth (paper: not stated).
-      mtp: L; the head has L+1 output layers (paper: L = 8).
-      rngs: parameter rngs.
+    spec: the action space.
+    width: D, width of the agent embedding.
+    hidden: M, trunk width (paper: not stated).
+    num_layers: trunk depth (paper: not stated).
+    mtp: L; the head has L+1 output layers (paper: L = 8).
+    rngs: parameter rngs.
     """
     self.spec = spec
     self.mtp = mtp
-    self.mlp = _MTPMLP(width=width, hidden=hidden, num_layers=num_layers, num_offsets=mtp + 1,
-                       out_dim=num_params(spec), zero_init_out=False, rngs=rngs)
+    self.mlp = _MTPMLP(
+      width=width,
+      hidden=hidden,
+      num_layers=num_layers,
+      num_offsets=mtp + 1,
+      out_dim=num_params(spec),
+      zero_init_out=False,
+      rngs=rngs,
+    )
 
   def params(self, h_ND, n: int | None = None):
     """Flat distribution parameters: [N, P] for offset n, or [N, L+1, P] when n is None."""
@@ -238,12 +258,18 @@ class ScalarHead(nnx.Module):
   and early value/reward errors do not blow up); the paper does not say.
   """
 
-  def __init__(self, *, width: int, hidden: int = 256, num_layers: int = 2, mtp: int = 8,
-               encoder=None, rngs: nnx.Rngs):
+  def __init__(self, *, width: int, hidden: int = 256, num_layers: int = 2, mtp: int = 8, encoder=None, rngs: nnx.Rngs):
     self.encoder = encoder if encoder is not None else TwoHot()
     self.mtp = mtp
-    self.mlp = _MTPMLP(width=width, hidden=hidden, num_layers=num_layers, num_offsets=mtp + 1,
-                       out_dim=self.encoder.num_bins, zero_init_out=True, rngs=rngs)
+    self.mlp = _MTPMLP(
+      width=width,
+      hidden=hidden,
+      num_layers=num_layers,
+      num_offsets=mtp + 1,
+      out_dim=self.encoder.num_bins,
+      zero_init_out=True,
+      rngs=rngs,
+    )
 
   def logits(self, h_ND, n: int | None = 0):
     """Bin logits [N, K] at offset n, or [N, L+1, K] when n is None."""

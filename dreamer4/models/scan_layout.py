@@ -17,11 +17,13 @@ result back (`like` = the abstract target, whose shardings the result takes).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dreamer4.errors import CheckpointError
 
@@ -42,13 +44,17 @@ def _index_keys(node: Mapping) -> list:
 
 
 def is_scanned(node) -> bool:
-  return isinstance(node, Mapping) and GROUPS in node and isinstance(node[GROUPS], Mapping) \
-      and BLOCKS in node[GROUPS]
+  return isinstance(node, Mapping) and GROUPS in node and isinstance(node[GROUPS], Mapping) and BLOCKS in node[GROUPS]
 
 
 def is_unscanned(node) -> bool:
-  return isinstance(node, Mapping) and BLOCKS in node and GROUPS not in node and isinstance(node[BLOCKS], Mapping) \
-      and all(str(k).isdigit() for k in node[BLOCKS])
+  return (
+    isinstance(node, Mapping)
+    and BLOCKS in node
+    and GROUPS not in node
+    and isinstance(node[BLOCKS], Mapping)
+    and all(str(k).isdigit() for k in node[BLOCKS])
+  )
 
 
 def _is_abstract(x) -> bool:
@@ -88,9 +94,12 @@ def _unstack_leaf(leaf, num: int, likes: list) -> list:
   if leaf is None:
     return [None] * num
   if _is_abstract(leaf):
-    return [jax.ShapeDtypeStruct(tuple(leaf.shape[1:]), leaf.dtype,
-                                 sharding=_target_sharding(like) or _with_leading(leaf.sharding, add=False))
-            for like in likes]
+    return [
+      jax.ShapeDtypeStruct(
+        tuple(leaf.shape[1:]), leaf.dtype, sharding=_target_sharding(like) or _with_leading(leaf.sharding, add=False)
+      )
+      for like in likes
+    ]
   out = []
   for g, like in enumerate(likes):
     sharding = _target_sharding(like)
@@ -102,8 +111,10 @@ def _map_leaves(fn, trees: list, like):
   """fn(list of leaves, like leaf) over trees of one structure (dicts with index or name keys)."""
   first = trees[0]
   if isinstance(first, Mapping):
-    return {k: _map_leaves(fn, [_get(t, k) for t in trees], _get(like, k) if isinstance(like, Mapping) else None)
-            for k in first}
+    return {
+      k: _map_leaves(fn, [_get(t, k) for t in trees], _get(like, k) if isinstance(like, Mapping) else None)
+      for k in first
+    }
   return fn(trees, like)
 
 
@@ -114,15 +125,16 @@ def _stack(node: Mapping, like: Mapping) -> dict:
   per_group = len(like_blocks)
   depth = len(blocks)
   if depth % per_group:
-    raise CheckpointError(f"an unscanned transformer of {depth} layers cannot fill groups of {per_group} "
-                          f"(time_every) layers; build the model with --config.model.scan_layers=False")
+    raise CheckpointError(
+      f"an unscanned transformer of {depth} layers cannot fill groups of {per_group} "
+      f"(time_every) layers; build the model with --config.model.scan_layers=False"
+    )
   keys = _index_keys(blocks)
   groups = {}
   for j, like_key in enumerate(_index_keys(like_blocks)):
     layers = [blocks[keys[g * per_group + j]] for g in range(depth // per_group)]
     groups[j] = _map_leaves(_stack_leaf, layers, like_blocks[like_key])
-  out = {k: convert_layout(v, _get(like, k) if _has(like, k) else None)
-         for k, v in node.items() if k != BLOCKS}
+  out = {k: convert_layout(v, _get(like, k) if _has(like, k) else None) for k, v in node.items() if k != BLOCKS}
   out[GROUPS] = {BLOCKS: groups}
   return out
 
@@ -135,16 +147,17 @@ def _unstack(node: Mapping, like: Mapping) -> dict:
   like_blocks = like[BLOCKS]
   like_keys = _index_keys(like_blocks)
   if len(like_keys) != num_groups * per_group:
-    raise CheckpointError(f"a scanned transformer of {num_groups} x {per_group} layers does not match an "
-                          f"unscanned one of {len(like_keys)} layers; the model settings disagree")
+    raise CheckpointError(
+      f"a scanned transformer of {num_groups} x {per_group} layers does not match an "
+      f"unscanned one of {len(like_keys)} layers; the model settings disagree"
+    )
   blocks = {}
   for j, key in enumerate(_index_keys(groups)):
     likes = [like_blocks[like_keys[g * per_group + j]] for g in range(num_groups)]
     per_layer = _split_tree(groups[key], num_groups, likes)
     for g in range(num_groups):
       blocks[g * per_group + j] = per_layer[g]
-  out = {k: convert_layout(v, _get(like, k) if _has(like, k) else None)
-         for k, v in node.items() if k != GROUPS}
+  out = {k: convert_layout(v, _get(like, k) if _has(like, k) else None) for k, v in node.items() if k != GROUPS}
   out[BLOCKS] = dict(sorted(blocks.items()))
   return out
 
@@ -152,8 +165,9 @@ def _unstack(node: Mapping, like: Mapping) -> dict:
 def _split_tree(tree, num: int, likes: list) -> list:
   """A stacked subtree -> `num` per-layer subtrees (targets `likes`)."""
   if isinstance(tree, Mapping):
-    parts = {k: _split_tree(v, num, [_get(l, k) if isinstance(l, Mapping) else None for l in likes])
-             for k, v in tree.items()}
+    parts = {
+      k: _split_tree(v, num, [_get(l, k) if isinstance(l, Mapping) else None for l in likes]) for k, v in tree.items()
+    }
     return [{k: parts[k][g] for k in tree} for g in range(num)]
   return _unstack_leaf(tree, num, likes)
 

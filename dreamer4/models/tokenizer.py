@@ -48,18 +48,38 @@ class Tokenizer(nnx.Module):
   """MAE-trained causal tokenizer with a tanh bottleneck."""
 
   def __init__(
-      self, *, frame_shape, patch_size: int, num_latents: int, latent_dim: int, width: int,
-      enc_depth: int, dec_depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
-      mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
-      dtype=jnp.float32, remat: bool = False, context: int = 0, readout_bias_init: float = 0.0,
-      readout_init_scale: float = 1.0, block_skip: bool = False, output: str = "sigmoid",
-      scan_layers: bool = True, remat_policy: str = "nothing", attention: str = "dense",
+    self,
+    *,
+    frame_shape,
+    patch_size: int,
+    num_latents: int,
+    latent_dim: int,
+    width: int,
+    enc_depth: int,
+    dec_depth: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    mlp_dim: int,
+    time_every: int,
+    softcap: float | None,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    remat: bool = False,
+    context: int = 0,
+    readout_bias_init: float = 0.0,
+    readout_init_scale: float = 1.0,
+    block_skip: bool = False,
+    output: str = "sigmoid",
+    scan_layers: bool = True,
+    remat_policy: str = "nothing",
+    attention: str = "dense",
   ):
     H, W, C = frame_shape
     if H % patch_size or W % patch_size:
       raise ConfigError(
-          f"Frame size {H}x{W} is not divisible by config.model.patch_size={patch_size}; "
-          "pad or resize frames, or change config.model.patch_size."
+        f"Frame size {H}x{W} is not divisible by config.model.patch_size={patch_size}; "
+        "pad or resize frames, or change config.model.patch_size."
       )
     if output not in ("sigmoid", "clip"):
       raise ConfigError(f"config.model.output must be 'sigmoid' or 'clip', got {output!r}")
@@ -87,8 +107,8 @@ class Tokenizer(nnx.Module):
     self.block_skip = bool(block_skip)
     if self.block_skip and P % N:
       raise ConfigError(
-          f"config.model.block_skip needs num_patches ({P}) divisible by config.model.num_latents ({N}); "
-          "change num_latents or turn block_skip off."
+        f"config.model.block_skip needs num_patches ({P}) divisible by config.model.num_latents ({N}); "
+        "change num_latents or turn block_skip off."
       )
     self.enc_layout = tr.TokenLayout((("patches", P), ("latents", N)))
     self.dec_layout = tr.TokenLayout((("queries", P), ("latents", N)))
@@ -107,9 +127,19 @@ class Tokenizer(nnx.Module):
     self.mask_embed = param(rngs, small, (1, D), (None, "embed"))
     self.latent_tokens = param(rngs, small, (N, D), (None, "embed"))
     tf_kwargs = dict(
-        width=D, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        mlp_dim=mlp_dim, time_every=time_every, softcap=softcap, rngs=rngs, dtype=dtype,
-        remat=remat, scan_layers=scan_layers, remat_policy=remat_policy, attention=attention,
+      width=D,
+      num_heads=num_heads,
+      num_kv_heads=num_kv_heads,
+      head_dim=head_dim,
+      mlp_dim=mlp_dim,
+      time_every=time_every,
+      softcap=softcap,
+      rngs=rngs,
+      dtype=dtype,
+      remat=remat,
+      scan_layers=scan_layers,
+      remat_policy=remat_policy,
+      attention=attention,
     )
     self.encoder = tr.Transformer(depth=enc_depth, depth_setting="--config.model.enc_depth", **tf_kwargs)
     self.bottleneck_kernel = param(rngs, tr.fan_in_init(D), (D, L), ("embed", None))
@@ -132,34 +162,34 @@ class Tokenizer(nnx.Module):
       self.readout_kernel[...] = self.readout_kernel[...] * readout_init_scale
 
   @classmethod
-  def from_config(cls, model_cfg, frame_shape, rngs: nnx.Rngs) -> "Tokenizer":
+  def from_config(cls, model_cfg, frame_shape, rngs: nnx.Rngs) -> Tokenizer:
     """Builds the tokenizer from `config.model` of configs/tokenizer.py (an ml_collections
     ConfigDict; a saved run's config is first upgraded by `dreamer4.runs.read_config`)."""
     return cls(
-        frame_shape=tuple(frame_shape),
-        patch_size=int(model_cfg.patch_size),
-        num_latents=int(model_cfg.num_latents),
-        latent_dim=int(model_cfg.latent_dim),
-        width=int(model_cfg.width),
-        enc_depth=int(model_cfg.enc_depth),
-        dec_depth=int(model_cfg.dec_depth),
-        num_heads=int(model_cfg.num_heads),
-        num_kv_heads=int(model_cfg.num_kv_heads),
-        head_dim=int(model_cfg.head_dim),
-        mlp_dim=int(model_cfg.mlp_dim),
-        time_every=int(model_cfg.time_every),
-        softcap=model_cfg.softcap,
-        rngs=rngs,
-        dtype=jnp.dtype(model_cfg.dtype),
-        remat=bool(model_cfg.remat),
-        scan_layers=bool(model_cfg.scan_layers),
-        remat_policy=str(model_cfg.remat_policy),
-        attention=str(model_cfg.attention),
-        context=int(model_cfg.context),
-        readout_bias_init=float(model_cfg.readout_bias_init),
-        readout_init_scale=float(model_cfg.readout_init_scale),
-        block_skip=bool(model_cfg.block_skip),
-        output=str(model_cfg.output),
+      frame_shape=tuple(frame_shape),
+      patch_size=int(model_cfg.patch_size),
+      num_latents=int(model_cfg.num_latents),
+      latent_dim=int(model_cfg.latent_dim),
+      width=int(model_cfg.width),
+      enc_depth=int(model_cfg.enc_depth),
+      dec_depth=int(model_cfg.dec_depth),
+      num_heads=int(model_cfg.num_heads),
+      num_kv_heads=int(model_cfg.num_kv_heads),
+      head_dim=int(model_cfg.head_dim),
+      mlp_dim=int(model_cfg.mlp_dim),
+      time_every=int(model_cfg.time_every),
+      softcap=model_cfg.softcap,
+      rngs=rngs,
+      dtype=jnp.dtype(model_cfg.dtype),
+      remat=bool(model_cfg.remat),
+      scan_layers=bool(model_cfg.scan_layers),
+      remat_policy=str(model_cfg.remat_policy),
+      attention=str(model_cfg.attention),
+      context=int(model_cfg.context),
+      readout_bias_init=float(model_cfg.readout_bias_init),
+      readout_init_scale=float(model_cfg.readout_init_scale),
+      block_skip=bool(model_cfg.block_skip),
+      output=str(model_cfg.output),
     )
 
   # --------------------------------------------------------------------------------
@@ -183,18 +213,16 @@ class Tokenizer(nnx.Module):
     if mask_BTP is not None:
       x_BTPD = jnp.where(mask_BTP[..., None], self.mask_embed[...].astype(self.dtype), x_BTPD)
     x_BTPD = x_BTPD + self.patch_pos[...].astype(self.dtype)
-    lat_BTND = jnp.broadcast_to(
-        self.latent_tokens[...].astype(self.dtype), (B, T) + self.latent_tokens.shape
-    )
+    lat_BTND = jnp.broadcast_to(self.latent_tokens[...].astype(self.dtype), (B, T) + self.latent_tokens.shape)
     if self.block_skip:
       N = self.num_latents
       blocks_BTNX = x_BTPD.reshape(B, T, N, -1)  # block j = patches [j*R, (j+1)*R)
       lat_BTND = lat_BTND + blocks_BTNX @ self.skip_in_kernel[...].astype(self.dtype)
     x_BTSD = jnp.concatenate([x_BTPD, lat_BTND], axis=2)
     y_BTSD = self.encoder(
-        x_BTSD,
-        space_mask_SS=tr.space_mask(self.enc_layout, tr.ENCODER_RULE),
-        time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
+      x_BTSD,
+      space_mask_SS=tr.space_mask(self.enc_layout, tr.ENCODER_RULE),
+      time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
     )
     lat_BTND = y_BTSD[:, :, self.enc_layout.slice("latents")]
     z_BTNL = lat_BTND @ self.bottleneck_kernel[...].astype(self.dtype)
@@ -214,17 +242,17 @@ class Tokenizer(nnx.Module):
     B, T = z_BTNL.shape[:2]
     lat_BTND = z_BTNL.astype(self.dtype) @ self.latent_up_kernel[...].astype(self.dtype)
     lat_BTND = lat_BTND + self.latent_up_bias[...].astype(self.dtype)
-    q_BTPD = jnp.broadcast_to(
-        self.patch_queries[...].astype(self.dtype), (B, T) + self.patch_queries.shape
-    )
+    q_BTPD = jnp.broadcast_to(self.patch_queries[...].astype(self.dtype), (B, T) + self.patch_queries.shape)
     if self.block_skip:
-      skip_BTNRD = jnp.einsum("btnl,rld->btnrd", z_BTNL.astype(self.dtype), self.skip_out_kernel[...].astype(self.dtype))
+      skip_BTNRD = jnp.einsum(
+        "btnl,rld->btnrd", z_BTNL.astype(self.dtype), self.skip_out_kernel[...].astype(self.dtype)
+      )
       q_BTPD = q_BTPD + skip_BTNRD.reshape(q_BTPD.shape)
     x_BTSD = jnp.concatenate([q_BTPD, lat_BTND], axis=2)
     y_BTSD = self.decoder(
-        x_BTSD,
-        space_mask_SS=tr.space_mask(self.dec_layout, tr.DECODER_RULE),
-        time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
+      x_BTSD,
+      space_mask_SS=tr.space_mask(self.dec_layout, tr.DECODER_RULE),
+      time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
     )
     q_BTPD = y_BTSD[:, :, self.dec_layout.slice("queries")]
     out_BTPQ = q_BTPD @ self.readout_kernel[...].astype(self.dtype)
@@ -272,8 +300,8 @@ class Tokenizer(nnx.Module):
     recon_BTHWC = self.decode(z_BTNL)
     masked_BTPQ = jnp.where(mask_BTP[..., None], jnp.asarray(_GREY, patches_BTPQ.dtype), patches_BTPQ)
     return dict(
-        recon_BTHWC=recon_BTHWC,
-        z_BTNL=z_BTNL,
-        mask_BTP=mask_BTP,
-        masked_input_BTHWC=unpatchify(masked_BTPQ, self.frame_shape, self.patch_size),
+      recon_BTHWC=recon_BTHWC,
+      z_BTNL=z_BTNL,
+      mask_BTP=mask_BTP,
+      masked_input_BTHWC=unpatchify(masked_BTPQ, self.frame_shape, self.patch_size),
     )

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -177,15 +177,15 @@ def space_mask(layout: TokenLayout, rule: Mapping[str, set[str] | frozenset[str]
 
 # Tokenizer encoder [P §3.1]: latents read every modality, patches only themselves.
 ENCODER_RULE = {
-    "patches": frozenset({"patches"}),
-    "latents": frozenset({"patches", "latents"}),
+  "patches": frozenset({"patches"}),
+  "latents": frozenset({"patches", "latents"}),
 }
 
 # Tokenizer decoder [P §3.1]: patch queries read themselves and the latents; the
 # latents only read themselves.
 DECODER_RULE = {
-    "queries": frozenset({"queries", "latents"}),
-    "latents": frozenset({"latents"}),
+  "queries": frozenset({"queries", "latents"}),
+  "latents": frozenset({"latents"}),
 }
 
 # Dynamics / agent modalities [P §3.2, §3.3], in our chosen token order.
@@ -267,8 +267,7 @@ def rope(x_NQHK, positions_Q, base: float = 10_000.0):
   return out.astype(x_NQHK.dtype)
 
 
-def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None, impl: str = "dense",
-           chunk: int | None = None):
+def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None, impl: str = "dense", chunk: int | None = None):
   """Grouped-query attention on explicit queries, keys and values.
 
   Keys and values are explicit arguments (rather than computed inside) so that a
@@ -308,9 +307,7 @@ def _attend_dense(q_NQHK, k_NVGK, v_NVGK, mask_NQV, softcap):
   R = H // G
   # Query head h uses kv head h // R, the same grouping as jnp.repeat(k, R, axis=-2).
   q_NQGRK = q_NQHK.reshape(*lead, Q, G, R, K)
-  logits_NGRQV = jnp.einsum(
-      "...qgrk,...vgk->...grqv", q_NQGRK, k_NVGK, preferred_element_type=jnp.float32
-  )
+  logits_NGRQV = jnp.einsum("...qgrk,...vgk->...grqv", q_NQGRK, k_NVGK, preferred_element_type=jnp.float32)
   logits_NGRQV = soft_cap(logits_NGRQV * K**-0.5, softcap)
   mask_NGRQV = jnp.asarray(mask_NQV)[..., None, None, :, :]
   logits_NGRQV = jnp.where(mask_NGRQV, logits_NGRQV, _NEG_INF)
@@ -378,8 +375,11 @@ def _attend_fused(q_NQHK, k_NVGK, v_NVGK, mask_NQV, implementation):
     mask_N1QV = jnp.broadcast_to(mask_NQV, (*lead, Q, V)).reshape(n, 1, Q, V)
   dtype = v_NVGK.dtype
   out_NQHK = jax.nn.dot_product_attention(
-      q_NQHK.astype(dtype).reshape(n, Q, H, K), k_NVGK.astype(dtype).reshape(n, V, G, K),
-      v_NVGK.reshape(n, V, G, K), mask=mask_N1QV, implementation=implementation,
+    q_NQHK.astype(dtype).reshape(n, Q, H, K),
+    k_NVGK.astype(dtype).reshape(n, V, G, K),
+    v_NVGK.reshape(n, V, G, K),
+    mask=mask_N1QV,
+    implementation=implementation,
   )
   return out_NQHK.reshape(*lead, Q, H, K)
 
@@ -432,15 +432,17 @@ class Attention(nnx.Module):
     self.softcap = softcap
     self.impl = check_attention(impl)
     if impl == "cudnn" and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
-      raise ConfigError(f"--config.model.attention=cudnn needs --config.model.dtype=bfloat16 (or float16), "
-                        f"not {jnp.dtype(dtype).name}: cuDNN flash attention has no float32 kernel")
+      raise ConfigError(
+        f"--config.model.attention=cudnn needs --config.model.dtype=bfloat16 (or float16), "
+        f"not {jnp.dtype(dtype).name}: cuDNN flash attention has no float32 kernel"
+      )
     self.dtype = dtype
     init_in = fan_in_init(width)
     self.wq = make_param(rngs, init_in, (width, num_heads, head_dim), ("embed", "heads", "head_dim"))
     self.wk = make_param(rngs, init_in, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
     self.wv = make_param(rngs, init_in, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
     self.wo = make_param(
-        rngs, fan_in_init(num_heads * head_dim), (num_heads, head_dim, width), ("heads", "head_dim", "embed")
+      rngs, fan_in_init(num_heads * head_dim), (num_heads, head_dim, width), ("heads", "head_dim", "embed")
     )
     # QKNorm [P §3.4]: RMSNorm of q and k per head over head_dim.
     self.q_norm = RMSNorm(head_dim, rngs=rngs)
@@ -507,13 +509,31 @@ class SwiGLU(nnx.Module):
 class Block(nnx.Module):
   """Pre-norm transformer block, either space-only or causal time-only."""
 
-  def __init__(self, *, is_time: bool, width, num_heads, num_kv_heads, head_dim, mlp_dim, softcap, rngs, dtype,
-               attention: str = "dense"):
+  def __init__(
+    self,
+    *,
+    is_time: bool,
+    width,
+    num_heads,
+    num_kv_heads,
+    head_dim,
+    mlp_dim,
+    softcap,
+    rngs,
+    dtype,
+    attention: str = "dense",
+  ):
     self.is_time = is_time
     self.attn_norm = RMSNorm(width, rngs=rngs)
     self.attn = Attention(
-        width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        softcap=softcap, rngs=rngs, dtype=dtype, impl=attention,
+      width=width,
+      num_heads=num_heads,
+      num_kv_heads=num_kv_heads,
+      head_dim=head_dim,
+      softcap=softcap,
+      rngs=rngs,
+      dtype=dtype,
+      impl=attention,
     )
     self.mlp_norm = RMSNorm(width, rngs=rngs)
     self.mlp = SwiGLU(width=width, mlp_dim=mlp_dim, rngs=rngs, dtype=dtype)
@@ -538,8 +558,17 @@ class Block(nnx.Module):
     m_BTSD = self.mlp(self.mlp_norm(x_BTSD))
     return constrain(x_BTSD + m_BTSD.astype(x_BTSD.dtype), "embed")
 
-  def decode(self, x_BSD, space_mask_SS, cache_k_BSMGK=None, cache_v_BSMGK=None,
-             cache_pos_M=None, cache_valid_M=None, query_pos=None, keys_rotated: bool = False):
+  def decode(
+    self,
+    x_BSD,
+    space_mask_SS,
+    cache_k_BSMGK=None,
+    cache_v_BSMGK=None,
+    cache_pos_M=None,
+    cache_valid_M=None,
+    query_pos=None,
+    keys_rotated: bool = False,
+  ):
     """Applies the block to ONE frame, time layers reading cached past frames.
 
     Args:
@@ -562,8 +591,13 @@ class Block(nnx.Module):
     k_BSGK = v_BSGK = None
     if self.is_time:
       a_BSD, k_BSGK, v_BSGK = self.decode_time(
-          h_BSD, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M, query_pos,
-          keys_rotated=keys_rotated,
+        h_BSD,
+        cache_k_BSMGK,
+        cache_v_BSMGK,
+        cache_pos_M,
+        cache_valid_M,
+        query_pos,
+        keys_rotated=keys_rotated,
       )
     else:
       a_BSD = self.attn(h_BSD, space_mask_SS, jnp.arange(x_BSD.shape[-2]))
@@ -571,8 +605,9 @@ class Block(nnx.Module):
     m_BSD = self.mlp(self.mlp_norm(x_BSD))
     return constrain(x_BSD + m_BSD.astype(x_BSD.dtype), "embed"), k_BSGK, v_BSGK
 
-  def decode_time(self, h_BSD, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M, query_pos,
-                  keys_rotated: bool = False):
+  def decode_time(
+    self, h_BSD, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M, query_pos, keys_rotated: bool = False
+  ):
     """Time attention of one frame over cached frames plus itself.
 
     Each token position s reads position s of the cached frames, exactly as the
@@ -602,10 +637,8 @@ class Block(nnx.Module):
     G = k_BS1GK.shape[-2]
     q_BSGRK = q_BS1HK[:, :, 0].reshape(B, S, G, H // G, K)
     k_self_BSGK = rope(k_BS1GK, query_pos_1)[:, :, 0]
-    logits_BSGRM = jnp.einsum("bsgrk,bsmgk->bsgrm", q_BSGRK, cache_k_BSMGK,
-                              preferred_element_type=jnp.float32)
-    logits_BSGR1 = jnp.einsum("bsgrk,bsgk->bsgr", q_BSGRK, k_self_BSGK,
-                              preferred_element_type=jnp.float32)[..., None]
+    logits_BSGRM = jnp.einsum("bsgrk,bsmgk->bsgrm", q_BSGRK, cache_k_BSMGK, preferred_element_type=jnp.float32)
+    logits_BSGR1 = jnp.einsum("bsgrk,bsgk->bsgr", q_BSGRK, k_self_BSGK, preferred_element_type=jnp.float32)[..., None]
     logits_BSGRM = soft_cap(logits_BSGRM * K**-0.5, attn.logit_cap)
     logits_BSGR1 = soft_cap(logits_BSGR1 * K**-0.5, attn.logit_cap)
     logits_BSGRM = jnp.where(jnp.asarray(cache_valid_M, bool), logits_BSGRM, _NEG_INF)
@@ -633,8 +666,9 @@ def check_scan_depth(depth: int, time_every: int, setting: str = "--config.model
   """ConfigError unless `depth` is a positive multiple of `time_every` (scanned layers)."""
   if depth < time_every or depth % time_every:
     raise ConfigError(
-        f"{setting}={depth} is not a positive multiple of --config.model.time_every={time_every}: scanned "
-        f"layers repeat one group of time_every layers; change the depth or set --config.model.scan_layers=False")
+      f"{setting}={depth} is not a positive multiple of --config.model.time_every={time_every}: scanned "
+      f"layers repeat one group of time_every layers; change the depth or set --config.model.scan_layers=False"
+    )
 
 
 class LayerGroup(nnx.Module):
@@ -648,15 +682,30 @@ class LayerGroup(nnx.Module):
       x_BTSD = block(x_BTSD, space_mask_SS, time_mask_BTT)
     return x_BTSD
 
-  def decode(self, x_BSD, space_mask_SS, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M,
-             query_pos, keys_rotated: bool = False):
+  def decode(
+    self,
+    x_BSD,
+    space_mask_SS,
+    cache_k_BSMGK,
+    cache_v_BSMGK,
+    cache_pos_M,
+    cache_valid_M,
+    query_pos,
+    keys_rotated: bool = False,
+  ):
     """`Block.decode` through the group: (y_BSD, k_BSGK, v_BSGK) of its time layer."""
     last = len(self.blocks) - 1
     for j in range(last):
       x_BSD, _, _ = self.blocks[j].decode(x_BSD, space_mask_SS)
     return self.blocks[last].decode(
-        x_BSD, space_mask_SS, cache_k_BSMGK, cache_v_BSMGK, cache_pos_M, cache_valid_M, query_pos,
-        keys_rotated=keys_rotated,
+      x_BSD,
+      space_mask_SS,
+      cache_k_BSMGK,
+      cache_v_BSMGK,
+      cache_pos_M,
+      cache_valid_M,
+      query_pos,
+      keys_rotated=keys_rotated,
     )
 
 
@@ -676,11 +725,23 @@ class Transformer(nnx.Module):
   """
 
   def __init__(
-      self, *, width: int, depth: int, num_heads: int, num_kv_heads: int, head_dim: int,
-      mlp_dim: int, time_every: int, softcap: float | None, rngs: nnx.Rngs,
-      dtype=jnp.float32, remat: bool = False, scan_layers: bool = True,
-      remat_policy: str = "nothing", depth_setting: str = "--config.model.depth",
-      attention: str = "dense",
+    self,
+    *,
+    width: int,
+    depth: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    mlp_dim: int,
+    time_every: int,
+    softcap: float | None,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    remat: bool = False,
+    scan_layers: bool = True,
+    remat_policy: str = "nothing",
+    depth_setting: str = "--config.model.depth",
+    attention: str = "dense",
   ):
     if time_every < 1:
       raise ValueError(f"time_every must be >= 1, got {time_every}")
@@ -695,16 +756,21 @@ class Transformer(nnx.Module):
     self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
     self.time_layers = tuple((i + 1) % time_every == 0 for i in range(depth))
     block_kwargs = dict(
-        width=width, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        mlp_dim=mlp_dim, softcap=softcap, dtype=dtype, attention=attention,
+      width=width,
+      num_heads=num_heads,
+      num_kv_heads=num_kv_heads,
+      head_dim=head_dim,
+      mlp_dim=mlp_dim,
+      softcap=softcap,
+      dtype=dtype,
+      attention=attention,
     )
     if self.scan_layers:
       check_scan_depth(depth, time_every, depth_setting)
       num_groups = depth // time_every
 
       @nnx.split_rngs(splits=num_groups)
-      @nnx.vmap(in_axes=0, out_axes=0, axis_size=num_groups,
-                transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
+      @nnx.vmap(in_axes=0, out_axes=0, axis_size=num_groups, transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
       def make_groups(rngs):
         return LayerGroup(time_every=time_every, rngs=rngs, **block_kwargs)
 
@@ -753,6 +819,7 @@ class Transformer(nnx.Module):
     x_BTSD = constrain(x_BTSD, "embed")
 
     if self.scan_layers:
+
       def run_group(group, x_BTSD, _):
         return group(x_BTSD, space_mask_SS, time_mask_BTT), None
 
@@ -779,8 +846,18 @@ class Transformer(nnx.Module):
     """Applies RoPE to unrotated cached keys once, for `decode(keys_rotated=True)`."""
     return rope(cache_k_LBSMGK.astype(self.dtype), cache_pos_M)
 
-  def decode(self, x_BSD, *, space_mask_SS, cache_k_LBSMGK, cache_v_LBSMGK, cache_pos_M,
-             cache_valid_M, query_pos, keys_rotated: bool = False):
+  def decode(
+    self,
+    x_BSD,
+    *,
+    space_mask_SS,
+    cache_k_LBSMGK,
+    cache_v_LBSMGK,
+    cache_pos_M,
+    cache_valid_M,
+    query_pos,
+    keys_rotated: bool = False,
+  ):
     """Applies the stack to ONE frame whose time layers read a KV cache.
 
     Equivalent to `__call__` on the cached frames plus this one, read at the last
@@ -810,8 +887,14 @@ class Transformer(nnx.Module):
 
       def decode_group(group, x_BSD, cache_kv):
         y_BSD, k_BSGK, v_BSGK = group.decode(
-            x_BSD, space_mask_SS, cache_kv[0], cache_kv[1], cache_pos_M, cache_valid_M, query_pos,
-            keys_rotated=keys_rotated,
+          x_BSD,
+          space_mask_SS,
+          cache_kv[0],
+          cache_kv[1],
+          cache_pos_M,
+          cache_valid_M,
+          query_pos,
+          keys_rotated=keys_rotated,
         )
         return y_BSD, (k_BSGK, v_BSGK)
 
@@ -822,8 +905,14 @@ class Transformer(nnx.Module):
     for block in self.blocks:
       if block.is_time:
         x_BSD, k_BSGK, v_BSGK = block.decode(
-            x_BSD, space_mask_SS, cache_k_LBSMGK[layer], cache_v_LBSMGK[layer], cache_pos_M,
-            cache_valid_M, query_pos, keys_rotated=keys_rotated,
+          x_BSD,
+          space_mask_SS,
+          cache_k_LBSMGK[layer],
+          cache_v_LBSMGK[layer],
+          cache_pos_M,
+          cache_valid_M,
+          query_pos,
+          keys_rotated=keys_rotated,
         )
         new_k.append(k_BSGK)
         new_v.append(v_BSGK)

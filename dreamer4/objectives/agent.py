@@ -77,8 +77,7 @@ def _masked_mean_per_offset(x_BTL, mask_BTL):
   return total_L / jnp.maximum(jnp.sum(mask_BTL.astype(jnp.float32), axis=(0, 1)), 1.0)
 
 
-def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_BT, labelled_BT, L: int,
-                   valid_BT=None):
+def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_BT, labelled_BT, L: int, valid_BT=None):
   """[P Eq 9]: multi-token behaviour-cloning and reward NLLs, each summed over n = 0..L.
 
   Each offset's NLL is averaged over its valid (b, t) targets, then summed over offsets
@@ -104,11 +103,11 @@ def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_B
   act_tgt, act_mask_BTL = mtp_targets(actions, first_BT, L, shift=ACTION_SHIFT, valid_BT=labelled_BT & valid_BT)
   rew_tgt_BTL, rew_mask_BTL = mtp_targets(rewards_BT, first_BT, L, shift=REWARD_SHIFT, valid_BT=~first_BT & valid_BT)
 
-  pol_params = policy_head.params(h_BTD, None)[..., :L + 1, :]  # [B, T, L+1, P]
+  pol_params = policy_head.params(h_BTD, None)[..., : L + 1, :]  # [B, T, L+1, P]
   logp_BTL = action_log_prob(policy_head.spec, pol_params, act_tgt)
   bc_L = _masked_mean_per_offset(-logp_BTL, act_mask_BTL)
 
-  rew_logits = reward_head.logits(h_BTD, None)[..., :L + 1, :]  # [B, T, L+1, K]
+  rew_logits = reward_head.logits(h_BTD, None)[..., : L + 1, :]  # [B, T, L+1, K]
   rew_nll_BTL = reward_head.encoder.loss(rew_logits, rew_tgt_BTL)
   rew_L = _masked_mean_per_offset(rew_nll_BTL, rew_mask_BTL)
 
@@ -116,11 +115,11 @@ def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_B
   rew_mae = _masked_mean_per_offset(jnp.abs(rew_pred_BTL - rew_tgt_BTL), rew_mask_BTL)
   losses = {"bc": jnp.sum(bc_L), "reward": jnp.sum(rew_L)}
   metrics = {
-      "bc_nll": losses["bc"],
-      "bc_nll_n0": bc_L[0],
-      "reward_nll": losses["reward"],
-      "reward_nll_n0": rew_L[0],
-      "reward_mae_n0": rew_mae[0],
-      "bc_targets_frac": jnp.mean(act_mask_BTL.astype(jnp.float32)),
+    "bc_nll": losses["bc"],
+    "bc_nll_n0": bc_L[0],
+    "reward_nll": losses["reward"],
+    "reward_nll_n0": rew_L[0],
+    "reward_mae_n0": rew_mae[0],
+    "bc_targets_frac": jnp.mean(act_mask_BTL.astype(jnp.float32)),
   }
   return losses, metrics

@@ -51,7 +51,7 @@ def terminal_masks(r_BT, terminal_reward: float):
   t_T = jnp.arange(r_BT.shape[1])
   done_BT = (r_BT >= terminal_reward) & (t_T >= 1)[None]
   n_done_BT = jnp.cumsum(done_BT.astype(jnp.int32), axis=1)
-  ended_BT = n_done_BT > 0                            # t >= T*
+  ended_BT = n_done_BT > 0  # t >= T*
   after_BT = (n_done_BT - done_BT.astype(jnp.int32)) > 0  # t > T*
   r_BT = jnp.where(after_BT, 0.0, r_BT)
   c_BT = jnp.where(ended_BT, 0.0, 1.0)
@@ -115,11 +115,11 @@ def pmpo_loss(logp_N, kl_N, adv_N, alpha: float = 0.5, beta: float = 0.3, mask_N
   kl_term = jnp.sum(jnp.where(valid, kl_N, 0.0)) / jnp.maximum(n_all, 1.0)
   loss = (1.0 - alpha) * neg_term - alpha * pos_term + beta * kl_term
   metrics = {
-      "pmpo_loss": loss,
-      "pmpo_pos_frac": n_pos / jnp.maximum(n_all, 1.0),
-      "pmpo_logp_pos": pos_term,
-      "pmpo_logp_neg": neg_term,
-      "pmpo_kl": kl_term,
+    "pmpo_loss": loss,
+    "pmpo_pos_frac": n_pos / jnp.maximum(n_all, 1.0),
+    "pmpo_logp_pos": pos_term,
+    "pmpo_logp_neg": neg_term,
+    "pmpo_kl": kl_term,
   }
   return loss, metrics
 
@@ -140,8 +140,8 @@ def value_loss(value_head, h_ND, returns_N, mask_N=None):
   loss = jnp.sum(nll_N * m) / denom
   pred_N = value_head.predict(h_ND, 0)
   metrics = {
-      "value_nll": loss,
-      "value_mae": jnp.sum(jnp.abs(pred_N - returns_N) * m) / denom,
-      "return_mean": jnp.sum(returns_N * m) / denom,
+    "value_nll": loss,
+    "value_mae": jnp.sum(jnp.abs(pred_N - returns_N) * m) / denom,
+    "return_mean": jnp.sum(returns_N * m) / denom,
   }
   return loss, metrics

@@ -17,7 +17,7 @@ State layout (a plain pytree, safe to checkpoint and to pass through jit):
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +25,7 @@ import jax.numpy as jnp
 
 def rms_init(names: Iterable[str]) -> dict:
   """Returns a fresh normaliser state for the given loss names."""
-  return {
-      name: {"ema_sq": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32)}
-      for name in names
-  }
+  return {name: {"ema_sq": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32)} for name in names}
 
 
 def rms_normalize(state: dict, name: str, loss, decay: float = 0.99, eps: float = 1e-8):

@@ -22,7 +22,7 @@ tokens, L latent channels.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,10 +58,10 @@ def sample_tau_d(rng, B: int, T: int, k_max: int) -> dict:
   j_BT = jax.random.randint(j_rng, (B, T), 0, K_BT, dtype=jnp.int32)
   tau_idx_BT = j_BT * (k_max // K_BT)
   return dict(
-      tau_idx_BT=tau_idx_BT,
-      d_idx_BT=e_BT,
-      tau_BT=tau_idx_BT.astype(jnp.float32) / k_max,
-      d_BT=d_from_index(e_BT),
+    tau_idx_BT=tau_idx_BT,
+    d_idx_BT=e_BT,
+    tau_BT=tau_idx_BT.astype(jnp.float32) / k_max,
+    d_BT=d_from_index(e_BT),
   )
 
 
@@ -96,9 +96,17 @@ def bootstrap_target_velocity_form(z1_hat_BTNL, z_tilde_BTNL, b1_BTNL, b2_BTNL, 
 
 
 def shortcut_loss(
-    apply_fn: ApplyFn, z1_BTNL, rng, *, k_max: int, bootstrap_fraction: float = 0.25,
-    independent_fraction: float = 0.3, ramp: bool = True, return_frames: bool = False,
-    row_weight_B=None, valid_BT=None,
+  apply_fn: ApplyFn,
+  z1_BTNL,
+  rng,
+  *,
+  k_max: int,
+  bootstrap_fraction: float = 0.25,
+  independent_fraction: float = 0.3,
+  ramp: bool = True,
+  return_frames: bool = False,
+  row_weight_B=None,
+  valid_BT=None,
 ):
   """Shortcut forcing loss [P Eq 6–8] on one batch of clean latents.
 
@@ -154,9 +162,7 @@ def shortcut_loss(
   levels = sample_tau_d(boot_rng, n_boot, T, k_max)
   flow_tau_idx = jax.random.randint(flow_rng, (B - n_boot, T), 0, k_max, dtype=jnp.int32)
   tau_idx_BT = jnp.concatenate([levels["tau_idx_BT"], flow_tau_idx], axis=0)
-  d_idx_BT = jnp.concatenate(
-      [levels["d_idx_BT"], jnp.full((B - n_boot, T), log2_k_max, jnp.int32)], axis=0
-  )
+  d_idx_BT = jnp.concatenate([levels["d_idx_BT"], jnp.full((B - n_boot, T), log2_k_max, jnp.int32)], axis=0)
   tau_BT = tau_idx_BT.astype(jnp.float32) / k_max
   d_BT = d_from_index(d_idx_BT)
   is_flow_BT = d_idx_BT == log2_k_max
@@ -209,21 +215,28 @@ def shortcut_loss(
   boot_f = (1.0 - is_flow_BT.astype(jnp.float32)) * valid_f
   n_flow, n_bootf = jnp.sum(flow_f), jnp.sum(boot_f)
   metrics = {
-      "loss": sg(loss),
-      "flow_term": sg(jnp.sum(loss_BT * flow_f * fw_BT) / total_w),
-      "bootstrap_term": sg(jnp.sum(loss_BT * boot_f * fw_BT) / total_w),
-      "flow_loss": sg(jnp.sum(loss_BT * flow_f) / jnp.maximum(n_flow, 1.0)),
-      "bootstrap_loss": sg(jnp.sum(loss_BT * boot_f) / jnp.maximum(n_bootf, 1.0)),
-      "flow_mse": sg(jnp.sum(flow_BT * flow_f) / jnp.maximum(n_flow, 1.0)),
-      "flow_frames": n_flow,
-      "bootstrap_frames": n_bootf,
-      "bootstrap_rows": jnp.float32(n_boot),
-      "independent_rows": jnp.float32(n_ind),
+    "loss": sg(loss),
+    "flow_term": sg(jnp.sum(loss_BT * flow_f * fw_BT) / total_w),
+    "bootstrap_term": sg(jnp.sum(loss_BT * boot_f * fw_BT) / total_w),
+    "flow_loss": sg(jnp.sum(loss_BT * flow_f) / jnp.maximum(n_flow, 1.0)),
+    "bootstrap_loss": sg(jnp.sum(loss_BT * boot_f) / jnp.maximum(n_bootf, 1.0)),
+    "flow_mse": sg(jnp.sum(flow_BT * flow_f) / jnp.maximum(n_flow, 1.0)),
+    "flow_frames": n_flow,
+    "bootstrap_frames": n_bootf,
+    "bootstrap_rows": jnp.float32(n_boot),
+    "independent_rows": jnp.float32(n_ind),
   }
   if return_frames:
     metrics["frames"] = dict(
-        tau_idx_BT=tau_idx_BT, d_idx_BT=d_idx_BT, tau_BT=tau_BT, d_BT=d_BT, weight_BT=w_BT,
-        loss_BT=sg(loss_BT), flow_BT=sg(flow_BT), boot_BT=sg(boot_BT), is_flow_BT=is_flow_BT,
-        independent_B=independent_B,
+      tau_idx_BT=tau_idx_BT,
+      d_idx_BT=d_idx_BT,
+      tau_BT=tau_BT,
+      d_BT=d_BT,
+      weight_BT=w_BT,
+      loss_BT=sg(loss_BT),
+      flow_BT=sg(flow_BT),
+      boot_BT=sg(boot_BT),
+      is_flow_BT=is_flow_BT,
+      independent_B=independent_B,
     )
   return loss, metrics

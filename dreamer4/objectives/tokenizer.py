@@ -12,8 +12,16 @@ RMS_NAMES = ("mse", "lpips")
 
 
 def tokenizer_loss(
-    model, lpips_params, frames_BTHWC_uint8, rms_state, rng, lpips_weight: float = 0.2,
-    lpips_frames: int = 8, max_mask_prob: float = 0.9, rms_decay: float = 0.99, valid_BT=None,
+  model,
+  lpips_params,
+  frames_BTHWC_uint8,
+  rms_state,
+  rng,
+  lpips_weight: float = 0.2,
+  lpips_frames: int = 8,
+  max_mask_prob: float = 0.9,
+  rms_decay: float = 0.99,
+  valid_BT=None,
 ):
   """Computes the tokenizer loss; differentiable w.r.t. `model` via nnx.value_and_grad.
 
@@ -58,11 +66,11 @@ def tokenizer_loss(
   loss = mse_norm
   mse_sg = jax.lax.stop_gradient(mse)
   metrics = {
-      "mse": mse_sg,
-      "mse_norm": jax.lax.stop_gradient(mse_norm),
-      # PSNR of the reconstruction from the masked input, pixels in [0,1].
-      "psnr": -10.0 * jnp.log10(jnp.maximum(mse_sg, 1e-10)),
-      "mask_fraction": jnp.mean(out["mask_BTP"].astype(jnp.float32)),
+    "mse": mse_sg,
+    "mse_norm": jax.lax.stop_gradient(mse_norm),
+    # PSNR of the reconstruction from the masked input, pixels in [0,1].
+    "psnr": -10.0 * jnp.log10(jnp.maximum(mse_sg, 1e-10)),
+    "mask_fraction": jnp.mean(out["mask_BTP"].astype(jnp.float32)),
   }
   if lpips_weight:
     recon_NHWC = recon_BTHWC.reshape(B * T, H, W, C)

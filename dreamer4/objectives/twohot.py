@@ -57,8 +57,10 @@ class TwoHot:
     # Interpolation weight from the actual bin centres so that decode(encode(x)) is exact.
     w_above = jnp.clip((y - bins[below]) / step, 0.0, 1.0)
     w_above = jnp.where(above == below, 0.0, w_above)
-    return (jax.nn.one_hot(below, self.num_bins) * (1.0 - w_above)[..., None]
-            + jax.nn.one_hot(above, self.num_bins) * w_above[..., None])
+    return (
+      jax.nn.one_hot(below, self.num_bins) * (1.0 - w_above)[..., None]
+      + jax.nn.one_hot(above, self.num_bins) * w_above[..., None]
+    )
 
   def decode(self, logits_NK):
     """Point estimate: symexp of the expected bin (in symlog space) under softmax(logits)."""

@@ -103,18 +103,32 @@ class MixtureStreams(Streams):
     frac, local_batch = float(config.data.relevant_fraction), data.local_batch
     n_relevant = data_loader.relevant_rows(frac, local_batch)
     if not 1 <= n_relevant < local_batch:
-      raise ConfigError(f"--config.data.relevant_fraction={frac} of a per-process batch of {local_batch} leaves "
-                        "no uniform or no relevant rows; raise --config.train.batch_size or change the fraction")
+      raise ConfigError(
+        f"--config.data.relevant_fraction={frac} of a per-process batch of {local_batch} leaves "
+        "no uniform or no relevant rows; raise --config.train.batch_size or change the fraction"
+      )
     relevant = data_loader.relevant_episode_ids(data.store, data.train_ids)
     if not relevant:
-      raise UserError(f"{config.data.path}: no training episode has a positive return, so "
-                      "--config.data.relevant_fraction has nothing to draw from; collect episodes with "
-                      "successes or set --config.data.relevant_fraction=0")
-    logging.info("data mixture: %d uniform + %d relevant rows per process (%d of %d episodes relevant)",
-                 local_batch - n_relevant, n_relevant, len(relevant), len(data.train_ids))
+      raise UserError(
+        f"{config.data.path}: no training episode has a positive return, so "
+        "--config.data.relevant_fraction has nothing to draw from; collect episodes with "
+        "successes or set --config.data.relevant_fraction=0"
+      )
+    logging.info(
+      "data mixture: %d uniform + %d relevant rows per process (%d of %d episodes relevant)",
+      local_batch - n_relevant,
+      n_relevant,
+      len(relevant),
+      len(data.train_ids),
+    )
     window = config.data.window
-    super().__init__({"data": data.make_iter(window, local_batch - n_relevant),
-                      "data_relevant": data.make_iter(window, n_relevant, relevant)}, {"data": window})
+    super().__init__(
+      {
+        "data": data.make_iter(window, local_batch - n_relevant),
+        "data_relevant": data.make_iter(window, n_relevant, relevant),
+      },
+      {"data": window},
+    )
     self.relevant_ids = relevant
     self._store, self._eval_ids, self._pad = data.store, data.eval_ids, pad
 
@@ -148,8 +162,9 @@ class AgentPhase(Phase):
     self.dyn_model_cfg = dyn_model_cfg
     self.num_latents, self.latent_dim = shapes.latents()
     self.num_tasks = shapes.num_tasks
-    self.model_def = runs.agent_model_def(dyn_model_cfg, config.agent, self.num_latents, self.latent_dim,
-                                          shapes.action_spec, self.num_tasks)
+    self.model_def = runs.agent_model_def(
+      dyn_model_cfg, config.agent, self.num_latents, self.latent_dim, shapes.action_spec, self.num_tasks
+    )
 
   @staticmethod
   def validate(config) -> None:
@@ -159,8 +174,10 @@ class AgentPhase(Phase):
       raise ConfigError(f"--config.loss.bc_rows={config.loss.bc_rows!r}; choose relevant_half or relevant_episodes")
     frac = float(config.data.relevant_fraction)
     if frac > 0 and (frac >= 1 or config.data.get("long_window", 0)):
-      raise ConfigError(f"--config.data.relevant_fraction={frac} needs 0 <= fraction < 1 and no data.long_window; "
-                        "set it to 0.5 (the paper's mixture) or 0 (uniform batches)")
+      raise ConfigError(
+        f"--config.data.relevant_fraction={frac} needs 0 <= fraction < 1 and no data.long_window; "
+        "set it to 0.5 (the paper's mixture) or 0 (uniform batches)"
+      )
 
   def init_aux(self):
     return normalize.rms_init(("dynamics", "bc", "reward"))
@@ -200,22 +217,37 @@ class AgentPhase(Phase):
     if valid_BT is not None:
       dyn["valid_T"] = valid_BT
     if relevant_B is not None:  # only the uniform rows, so the bootstrap share is of them
-      rows = dynamics_rows(relevant_B, dynamics_row_count(c.data.relevant_fraction, relevant_B.shape[0],
-                                                          jax.process_count()))
+      rows = dynamics_rows(
+        relevant_B, dynamics_row_count(c.data.relevant_fraction, relevant_B.shape[0], jax.process_count())
+      )
       dyn = {k: v[rows] for k, v in dyn.items()}
     apply_fn = make_training_fn(model.dynamics, dyn["actions_discrete"], dyn["action_labelled"])
-    dyn_loss, metrics = shortcut_loss(apply_fn, dyn["latents"], sc_rng, k_max=model.dynamics.k_max,
-                                      bootstrap_fraction=c.loss.bootstrap_fraction,
-                                      independent_fraction=c.loss.independent_fraction,
-                                      ramp=c.loss.ramp, valid_BT=dyn.get("valid_T"))
+    dyn_loss, metrics = shortcut_loss(
+      apply_fn,
+      dyn["latents"],
+      sc_rng,
+      k_max=model.dynamics.k_max,
+      bootstrap_fraction=c.loss.bootstrap_fraction,
+      independent_fraction=c.loss.independent_fraction,
+      ramp=c.loss.ramp,
+      valid_BT=dyn.get("valid_T"),
+    )
     noise = jax.random.normal(ctx_rng, batch["latents"].shape, jnp.float32)
     h_BTD = context_pass(model.dynamics, batch, noise, c.agent.context_noise)
     first_BT = batch["first_T"].astype(bool)
     disc = batch["actions_discrete"]
     cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
-    losses, agent_metrics = bc_reward_loss(model.policy, model.reward, h_BTD, (disc, cont),
-                                           batch["rewards"].astype(jnp.float32), first_BT,
-                                           bc_labelled_BT, int(c.agent.mtp), valid_BT=valid_BT)
+    losses, agent_metrics = bc_reward_loss(
+      model.policy,
+      model.reward,
+      h_BTD,
+      (disc, cont),
+      batch["rewards"].astype(jnp.float32),
+      first_BT,
+      bc_labelled_BT,
+      int(c.agent.mtp),
+      valid_BT=valid_BT,
+    )
     n_dyn, aux = normalize.rms_normalize(aux, "dynamics", dyn_loss, decay=c.loss.rms_decay)
     n_bc, aux = normalize.rms_normalize(aux, "bc", losses["bc"], decay=c.loss.rms_decay)
     n_rew, aux = normalize.rms_normalize(aux, "reward", losses["reward"], decay=c.loss.rms_decay)
@@ -230,22 +262,31 @@ class AgentPhase(Phase):
     disc = batch["actions_discrete"]
     cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
     valid_BT = batch.get("valid_T")
-    _, m = bc_reward_loss(model.policy, model.reward, h_BTD, (disc, cont), batch["rewards"].astype(jnp.float32),
-                          first_BT, batch["action_labelled"].astype(bool), int(self.config.agent.mtp),
-                          valid_BT=valid_BT)
+    _, m = bc_reward_loss(
+      model.policy,
+      model.reward,
+      h_BTD,
+      (disc, cont),
+      batch["rewards"].astype(jnp.float32),
+      first_BT,
+      batch["action_labelled"].astype(bool),
+      int(self.config.agent.mtp),
+      valid_BT=valid_BT,
+    )
     # Next-action accuracy of the acting head (n = 0) where the target is valid.
     pol = model.policy.params(h_BTD[:, :-1], 0)
     valid = batch["action_labelled"][:, 1:].astype(jnp.float32)
     if valid_BT is not None:
       valid = valid * valid_BT[:, 1:].astype(jnp.float32)
-    pred = jnp.argmax(pol[..., :model.policy.spec.components[0].size], axis=-1)
+    pred = jnp.argmax(pol[..., : model.policy.spec.components[0].size], axis=-1)
     hit = (pred == disc[:, 1:, 0]).astype(jnp.float32)
     m["bc_accuracy_n0"] = jnp.sum(hit * valid) / jnp.maximum(jnp.sum(valid), 1.0)
     relevant_B = batch.get("relevant_B")
     if relevant_B is not None:  # held-out windows of episodes that accomplished their task
       rv = valid * relevant_B[:, None].astype(jnp.float32)
-      m["bc_accuracy_n0_relevant"] = jnp.where(jnp.sum(rv) > 0, jnp.sum(hit * rv) / jnp.maximum(jnp.sum(rv), 1.0),
-                                               jnp.nan)
+      m["bc_accuracy_n0_relevant"] = jnp.where(
+        jnp.sum(rv) > 0, jnp.sum(hit * rv) / jnp.maximum(jnp.sum(rv), 1.0), jnp.nan
+      )
     return m
 
   def summary_fn(self, params, batch, rng, frozen):
@@ -254,6 +295,9 @@ class AgentPhase(Phase):
 
 def make_phase(config, store, mesh=None) -> AgentPhase:
   """Phase 2 on `store`, continuing the phase-1b run in config.dynamics_workdir."""
-  dyn_cfg = runs.read_config(config.dynamics_workdir, "dynamics",
-                             "train the dynamics model first and name its workdir in --config.dynamics_workdir")
+  dyn_cfg = runs.read_config(
+    config.dynamics_workdir,
+    "dynamics",
+    "train the dynamics model first and name its workdir in --config.dynamics_workdir",
+  )
   return AgentPhase(config, DataShapes.of_store(store, latents=True), dyn_cfg.model).load_frozen(store, mesh)

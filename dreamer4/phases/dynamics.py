@@ -37,10 +37,16 @@ def dynamics_loss(model_def: ModelDef, config, params, aux, batch, rng):
   c = config
   model = model_def.merge(params)
   apply_fn = make_training_fn(model, batch["actions_discrete"], batch["action_labelled"])
-  loss, metrics = shortcut_loss(apply_fn, batch["latents"], rng, k_max=c.model.k_max,
-                                bootstrap_fraction=c.loss.bootstrap_fraction,
-                                independent_fraction=c.loss.independent_fraction,
-                                ramp=c.loss.ramp, valid_BT=batch.get("valid_T"))
+  loss, metrics = shortcut_loss(
+    apply_fn,
+    batch["latents"],
+    rng,
+    k_max=c.model.k_max,
+    bootstrap_fraction=c.loss.bootstrap_fraction,
+    independent_fraction=c.loss.independent_fraction,
+    ramp=c.loss.ramp,
+    valid_BT=batch.get("valid_T"),
+  )
   norm, aux = normalize.rms_normalize(aux, "dynamics", loss, decay=c.loss.rms_decay)
   return norm, (aux, dict(metrics, shortcut_loss=loss))
 
@@ -69,14 +75,18 @@ class DynamicsPhase(Phase):
     m = config.model
     long_window = int(config.data.long_window)
     if m.context and long_window and long_window <= m.context:
-      raise ConfigError(f"--config.data.long_window={long_window} must exceed --config.model.context="
-                        f"{m.context} ([P §3.4]: batch length > context length)")
+      raise ConfigError(
+        f"--config.data.long_window={long_window} must exceed --config.model.context="
+        f"{m.context} ([P §3.4]: batch length > context length)"
+      )
     ev = config.eval
     if ev.context_frames + ev.horizon > (long_window or config.data.window):
-      raise ConfigError(f"--config.eval.context_frames + --config.eval.horizon = {ev.context_frames + ev.horizon} "
-                        f"exceeds the evaluation window {long_window or config.data.window} (data.long_window)")
+      raise ConfigError(
+        f"--config.eval.context_frames + --config.eval.horizon = {ev.context_frames + ev.horizon} "
+        f"exceeds the evaluation window {long_window or config.data.window} (data.long_window)"
+      )
 
-  def load_frozen(self, store, mesh) -> "DynamicsPhase":
+  def load_frozen(self, store, mesh) -> DynamicsPhase:
     """The frozen tokenizer (config.tokenizer_workdir) on `mesh`; UserError unless `store` holds its latents."""
     workdir = self.config.tokenizer_workdir
     tcfg, self.tok_def, self.tok_params, step = runs.load_tokenizer(workdir, mesh, store.frame_shape)
@@ -84,9 +94,10 @@ class DynamicsPhase(Phase):
     if not runs.latents_ready(store, attrs):
       have = store.array_attrs(runs.LATENTS)
       raise UserError(
-          f"dataset {store.path} holds no complete latents of tokenizer {workdir} step "
-          f"{step} (found: {have}); run python -m dreamer4.main --config=configs/encode.py "
-          f"--config.data.path={store.path} --config.tokenizer_workdir={workdir}")
+        f"dataset {store.path} holds no complete latents of tokenizer {workdir} step "
+        f"{step} (found: {have}); run python -m dreamer4.main --config=configs/encode.py "
+        f"--config.data.path={store.path} --config.tokenizer_workdir={workdir}"
+      )
     return self
 
   def init_aux(self):
@@ -105,20 +116,30 @@ class DynamicsPhase(Phase):
     """Decoded (truth, generated) frames [B, H, h, w, c] for one K, and the latent error [B, H]."""
     ev, m = self.config.eval, self.config.model
     C, H = ev.context_frames, ev.horizon
-    z_BTNL = batch["latents"][:, :C + H]
-    actions = {"discrete": batch["actions_discrete"][:, :C + H], "labelled": batch["action_labelled"][:, :C + H]}
+    z_BTNL = batch["latents"][:, : C + H]
+    actions = {"discrete": batch["actions_discrete"][:, : C + H], "labelled": batch["action_labelled"][:, : C + H]}
     if shuffle_actions:  # another window's actions: the rollout should get clearly worse
       actions = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), actions)
     model = self.model_def.merge(params)
-    out = generate(make_sampling_fn(model), z_BTNL[:, :C], actions, rng, horizon=H, k=k, k_max=m.k_max,
-                   context_noise=ev.context_noise, window=m.context or (C + H))
+    out = generate(
+      make_sampling_fn(model),
+      z_BTNL[:, :C],
+      actions,
+      rng,
+      horizon=H,
+      k=k,
+      k_max=m.k_max,
+      context_noise=ev.context_noise,
+      window=m.context or (C + H),
+    )
     tokenizer = self.tok_def.merge(tok_params)
     gen_BTNL = jnp.concatenate([z_BTNL[:, :C], out["z_BHNL"]], axis=1)
     truth = tokenizer.decode(z_BTNL)[:, C:]
     gen = tokenizer.decode(gen_BTNL)[:, C:]
     # Decoder-free error: mean squared latent error of each generated frame [B, H].
-    latent_mse_BH = jnp.mean(jnp.square(out["z_BHNL"].astype(jnp.float32) - z_BTNL[:, C:].astype(jnp.float32)),
-                             axis=(2, 3))
+    latent_mse_BH = jnp.mean(
+      jnp.square(out["z_BHNL"].astype(jnp.float32) - z_BTNL[:, C:].astype(jnp.float32)), axis=(2, 3)
+    )
     return truth, gen, latent_mse_BH
 
   def _valid_BH(self, batch):
@@ -128,14 +149,14 @@ class DynamicsPhase(Phase):
     valid_T = batch.get("valid_T")
     if valid_T is None:
       return jnp.ones((batch["latents"].shape[0], H), bool)
-    return valid_T[:, C:C + H].astype(bool)
+    return valid_T[:, C : C + H].astype(bool)
 
   def _truth_state(self, batch, truth):
     """Parsed true horizon frames [B, H]: the real frames when the batch carries them, else
     the decoded true latents (the frames PSNR compares against)."""
     C, H = self.config.eval.context_frames, self.config.eval.horizon
     frames = batch.get("frames")
-    return self.state_parser.parse(frames[:, C:C + H] if frames is not None else truth)
+    return self.state_parser.parse(frames[:, C : C + H] if frames is not None else truth)
 
   def eval_fn(self, params, batch, frozen):
     """Per-batch means over the horizon frames whose truth is valid (`valid_T`).
@@ -191,12 +212,12 @@ class DynamicsPhase(Phase):
     # Reference: hold the last context frame for the whole horizon (no model). A dynamics
     # model that predicts motion beats it; one that only copies does not. The last context
     # frame is always valid (windows start inside episodes).
-    z_last = jnp.repeat(batch["latents"][:, C - 1:C], H, axis=1)
+    z_last = jnp.repeat(batch["latents"][:, C - 1 : C], H, axis=1)
     tokenizer = self.tok_def.merge(frozen["tokenizer"])
     held = tokenizer.decode(z_last)
     out["psnr_hold_last_frame"] = mean(vm.psnr_BT(held, truth))
     out["psnr_hold_last_frame_h01"] = vm.masked_mean(vm.psnr_BT(held[:, :1], truth[:, :1]), valid_BH[:, :1])
-    z_next_B1NL = batch["latents"][:, C:C + 1].astype(jnp.float32)
+    z_next_B1NL = batch["latents"][:, C : C + 1].astype(jnp.float32)
     lat_hold_B1 = jnp.mean(jnp.square(z_last[:, :1].astype(jnp.float32) - z_next_B1NL), axis=(2, 3))
     out["latent_mse_hold_last_frame_h01"] = vm.masked_mean(lat_hold_B1, valid_BH[:, :1])
     if parser is not None:
@@ -204,8 +225,11 @@ class DynamicsPhase(Phase):
       # random walk an action-blind model falls to) from the last context frame: the real
       # one when the batch carries frames, else the held (decoded) one.
       frames = batch.get("frames")
-      out.update(frame_state.reference_state_metrics(
-          parser, truth_state, held[:, 0], valid_BH, last_frames=frames[:, C - 1] if frames is not None else None))
+      out.update(
+        frame_state.reference_state_metrics(
+          parser, truth_state, held[:, 0], valid_BH, last_frames=frames[:, C - 1] if frames is not None else None
+        )
+      )
     return out
 
   def summary_fn(self, params, batch, rng, frozen):
@@ -220,6 +244,7 @@ class DynamicsPhase(Phase):
 def make_phase(config, store, mesh) -> DynamicsPhase:
   """Phase 1b on the latents in `store` of the tokenizer in config.tokenizer_workdir."""
   tcfg = runs.tokenizer_config(config.tokenizer_workdir)
-  shapes = dataclasses.replace(DataShapes.of_store(store),
-                               latent_shape=(int(tcfg.model.num_latents), int(tcfg.model.latent_dim)))
+  shapes = dataclasses.replace(
+    DataShapes.of_store(store), latent_shape=(int(tcfg.model.num_latents), int(tcfg.model.latent_dim))
+  )
   return DynamicsPhase(config, shapes).load_frozen(store, mesh)

@@ -58,8 +58,9 @@ def encode_dataset(config, workdir: str) -> dict:
   num_frames = store.num_frames
   episode_of_row = np.repeat(np.arange(len(lengths)), lengths)
 
-  store.add_array(LATENTS, (N, L), np.float32, dict(attrs, complete=False),
-                  overwrite=store.array_attrs(LATENTS) is not None)
+  store.add_array(
+    LATENTS, (N, L), np.float32, dict(attrs, complete=False), overwrite=store.array_attrs(LATENTS) is not None
+  )
   batch_sh = shd.batch_sharding(mesh, 5)
   mask_sh = shd.batch_sharding(mesh, 3)
 
@@ -74,24 +75,32 @@ def encode_dataset(config, workdir: str) -> dict:
   starts = list(range(0, num_frames, R))
   with jax.set_mesh(mesh):
     for g in range(0, len(starts), B):
-      group = starts[g:g + B]
+      group = starts[g : g + B]
       frames = np.zeros((B, T, H, W, C), np.uint8)
       ep = np.full((B, T), -1, np.int64)
       for b, a in enumerate(group):
         lo, hi = max(0, a - halo), min(num_frames, a + R)
         off = lo - (a - halo)
-        frames[b, off:off + hi - lo] = store.read("frames", lo, hi)
-        ep[b, off:off + hi - lo] = episode_of_row[lo:hi]
+        frames[b, off : off + hi - lo] = store.read("frames", lo, hi)
+        ep[b, off : off + hi - lo] = episode_of_row[lo:hi]
       mask = np.stack([block_time_mask(e, context) for e in ep])
       z = encode(params, global_array(frames, batch_sh), global_array(mask, mask_sh))
       z = np.asarray(jax.device_get(jax.jit(lambda x: x, out_shardings=shd.replicated(mesh))(z)))
       if jax.process_index() == 0:
         for b, a in enumerate(group):
           n = min(R, num_frames - a)
-          store.write(LATENTS, a, z[b, halo:halo + n])
+          store.write(LATENTS, a, z[b, halo : halo + n])
   if jax.process_index() == 0:
     store.set_array_attrs(LATENTS, dict(attrs, complete=True, frames=num_frames))
   seconds = time.time() - t0
-  logging.info("encode: %d frames in %.1f s (%.0f frames/s), latents [%d, %d] from %s step %d", num_frames,
-               seconds, num_frames / seconds, N, L, config.tokenizer_workdir, step)
+  logging.info(
+    "encode: %d frames in %.1f s (%.0f frames/s), latents [%d, %d] from %s step %d",
+    num_frames,
+    seconds,
+    num_frames / seconds,
+    N,
+    L,
+    config.tokenizer_workdir,
+    step,
+  )
   return {"stop_reason": "finished", "skipped": False, "frames": num_frames, "seconds": seconds}

@@ -53,8 +53,19 @@ def action_dict(spec, disc_BA, cont_BA=None):
   return out
 
 
-def imagine_rollout(dyn: Dynamics, policy_params_fn, reward_head, batch, rng, *, context: int, horizon: int,
-                    k: int, context_noise: float, window: int):
+def imagine_rollout(
+  dyn: Dynamics,
+  policy_params_fn,
+  reward_head,
+  batch,
+  rng,
+  *,
+  context: int,
+  horizon: int,
+  k: int,
+  context_noise: float,
+  window: int,
+):
   """Rolls the policy out in the frozen world model.
 
   Args:
@@ -74,12 +85,22 @@ def imagine_rollout(dyn: Dynamics, policy_params_fn, reward_head, batch, rng, *,
   z_BCNL = batch["latents"][:, -context:].astype(jnp.float32)
   B = z_BCNL.shape[0]
   tasks_B = batch["tasks"][:, -1].astype(jnp.int32)
-  ctx_actions = {"discrete": batch["actions_discrete"][:, -context:],
-                 "labelled": batch["action_labelled"][:, -context:]}
+  ctx_actions = {
+    "discrete": batch["actions_discrete"][:, -context:],
+    "labelled": batch["action_labelled"][:, -context:],
+  }
   prime_rng, roll_rng = jax.random.split(rng)
   cache = kv_cache.init_cache(dyn, B, window)
-  cache, agent0 = kv_cache.prime(dyn, cache, z_BCNL, ctx_actions, jax.random.normal(prime_rng, z_BCNL.shape),
-                                 context_noise=context_noise, tasks_B=tasks_B, with_agent=True)
+  cache, agent0 = kv_cache.prime(
+    dyn,
+    cache,
+    z_BCNL,
+    ctx_actions,
+    jax.random.normal(prime_rng, z_BCNL.shape),
+    context_noise=context_noise,
+    tasks_B=tasks_B,
+    with_agent=True,
+  )
   h0 = agent_embedding(agent0)
 
   def body(carry, key):
@@ -90,17 +111,30 @@ def imagine_rollout(dyn: Dynamics, policy_params_fn, reward_head, batch, rng, *,
     rot = kv_cache.rotated_keys(dyn, cache)
     z0 = jax.random.normal(z_key, (B, dyn.num_latents, dyn.latent_dim), jnp.float32)
     z = kv_cache.denoise_frame(dyn, cache, z0, act, k=k, rotated_k_LBSMGK=rot)
-    cache, agent = kv_cache.commit_frame(dyn, cache, z, jax.random.normal(n_key, z.shape), act,
-                                         context_noise=context_noise, rotated_k_LBSMGK=rot,
-                                         tasks_B=tasks_B, with_agent=True)
+    cache, agent = kv_cache.commit_frame(
+      dyn,
+      cache,
+      z,
+      jax.random.normal(n_key, z.shape),
+      act,
+      context_noise=context_noise,
+      rotated_k_LBSMGK=rot,
+      tasks_B=tasks_B,
+      with_agent=True,
+    )
     h_next = agent_embedding(agent)
     r = reward_head.predict(h_next, 0)
     return (cache, h_next), (h_next, disc, cont, r, z)
 
   _, (h_HBD, disc_HBA, cont_HBA, r_HB, z_HBNL) = jax.lax.scan(body, (cache, h0), jax.random.split(roll_rng, horizon))
   sw = lambda a: jnp.swapaxes(a, 0, 1)
-  return {"h_BHD": jnp.concatenate([h0[:, None], sw(h_HBD)], axis=1), "disc_BHA": sw(disc_HBA),
-          "cont_BHA": sw(cont_HBA), "reward_BH": sw(r_HB), "latents_BHNL": sw(z_HBNL)}
+  return {
+    "h_BHD": jnp.concatenate([h0[:, None], sw(h_HBD)], axis=1),
+    "disc_BHA": sw(disc_HBA),
+    "cont_BHA": sw(cont_HBA),
+    "reward_BH": sw(r_HB),
+    "latents_BHNL": sw(z_HBNL),
+  }
 
 
 class ImaginePhase(Phase):
@@ -135,7 +169,7 @@ class ImaginePhase(Phase):
     if ic.context > config.data.window:
       raise ConfigError(f"--config.imagine.context={ic.context} exceeds --config.data.window={config.data.window}")
 
-  def load_frozen(self, store, mesh) -> "ImaginePhase":
+  def load_frozen(self, store, mesh) -> ImaginePhase:
     """The phase-2 AgentModel of config.agent_workdir, restored onto `mesh`."""
     del store
     _, self.agent_params = runs.restore_model(self.config.agent_workdir, self.agent_def, mesh)
@@ -158,9 +192,18 @@ class ImaginePhase(Phase):
     agent = self.agent_def.merge(frozen["agent"])
     heads = self.model_def.merge(params)
     spec = agent.dynamics.action_spec
-    roll = imagine_rollout(agent.dynamics, lambda h: heads.policy.params(h, 0), agent.reward, batch, rng,
-                           context=ic.context, horizon=ic.horizon, k=ic.k, context_noise=ic.context_noise,
-                           window=self.window)
+    roll = imagine_rollout(
+      agent.dynamics,
+      lambda h: heads.policy.params(h, 0),
+      agent.reward,
+      batch,
+      rng,
+      context=ic.context,
+      horizon=ic.horizon,
+      k=ic.k,
+      context_noise=ic.context_noise,
+      window=self.window,
+    )
     h_BHD = jax.lax.stop_gradient(roll["h_BHD"])
     B, H1, D = h_BHD.shape
     H = H1 - 1
@@ -179,9 +222,13 @@ class ImaginePhase(Phase):
     prior = jax.lax.stop_gradient(agent.policy.params(h_ND, 0))
     kl = heads_lib.kl(spec, pol_params, prior)
     p_loss, p_metrics = pmpo_loss(logp, kl, adv, alpha=ic.alpha, beta=ic.beta, mask_N=mask)
-    metrics = dict(v_metrics, **p_metrics, imagined_reward=jnp.mean(jnp.sum(r_BH, axis=1)),
-                   imagined_success=jnp.mean(jnp.any(r_BH >= 0.5, axis=1).astype(jnp.float32)),
-                   policy_entropy=jnp.mean(heads_lib.entropy(spec, pol_params)))
+    metrics = dict(
+      v_metrics,
+      **p_metrics,
+      imagined_reward=jnp.mean(jnp.sum(r_BH, axis=1)),
+      imagined_success=jnp.mean(jnp.any(r_BH >= 0.5, axis=1).astype(jnp.float32)),
+      policy_entropy=jnp.mean(heads_lib.entropy(spec, pol_params)),
+    )
     return p_loss, v_loss, metrics
 
   def loss_fn(self, params, aux, batch, rng, frozen):

@@ -49,9 +49,18 @@ class TokenizerPhase(Phase):
   def loss_fn(self, params, aux, batch, rng, frozen):
     c = self.config.loss
     model = self.model_def.merge(params)
-    return tokenizer_loss(model, frozen.get("lpips"), batch["frames"], aux, rng,
-                          lpips_weight=c.lpips_weight, lpips_frames=c.lpips_frames,
-                          max_mask_prob=c.max_mask_prob, rms_decay=c.rms_decay, valid_BT=batch.get("valid_T"))
+    return tokenizer_loss(
+      model,
+      frozen.get("lpips"),
+      batch["frames"],
+      aux,
+      rng,
+      lpips_weight=c.lpips_weight,
+      lpips_frames=c.lpips_frames,
+      max_mask_prob=c.max_mask_prob,
+      rms_decay=c.rms_decay,
+      valid_BT=batch.get("valid_T"),
+    )
 
   def eval_fn(self, params, batch, frozen):
     """PSNR (dB) and MSE of *unmasked* reconstructions on held-out episodes."""
@@ -62,8 +71,10 @@ class TokenizerPhase(Phase):
     valid = batch.get("valid_T")
     w_N = jnp.ones(frames.shape[:2]).reshape(-1) if valid is None else valid.reshape(-1).astype(jnp.float32)
     mean = lambda x_N: jnp.sum(x_N * w_N) / jnp.maximum(jnp.sum(w_N), 1.0)  # real frames only
-    return {"psnr": mean(mt.psnr(flat(jnp.clip(recon, 0, 1)), flat(frames))),
-            "mse": mean(jnp.mean(flat((recon - frames) ** 2), axis=(1, 2, 3)))}
+    return {
+      "psnr": mean(mt.psnr(flat(jnp.clip(recon, 0, 1)), flat(frames))),
+      "mse": mean(jnp.mean(flat((recon - frames) ** 2), axis=(1, 2, 3))),
+    }
 
   def summary_fn(self, params, batch, rng, frozen):
     """Image grids: input, masked input, reconstruction from the masked input (first frames)."""
@@ -71,11 +82,13 @@ class TokenizerPhase(Phase):
     frames = batch["frames"][:8, -1:].astype(jnp.float32) / 255.0  # the last frame of up to 8 windows
     out = model(frames, mask_rng=rng, max_mask_prob=self.config.loss.max_mask_prob)
     first = lambda x: jnp.clip(x[:, 0], 0, 1)
-    return {"input": first(frames), "masked_input": first(out["masked_input_BTHWC"]),
-            "reconstruction": first(out["recon_BTHWC"])}
+    return {
+      "input": first(frames),
+      "masked_input": first(out["masked_input_BTHWC"]),
+      "reconstruction": first(out["recon_BTHWC"]),
+    }
 
 
 def make_phase(config, store, mesh=None) -> TokenizerPhase:
   """Phase 1a on the frames of `store` (no frozen inputs to place on `mesh`)."""
   return TokenizerPhase(config, DataShapes.of_store(store)).load_frozen(store, mesh)
-

@@ -46,22 +46,26 @@ class _QuietOrbax(logging.Filter):
 
 def main(argv):
   from absl import logging as absl_logging
+
   absl_logging.set_verbosity(absl_logging.WARNING)
   absl_logging.get_absl_handler().addFilter(_QuietOrbax())
   from dreamer4.errors import UserError
   from dreamer4.play import server, session
+
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}; give settings as flags, e.g. --workdir=runs/toy",
-          file=sys.stderr)
+    print(f"error: unexpected arguments {argv[1:]}; give settings as flags, e.g. --workdir=runs/toy", file=sys.stderr)
     sys.exit(2)
   httpd = None
   try:
     paths = session.locate_run(_WORKDIR.value, _DATA.value, _TOKENIZER.value)  # files only: fast
     if _K.value < 1 or _K.value & (_K.value - 1):
       raise UserError(f"--k={_K.value} must be a power of two (1, 2, 4, ...)")
-    httpd = server.make_server(_HOST.value, _PORT.value)                      # a busy port fails here
-    print(f"play: loading {paths.dynamics} (tokenizer {paths.tokenizer}, data {paths.data}) ...",
-          file=sys.stderr, flush=True)
+    httpd = server.make_server(_HOST.value, _PORT.value)  # a busy port fails here
+    print(
+      f"play: loading {paths.dynamics} (tokenizer {paths.tokenizer}, data {paths.data}) ...",
+      file=sys.stderr,
+      flush=True,
+    )
     httpd.session = session.PlaySession(paths, k=_K.value, context_noise=_CONTEXT_NOISE.value, seed=_SEED.value)
   except UserError as e:  # StoreError and DataError are UserErrors
     if httpd is not None:

@@ -33,6 +33,7 @@ PAGE = "page.html"
 
 def page_html() -> bytes:
   from importlib import resources
+
   return resources.files("dreamer4.play").joinpath(PAGE).read_bytes()
 
 
@@ -44,12 +45,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
   timeout = 60  # seconds a client may take to send its request
 
   ROUTES = {
-      "/": ("GET",), "/index.html": ("GET",), "/api/info": ("GET",), "/api/session.gif": ("GET",),
-      "/api/reset": ("POST",), "/api/step": ("POST",),
+    "/": ("GET",),
+    "/index.html": ("GET",),
+    "/api/info": ("GET",),
+    "/api/session.gif": ("GET",),
+    "/api/reset": ("POST",),
+    "/api/step": ("POST",),
   }
   HANDLERS = {
-      "/": "_index", "/index.html": "_index", "/api/info": "_api_info", "/api/session.gif": "_api_gif",
-      "/api/reset": "_api_reset", "/api/step": "_api_step",
+    "/": "_index",
+    "/index.html": "_index",
+    "/api/info": "_api_info",
+    "/api/session.gif": "_api_gif",
+    "/api/reset": "_api_reset",
+    "/api/step": "_api_step",
   }
 
   def log_message(self, fmt, *args):  # quiet: one line per request at debug level only
@@ -86,8 +95,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
       allowed = self.ROUTES[path]
       if method not in allowed:
         self._drain()
-        self._error(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}",
-                    {"Allow": ", ".join(allowed)})
+        self._error(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}", {"Allow": ", ".join(allowed)})
         return
       getattr(self, self.HANDLERS[path])()
     except RequestError as e:
@@ -179,8 +187,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
   def _api_reset(self):
     body = self._body()
     session = self._session()
-    self._json(200, session.reset(body.get("episode", session.default_episode), body.get("start", 0),
-                                  body.get("seed", 0)))
+    self._json(
+      200, session.reset(body.get("episode", session.default_episode), body.get("start", 0), body.get("seed", 0))
+    )
 
   def _api_step(self):
     body = self._body()
@@ -213,9 +222,11 @@ def make_server(host: str = "127.0.0.1", port: int = 8000) -> PlayServer:
     return PlayServer((host, int(port)), Handler)
   except OSError as e:
     import errno
+
     if e.errno == errno.EADDRINUSE:
-      raise UserError(f"--port={port}: {host}:{port} is already in use; pick a free port with --port=N "
-                      f"(--port=0 picks any)") from None
+      raise UserError(
+        f"--port={port}: {host}:{port} is already in use; pick a free port with --port=N (--port=0 picks any)"
+      ) from None
     if e.errno == errno.EACCES:
       raise UserError(f"--port={port}: not allowed to listen on it; use a port above 1023") from None
     raise UserError(f"--host={host}: cannot listen there ({e.strerror or e}); use 127.0.0.1 or 0.0.0.0") from None

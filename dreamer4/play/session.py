@@ -32,7 +32,8 @@ import json
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dreamer4.errors import UserError
 
@@ -43,11 +44,11 @@ RESET_HINT = "press Reset (POST /api/reset) first"
 
 # Keys for actions whose label names a direction (toy world, Craftax): arrows and WASD.
 NAMED_KEYS = {
-    "up": ("ArrowUp", "w"),
-    "down": ("ArrowDown", "s"),
-    "left": ("ArrowLeft", "a"),
-    "right": ("ArrowRight", "d"),
-    "noop": (" ",),
+  "up": ("ArrowUp", "w"),
+  "down": ("ArrowDown", "s"),
+  "left": ("ArrowLeft", "a"),
+  "right": ("ArrowRight", "d"),
+  "noop": (" ",),
 }
 # Every other action takes the next free key from this pool, in order.
 KEY_POOL = tuple("1234567890") + tuple("qetyuiopfghjklzxcvbnm") + ("[", "]", ";", "'", ",", ".", "/", "-", "=")
@@ -102,15 +103,16 @@ def _resolve(recorded: str, dynamics_dir: str, what: str, flag: str) -> str:
   (e.g. runs/toy/data): from another directory the sibling of `dynamics/` is the same folder.
   """
   if not recorded:
-    raise UserError(f"{flag}: the dynamics config {dynamics_dir}/config.json names no {what}; "
-                    f"pass {flag}=PATH")
+    raise UserError(f"{flag}: the dynamics config {dynamics_dir}/config.json names no {what}; pass {flag}=PATH")
   if "://" in recorded or os.path.exists(recorded):
     return recorded
   sibling = os.path.join(os.path.dirname(os.path.abspath(dynamics_dir)), os.path.basename(recorded.rstrip("/")))
   if os.path.exists(sibling):
     return sibling
-  raise UserError(f"{flag}: the {what} {recorded!r} named by {dynamics_dir}/config.json does not exist "
-                  f"(nor {sibling}); pass {flag}=PATH")
+  raise UserError(
+    f"{flag}: the {what} {recorded!r} named by {dynamics_dir}/config.json does not exist "
+    f"(nor {sibling}); pass {flag}=PATH"
+  )
 
 
 def locate_run(workdir: str | None, data: str | None = None, tokenizer: str | None = None) -> RunPaths:
@@ -132,16 +134,19 @@ def locate_run(workdir: str | None, data: str | None = None, tokenizer: str | No
       break
   if dyn_dir is None:
     raise UserError(
-        f"--workdir={workdir} holds no dynamics run (no config.json of phase 'dynamics' in it or in its "
-        f"dynamics/ folder); train one with python -m dreamer4.main --config=configs/pipeline.py:toy "
-        f"--workdir={workdir}, or name the dynamics workdir")
+      f"--workdir={workdir} holds no dynamics run (no config.json of phase 'dynamics' in it or in its "
+      f"dynamics/ folder); train one with python -m dreamer4.main --config=configs/pipeline.py:toy "
+      f"--workdir={workdir}, or name the dynamics workdir"
+    )
   if not checkpoint_steps(os.path.join(dyn_dir, "checkpoints")):
     raise UserError(
-        f"--workdir={workdir} holds no dynamics checkpoint ({os.path.join(dyn_dir, 'checkpoints')} is empty "
-        f"or missing); finish the dynamics training first (rerun the command that started it: it resumes)")
+      f"--workdir={workdir} holds no dynamics checkpoint ({os.path.join(dyn_dir, 'checkpoints')} is empty "
+      f"or missing); finish the dynamics training first (rerun the command that started it: it resumes)"
+    )
   data_path = data or _resolve(str(config.get("data", {}).get("path", "")), dyn_dir, "dataset", "--data")
-  tok_path = tokenizer or _resolve(str(config.get("tokenizer_workdir", "")), dyn_dir, "tokenizer workdir",
-                                   "--tokenizer")
+  tok_path = tokenizer or _resolve(
+    str(config.get("tokenizer_workdir", "")), dyn_dir, "tokenizer workdir", "--tokenizer"
+  )
   agent = os.path.join(os.path.dirname(os.path.abspath(dyn_dir)), "agent")
   return RunPaths(workdir=workdir, dynamics=dyn_dir, config=config, tokenizer=tok_path, data=data_path, agent=agent)
 
@@ -221,6 +226,7 @@ class RequestError(Exception):
 
 def _to_image(frame_HWC, Image):
   import numpy as np
+
   a = np.asarray(frame_HWC)
   if a.ndim == 3 and a.shape[-1] == 1:
     a = a[..., 0]
@@ -229,6 +235,7 @@ def _to_image(frame_HWC, Image):
 
 def _png_bytes(frame_HWC) -> bytes:
   from PIL import Image
+
   buf = io.BytesIO()
   _to_image(frame_HWC, Image).save(buf, format="PNG")
   return buf.getvalue()
@@ -241,8 +248,10 @@ def data_url(frame_HWC) -> str:
 def find_policy(paths: RunPaths, action_spec, num_latents: int, latent_dim: int) -> tuple[Callable | None, str]:
   """(policy_fn, "") through the agent hook (module docstring), or (None, why not)."""
   if not os.path.isdir(paths.agent):
-    return None, (f"no agent checkpoint: {paths.agent} does not exist (train the agent phase into it; "
-                  f"see dreamer4/play/session.py for the hook)")
+    return None, (
+      f"no agent checkpoint: {paths.agent} does not exist (train the agent phase into it; "
+      f"see dreamer4/play/session.py for the hook)"
+    )
   load = getattr(importlib.import_module(POLICY_HOOK), "load_policy", None)
   if load is None:
     return None, f"{POLICY_HOOK} has no load_policy(agent_workdir, ...) hook"
@@ -265,8 +274,16 @@ class PlaySession:
     warmup: compile reset and step now (on the first usable episode) rather than on first use.
   """
 
-  def __init__(self, paths: RunPaths, *, k: int = 4, context_noise: float = 0.1, seed: int = 0,
-               policy: Callable | None = None, warmup: bool = True):
+  def __init__(
+    self,
+    paths: RunPaths,
+    *,
+    k: int = 4,
+    context_noise: float = 0.1,
+    seed: int = 0,
+    policy: Callable | None = None,
+    warmup: bool = True,
+  ):
     import jax
     import ml_collections
     import numpy as np
@@ -354,21 +371,26 @@ class PlaySession:
   def info(self) -> dict:
     order = self.held_out + [e for e in range(len(self.episode_lengths)) if e not in set(self.held_out)]
     return {
-        "frame_shape": list(self.frame_shape),
-        "fps": self.fps,
-        "context_frames": self.context_frames,
-        "default_episode": self.default_episode,
-        "k": self.k,
-        "context_noise": self.context_noise,
-        "episodes": [{"id": e, "length": int(self.episode_lengths[e]), "held_out": e in self.held_out}
-                     for e in order],
-        "bindings": [b.to_json() for b in self.bindings],
-        "policy": {"available": self.policy is not None, "reason": self.policy_reason},
-        "run": {"workdir": self.paths.workdir, "dynamics": self.paths.dynamics, "dynamics_step": self.dynamics_step,
-                "tokenizer": self.paths.tokenizer, "tokenizer_step": self.tokenizer_step, "data": self.paths.data},
-        "started": self._state is not None,
-        "session": self.session_info,
-        "max_recorded_frames": MAX_RECORDED_FRAMES,
+      "frame_shape": list(self.frame_shape),
+      "fps": self.fps,
+      "context_frames": self.context_frames,
+      "default_episode": self.default_episode,
+      "k": self.k,
+      "context_noise": self.context_noise,
+      "episodes": [{"id": e, "length": int(self.episode_lengths[e]), "held_out": e in self.held_out} for e in order],
+      "bindings": [b.to_json() for b in self.bindings],
+      "policy": {"available": self.policy is not None, "reason": self.policy_reason},
+      "run": {
+        "workdir": self.paths.workdir,
+        "dynamics": self.paths.dynamics,
+        "dynamics_step": self.dynamics_step,
+        "tokenizer": self.paths.tokenizer,
+        "tokenizer_step": self.tokenizer_step,
+        "data": self.paths.data,
+      },
+      "started": self._state is not None,
+      "session": self.session_info,
+      "max_recorded_frames": MAX_RECORDED_FRAMES,
     }
 
   def _row(self, discrete=None, continuous=None) -> dict:
@@ -380,8 +402,7 @@ class PlaySession:
       d = np.zeros((spec.discrete_columns,), np.int32) if discrete is None else np.asarray(discrete, np.int32)
       out["discrete"] = d.reshape(1, spec.discrete_columns)
     if spec.continuous_columns:
-      c = (np.zeros((spec.continuous_columns,), np.float32) if continuous is None
-           else np.asarray(continuous, np.float32))
+      c = np.zeros((spec.continuous_columns,), np.float32) if continuous is None else np.asarray(continuous, np.float32)
       out["continuous"] = c.reshape(1, spec.continuous_columns)
     return out
 
@@ -437,8 +458,11 @@ class PlaySession:
       raise RequestError(400, f"episode {episode} is out of range [0, {E})")
     n = int(self.episode_lengths[episode])
     if not 0 <= start <= n - C:
-      raise RequestError(400, f"start {start} is out of range: episode {episode} has {n} frames and a context "
-                              f"takes {C}, so start must be in [0, {n - C}]")
+      raise RequestError(
+        400,
+        f"start {start} is out of range: episode {episode} has {n} frames and a context "
+        f"takes {C}, so start must be in [0, {n - C}]",
+      )
     lo = int(self.offsets[episode]) + start
     names = ["latents", "frames", "action_labelled"]
     spec = self.action_spec
@@ -463,8 +487,14 @@ class PlaySession:
       for f in rows["frames"]:
         self._record(f)
       self.session_info = {"episode": episode, "start": start, "seed": seed}
-      return {"frame": data_url(rows["frames"][-1]), "step": 0, "episode": episode, "start": start,
-              "context_frames": C, "recorded": len(self._recorded)}
+      return {
+        "frame": data_url(rows["frames"][-1]),
+        "step": 0,
+        "episode": episode,
+        "start": start,
+        "context_frames": C,
+        "recorded": len(self._recorded),
+      }
 
   def step(self, body: dict) -> dict:
     """Generates one frame for the action in `body` (see the module docstring)."""
@@ -483,12 +513,19 @@ class PlaySession:
       frame_u8 = (np.clip(frame, 0.0, 1.0) * 255.0).round().astype(np.uint8)
       self._z_hist.append(z)
       self._record(frame_u8)
-      return {"frame": data_url(frame_u8), "step": self._t, "action": name, "gen_ms": gen_ms,
-              "compiles": self.world.step_compiles(), "recorded": len(self._recorded)}
+      return {
+        "frame": data_url(frame_u8),
+        "step": self._t,
+        "action": name,
+        "gen_ms": gen_ms,
+        "compiles": self.world.step_compiles(),
+        "recorded": len(self._recorded),
+      }
 
   def gif(self) -> bytes:
     """The recorded session as an animated GIF (scaled up to at least 256 px, nearest neighbour)."""
     from PIL import Image
+
     with self._lock:
       frames = list(self._recorded)
     if not frames:
@@ -497,6 +534,7 @@ class PlaySession:
     scale = max(1, 256 // max(h, w))
     images = [_to_image(f, Image).resize((w * scale, h * scale), Image.NEAREST) for f in frames]
     buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(20, int(1000 / max(self.fps, 1))), loop=0)
+    images[0].save(
+      buf, format="GIF", save_all=True, append_images=images[1:], duration=max(20, int(1000 / max(self.fps, 1))), loop=0
+    )
     return buf.getvalue()

@@ -16,8 +16,8 @@ from typing import Any
 
 import grain
 import jax
-from etils import epath
 import orbax.checkpoint as ocp
+from etils import epath
 
 from dreamer4.errors import CheckpointError
 from dreamer4.models import scan_layout
@@ -50,8 +50,9 @@ def _check_local_directory(directory: str) -> None:
   while not os.path.exists(p) and os.path.dirname(p) != p:
     p = os.path.dirname(p)
   if not os.path.isdir(p):
-    raise CheckpointError(f"checkpoint directory {directory}: {p} is a file, not a directory; "
-                          f"use another --workdir (or move the file away)")
+    raise CheckpointError(
+      f"checkpoint directory {directory}: {p} is a file, not a directory; use another --workdir (or move the file away)"
+    )
 
 
 class Checkpointer:
@@ -61,8 +62,9 @@ class Checkpointer:
   when short and long batches come from two iterators); () saves the state alone.
   """
 
-  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
-               data_names: tuple[str, ...] = ("data",)):
+  def __init__(
+    self, directory: str, *, keep: int = 3, async_save: bool = True, data_names: tuple[str, ...] = ("data",)
+  ):
     self.directory = directory = absolute(directory)
     _check_local_directory(directory)
     self.data_names = tuple(data_names)
@@ -70,12 +72,15 @@ class Checkpointer:
     for name in self.data_names:
       handlers[name] = grain.checkpoint.CheckpointHandler()
     self._mngr = ocp.CheckpointManager(
-        directory,
-        item_names=tuple(handlers),
-        item_handlers=handlers,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-            async_options=ocp.AsyncOptions(timeout_secs=600)),
+      directory,
+      item_names=tuple(handlers),
+      item_handlers=handlers,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+        async_options=ocp.AsyncOptions(timeout_secs=600),
+      ),
     )
 
   def all_steps(self) -> list[int]:
@@ -104,14 +109,16 @@ class Checkpointer:
     if missing or extra:
       what = f"lacks {missing[0]}" if missing else f"has unexpected {extra[0]}"
       raise CheckpointError(
-          f"checkpoint {self.directory}/{step} {what}: it was written by a different model or phase; "
-          f"use a new --workdir or the config that wrote it")
+        f"checkpoint {self.directory}/{step} {what}: it was written by a different model or phase; "
+        f"use a new --workdir or the config that wrote it"
+      )
     for k, w in want.items():
       h = have[k]
       if tuple(w.shape) != tuple(h.shape):
         raise CheckpointError(
-            f"checkpoint {self.directory}/{step}: {k} has shape {tuple(h.shape)} but the config builds "
-            f"{tuple(w.shape)}; use a new --workdir or the model config that wrote it")
+          f"checkpoint {self.directory}/{step}: {k} has shape {tuple(h.shape)} but the config builds "
+          f"{tuple(w.shape)}; use a new --workdir or the model config that wrote it"
+        )
 
   def restore(self, step: int, abstract_state, data_iters: dict | None = None):
     """Restores onto the shardings carried by `abstract_state` (any mesh / process count).
@@ -169,8 +176,9 @@ class Checkpointer:
         reason = str(e)
       except Exception as e:  # noqa: BLE001 -- any read failure means this step is damaged
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-      logging.warning("checkpoint step %d in %s is damaged (%s); falling back to the previous step",
-                      step, self.directory, reason)
+      logging.warning(
+        "checkpoint step %d in %s is damaged (%s); falling back to the previous step", step, self.directory, reason
+      )
       self._set_aside(step)
     return None, None
 
@@ -185,6 +193,7 @@ class Checkpointer:
       src.rename(dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
     self._mngr.reload()
 
@@ -204,13 +213,13 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
   checked against the checkpoint's metadata first; a mismatch raises CheckpointError.
   """
   directory = absolute(directory)
-  mngr = ocp.CheckpointManager(directory, item_names=("state",),
-                               item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+  mngr = ocp.CheckpointManager(directory, item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()})
   try:
     steps = sorted(mngr.all_steps())
     if not steps:
-      raise CheckpointError(f"{directory} holds no checkpoint; train that phase first (its workdir is "
-                            f"the parent of {directory})")
+      raise CheckpointError(
+        f"{directory} holds no checkpoint; train that phase first (its workdir is the parent of {directory})"
+      )
     step = steps[-1] if step is None else step
     meta = mngr.item_metadata(step)["state"]
     meta_params = meta.get("params", {}) if hasattr(meta, "get") else meta["params"]
@@ -223,16 +232,21 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
     have = _paths(meta_params)
     for k, w in _paths(abstract_params).items():
       if k not in have:
-        raise CheckpointError(f"checkpoint {directory}/{step} lacks params/{k}: it was written by a "
-                              f"different model; point the config at the right workdir")
+        raise CheckpointError(
+          f"checkpoint {directory}/{step} lacks params/{k}: it was written by a "
+          f"different model; point the config at the right workdir"
+        )
       if tuple(have[k].shape) != tuple(w.shape):
         raise CheckpointError(
-            f"checkpoint {directory}/{step}: params/{k} has shape {tuple(have[k].shape)} but the "
-            f"config builds {tuple(w.shape)}; the model settings disagree with the checkpoint")
+          f"checkpoint {directory}/{step}: params/{k} has shape {tuple(have[k].shape)} but the "
+          f"config builds {tuple(w.shape)}; the model settings disagree with the checkpoint"
+        )
     target = {"params": abstract_params}
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)))
+    out = mngr.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)),
+    )
     params = out["state"]["params"]
     if abstract_params is not wanted:
       params = scan_layout.convert_layout(params, wanted)

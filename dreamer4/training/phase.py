@@ -33,7 +33,8 @@ The members, with the defaults of `Phase`:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from data_pipelines.envs.base import ActionSpec
 from data_pipelines.windows import LOADER_FIELDS
@@ -46,7 +47,7 @@ from dreamer4.training import state as st
 class DataShapes:
   """What a phase's model needs to know of its dataset: read from a store, or given (dry run)."""
 
-  path: str                                  # the store, or where the shapes came from (for messages)
+  path: str  # the store, or where the shapes came from (for messages)
   frame_shape: tuple[int, ...] | None = None
   action_spec: ActionSpec | None = None
   latent_shape: tuple[int, int] | None = None  # (num_latents, latent_dim) of the latents array
@@ -54,12 +55,17 @@ class DataShapes:
   env: str = ""
 
   @classmethod
-  def of_store(cls, store, latents: bool = False) -> "DataShapes":
+  def of_store(cls, store, latents: bool = False) -> DataShapes:
     """The shapes of `store` (metadata only); `latents=True` also reads its latents' shape
     (ConfigError when the encode job has not run)."""
-    return cls(path=str(store.path), frame_shape=tuple(store.frame_shape), action_spec=store.action_spec,
-               latent_shape=runs.latent_shape(store) if latents else None,
-               num_tasks=max(1, len(store.task_names)), env=str(store.metadata.get("env", "")))
+    return cls(
+      path=str(store.path),
+      frame_shape=tuple(store.frame_shape),
+      action_spec=store.action_spec,
+      latent_shape=runs.latent_shape(store) if latents else None,
+      num_tasks=max(1, len(store.task_names)),
+      env=str(store.metadata.get("env", "")),
+    )
 
   def latents(self) -> tuple[int, int]:
     if self.latent_shape is None:
@@ -71,10 +77,10 @@ class DataShapes:
 class TrainData:
   """What a phase's training streams draw from (the trainer's view of the dataset)."""
 
-  store: Any                    # the EpisodeStore
-  train_ids: Sequence[int]      # training episodes
-  eval_ids: Sequence[int]       # held-out episodes
-  local_batch: int              # rows per process
+  store: Any  # the EpisodeStore
+  train_ids: Sequence[int]  # training episodes
+  eval_ids: Sequence[int]  # held-out episodes
+  local_batch: int  # rows per process
   # make_iter(window, batch=local_batch, ids=train_ids): a checkpointable iterator of local batches
   make_iter: Callable[..., Any]
 
@@ -94,7 +100,7 @@ class Streams:
     self.windows = windows
 
   @classmethod
-  def uniform(cls, config, data: TrainData) -> "Streams":
+  def uniform(cls, config, data: TrainData) -> Streams:
     """Windows drawn uniformly from the training episodes: "data" (config.data.window) and,
     with config.data.long_window, "data_long" ([P §3.4]: alternating batch lengths)."""
     iters = {"data": data.make_iter(config.data.window)}
@@ -134,7 +140,7 @@ class Phase:
     """The store arrays the loader reads: `data_fields` less the fields the loader derives."""
     return tuple(f for f in self.data_fields if f not in LOADER_FIELDS)
 
-  def load_frozen(self, store, mesh) -> "Phase":
+  def load_frozen(self, store, mesh) -> Phase:
     """Loads the step's constant inputs onto `mesh` and checks `store` holds what the step reads; returns self."""
     del store, mesh
     return self

@@ -17,7 +17,8 @@ Models are NNX modules; inside jitted code they are rebuilt from (graphdef, para
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,13 +49,18 @@ class ModelDef:
   logical_specs: Any
 
   @classmethod
-  def build(cls, make: Callable[[jax.Array], nnx.Module]) -> "ModelDef":
+  def build(cls, make: Callable[[jax.Array], nnx.Module]) -> ModelDef:
     with nnx.use_eager_sharding(False):
       module = nnx.eval_shape(lambda: make(jax.random.key(0)))
     graphdef, params = nnx.split(module, nnx.Param)
     specs = nnx.get_partition_spec(params)
-    return cls(make=make, graphdef=graphdef, abstract_state=params, abstract_params=params.to_pure_dict(),
-               logical_specs=specs.to_pure_dict())
+    return cls(
+      make=make,
+      graphdef=graphdef,
+      abstract_state=params,
+      abstract_params=params.to_pure_dict(),
+      logical_specs=specs.to_pure_dict(),
+    )
 
   def init_params(self, rng: jax.Array):
     with nnx.use_eager_sharding(False):
@@ -79,33 +85,46 @@ def make_optimizer(optim_cfg, num_steps: int) -> optax.GradientTransformation:
   warm = max(int(optim_cfg.warmup_steps), 0)
   if optim_cfg.decay == "cosine":
     sched = optax.warmup_cosine_decay_schedule(
-        0.0, optim_cfg.lr, max(warm, 1), max(num_steps, warm + 1), optim_cfg.lr * optim_cfg.end_lr_frac)
+      0.0, optim_cfg.lr, max(warm, 1), max(num_steps, warm + 1), optim_cfg.lr * optim_cfg.end_lr_frac
+    )
   elif optim_cfg.decay == "constant":
-    sched = optax.join_schedules([optax.linear_schedule(0.0, optim_cfg.lr, max(warm, 1)),
-                                  optax.constant_schedule(optim_cfg.lr)], [max(warm, 1)])
+    sched = optax.join_schedules(
+      [optax.linear_schedule(0.0, optim_cfg.lr, max(warm, 1)), optax.constant_schedule(optim_cfg.lr)], [max(warm, 1)]
+    )
   else:
     from dreamer4.errors import ConfigError
+
     raise ConfigError(f"--config.optim.decay={optim_cfg.decay!r} is unknown; use 'cosine' or 'constant'")
   # Decay matrices only; norms scales and biases stay undecayed.
   mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
   parts = []
   if optim_cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
-  parts.append(optax.adamw(sched, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                           weight_decay=optim_cfg.weight_decay, mask=mask))
+  parts.append(
+    optax.adamw(
+      sched, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay, mask=mask
+    )
+  )
   return optax.chain(*parts)
 
 
 def init_state(params, tx: optax.GradientTransformation, aux) -> dict:
-  return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), aux=aux,
-              nonfinite=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
+  return dict(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    aux=aux,
+    nonfinite=jnp.zeros((), jnp.int32),
+    skipped=jnp.zeros((), jnp.int32),
+  )
 
 
 def state_shardings(abstract_state: dict, param_shardings, tx: optax.GradientTransformation, mesh: Mesh):
   """Shardings for the whole state: params by rule, Adam moments like their params, rest replicated."""
   rep = shd.replicated(mesh)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_shardings,
-                                 transform_non_params=lambda _: rep)
+  opt_sh = optax.tree_map_params(
+    tx, lambda _, s: s, abstract_state["opt_state"], param_shardings, transform_non_params=lambda _: rep
+  )
   out = {k: jax.tree.map(lambda _: rep, v) for k, v in abstract_state.items()}
   out["params"] = param_shardings
   out["opt_state"] = opt_sh
@@ -125,19 +144,20 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Call
 
   def step(state, batch, rng, frozen):
     (loss, (aux, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["aux"], batch, rng, frozen)
+      state["params"], state["aux"], batch, rng, frozen
+    )
     gnorm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = dict(
-        step=state["step"] + ok.astype(jnp.int32),
-        params=keep(params, state["params"]),
-        opt_state=keep(opt_state, state["opt_state"]),
-        aux=keep(aux, state["aux"]),
-        nonfinite=jnp.where(ok, 0, state["nonfinite"] + 1).astype(jnp.int32),
-        skipped=state["skipped"] + (~ok).astype(jnp.int32),
+      step=state["step"] + ok.astype(jnp.int32),
+      params=keep(params, state["params"]),
+      opt_state=keep(opt_state, state["opt_state"]),
+      aux=keep(aux, state["aux"]),
+      nonfinite=jnp.where(ok, 0, state["nonfinite"] + 1).astype(jnp.int32),
+      skipped=state["skipped"] + (~ok).astype(jnp.int32),
     )
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, step_ok=ok.astype(jnp.float32))
     return new_state, metrics
@@ -167,8 +187,9 @@ class TrainStep:
     replicated: the mesh's replicated sharding (metrics, keys, frozen inputs).
   """
 
-  def __init__(self, model_def: ModelDef, loss_fn: Callable, init_aux: Callable[[], Any], optim_cfg,
-               num_steps: int, mesh: Mesh):
+  def __init__(
+    self, model_def: ModelDef, loss_fn: Callable, init_aux: Callable[[], Any], optim_cfg, num_steps: int, mesh: Mesh
+  ):
     self.mesh = mesh
     self.tx = make_optimizer(optim_cfg, num_steps)
     self.init_fn = lambda rng: init_state(model_def.init_params(rng), self.tx, init_aux())

@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -65,8 +66,10 @@ def write_config(workdir: str, config) -> None:
 
 def open_dataset(config) -> EpisodeStore:
   if not config.data.path:
-    raise ConfigError("--config.data.path is empty; point it at an EpisodeStore "
-                      "(make one with python -m data_pipelines.collect --env=toy --output=PATH)")
+    raise ConfigError(
+      "--config.data.path is empty; point it at an EpisodeStore "
+      "(make one with python -m data_pipelines.collect --env=toy --output=PATH)"
+    )
   return EpisodeStore.open(config.data.path)
 
 
@@ -86,7 +89,7 @@ def train_and_evaluate(config, workdir: str, make_phase: Callable[..., Phase]) -
     preempt.uninstall()
 
 
-def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption") -> dict:
+def _train_and_evaluate(config, workdir: str, make_phase, preempt: _Preemption) -> dict:
   t_start = time.time()
   ctc = config.train
 
@@ -99,8 +102,14 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   shd.check_batch_divides(ctc.batch_size, mesh)
   phase = make_phase(config, store, mesh)
   local_batch = ctc.batch_size // jax.process_count()
-  logging.info("mesh %s over %d devices, %d processes; global batch %d (%d per process)",
-               dict(mesh.shape), jax.device_count(), jax.process_count(), ctc.batch_size, local_batch)
+  logging.info(
+    "mesh %s over %d devices, %d processes; global batch %d (%d per process)",
+    dict(mesh.shape),
+    jax.device_count(),
+    jax.process_count(),
+    ctc.batch_size,
+    local_batch,
+  )
 
   # ---------------------------------------------------------------- train state
   p_train = st.TrainStep(phase.model_def, phase.loss_fn, phase.init_aux, config.optim, ctc.num_steps, mesh)
@@ -118,9 +127,18 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
 
   def make_iter(window, batch=local_batch, ids=train_ids):
     return data_loader.train_iterator(
-        config.data.path, window=window, batch_size=batch, seed=config.data.seed,
-        episode_ids=ids, process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=config.data.num_threads, prefetch=config.data.prefetch, fields=fields, pad=pad)
+      config.data.path,
+      window=window,
+      batch_size=batch,
+      seed=config.data.seed,
+      episode_ids=ids,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      num_threads=config.data.num_threads,
+      prefetch=config.data.prefetch,
+      fields=fields,
+      pad=pad,
+    )
 
   # The phase's streams (training/phase.py Streams): by default uniform windows, with
   # alternating batch lengths [P §3.4] when data.long_window is set: short windows most
@@ -129,9 +147,16 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   streams = phase.make_streams(TrainData(store, train_ids, eval_ids, local_batch, make_iter))
   eval_window = long_window or config.data.window
   eval_local = data_loader.eval_batches(
-      config.data.path, window=eval_window, batch_size=local_batch,
-      episode_ids=eval_ids, max_batches=config.eval.num_batches, fields=fields, pad=pad,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    config.data.path,
+    window=eval_window,
+    batch_size=local_batch,
+    episode_ids=eval_ids,
+    max_batches=config.eval.num_batches,
+    fields=fields,
+    pad=pad,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   streams.label_eval(eval_local)  # e.g. flags the held-out windows of task-relevant episodes
   coverage = _coverage(store, train_ids, eval_ids, streams, eval_window, pad, phase.name)
 
@@ -144,8 +169,9 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
     return "data_long" if every and iteration % every == 0 else "data"
 
   data_iters = streams.iters  # every stream's position is saved with the state
-  ckpt = Checkpointer(ckpt_dir, keep=ctc.keep_checkpoints, async_save=ctc.async_checkpoints,
-                      data_names=tuple(data_iters))
+  ckpt = Checkpointer(
+    ckpt_dir, keep=ctc.keep_checkpoints, async_save=ctc.async_checkpoints, data_names=tuple(data_iters)
+  )
   with jax.set_mesh(mesh):
     start_step, state = ckpt.restore_latest_good(p_train.abstract_state(), data_iters)
     if state is None:
@@ -159,8 +185,9 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
 
   # ---------------------------------------------------------------- jitted steps
   p_eval = jax.jit(lambda params, batch, frozen: phase.eval_fn(params, batch, frozen), out_shardings=rep)
-  p_summary = jax.jit(lambda params, batch, rng, frozen: phase.summary_fn(params, batch, rng, frozen),
-                      out_shardings=rep)
+  p_summary = jax.jit(
+    lambda params, batch, rng, frozen: phase.summary_fn(params, batch, rng, frozen), out_shardings=rep
+  )
 
   optional = tuple(f for f in streams.flags + ("valid_T",) if f not in phase.data_fields)
 
@@ -180,11 +207,16 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
   hooks = []
   if jax.process_index() == 0:
     from clu import periodic_actions  # lazy: imports TensorFlow
-    hooks.append(periodic_actions.ReportProgress(num_train_steps=ctc.num_steps, writer=writer,
-                                                 every_steps=ctc.log_every))
+
+    hooks.append(
+      periodic_actions.ReportProgress(num_train_steps=ctc.num_steps, writer=writer, every_steps=ctc.log_every)
+    )
     if ctc.profile_steps > 0:
-      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=ctc.profile_steps,
-                                            first_profile=start_step + ctc.profile_first))
+      hooks.append(
+        periodic_actions.Profile(
+          logdir=workdir, num_profile_steps=ctc.profile_steps, first_profile=start_step + ctc.profile_first
+        )
+      )
 
   # ---------------------------------------------------------------- the loop
   acc = mt.MeanMetrics()
@@ -222,14 +254,14 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
         if nonfinite >= ctc.max_nonfinite:
           stop_reason = "nonfinite"
           raise FloatingPointError(
-              f"{nonfinite} non-finite steps in a row at step {iteration} (limit "
-              f"--config.train.max_nonfinite={ctc.max_nonfinite}); the last good checkpoint is kept")
+            f"{nonfinite} non-finite steps in a row at step {iteration} (limit "
+            f"--config.train.max_nonfinite={ctc.max_nonfinite}); the last good checkpoint is kept"
+          )
       if ctc.eval_every and iteration % ctc.eval_every == 0:
         eval_metrics = evaluate(state)
         writer.write_scalars(iteration, eval_metrics)
       if ctc.summary_every and iteration % ctc.summary_every == 0 and eval_local:
-        write_summaries(writer, iteration, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh,
-                        workdir)
+        write_summaries(writer, iteration, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh, workdir)
       step = iteration
       if preempt.agreed():
         stop_reason = "preempted"
@@ -246,20 +278,20 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: "_Preemption"
       eval_metrics = evaluate(state)
       writer.write_scalars(step, eval_metrics)
       if eval_local:
-        write_summaries(writer, step, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh,
-                        workdir)
+        write_summaries(writer, step, p_summary, state, to_device(eval_local[0]), base_key, frozen, mesh, workdir)
   finally:
     ckpt.close()
     writer.flush()
 
   summary.update(
-      step=step, stop_reason=stop_reason,
-      compiles=p_train.compiles,
-      first_step_s=first_step_s,
-      step_s=(t_timed / steps_timed) if steps_timed > 0 else None,  # excludes the compiling step
-      wall_s=time.time() - t_start,
-      eval=eval_metrics,
-      state=state,
+    step=step,
+    stop_reason=stop_reason,
+    compiles=p_train.compiles,
+    first_step_s=first_step_s,
+    step_s=(t_timed / steps_timed) if steps_timed > 0 else None,  # excludes the compiling step
+    wall_s=time.time() - t_start,
+    eval=eval_metrics,
+    state=state,
   )
   if jax.process_index() == 0:
     keep = {k: v for k, v in summary.items() if k != "state"}
@@ -277,11 +309,22 @@ def _coverage(store, train_ids, eval_ids, streams: Streams, eval_window: int, pa
     out[kind] = data_loader.window_coverage(store, train_ids, window, pad, extra_tables=streams.coverage_tables(kind))
   out["eval"] = data_loader.window_coverage(store, eval_ids, eval_window, pad)
   for kind, c in out.items():
-    logging.info("%s coverage (%s, %s windows): episodes %.1f%%, frames %.1f%%, task-relevant episodes %.1f%%, "
-                 "reward frames %.1f%%, terminal frames %.1f%%; windows per frame %.2f, per reward frame %.2f, "
-                 "per terminal frame %.2f", name, kind, pad, 100 * c["episodes"], 100 * c["frames"],
-                 100 * c["relevant_episodes"], 100 * c["reward_frames"], 100 * c["terminal_frames"],
-                 c["windows_per_frame"], c["windows_per_reward_frame"], c["windows_per_terminal_frame"])
+    logging.info(
+      "%s coverage (%s, %s windows): episodes %.1f%%, frames %.1f%%, task-relevant episodes %.1f%%, "
+      "reward frames %.1f%%, terminal frames %.1f%%; windows per frame %.2f, per reward frame %.2f, "
+      "per terminal frame %.2f",
+      name,
+      kind,
+      pad,
+      100 * c["episodes"],
+      100 * c["frames"],
+      100 * c["relevant_episodes"],
+      100 * c["reward_frames"],
+      100 * c["terminal_frames"],
+      c["windows_per_frame"],
+      c["windows_per_reward_frame"],
+      c["windows_per_terminal_frame"],
+    )
   return out
 
 

@@ -15,8 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _run(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "data_pipelines.collect", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "data_pipelines.collect", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def _snapshot(path):
@@ -48,6 +54,7 @@ def test_collect_in_process(tmp_path):
 
 def test_collect_fixed_layout(tmp_path):
   from data_pipelines.envs.toy import FIXED_GOALS, KIND_COLOURS
+
   path = str(tmp_path / "s")
   collect("toy", path, episodes=5, seed=3, skills=(0.5,), size=16, max_steps=20, layout="fixed")
   store = EpisodeStore.open(path)
@@ -78,7 +85,9 @@ def test_cli_errors(tmp_path):
 
   result = _run("--episodes=2", f"--output={missing}", "--layout=spiral")
   assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-  assert result.stderr.startswith("error: --layout: ToyWorld: layout must be one of random, fixed") and not missing.exists()
+  assert (
+    result.stderr.startswith("error: --layout: ToyWorld: layout must be one of random, fixed") and not missing.exists()
+  )
   with pytest.raises(CollectError, match="--layout: only the toy env has layouts"):
     collect("craftax", str(missing), episodes=2, layout="fixed")
   assert not missing.exists()

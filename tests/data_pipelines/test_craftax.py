@@ -25,18 +25,20 @@ EPISODES = 3
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("craftax") / "store")
-  summary = collect("craftax", path, episodes=EPISODES, seed=3, skills=(1.0, 0.5), size=SIZE,
-                    max_steps=MAX_STEPS, num_envs=1, chunk=1)
+  summary = collect(
+    "craftax", path, episodes=EPISODES, seed=3, skills=(1.0, 0.5), size=SIZE, max_steps=MAX_STEPS, num_envs=1, chunk=1
+  )
   return path, summary
 
 
 def test_names_match_craftax():
   from craftax.craftax_classic.constants import Achievement, Action  # pylint: disable=g-import-not-at-top
+
   assert cx.ACHIEVEMENT_NAMES == tuple(a.name.lower() for a in sorted(Achievement, key=lambda a: a.value))
   assert cx.ACTION_NAMES == tuple(a.name.lower() for a in sorted(Action, key=lambda a: a.value))
   env = make_env("craftax", size=SIZE, max_steps=MAX_STEPS)
   assert env.task_names == cx.ACHIEVEMENT_NAMES and len(env.task_names) == 22
-  comp, = env.action_spec.components
+  (comp,) = env.action_spec.components
   assert comp.kind == "discrete" and comp.size == 17 and comp.labels == cx.ACTION_NAMES
 
 

@@ -8,7 +8,7 @@ import pytest
 import tensorstore as ts
 
 from data_pipelines.episodes import EpisodeStore, StoreError
-from tests.data_pipelines.helpers import FRAME, SPEC, make_store, episode
+from tests.data_pipelines.helpers import FRAME, SPEC, episode, make_store
 
 
 def _assert_episode_equal(got, ep):
@@ -151,17 +151,29 @@ def test_unknown_schema_version(tmp_path):
 def test_wrong_dtype(tmp_path):
   path = str(tmp_path / "s")
   make_store(path, [3])
-  ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(path, "frames")},
-           "metadata": {"shape": [3, *FRAME], "data_type": "int16"}}, create=True, delete_existing=True).result()
-  with pytest.raises(StoreError, match=r"dataset .*: array 'frames' has dtype int16, expected uint8; re-create it with "
-                     r"python -m data_pipelines.collect"):
+  ts.open(
+    {
+      "driver": "zarr3",
+      "kvstore": {"driver": "file", "path": os.path.join(path, "frames")},
+      "metadata": {"shape": [3, *FRAME], "data_type": "int16"},
+    },
+    create=True,
+    delete_existing=True,
+  ).result()
+  with pytest.raises(
+    StoreError,
+    match=r"dataset .*: array 'frames' has dtype int16, expected uint8; re-create it with "
+    r"python -m data_pipelines.collect",
+  ):
     EpisodeStore.open(path)
 
 
 def test_offsets_not_increasing(tmp_path):
   path = str(tmp_path / "s")
   make_store(path, [3, 4, 5])
-  arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(path, "episode_offsets")}}).result()
+  arr = ts.open(
+    {"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(path, "episode_offsets")}}
+  ).result()
   arr[0:4].write(np.array([0, 7, 7, 12], np.int64)).result()
   with pytest.raises(StoreError, match="array 'episode_offsets' is not strictly increasing at episode 1"):
     EpisodeStore.open(path)
@@ -183,8 +195,11 @@ def test_corrupt_chunk_names_array_and_range(tmp_path):
   with open(shard, "r+b") as f:
     f.write(b"\xff" * size)
   store = EpisodeStore.open(path)  # the frames array is only read lazily
-  with pytest.raises(StoreError, match=r"array 'frames', episode 0 / frames 2:9 \(rows \[2, 9\) under .*/s/frames\) "
-                     r"could not be read, a chunk may be corrupt"):
+  with pytest.raises(
+    StoreError,
+    match=r"array 'frames', episode 0 / frames 2:9 \(rows \[2, 9\) under .*/s/frames\) "
+    r"could not be read, a chunk may be corrupt",
+  ):
     store.read("frames", 2, 9)
 
 

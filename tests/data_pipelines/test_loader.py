@@ -57,7 +57,6 @@ def test_windows_cover_every_frame(store_path, pad):
   windows except the first WINDOW - 1 (pad="end") or last (pad="start") of each episode; padding
   repeats the nearest real frame with the null, unlabelled action and no reward."""
   ids = np.arange(len(LENGTHS))
-  store, episodes = EpisodeStore.open(store_path), None
   source = WindowSource(store_path, WINDOW, ids, pad=pad)
   assert len(source) == _num_windows(ids)
   seen = {e: np.zeros(n, int) for e, n in enumerate(LENGTHS)}
@@ -135,8 +134,9 @@ def test_process_shards_disjoint_and_cover_epoch(store_path):
   per_process = n // count // batch * batch
   shards = []
   for p in range(count):
-    it = loader.train_iterator(store_path, window=WINDOW, batch_size=batch, seed=0, episode_ids=ids,
-                               process_index=p, process_count=count)
+    it = loader.train_iterator(
+      store_path, window=WINDOW, batch_size=batch, seed=0, episode_ids=ids, process_index=p, process_count=count
+    )
     epochs = [np.concatenate([b["index"] for b in _take(it, per_process // batch)]) for _ in range(2)]
     assert all(len(set(e)) == per_process for e in epochs)
     assert not np.array_equal(epochs[0], epochs[1])  # each epoch is reshuffled
@@ -194,8 +194,10 @@ def test_eval_batches_disjoint_across_processes(store_path, processes):
   global batches of a 1-process evaluation (so the evaluation's mean is the same)."""
   kw = dict(window=WINDOW, episode_ids=[0, 2, 5, 7], max_batches=3)
   one = loader.eval_batches(store_path, batch_size=8, **kw)
-  per = [loader.eval_batches(store_path, batch_size=8 // processes, process_index=p, process_count=processes, **kw)
-         for p in range(processes)]
+  per = [
+    loader.eval_batches(store_path, batch_size=8 // processes, process_index=p, process_count=processes, **kw)
+    for p in range(processes)
+  ]
   assert all(len(b) == len(one) for b in per)
   for g, glob in enumerate(one):
     rows = [per[p][g]["index"] for p in range(processes)]
@@ -208,8 +210,11 @@ def test_clear_errors(store_path):
   kw = dict(seed=0, episode_ids=np.arange(8))
   with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
     loader.train_iterator(store_path, window=WINDOW, batch_size=0, **kw)
-  with pytest.raises(ValueError, match=r"dataset .* has no episode of at least 21 frames \(longest: 20\); lower "
-                     r"--config.data.window or collect longer episodes"):
+  with pytest.raises(
+    ValueError,
+    match=r"dataset .* has no episode of at least 21 frames \(longest: 20\); lower "
+    r"--config.data.window or collect longer episodes",
+  ):
     loader.train_iterator(store_path, window=21, batch_size=2, pad="none", **kw)
   # Under the default padding rule every episode has windows, however long the window.
   assert len(WindowSource(store_path, 21, [1])) == LENGTHS[1]
@@ -240,9 +245,12 @@ def test_data_modules_are_jax_free():
   import os
   import subprocess
   import sys
+
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  code = ("import sys, data_pipelines.collect, data_pipelines.envs, data_pipelines.episodes; "
-          "assert 'jax' not in sys.modules and 'tensorstore' not in sys.modules")
+  code = (
+    "import sys, data_pipelines.collect, data_pipelines.envs, data_pipelines.episodes; "
+    "assert 'jax' not in sys.modules and 'tensorstore' not in sys.modules"
+  )
   result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stderr[-500:]
   for name in ("windows.py", "episodes.py"):

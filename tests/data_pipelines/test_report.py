@@ -46,7 +46,7 @@ def test_report_numbers_equal_direct_counts(toy_store):
   assert report["achievements"] is None
 
   actions = np.concatenate([ep["actions_discrete"][1:, 0] for ep in episodes])
-  hist, = report["actions"]
+  (hist,) = report["actions"]
   assert list(hist["counts"]) == ["noop", "up", "down", "left", "right"]
   assert list(hist["counts"].values()) == np.bincount(actions, minlength=5).tolist()
 
@@ -54,8 +54,14 @@ def test_report_numbers_equal_direct_counts(toy_store):
 def test_cli_writes_markdown_and_json(toy_store, tmp_path):
   out = tmp_path / "rep"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-m", "data_pipelines.report", toy_store, f"--out={out}"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "data_pipelines.report", toy_store, f"--out={out}"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("# Dataset report") and "| reach_red |" in result.stdout
   data = json.loads((out / "report.json").read_text())
@@ -65,8 +71,14 @@ def test_cli_writes_markdown_and_json(toy_store, tmp_path):
   written = write_report(toy_store)  # default: next to the store
   assert all(os.path.exists(p) for p in written["written"])
 
-  result = subprocess.run([sys.executable, "-m", "data_pipelines.report", str(tmp_path / "missing")], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "data_pipelines.report", str(tmp_path / "missing")],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2 and result.stderr.startswith("error: ")
 
 
@@ -76,10 +88,16 @@ def test_success_is_the_task_achievement_not_any_reward(tmp_path):
   from data_pipelines import loader
   from data_pipelines.envs.base import ActionComponent, ActionSpec
   from data_pipelines.report import UNLOCKS, episode_success
+
   names = ["collect_wood", "place_table", "eat_cow"]
-  store = EpisodeStore.create(str(tmp_path / "s"), env="craftax", frame_shape=(8, 8, 3),
-                              action_spec=ActionSpec((ActionComponent("action", "discrete", 3),)),
-                              task_names=["collect_wood", "place_table", "reach_far"], fps=10)
+  store = EpisodeStore.create(
+    str(tmp_path / "s"),
+    env="craftax",
+    frame_shape=(8, 8, 3),
+    action_spec=ActionSpec((ActionComponent("action", "discrete", 3),)),
+    task_names=["collect_wood", "place_table", "reach_far"],
+    fps=10,
+  )
   store.add_array(UNLOCKS, (3,), np.uint8, attrs={"names": names})
   T = 4
 
@@ -87,17 +105,24 @@ def test_success_is_the_task_achievement_not_any_reward(tmp_path):
     unlocks = np.zeros((T, 3), np.uint8)
     for k, t in unlock_step_k.items():
       unlocks[t, k] = 1
-    return dict(frames_THWC=np.zeros((T, 8, 8, 3), np.uint8), actions_discrete_TA=np.zeros((T, 1), np.int32),
-                rewards_T=unlocks.sum(-1).astype(np.float32), tasks_T=np.full((T,), task, np.int32),
-                action_labelled_T=np.arange(T) > 0, extra={UNLOCKS: unlocks})
+    return dict(
+      frames_THWC=np.zeros((T, 8, 8, 3), np.uint8),
+      actions_discrete_TA=np.zeros((T, 1), np.int32),
+      rewards_T=unlocks.sum(-1).astype(np.float32),
+      tasks_T=np.full((T,), task, np.int32),
+      action_labelled_T=np.arange(T) > 0,
+      extra={UNLOCKS: unlocks},
+    )
 
-  store.append_many([
-      episode(0, {0: 2}),          # task collect_wood, unlocked it: success
-      episode(1, {0: 1}),          # task place_table, unlocked only collect_wood: return 1, no success
-      episode(1, {0: 1, 1: 3}),    # task place_table, unlocked it: success
-      episode(2, {2: 1}),          # task not an achievement: any reward counts
-      episode(0, {}),              # nothing
-  ])
+  store.append_many(
+    [
+      episode(0, {0: 2}),  # task collect_wood, unlocked it: success
+      episode(1, {0: 1}),  # task place_table, unlocked only collect_wood: return 1, no success
+      episode(1, {0: 1, 1: 3}),  # task place_table, unlocked it: success
+      episode(2, {2: 1}),  # task not an achievement: any reward counts
+      episode(0, {}),  # nothing
+    ]
+  )
   success, task_E, returns, unlocked, ach = episode_success(store)
   assert success.tolist() == [True, False, True, True, False]
   assert returns.tolist() == [1.0, 1.0, 2.0, 1.0, 0.0] and task_E.tolist() == [0, 1, 1, 2, 0]
@@ -106,4 +131,7 @@ def test_success_is_the_task_achievement_not_any_reward(tmp_path):
   assert loader.relevant_episode_ids(store, [1, 2, 4]) == [2]
   report = compute_report(store)
   assert [(t["task"], t["episodes"], t["successes"]) for t in report["tasks"]] == [
-      ("collect_wood", 2, 1), ("place_table", 2, 1), ("reach_far", 1, 1)]
+    ("collect_wood", 2, 1),
+    ("place_table", 2, 1),
+    ("reach_far", 1, 1),
+  ]

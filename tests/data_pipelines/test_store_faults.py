@@ -14,7 +14,7 @@ import pytest
 
 from data_pipelines.collect import collect
 from data_pipelines.episodes import EpisodeStore, StoreError
-from tests.data_pipelines.helpers import FRAME, episode, make_store
+from tests.data_pipelines.helpers import episode, make_store
 from tests.pipeline_helpers import tree_hash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,8 +26,6 @@ def _env():
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)
   return env
-
-
 
 
 def _commit(path) -> dict:
@@ -52,7 +50,7 @@ def _assert_complete(path) -> EpisodeStore:
 
 def _assert_same_episodes(store, reference, count):
   """The first `count` episodes of `store` equal `reference`'s (same seeds, same data)."""
-  np.testing.assert_array_equal(store.episode_offsets[:count + 1], reference.episode_offsets[:count + 1])
+  np.testing.assert_array_equal(store.episode_offsets[: count + 1], reference.episode_offsets[: count + 1])
   n = int(reference.episode_offsets[count])
   for name in reference.array_names:
     if name != "episode_offsets":
@@ -81,8 +79,9 @@ _SELF_KILL = textwrap.dedent("""
 
 def test_collector_killed_between_writes_and_commit_keeps_committed_episodes(tmp_path):
   path = str(tmp_path / "store")
-  proc = subprocess.run([sys.executable, "-c", _SELF_KILL, path, "60"], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", _SELF_KILL, path, "60"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   committed = _commit(path)["num_episodes"]
   assert committed > 0
@@ -105,15 +104,30 @@ def test_collector_sigkill_at_random_moments_then_append_loses_nothing(tmp_path)
   rng = np.random.default_rng(SEED)
   path = str(tmp_path / "store")
   total, kills = 400, []
-  cmd = [sys.executable, "-m", "data_pipelines.collect", "--env=toy", f"--output={path}", "--seed=3",
-         "--skills=0.9,0.0", "--size=16", "--max_steps=40"]
-  for k in range(3):
+  cmd = [
+    sys.executable,
+    "-m",
+    "data_pipelines.collect",
+    "--env=toy",
+    f"--output={path}",
+    "--seed=3",
+    "--skills=0.9,0.0",
+    "--size=16",
+    "--max_steps=40",
+  ]
+  for _ in range(3):
     have = _commit(path)["num_episodes"] if os.path.exists(os.path.join(path, "commit.json")) else 0
     if have >= total:  # a fast machine finished the whole collection before the last kill
       break
     extra = ["--append"] if os.path.exists(path) else []
-    proc = subprocess.Popen(cmd + [f"--episodes={total - have}"] + extra, cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+      cmd + [f"--episodes={total - have}"] + extra,
+      cwd=ROOT,
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     # Wait for a commit of this process, then kill at a random moment of what follows.
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
@@ -136,8 +150,14 @@ def test_collector_sigkill_at_random_moments_then_append_loses_nothing(tmp_path)
   assert kills, "the collector finished before any kill"
   have = _commit(path)["num_episodes"]
   if have < total:
-    done = subprocess.run(cmd + [f"--episodes={total - have}", "--append"], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+      cmd + [f"--episodes={total - have}", "--append"],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
   store = _assert_complete(path)
   assert store.num_episodes == total
@@ -164,8 +184,14 @@ def test_reader_beside_a_writer_always_sees_a_consistent_prefix(tmp_path):
   path = str(tmp_path / "store")
   make_store(path, lengths[:1])
   expected_offsets = np.cumsum([0] + lengths)
-  writer = subprocess.Popen([sys.executable, "-c", _WRITER, path, ",".join(map(str, lengths))], cwd=ROOT,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  writer = subprocess.Popen(
+    [sys.executable, "-c", _WRITER, path, ",".join(map(str, lengths))],
+    cwd=ROOT,
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   long_lived = EpisodeStore.open(path)
   seen, mid_write = [], 0
   try:
@@ -175,7 +201,7 @@ def test_reader_beside_a_writer_always_sees_a_consistent_prefix(tmp_path):
         if store is long_lived:
           store.refresh()
         n = store.num_episodes
-        np.testing.assert_array_equal(store.episode_offsets, expected_offsets[:n + 1])
+        np.testing.assert_array_equal(store.episode_offsets, expected_offsets[: n + 1])
         frames = store.read("frames", 0, store.num_frames)
         assert frames.shape[0] == expected_offsets[n]
         np.testing.assert_array_equal(frames[:, 0, 0, 0], np.repeat(np.arange(n), lengths[:n]).astype(np.uint8))
@@ -211,8 +237,10 @@ def test_corrupt_chunk_error_names_array_episode_and_path(tmp_path):
   with pytest.raises(StoreError) as err:
     store.read_episode(1)
   msg = str(err.value)
-  assert msg.startswith(f"dataset {path}: array 'frames', episode 1 / frames 0:30 (rows [5, 35) under "
-                        f"{path}/frames) could not be read, a chunk may be corrupt"), msg
+  assert msg.startswith(
+    f"dataset {path}: array 'frames', episode 1 / frames 0:30 (rows [5, 35) under "
+    f"{path}/frames) could not be read, a chunk may be corrupt"
+  ), msg
   assert "\n" not in msg and "re-create it with python -m data_pipelines.collect" in msg
   with pytest.raises(StoreError, match=r"array 'rewards', episode 2 / frames 3:9 \(rows \[38, 44\) under "):
     store.read("rewards", 38, 44)
@@ -220,7 +248,9 @@ def test_corrupt_chunk_error_names_array_episode_and_path(tmp_path):
     store.read("frames", 0, 47)
 
 
-@pytest.mark.parametrize("args,expect", [
+@pytest.mark.parametrize(
+  "args,expect",
+  [
     (["--env=pong9000", "--episodes=2"], "error: --env: unknown env 'pong9000'; choose one of"),
     (["--episodes=-3"], "error: --episodes: must be >= 1, got -3"),
     (["--episodes=two"], "error: flag --episodes=two"),
@@ -231,15 +261,20 @@ def test_corrupt_chunk_error_names_array_episode_and_path(tmp_path):
     (["--append", "APPEND_TO_NON_STORE"], "error: --append: dataset"),
     (["--append", "APPEND_OTHER_SIZE"], "error: --append: "),
     (["CREATE_OVER_STORE"], "already exist"),
-])
+  ],
+)
 def test_collect_bad_input_is_one_line_and_changes_nothing(tmp_path, args, expect):
   existing = tmp_path / "existing"
   collect("toy", str(existing), episodes=2, seed=0, skills=(1.0,), size=16, max_steps=10)
   (tmp_path / "plain.txt").write_text("not a store")
   (tmp_path / "junk").mkdir()
   (tmp_path / "junk" / "notes.txt").write_text("not a store either")
-  output = {"OUTPUT_IS_FILE": tmp_path / "plain.txt", "APPEND_TO_NON_STORE": tmp_path / "junk",
-            "APPEND_OTHER_SIZE": existing, "CREATE_OVER_STORE": existing}
+  output = {
+    "OUTPUT_IS_FILE": tmp_path / "plain.txt",
+    "APPEND_TO_NON_STORE": tmp_path / "junk",
+    "APPEND_OTHER_SIZE": existing,
+    "CREATE_OVER_STORE": existing,
+  }
   target = next((output[a] for a in args if a in output), tmp_path / "new")
   argv = [a for a in args if a not in output] + [f"--output={target}"]
   if "APPEND_OTHER_SIZE" in args:
@@ -247,8 +282,14 @@ def test_collect_bad_input_is_one_line_and_changes_nothing(tmp_path, args, expec
   elif "--size=0" not in args:
     argv.append("--size=16")
   before = tree_hash(tmp_path)
-  proc = subprocess.run([sys.executable, "-m", "data_pipelines.collect", *argv], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "data_pipelines.collect", *argv],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], proc.stderr[-2000:]

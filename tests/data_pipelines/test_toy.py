@@ -78,6 +78,7 @@ def test_skilled_policy_beats_random():
 
 def test_fixed_layout_keeps_goals_and_walks_over_wrong_ones():
   from data_pipelines.envs.toy import FIXED_GOALS, GRID
+
   env = ToyWorld(size=16, num_distractors=0, layout="fixed")
   starts = set()
   for seed in range(40):

@@ -46,7 +46,8 @@ def test_zarr_opens_a_collected_store(tmp_path):
   assert root["zarr_format"] == 3 and root["node_type"] == "group"
   group = zarr.open_group(path, mode="r")
   assert sorted(group.array_keys()) == sorted(
-      ["frames", "actions_discrete", "action_labelled", "rewards", "tasks", "episode_offsets"])
+    ["frames", "actions_discrete", "action_labelled", "rewards", "tasks", "episode_offsets"]
+  )
   assert dict(group.attrs) == _json(path, "metadata.json") == store.metadata
   stop = int(store.episode_offsets[1])
   first = store.read_episode(0)
@@ -63,7 +64,7 @@ def test_zarr_decodes_frames_across_shards(tmp_path):
   store, episodes = make_store(path, [600, 900, 7])  # episode 1 spans the 1024-frame shard boundary
   group = zarr.open_group(path, mode="r")
   off = store.episode_offsets
-  np.testing.assert_array_equal(group["frames"][off[1]:off[2]], episodes[1]["frames_THWC"])
+  np.testing.assert_array_equal(group["frames"][off[1] : off[2]], episodes[1]["frames_THWC"])
   _assert_zarr_reads_equal(path, store)
 
 

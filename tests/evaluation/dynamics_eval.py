@@ -33,7 +33,7 @@ class _Phase(DynamicsPhase):
   def _rollouts(self, params, tok_params, batch, rng, k, shuffle_actions=False):
     del tok_params, rng, k
     C, H = self.config.eval.context_frames, self.config.eval.horizon
-    truth = self.tok_def.decode(batch["latents"][:, C:C + H])
+    truth = self.tok_def.decode(batch["latents"][:, C : C + H])
     gen = params["shuffled"] if shuffle_actions else params["gen"]
     return truth, gen, jnp.mean(jnp.square(gen - truth), axis=(2, 3, 4))
 
@@ -42,6 +42,7 @@ def make_phase(env: str, size: int, context: int, horizon: int, sampling_steps=(
   """The dynamics phase of a store of `env` (its frame parser picked from the env registry by
   DynamicsPhase's own constructor), with the stand-ins above."""
   from configs import dynamics  # pylint: disable=g-import-not-at-top
+
   c = dynamics.get_config("tiny")
   c.eval.context_frames, c.eval.horizon, c.eval.sampling_steps = context, horizon, tuple(sampling_steps)
   c.data.window = max(int(c.data.window), context + horizon)

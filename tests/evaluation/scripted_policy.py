@@ -42,12 +42,15 @@ class ScriptedPolicyAdapter:
   def begin(self, frames_BHWC, tasks_B, rng):
     b = len(frames_BHWC)
     if len(self.envs) < b:
-      raise ValueError(f"ScriptedPolicyAdapter: sees {len(self.envs)} envs but got {b} frames; "
-                       "run it with evaluate_scripted")
+      raise ValueError(
+        f"ScriptedPolicyAdapter: sees {len(self.envs)} envs but got {b} frames; run it with evaluate_scripted"
+      )
     for env in self.envs:
       if not hasattr(env, "greedy_action"):
-        raise ValueError(f"ScriptedPolicyAdapter: env {getattr(env, 'name', env)!r} has no greedy_action; "
-                         "the scripted policy works on the toy env only")
+        raise ValueError(
+          f"ScriptedPolicyAdapter: env {getattr(env, 'name', env)!r} has no greedy_action; "
+          "the scripted policy works on the toy env only"
+        )
     self._policies = [ScriptedPolicy(self.skill, int(s)) for s in rng.integers(0, 2**31 - 1, b)]
     return self._act()
 

@@ -32,7 +32,7 @@ SEED = 7
 CHUNK = 32  # frames per jitted parse / render call (one compilation each for the whole file)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse_program():
   return jax.jit(cs.parse)
 
@@ -43,7 +43,7 @@ def _parse(frames):
   flat = frames.reshape((-1,) + frames.shape[-3:])
   n = len(flat)
   flat = np.concatenate([flat, np.zeros((-n % CHUNK,) + flat.shape[1:], flat.dtype)])
-  outs = [jax.device_get(_parse_program()(flat[i:i + CHUNK])) for i in range(0, len(flat), CHUNK)]
+  outs = [jax.device_get(_parse_program()(flat[i : i + CHUNK])) for i in range(0, len(flat), CHUNK)]
   return jax.tree.map(lambda *x: np.concatenate(x)[:n].reshape(lead + x[0].shape[1:]), *outs)
 
 
@@ -74,10 +74,14 @@ def _truth(state):
           name = kind[:-1]
         overlay_RC[r, c] = cs.OVERLAY[name]
   inv = state.inventory
-  return {"block_RC": block_RC, "overlay_RC": overlay_RC, "sleeping": asleep,
-          "daylight": float(np.asarray(state.light_level)),
-          "inventory_I": np.array([int(getattr(inv, n)) for n in cs.INVENTORY_NAMES]),
-          "intrinsics_I": np.array([int(np.asarray(getattr(state, f"player_{n}"))) for n in cs.INTRINSIC_NAMES])}
+  return {
+    "block_RC": block_RC,
+    "overlay_RC": overlay_RC,
+    "sleeping": asleep,
+    "daylight": float(np.asarray(state.light_level)),
+    "inventory_I": np.array([int(getattr(inv, n)) for n in cs.INVENTORY_NAMES]),
+    "intrinsics_I": np.array([int(np.asarray(getattr(state, f"player_{n}"))) for n in cs.INTRINSIC_NAMES]),
+  }
 
 
 def _stack_truth(states):
@@ -98,8 +102,17 @@ def episodes(tmp_path_factory):
   """Frames uint8 [N, 64, 64, 3] of a store the real collector wrote, the env state on each
   (replayed with the wrapper from the collector's seeds and the stored actions), offsets."""
   path = str(tmp_path_factory.mktemp("craftax_state") / "store")
-  collect("craftax", path, episodes=EPISODES, seed=SEED, skills=(1.0, 0.0), size=SIZE, max_steps=MAX_STEPS,
-          num_envs=1, chunk=1)
+  collect(
+    "craftax",
+    path,
+    episodes=EPISODES,
+    seed=SEED,
+    skills=(1.0, 0.0),
+    size=SIZE,
+    max_steps=MAX_STEPS,
+    num_envs=1,
+    chunk=1,
+  )
   store = EpisodeStore.open(path)
   env = make_env("craftax", size=SIZE, max_steps=MAX_STEPS)
   frames, states = [], []
@@ -130,7 +143,7 @@ def render():
   def frames(states):
     n = len(states)
     states = list(states) + [states[0]] * (-n % CHUNK)
-    out = [draw(jax.tree.map(lambda *x: jnp.stack(x), *states[i:i + CHUNK])) for i in range(0, len(states), CHUNK)]
+    out = [draw(jax.tree.map(lambda *x: jnp.stack(x), *states[i : i + CHUNK])) for i in range(0, len(states), CHUNK)]
     return np.concatenate(out)[:n]
 
   return frames
@@ -139,6 +152,7 @@ def render():
 def test_names_match_craftax():
   from craftax.craftax_classic import constants as cc  # pylint: disable=g-import-not-at-top
   from craftax.craftax_classic.envs.craftax_state import Inventory  # pylint: disable=g-import-not-at-top
+
   assert cs.BLOCK_NAMES == tuple(b.name.lower() for b in sorted(cc.BlockType, key=lambda b: b.value))
   assert cs.INVENTORY_NAMES == tuple(Inventory.__dataclass_fields__)
   assert (cs.ROWS, cs.COLS) == tuple(cc.OBS_DIM) and cs.NATIVE_CELL == cc.BLOCK_PIXEL_SIZE_AGENT
@@ -192,9 +206,16 @@ def _varied(state, rng, light):
   upd["arrow_directions"] = dirs[rng.integers(0, 4, state.arrow_directions.shape[0])]
   inv = state.inventory.replace(**{n: np.int32(rng.integers(0, 10)) for n in cs.INVENTORY_NAMES})
   intrinsics = {f"player_{n}": np.int32(rng.integers(0, 10)) for n in cs.INTRINSIC_NAMES}
-  return state.replace(map=world, inventory=inv, light_level=np.float32(light), is_sleeping=rng.random() < 0.3,
-                       player_direction=np.int32(rng.integers(1, 5)),
-                       state_rng=jax.random.PRNGKey(rng.integers(1 << 30)), **upd, **intrinsics)
+  return state.replace(
+    map=world,
+    inventory=inv,
+    light_level=np.float32(light),
+    is_sleeping=rng.random() < 0.3,
+    player_direction=np.int32(rng.integers(1, 5)),
+    state_rng=jax.random.PRNGKey(rng.integers(1 << 30)),
+    **upd,
+    **intrinsics,
+  )
 
 
 def test_parser_exact_on_varied_states(episodes, render):
@@ -251,8 +272,10 @@ def test_metrics_truth_shift_and_hold(episodes, render):
   self_metrics = cs.rollout_metrics(cs.frame_counts(truth, truth), valid_BH, "self")
   assert all(float(v) == 1.0 for v in self_metrics.values())
   # The same states seen from one block to the right: the view shifts by one column.
-  shifted = [s.replace(player_position=np.asarray(s.player_position) + np.array([0, 1], np.int32))
-             for s in (states[i] for i in idx_BH.reshape(-1))]
+  shifted = [
+    s.replace(player_position=np.asarray(s.player_position) + np.array([0, 1], np.int32))
+    for s in (states[i] for i in idx_BH.reshape(-1))
+  ]
   gen = _parse(render(shifted).reshape((B, H) + frames.shape[1:]))
   np.testing.assert_array_equal(gen.block_RC[..., :-1], truth.block_RC[..., 1:])
   counts = cs.frame_counts(truth, gen)
@@ -265,18 +288,21 @@ def test_metrics_truth_shift_and_hold(episodes, render):
   hold = cs.hold_last_metrics(last, truth, valid_BH)
   want_BH = (last.block_RC[:, None] == truth.block_RC).mean((-2, -1))
   np.testing.assert_allclose(hold["craftax_block_acc_hold"], want_BH.mean(), rtol=1e-6)
-  np.testing.assert_allclose([hold[f"craftax_block_acc_hold_h{h + 1:02d}"] for h in range(H)], want_BH.mean(0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    [hold[f"craftax_block_acc_hold_h{h + 1:02d}"] for h in range(H)], want_BH.mean(0), rtol=1e-6
+  )
   # Masking: frames past the valid mask do not count; no valid frame gives NaN.
-  valid_BH[:, H // 2:] = False
+  valid_BH[:, H // 2 :] = False
   masked = cs.rollout_metrics(counts, valid_BH, "m")
-  want = (truth.block_RC == gen.block_RC).mean((-2, -1))[:, :H // 2].mean()
+  want = (truth.block_RC == gen.block_RC).mean((-2, -1))[:, : H // 2].mean()
   np.testing.assert_allclose(masked["craftax_block_acc_m"], want, rtol=1e-6)
   assert np.isnan(masked[f"craftax_block_acc_m_h{H:02d}"])
   # The table flag: near_block on the parsed map agrees with the state's own neighbourhood.
   near = np.asarray(cs.near_block(truth.block_RC, cs.TABLE))
-  want_near = [[any(truth.block_RC[b, h, 3 + dy, 4 + dx] == cs.TABLE for dy, dx in cs.CLOSE_OFFSETS)
-                for h in range(H)] for b in range(B)]
+  want_near = [
+    [any(truth.block_RC[b, h, 3 + dy, 4 + dx] == cs.TABLE for dy, dx in cs.CLOSE_OFFSETS) for h in range(H)]
+    for b in range(B)
+  ]
   np.testing.assert_array_equal(near, want_near)
 
 
@@ -286,11 +312,14 @@ def test_dynamics_eval_reports_craftax_state_metrics(episodes):
   rollout, of shuffled actions and of holding the last context frame, against the env state
   (tests/evaluation/dynamics_eval.py: the latents are the frames, the rollouts given)."""
   from tests.evaluation import dynamics_eval  # pylint: disable=g-import-not-at-top
+
   frames, states, offsets = episodes
   B, C, H = 3, 2, 4
   idx_BT = (np.asarray(offsets[:B]) + 1)[:, None] + np.arange(C + H)
   window = frames[idx_BT]
-  truth = {k: v.reshape((B, H) + v.shape[1:]) for k, v in _stack_truth([states[i] for i in idx_BT[:, C:].ravel()]).items()}
+  truth = {
+    k: v.reshape((B, H) + v.shape[1:]) for k, v in _stack_truth([states[i] for i in idx_BT[:, C:].ravel()]).items()
+  }
   last = _stack_truth([states[i] for i in idx_BT[:, C - 1]])
   phase = dynamics_eval.make_phase("craftax", SIZE, C, H)
   assert phase.state_parser is cs
@@ -300,8 +329,15 @@ def test_dynamics_eval_reports_craftax_state_metrics(episodes):
   shuffled = np.roll(window[:, C:], 1, axis=0)  # another window's frames, as shuffled actions roll them
   m = dynamics_eval.eval_metrics(phase, window, window[:, C:], shuffled, valid_BT)
 
-  names = ("block_acc", "overlay_acc", "inventory_acc", "inventory_exact", "presence_acc", "intrinsics_acc",
-           "table_near_acc")
+  names = (
+    "block_acc",
+    "overlay_acc",
+    "inventory_acc",
+    "inventory_exact",
+    "presence_acc",
+    "intrinsics_acc",
+    "table_near_acc",
+  )
   steps = [""] + [f"_h{h:02d}" for h in range(1, H + 1)]
   tags = ("k1", "k4", "k4_shuffled", "hold")
   want_names = {f"craftax_{n}_{t}{s}" for n in names for t in tags for s in steps}
@@ -315,14 +351,19 @@ def test_dynamics_eval_reports_craftax_state_metrics(episodes):
   def check(tag, share_BH, name):
     """The eval's per-step and horizon means of `share_BH` over the valid frames."""
     per_h = [share_BH[valid_BH[:, h], h].mean() for h in range(H)]
-    np.testing.assert_allclose([m[f"craftax_{name}_{tag}_h{h + 1:02d}"] for h in range(H)], per_h, rtol=1e-6,
-                               err_msg=f"{name}_{tag}")
+    np.testing.assert_allclose(
+      [m[f"craftax_{name}_{tag}_h{h + 1:02d}"] for h in range(H)], per_h, rtol=1e-6, err_msg=f"{name}_{tag}"
+    )
     np.testing.assert_allclose(m[f"craftax_{name}_{tag}"], share_BH[valid_BH].mean(), rtol=1e-6, err_msg=name)
 
   # Holding the last context frame: the share of map cells, overlays and counts unchanged
   # since then, read from the env state.
-  for name, field in (("block_acc", "block_RC"), ("overlay_acc", "overlay_RC"), ("inventory_acc", "inventory_I"),
-                      ("intrinsics_acc", "intrinsics_I")):
+  for name, field in (
+    ("block_acc", "block_RC"),
+    ("overlay_acc", "overlay_RC"),
+    ("inventory_acc", "inventory_I"),
+    ("intrinsics_acc", "intrinsics_I"),
+  ):
     same = last[field][:, None] == truth[field]
     check("hold", same.reshape(B, H, -1).mean(-1), name)
   hold_block_BH = (last["block_RC"][:, None] == truth["block_RC"]).mean((-2, -1))

@@ -111,11 +111,11 @@ def test_policy_contract_batches_and_finished_rows():
   # The first batch: one begin, then one next per step until its last episode ends.
   lengths = row.per_episode["length"][:3]
   assert len(set(lengths)) > 1, lengths  # rows end at different steps
-  first_batch = [c[1] for c in pol.calls[:max(lengths)]]
+  first_batch = [c[1] for c in pol.calls[: max(lengths)]]
   assert pol.calls[max(lengths)][0] == "begin"
   checked = 0
   for j, n in enumerate(lengths):
-    for later in first_batch[n + 1:]:  # a row that ended keeps its last frame
+    for later in first_batch[n + 1 :]:  # a row that ended keeps its last frame
       np.testing.assert_array_equal(later[j], first_batch[n][j])
       checked += 1
   assert checked
@@ -172,7 +172,9 @@ def test_aggregate_seeds():
     assert agg.tasks[t].success_rate == pytest.approx(np.mean(rates))
     assert agg.tasks[t].success_rate_std == pytest.approx(np.std(rates, ddof=1))
   means = [r.returns.mean for r in rows]
-  assert dataclasses.asdict(agg.returns) == pytest.approx({"mean": np.mean(means), "std": np.std(means, ddof=1), "over": "seeds"})
+  assert dataclasses.asdict(agg.returns) == pytest.approx(
+    {"mean": np.mean(means), "std": np.std(means, ddof=1), "over": "seeds"}
+  )
   assert [p["seed"] for p in agg.per_seed] == [0, 1, 2] and [p["index"] for p in agg.per_seed] == [0, 1, 2]
   assert [p["mean_success"] for p in agg.per_seed] == ms
   assert [p["return_mean"] for p in agg.per_seed] == means
@@ -198,10 +200,15 @@ def test_write_table_files_and_tensorboard(tmp_path, scripted, random_row, tiny_
   assert list(data["rows"]) == list(rows)
   assert data["rows"]["random"]["tasks"] == random_row.to_json()["tasks"]
   assert data["rows"]["behaviour data"]["episodes"] == 24
-  assert data["tags"] == {"random": "random", "behaviour data": "behaviour_data", "scripted": "scripted",
-                          "WM+BC (3 seeds)": "WM_BC_3_seeds"}
+  assert data["tags"] == {
+    "random": "random",
+    "behaviour data": "behaviour_data",
+    "scripted": "scripted",
+    "WM+BC (3 seeds)": "WM_BC_3_seeds",
+  }
   assert not [f for f in os.listdir(tmp_path) if ".tmp." in f]
   from PIL import Image
+
   for tag in data["tags"].values():
     gif = tmp_path / "videos" / f"env_eval_{tag}.gif"
     with Image.open(gif) as im:
@@ -209,13 +216,18 @@ def test_write_table_files_and_tensorboard(tmp_path, scripted, random_row, tiny_
   assert out["written"][:2] == [str(tmp_path / "results.md"), str(tmp_path / "results.json")]
 
   from tensorboard.backend.event_processing import event_accumulator
+
   acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
   acc.Reload()
   tags = set(acc.Tags()["tensors"])
 
   def scalar(tag):
-    return float(np.asarray(acc.Tensors(tag)[-1].tensor_proto.float_val or
-                            [np.frombuffer(acc.Tensors(tag)[-1].tensor_proto.tensor_content, np.float32)[0]])[0])
+    return float(
+      np.asarray(
+        acc.Tensors(tag)[-1].tensor_proto.float_val
+        or [np.frombuffer(acc.Tensors(tag)[-1].tensor_proto.tensor_content, np.float32)[0]]
+      )[0]
+    )
 
   for name, row in rows.items():
     for metric, value in table.flat_metrics(row).items():

@@ -71,8 +71,7 @@ def _visible(state, size):
   return ay * GRID + ax, goal_GG, distractor_GG
 
 
-@pytest.mark.parametrize("layout,size", [("fixed", 64), ("random", 64), ("fixed", 16), ("random", 16),
-                                         ("fixed", 32)])
+@pytest.mark.parametrize("layout,size", [("fixed", 64), ("random", 64), ("fixed", 16), ("random", 16), ("fixed", 32)])
 def test_parser_exact_on_every_collected_frame(tmp_path, layout, size):
   """64: the pipeline's frame size (configs/pipeline.py collect.size); 16: the tiny pipeline's,
   where every sprite is a full 2-px block; 32: the ring and diamond hide under the agent."""
@@ -159,10 +158,10 @@ def test_metrics_of_the_truth_are_perfect(windows):
 
 def test_hold_last_frame_scores_the_share_of_steps_without_a_move(windows):
   frames_BTHWC, states_BT = windows
-  held = np.repeat(frames_BTHWC[:, C - 1:C], H, axis=1)
+  held = np.repeat(frames_BTHWC[:, C - 1 : C], H, axis=1)
   m = _metrics(frames_BTHWC[:, C:], held)
   agent_BT = np.array([[s["agent"] for s in row] for row in states_BT])
-  stayed_BH = (agent_BT[:, C:] == agent_BT[:, C - 1:C]).all(-1)
+  stayed_BH = (agent_BT[:, C:] == agent_BT[:, C - 1 : C]).all(-1)
   assert 0 < stayed_BH.mean() < 1  # both kinds of step occur
   for h in range(H):
     assert float(m[f"agent_acc_x_h{h + 1:02d}"]) == pytest.approx(stayed_BH[:, h].mean())
@@ -258,6 +257,7 @@ def test_dynamics_eval_reports_toy_state_metrics(windows):
   the held last context frame get right, the random walk and the truth's counts, against the
   env state (tests/evaluation/dynamics_eval.py: the latents are the frames, the rollouts given)."""
   from tests.evaluation import dynamics_eval  # pylint: disable=g-import-not-at-top
+
   frames_BTHWC, states_BT = windows
   B = frames_BTHWC.shape[0]
   phase = dynamics_eval.make_phase("toy", 16, C, H)
@@ -293,14 +293,16 @@ def test_dynamics_eval_reports_toy_state_metrics(windows):
   assert 0 < stayed_BH[valid_BH].mean() < 1  # both kinds of step occur
   check("hold", "agent_acc", stayed_BH)
   goal_true_BH = (goal_BT[:, C:] > 0).sum((-2, -1))
-  check("hold", "goal_persist", ((goal_BT[:, C:] > 0) & (goal_BT[:, C:] == goal_BT[:, last])).sum((-2, -1)),
-        goal_true_BH)
+  check(
+    "hold", "goal_persist", ((goal_BT[:, C:] > 0) & (goal_BT[:, C:] == goal_BT[:, last])).sum((-2, -1)), goal_true_BH
+  )
   check("hold", "distractor_acc", (distractor_BT[:, C:] == distractor_BT[:, last]).mean((-2, -1)))
   # Shuffled actions (another window's frames).
   check("k4_shuffled", "agent_acc", (np.roll(agent_BT[:, C:], 1, axis=0) == agent_BT[:, C:]).astype(float))
   # The random walk from the last context frame's cell, and the truth's own counts.
   p_HCC = ts.random_walk_matrices(H)
-  check("random_walk", "agent_acc", p_HCC[np.arange(H)[None], agent_BT[:, C - 1:C], agent_BT[:, C:]])
+  check("random_walk", "agent_acc", p_HCC[np.arange(H)[None], agent_BT[:, C - 1 : C], agent_BT[:, C:]])
   np.testing.assert_allclose(m["toy_truth_goal_cells"], goal_true_BH[valid_BH].mean(), rtol=1e-6)
-  np.testing.assert_allclose(m["toy_truth_distractor_cells"], distractor_BT[:, C:].sum((-2, -1))[valid_BH].mean(),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    m["toy_truth_distractor_cells"], distractor_BT[:, C:].sum((-2, -1))[valid_BH].mean(), rtol=1e-6
+  )

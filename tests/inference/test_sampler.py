@@ -23,8 +23,15 @@ def _recorder(predict):
 
   def apply_fn(z, tau_idx, d_idx, actions):
     out = predict(z, tau_idx, d_idx, actions)
-    calls.append({"z": np.asarray(z), "tau_idx": np.asarray(tau_idx), "d_idx": np.asarray(d_idx),
-                  "frame": np.asarray(actions["frame"]), "out": np.asarray(out)})
+    calls.append(
+      {
+        "z": np.asarray(z),
+        "tau_idx": np.asarray(tau_idx),
+        "d_idx": np.asarray(d_idx),
+        "frame": np.asarray(actions["frame"]),
+        "out": np.asarray(out),
+      }
+    )
     return out
 
   return apply_fn, calls
@@ -42,8 +49,7 @@ def _context(seed=0):
 def _run_eager(predict, horizon, **kw):
   apply_fn, calls = _recorder(predict)
   with jax.disable_jit():  # fori_loops run in Python: the recorder sees concrete arrays
-    out = generate(apply_fn, _context(), _actions(horizon), jax.random.key(1), horizon=horizon,
-                   k_max=K_MAX, **kw)
+    out = generate(apply_fn, _context(), _actions(horizon), jax.random.key(1), horizon=horizon, k_max=K_MAX, **kw)
   return out, calls
 
 
@@ -58,15 +64,14 @@ def test_context_tau_index():
 def test_fixed_target_reached_exactly_on_the_grid():
   target = jax.random.normal(jax.random.key(7), (B, N, L))
   k, horizon = 4, 3
-  out, calls = _run_eager(lambda z, *_: jnp.broadcast_to(target[:, None], z.shape), horizon,
-                          k=k, window=3)
+  out, calls = _run_eager(lambda z, *_: jnp.broadcast_to(target[:, None], z.shape), horizon, k=k, window=3)
   # The flow step lands exactly on a constant prediction at the last step.
   for h in range(horizon):
     np.testing.assert_array_equal(np.asarray(out["z_BHNL"][:, h]), np.asarray(target))
   assert len(calls) == horizon * k
   for h in range(horizon):
     p = C + h
-    frame_calls = calls[h * k:(h + 1) * k]
+    frame_calls = calls[h * k : (h + 1) * k]
     here = int(np.argmax(frame_calls[0]["frame"][0] == p))
     # The grid walked is tau = j / k (indices j * k_max / k) with d = 1/k.
     np.testing.assert_array_equal([c["tau_idx"][0, here] for c in frame_calls], [0, 2, 4, 6])
@@ -115,7 +120,7 @@ def test_clean_history_when_context_noise_is_zero():
   hist = np.asarray(out["history_BTNL"])
   np.testing.assert_array_equal(hist[:, :C], np.asarray(_context()))
   np.testing.assert_array_equal(hist[:, C:], 2.0)
-  assert np.all(calls[-1]["tau_idx"][:, :C + 1] == K_MAX)  # tau = 1 index
+  assert np.all(calls[-1]["tau_idx"][:, : C + 1] == K_MAX)  # tau = 1 index
 
 
 def test_jit_matches_eager():
@@ -128,8 +133,7 @@ def test_jit_matches_eager():
 
   jitted = run(_context(), _actions(3), jax.random.key(1), 3)
   for key in ("z_BHNL", "history_BTNL"):
-    np.testing.assert_allclose(np.asarray(jitted[key]), np.asarray(eager[key]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jitted[key]), np.asarray(eager[key]), rtol=1e-5, atol=1e-6)
 
 
 # Same sizes as the objective tests, so a full test session reuses compiled inits.
@@ -139,12 +143,28 @@ NM, LM = 4, 4  # model latents
 
 @pytest.fixture(scope="module")
 def model():
-  cfg = ml_collections.ConfigDict(dict(
-      group=2, num_registers=1, k_max=K_MAX, width=32, depth=2, num_heads=2, num_kv_heads=1,
-      head_dim=16, mlp_dim=64, time_every=2, softcap=50.0, context=4, dtype="float32",
+  cfg = ml_collections.ConfigDict(
+    dict(
+      group=2,
+      num_registers=1,
+      k_max=K_MAX,
+      width=32,
+      depth=2,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=16,
+      mlp_dim=64,
+      time_every=2,
+      softcap=50.0,
+      context=4,
+      dtype="float32",
       remat=True,  # sampling must cope with a model trained with remat
-      spatial_pos=False, scan_layers=False, remat_policy="nothing", attention="dense",
-  ))
+      spatial_pos=False,
+      scan_layers=False,
+      remat_policy="nothing",
+      attention="dense",
+    )
+  )
   with nnx.use_eager_sharding(False):
     return Dynamics.from_config(cfg, NM, LM, SPEC, nnx.Rngs(0))
 
@@ -152,16 +172,18 @@ def model():
 def test_one_step_equals_the_models_clean_prediction(model):
   horizon = 2
   T = C + horizon
-  actions = {"discrete": jnp.concatenate([
-                 jax.random.randint(jax.random.key(2), (B, T, 1), 0, 4),
-                 jax.random.randint(jax.random.key(4), (B, T, 2), 0, 2)], axis=-1),
-             "labelled": jnp.ones((B, T), bool)}
+  actions = {
+    "discrete": jnp.concatenate(
+      [jax.random.randint(jax.random.key(2), (B, T, 1), 0, 4), jax.random.randint(jax.random.key(4), (B, T, 2), 0, 2)],
+      axis=-1,
+    ),
+    "labelled": jnp.ones((B, T), bool),
+  }
   context = jax.random.normal(jax.random.key(0), (B, C, NM, LM))
 
   @nnx.jit
   def run(model, context, actions, rng):
-    return generate(make_sampling_fn(model), context, actions, rng, horizon=horizon, k=1,
-                    k_max=K_MAX, window=4)
+    return generate(make_sampling_fn(model), context, actions, rng, horizon=horizon, k=1, k_max=K_MAX, window=4)
 
   @nnx.jit
   def predict(model, z, tau_idx, d_idx, actions):

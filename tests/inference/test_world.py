@@ -15,11 +15,13 @@ from dreamer4.inference.sampler import generate
 from dreamer4.inference.world import World
 from dreamer4.models.dynamics import Dynamics, make_sampling_fn
 
-SPEC = ActionSpec((
+SPEC = ActionSpec(
+  (
     ActionComponent("move", "discrete", 5),
     ActionComponent("keys", "binary", 2),
     ActionComponent("stick", "continuous", 2),
-))
+  )
+)
 N, L = 4, 4
 B, C = 2, 2
 K_MAX = 8
@@ -27,12 +29,28 @@ W = 3  # window / model.context
 
 
 def _make(depth, time_every, context=W):
-  cfg = ml_collections.ConfigDict(dict(
-      group=2, num_registers=1, k_max=K_MAX, width=32, depth=depth, num_heads=2, num_kv_heads=1,
-      head_dim=16, mlp_dim=64, time_every=time_every, softcap=50.0, context=context,
-      dtype="float32", remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing",
+  cfg = ml_collections.ConfigDict(
+    dict(
+      group=2,
+      num_registers=1,
+      k_max=K_MAX,
+      width=32,
+      depth=depth,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=16,
+      mlp_dim=64,
+      time_every=time_every,
+      softcap=50.0,
+      context=context,
+      dtype="float32",
+      remat=False,
+      spatial_pos=False,
+      scan_layers=False,
+      remat_policy="nothing",
       attention="dense",
-  ))
+    )
+  )
   with nnx.use_eager_sharding(False):
     return Dynamics.from_config(cfg, N, L, SPEC, nnx.Rngs(3))
 
@@ -50,10 +68,11 @@ def two_time_layers():
 def _actions(T, seed=5):
   keys = jax.random.split(jax.random.key(seed), 3)
   return {
-      "discrete": jnp.concatenate([jax.random.randint(keys[0], (B, T, 1), 0, 5),
-                                   jax.random.randint(keys[1], (B, T, 2), 0, 2)], axis=-1),
-      "labelled": jnp.ones((B, T), bool).at[:, 0].set(False),
-      "continuous": jax.random.normal(keys[2], (B, T, 2)),
+    "discrete": jnp.concatenate(
+      [jax.random.randint(keys[0], (B, T, 1), 0, 5), jax.random.randint(keys[1], (B, T, 2), 0, 2)], axis=-1
+    ),
+    "labelled": jnp.ones((B, T), bool).at[:, 0].set(False),
+    "continuous": jax.random.normal(keys[2], (B, T, 2)),
   }
 
 
@@ -79,8 +98,9 @@ def _world_rollout(model, horizon, k, rng, **kw):
 
 
 def _generate(model, horizon, k, rng):
-  run = jax.jit(functools.partial(generate, make_sampling_fn(model), horizon=horizon, k=k,
-                                  k_max=K_MAX, context_noise=0.1, window=W))
+  run = jax.jit(
+    functools.partial(generate, make_sampling_fn(model), horizon=horizon, k=k, k_max=K_MAX, context_noise=0.1, window=W)
+  )
   return run(_context(), _actions(C + horizon), rng)["z_BHNL"]
 
 
@@ -154,9 +174,12 @@ def test_primed_and_generated_frames_share_cache_keys(two_time_layers):
   noise_ctx = jax.random.normal(prime_rng, (B, C, N, L))
   noise_gen = jax.random.normal(jax.random.split(step_rng)[1], (B, N, L))
   primed = kv_cache.prime(
-      model, kv_cache.init_cache(model, B, W),
-      jnp.concatenate([_context(), out["z_BNL"][:, None]], axis=1), actions,
-      jnp.concatenate([noise_ctx, noise_gen[:, None]], axis=1), context_noise=0.1,
+    model,
+    kv_cache.init_cache(model, B, W),
+    jnp.concatenate([_context(), out["z_BNL"][:, None]], axis=1),
+    actions,
+    jnp.concatenate([noise_ctx, noise_gen[:, None]], axis=1),
+    context_noise=0.1,
   )
   for a, b in zip(jax.tree.leaves(primed), jax.tree.leaves(state.cache)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
@@ -174,14 +197,20 @@ def test_commit_keys_are_context_level(two_time_layers, monkeypatch):
   monkeypatch.setattr(kv_cache, "frame_forward", spy)
   actions = _actions(C + 1)
   with jax.disable_jit():
-    cache = kv_cache.prime(model, kv_cache.init_cache(model, B, W), _context(),
-                           jax.tree.map(lambda a: a[:, :C], actions), jnp.zeros((B, C, N, L)),
-                           context_noise=0.1)
+    cache = kv_cache.prime(
+      model,
+      kv_cache.init_cache(model, B, W),
+      _context(),
+      jax.tree.map(lambda a: a[:, :C], actions),
+      jnp.zeros((B, C, N, L)),
+      context_noise=0.1,
+    )
     n_prime = len(seen)
     kv_cache.denoise_frame(model, cache, jnp.zeros((B, N, L)), _frame(actions, C), k=2)
-    kv_cache.commit_frame(model, cache, jnp.zeros((B, N, L)), jnp.zeros((B, N, L)),
-                          _frame(actions, C), context_noise=0.1)
+    kv_cache.commit_frame(
+      model, cache, jnp.zeros((B, N, L)), jnp.zeros((B, N, L)), _frame(actions, C), context_noise=0.1
+    )
   ctx = (7, 3)  # round(0.9 * 8), d_min = 1/8
   assert seen[:n_prime] == [ctx] * C
-  assert seen[n_prime:n_prime + 2] == [(0, 1), (4, 1)]  # tau = j/2, d = 1/2
+  assert seen[n_prime : n_prime + 2] == [(0, 1), (4, 1)]  # tau = j/2, d = 1/2
   assert seen[-1] == ctx

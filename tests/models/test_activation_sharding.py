@@ -14,8 +14,9 @@ from dreamer4.models import transformer as tr
 
 
 def _mesh(shape=(2, 2, 2)):
-  return shd.make_mesh(ml_collections.ConfigDict({"preset": "data", "shape": shape}),
-                       jax.devices()[:int(np.prod(shape))])
+  return shd.make_mesh(
+    ml_collections.ConfigDict({"preset": "data", "shape": shape}), jax.devices()[: int(np.prod(shape))]
+  )
 
 
 def test_batch_axes_come_from_the_rule_table():

@@ -22,15 +22,21 @@ CAP = 2.0  # a cap small enough to change the logits of these inputs (the config
 # everything and is read by nothing; the tokenizer's patches read only patches.
 DYN_LAYOUT = tr.TokenLayout((("spatial", 4), ("registers", 1), ("tau_d", 1), ("action", 1), ("agent", 2)))
 ENC_LAYOUT = tr.TokenLayout((("patches", 6), ("latents", 3)))
-SPACE_MASKS = {"dynamics": tr.space_mask(DYN_LAYOUT, tr.dynamics_rule(DYN_LAYOUT.names)),
-               "encoder": tr.space_mask(ENC_LAYOUT, tr.ENCODER_RULE)}
+SPACE_MASKS = {
+  "dynamics": tr.space_mask(DYN_LAYOUT, tr.dynamics_rule(DYN_LAYOUT.names)),
+  "encoder": tr.space_mask(ENC_LAYOUT, tr.ENCODER_RULE),
+}
 
 
 def _qkv(lead, Q, H, G, K=8, seed=0):
   k = jax.random.split(jax.random.key(seed), 4)
   # Scaled so that logits reach a few units: the cap of CAP then matters.
-  return (2.0 * jax.random.normal(k[0], (*lead, Q, H, K)), 2.0 * jax.random.normal(k[1], (*lead, Q, G, K)),
-          jax.random.normal(k[2], (*lead, Q, G, K)), jax.random.normal(k[3], (*lead, Q, H, K)))
+  return (
+    2.0 * jax.random.normal(k[0], (*lead, Q, H, K)),
+    2.0 * jax.random.normal(k[1], (*lead, Q, G, K)),
+    jax.random.normal(k[2], (*lead, Q, G, K)),
+    jax.random.normal(k[3], (*lead, Q, H, K)),
+  )
 
 
 def _compare(impl, mask, softcap, chunk=None):
@@ -39,16 +45,22 @@ def _compare(impl, mask, softcap, chunk=None):
   `impl` runs with `softcap`, the dense reference with the cap `impl` really applies; one
   program computes both (one compile per case).
   """
+
   def value_and_grads(q, k, v, w, impl, cap):
     def f(q, k, v):
       out = tr.attend(q, k, v, mask, softcap=cap, impl=impl, chunk=chunk)
       return jnp.sum(out * w), out
+
     (_, out), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
     return out, grads
 
-  return jax.jit(lambda *a: (value_and_grads(*a, impl, softcap),
-                             value_and_grads(*a, "dense", tr.effective_softcap(softcap, impl)),
-                             value_and_grads(*a, "dense", softcap)[0]))
+  return jax.jit(
+    lambda *a: (
+      value_and_grads(*a, impl, softcap),
+      value_and_grads(*a, "dense", tr.effective_softcap(softcap, impl)),
+      value_and_grads(*a, "dense", softcap)[0],
+    )
+  )
 
 
 def _close(a, b, atol=ATOL):
@@ -60,10 +72,12 @@ def _cases():
   """(name, lead axes, mask): space layers over [B, T] rows, the time layer over [B, S] rows."""
   B, T, S = 2, 7, 9
   time = tr.time_mask(T, window=3, independent_B=jnp.array([True, False]))[:, None]  # [B, 1, T, T]
-  return [("space_dynamics", (B, 3), SPACE_MASKS["dynamics"]),
-          ("space_encoder", (B, 3), SPACE_MASKS["encoder"]),
-          ("time_window_independent", (B, S), time),
-          ("key_padding", (B, 3), np.arange(S)[None, :] < 6)]  # a [1, V] mask: one row for every query
+  return [
+    ("space_dynamics", (B, 3), SPACE_MASKS["dynamics"]),
+    ("space_encoder", (B, 3), SPACE_MASKS["encoder"]),
+    ("time_window_independent", (B, S), time),
+    ("key_padding", (B, 3), np.arange(S)[None, :] < 6),
+  ]  # a [1, V] mask: one row for every query
 
 
 @pytest.mark.parametrize("impl", ["chunked", "xla"])
@@ -80,9 +94,19 @@ def test_attend_equals_dense_values_and_gradients(impl):
 
 def _transformer(attention, softcap=CAP, depth=4, time_every=2):
   with nnx.use_eager_sharding(False):
-    return tr.Transformer(width=32, depth=depth, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
-                          time_every=time_every, softcap=softcap, rngs=nnx.Rngs(0), attention=attention,
-                          remat=True)
+    return tr.Transformer(
+      width=32,
+      depth=depth,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      time_every=time_every,
+      softcap=softcap,
+      rngs=nnx.Rngs(0),
+      attention=attention,
+      remat=True,
+    )
 
 
 @pytest.mark.parametrize("impl", ["chunked", "xla"])
@@ -99,6 +123,7 @@ def test_transformer_paths_equal_dense(impl, monkeypatch):
     def loss(model):
       y = model(x, space_mask_SS=SPACE_MASKS["dynamics"], time_mask_BTT=time_mask)
       return jnp.mean(jnp.sin(2.0 * y)), y
+
     (_, y), grads = nnx.value_and_grad(loss, has_aux=True)(model)
     return y, nnx.state(grads, nnx.Param).to_pure_dict()
 
@@ -115,9 +140,17 @@ def test_kv_cached_decode_equals_full_pass(impl, monkeypatch):
   x = jax.random.normal(jax.random.key(2), (B, T, S, D))
   mask_SS = SPACE_MASKS["dynamics"]
   full = np.asarray(nnx.jit(lambda m, x: m(x, space_mask_SS=mask_SS, time_mask_BTT=tr.time_mask(T)))(model, x))
-  decode = nnx.jit(lambda m, x, k, v, valid, t: m.decode(
-      x, space_mask_SS=mask_SS, cache_k_LBSMGK=k, cache_v_LBSMGK=v, cache_pos_M=jnp.arange(T - 1),
-      cache_valid_M=valid, query_pos=t))
+  decode = nnx.jit(
+    lambda m, x, k, v, valid, t: m.decode(
+      x,
+      space_mask_SS=mask_SS,
+      cache_k_LBSMGK=k,
+      cache_v_LBSMGK=v,
+      cache_pos_M=jnp.arange(T - 1),
+      cache_valid_M=valid,
+      query_pos=t,
+    )
+  )
   k = jnp.zeros((1, B, S, T - 1, 2, 8))
   v = jnp.zeros_like(k)
   for t in range(T):
@@ -128,13 +161,32 @@ def test_kv_cached_decode_equals_full_pass(impl, monkeypatch):
 
 
 def _dynamics(attention, softcap=50.0):
-  cfg = ml_collections.ConfigDict(dict(
-      group=2, num_registers=1, k_max=8, width=32, depth=4, num_heads=4, num_kv_heads=2, head_dim=8,
-      mlp_dim=64, time_every=2, softcap=softcap, context=3, dtype="float32", remat=False,
-      spatial_pos=False, scan_layers=True, remat_policy="nothing", attention=attention))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      group=2,
+      num_registers=1,
+      k_max=8,
+      width=32,
+      depth=4,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      time_every=2,
+      softcap=softcap,
+      context=3,
+      dtype="float32",
+      remat=False,
+      spatial_pos=False,
+      scan_layers=True,
+      remat_policy="nothing",
+      attention=attention,
+    )
+  )
   with nnx.use_eager_sharding(False):
-    return Dynamics.from_config(cfg, 8, 4, ActionSpec((ActionComponent("move", "discrete", 3),)),
-                                nnx.Rngs(0), num_agent_tokens=1, num_tasks=2)
+    return Dynamics.from_config(
+      cfg, 8, 4, ActionSpec((ActionComponent("move", "discrete", 3),)), nnx.Rngs(0), num_agent_tokens=1, num_tasks=2
+    )
 
 
 def test_dropped_soft_cap_changes_a_small_model_little():
@@ -150,8 +202,13 @@ def test_dropped_soft_cap_changes_a_small_model_little():
   """
   k = jax.random.split(jax.random.key(5), 4)
   B, T = 2, 4
-  args = (jax.random.normal(k[0], (B, T, 8, 4)), jax.random.randint(k[1], (B, T), 0, 9),
-          jax.random.randint(k[2], (B, T), 0, 4), jax.random.randint(k[3], (B, T, 1), 0, 3), jnp.ones((B, T), bool))
+  args = (
+    jax.random.normal(k[0], (B, T, 8, 4)),
+    jax.random.randint(k[1], (B, T), 0, 9),
+    jax.random.randint(k[2], (B, T), 0, 4),
+    jax.random.randint(k[3], (B, T, 1), 0, 3),
+    jnp.ones((B, T), bool),
+  )
   run = nnx.jit(lambda m, *a: m(*a)["z1_hat_BTNL"])
   capped = np.asarray(run(_dynamics("dense"), *args))
   fused = np.asarray(run(_dynamics("xla"), *args))

@@ -13,30 +13,50 @@ from dreamer4.models import transformer as tr
 from dreamer4.models.dynamics import Dynamics, make_sampling_fn, make_training_fn
 
 # One component of each kind: 1 discrete column + 3 binary columns, 2 continuous.
-SPEC = ActionSpec((
+SPEC = ActionSpec(
+  (
     ActionComponent("move", "discrete", 5),
     ActionComponent("keys", "binary", 3),
     ActionComponent("stick", "continuous", 2),
-))
+  )
+)
 N, L = 4, 4  # tokenizer latents per frame
 B, T = 2, 4
 K_MAX = 8
 
 
 def _cfg(**overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      group=2, num_registers=1, k_max=K_MAX, width=32, depth=2, num_heads=2, num_kv_heads=1,
-      head_dim=16, mlp_dim=64, time_every=2, softcap=50.0, context=0, dtype="float32",
-      remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing", attention="dense",
-  ))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      group=2,
+      num_registers=1,
+      k_max=K_MAX,
+      width=32,
+      depth=2,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=16,
+      mlp_dim=64,
+      time_every=2,
+      softcap=50.0,
+      context=0,
+      dtype="float32",
+      remat=False,
+      spatial_pos=False,
+      scan_layers=False,
+      remat_policy="nothing",
+      attention="dense",
+    )
+  )
   cfg.update(overrides)
   return cfg
 
 
 def _make(spec=SPEC, num_agent_tokens=0, num_tasks=0, **overrides):
   with nnx.use_eager_sharding(False):
-    return Dynamics.from_config(_cfg(**overrides), N, L, spec, nnx.Rngs(0),
-                                num_agent_tokens=num_agent_tokens, num_tasks=num_tasks)
+    return Dynamics.from_config(
+      _cfg(**overrides), N, L, spec, nnx.Rngs(0), num_agent_tokens=num_agent_tokens, num_tasks=num_tasks
+    )
 
 
 @pytest.fixture(scope="module", params=["default", "spatial_pos"])
@@ -48,23 +68,32 @@ def model(request):
 def _inputs(seed=0):
   keys = jax.random.split(jax.random.key(seed), 6)
   return dict(
-      z=jax.random.normal(keys[0], (B, T, N, L)),
-      tau_idx=jax.random.randint(keys[1], (B, T), 0, K_MAX + 1),
-      d_idx=jax.random.randint(keys[2], (B, T), 0, 4),
-      disc=jnp.concatenate([
-          jax.random.randint(keys[3], (B, T, 1), 0, 5),
-          jax.random.randint(keys[4], (B, T, 3), 0, 2),
-      ], axis=-1),
-      labelled=jnp.ones((B, T), bool).at[:, 0].set(False),
-      cont=jax.random.normal(keys[5], (B, T, 2)),
+    z=jax.random.normal(keys[0], (B, T, N, L)),
+    tau_idx=jax.random.randint(keys[1], (B, T), 0, K_MAX + 1),
+    d_idx=jax.random.randint(keys[2], (B, T), 0, 4),
+    disc=jnp.concatenate(
+      [
+        jax.random.randint(keys[3], (B, T, 1), 0, 5),
+        jax.random.randint(keys[4], (B, T, 3), 0, 2),
+      ],
+      axis=-1,
+    ),
+    labelled=jnp.ones((B, T), bool).at[:, 0].set(False),
+    cont=jax.random.normal(keys[5], (B, T, 2)),
   )
 
 
 @nnx.jit
 def _call(model, x, independent_B=None, tasks=None):
   return model(
-      x["z"], x["tau_idx"], x["d_idx"], x["disc"], x["labelled"], actions_continuous_BTA=x["cont"],
-      independent_B=independent_B, tasks_BT=tasks,
+    x["z"],
+    x["tau_idx"],
+    x["d_idx"],
+    x["disc"],
+    x["labelled"],
+    actions_continuous_BTA=x["cont"],
+    independent_B=independent_B,
+    tasks_BT=tasks,
   )
 
 
@@ -120,9 +149,9 @@ def test_action_change_affects_only_later_frames(model):
   base = _z1(model, x)
   t = 2
   for name, new in (
-      ("disc", x["disc"].at[:, t, 0].set((x["disc"][:, t, 0] + 1) % 5)),
-      ("disc", x["disc"].at[:, t, 2].set(1 - x["disc"][:, t, 2])),  # one binary bit
-      ("cont", x["cont"].at[:, t].add(1.0)),
+    ("disc", x["disc"].at[:, t, 0].set((x["disc"][:, t, 0] + 1) % 5)),
+    ("disc", x["disc"].at[:, t, 2].set(1 - x["disc"][:, t, 2])),  # one binary bit
+    ("cont", x["cont"].at[:, t].add(1.0)),
   ):
     out = _z1(model, dict(x, **{name: new}))
     np.testing.assert_array_equal(out[:, :t], base[:, :t])
@@ -155,8 +184,14 @@ def test_discrete_and_binary_table_rows(model):
   table = np.asarray(model.action_table[...])
   disc = jnp.array([[[3, 1, 0, 1]]], jnp.int32)
   tok = model.embed_actions(disc, jnp.ones((1, 1), bool), jnp.zeros((1, 1, 2)))[0, 0, 0]
-  expected = (np.asarray(model.action_base[...]) + table[3] + table[6] + table[7] + table[10]
-              + np.asarray(model.action_cont_bias[...]))
+  expected = (
+    np.asarray(model.action_base[...])
+    + table[3]
+    + table[6]
+    + table[7]
+    + table[10]
+    + np.asarray(model.action_cont_bias[...])
+  )
   np.testing.assert_allclose(np.asarray(tok), expected, rtol=1e-6, atol=1e-7)
 
 
@@ -172,7 +207,7 @@ def test_independent_rows_do_not_read_other_frames(model):
   np.testing.assert_array_equal(out[1, :1], base[1, :1])
   # The independent row equals each frame run alone as a one-frame video.
   for t in range(T):
-    single = {k: v[:1, t:t + 1] for k, v in x.items()}
+    single = {k: v[:1, t : t + 1] for k, v in x.items()}
     np.testing.assert_allclose(_z1(model, single)[0, 0], base[0, t], rtol=1e-5, atol=1e-5)
 
 

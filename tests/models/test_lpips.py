@@ -19,8 +19,6 @@ def _images(N=3, size=32, seed=0):
   return jax.image.resize(low, (N, size, size, 3), "linear")
 
 
-
-
 def test_lpips_properties(params):
   fn = jax.jit(lpips_distance)
   a = _images()
@@ -30,9 +28,12 @@ def test_lpips_properties(params):
   noisy = jnp.clip(a + 0.02 * jax.random.normal(jax.random.key(1), a.shape), 0, 1)
   box = jnp.ones((5, 5, 1, 1)) / 25.0
   blurred = jax.vmap(
-      lambda c: jax.lax.conv_general_dilated(
-          c[..., None], box, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[..., 0],
-      in_axes=-1, out_axes=-1)(a)
+    lambda c: jax.lax.conv_general_dilated(
+      c[..., None], box, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[..., 0],
+    in_axes=-1,
+    out_axes=-1,
+  )(a)
   d_same = np.asarray(fn(params, a, a))
   d_noise = np.asarray(fn(params, a, noisy))
   d_blur = np.asarray(fn(params, a, blurred))

@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from data_pipelines.envs.base import ActionComponent, ActionSpec
 from dreamer4 import sharding as shd
@@ -42,20 +43,59 @@ def _assert_trees_close(a, b, atol=ATOL):
 
 
 def _tokenizer(scan, **kw):
-  cfg = ml_collections.ConfigDict(dict(
-      patch_size=4, num_latents=4, latent_dim=8, width=32, enc_depth=4, dec_depth=2, num_heads=4,
-      num_kv_heads=2, head_dim=8, mlp_dim=64, time_every=2, softcap=50.0, dtype="float32",
-      remat=False, scan_layers=scan, remat_policy="nothing", context=0, readout_bias_init=0.0,
-      readout_init_scale=1.0, block_skip=True, output="clip", attention="dense"))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      patch_size=4,
+      num_latents=4,
+      latent_dim=8,
+      width=32,
+      enc_depth=4,
+      dec_depth=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      time_every=2,
+      softcap=50.0,
+      dtype="float32",
+      remat=False,
+      scan_layers=scan,
+      remat_policy="nothing",
+      context=0,
+      readout_bias_init=0.0,
+      readout_init_scale=1.0,
+      block_skip=True,
+      output="clip",
+      attention="dense",
+    )
+  )
   cfg.update(kw)
   return Tokenizer.from_config(cfg, (16, 16, 3), nnx.Rngs(0))
 
 
 def _dynamics(scan, depth=4, time_every=2, **kw):
-  cfg = ml_collections.ConfigDict(dict(
-      group=2, num_registers=1, k_max=8, width=32, depth=depth, num_heads=2, num_kv_heads=1,
-      head_dim=16, mlp_dim=64, time_every=time_every, softcap=50.0, context=3, dtype="float32",
-      remat=False, spatial_pos=False, scan_layers=scan, remat_policy="nothing", attention="dense"))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      group=2,
+      num_registers=1,
+      k_max=8,
+      width=32,
+      depth=depth,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=16,
+      mlp_dim=64,
+      time_every=time_every,
+      softcap=50.0,
+      context=3,
+      dtype="float32",
+      remat=False,
+      spatial_pos=False,
+      scan_layers=scan,
+      remat_policy="nothing",
+      attention="dense",
+    )
+  )
   cfg.update(kw)
   return Dynamics.from_config(cfg, N, L, SPEC, nnx.Rngs(0), num_agent_tokens=1, num_tasks=2)
 
@@ -83,9 +123,13 @@ def _tokenizer_loss(model, frames):
 
 def _dyn_inputs(T=4, seed=0):
   k = jax.random.split(jax.random.key(seed), 4)
-  return dict(z=jax.random.normal(k[0], (2, T, N, L)), tau=jax.random.randint(k[1], (2, T), 0, 9),
-              d=jax.random.randint(k[2], (2, T), 0, 4), act=jax.random.randint(k[3], (2, T, 1), 0, 3),
-              lab=jnp.ones((2, T), bool))
+  return dict(
+    z=jax.random.normal(k[0], (2, T, N, L)),
+    tau=jax.random.randint(k[1], (2, T), 0, 9),
+    d=jax.random.randint(k[2], (2, T), 0, 4),
+    act=jax.random.randint(k[3], (2, T, 1), 0, 3),
+    lab=jnp.ones((2, T), bool),
+  )
 
 
 def _dynamics_loss(model, x):
@@ -116,15 +160,18 @@ def test_scanned_equals_unscanned_dynamics(dyn_pair, dyn_grads):
 
 
 def test_scanned_equals_unscanned_transformer_decode():
-  kw = dict(width=32, depth=4, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, time_every=2,
-            softcap=50.0)
+  kw = dict(width=32, depth=4, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, time_every=2, softcap=50.0)
   ref, scanned = _pair(lambda scan: tr.Transformer(rngs=nnx.Rngs(0), scan_layers=scan, **kw))
   B, S, M = 2, 5, 3
   keys = jax.random.split(jax.random.key(2), 3)
   x_BSD = jax.random.normal(keys[0], (B, S, 32))
-  cache = dict(cache_k_LBSMGK=jax.random.normal(keys[1], (2, B, S, M, 2, 8)),
-               cache_v_LBSMGK=jax.random.normal(keys[2], (2, B, S, M, 2, 8)),
-               cache_pos_M=jnp.array([1, 2, 0]), cache_valid_M=jnp.array([True, True, False]), query_pos=3)
+  cache = dict(
+    cache_k_LBSMGK=jax.random.normal(keys[1], (2, B, S, M, 2, 8)),
+    cache_v_LBSMGK=jax.random.normal(keys[2], (2, B, S, M, 2, 8)),
+    cache_pos_M=jnp.array([1, 2, 0]),
+    cache_valid_M=jnp.array([True, True, False]),
+    query_pos=3,
+  )
   for rotated in (False, True):
     kw_call = dict(cache)
     if rotated:
@@ -146,12 +193,14 @@ def test_scanned_equals_unscanned_kv_cached_dynamics(dyn_pair):
   @nnx.jit
   def run(model):
     cache = kv_cache.init_cache(model, batch=2)
-    cache, agent_BKD = kv_cache.prime(model, cache, z_BCNL, acts, noise_BCNL, context_noise=0.1,
-                                      tasks_B=tasks_B, with_agent=True)
+    cache, agent_BKD = kv_cache.prime(
+      model, cache, z_BCNL, acts, noise_BCNL, context_noise=0.1, tasks_B=tasks_B, with_agent=True
+    )
     rotated = kv_cache.rotated_keys(model, cache)
     action = {"discrete": acts["discrete"][:, 0], "labelled": acts["labelled"][:, 0]}
-    out = kv_cache.frame_forward(model, cache, jax.random.normal(keys[3], (2, N, L)), 4, 1, action,
-                                 rotated, tasks_B=tasks_B, with_agent=True)
+    out = kv_cache.frame_forward(
+      model, cache, jax.random.normal(keys[3], (2, N, L)), 4, 1, action, rotated, tasks_B=tasks_B, with_agent=True
+    )
     return cache, agent_BKD, out
 
   _assert_trees_close(run(scanned), run(ref))
@@ -201,8 +250,9 @@ def test_conversion_round_trip_and_abstract_shardings(tok_pair):
   specs = nnx.get_partition_spec(nnx.state(scanned, nnx.Param)).to_pure_dict()
   assert tuple(specs["decoder"]["groups"]["blocks"][0]["attn"]["wq"]) == ("layers", "embed", "heads", "head_dim")
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
-  assert shd.logical_to_mesh_spec(("layers", "embed", "heads", "head_dim"), (2, 32, 4, 8), mesh) == \
-      P(None, "fsdp", "tensor", None)
+  assert shd.logical_to_mesh_spec(("layers", "embed", "heads", "head_dim"), (2, 32, 4, 8), mesh) == P(
+    None, "fsdp", "tensor", None
+  )
   # Abstract trees (a restore target) convert with their shardings.
   sharding = NamedSharding(mesh, P(None, "fsdp", "tensor", None))
   abstract = jax.ShapeDtypeStruct((2, 32, 4, 8), jnp.float32, sharding=sharding)
@@ -231,11 +281,16 @@ def test_checkpoint_of_the_other_layout_restores(tmp_path, dyn_pair, saved_scann
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
   specs = nnx.get_partition_spec(nnx.state(target_model, nnx.Param)).to_pure_dict()
   target = jax.tree.map(
-      lambda x, spec: jax.ShapeDtypeStruct(
-          x.shape, x.dtype, sharding=NamedSharding(mesh, shd.logical_to_mesh_spec(tuple(spec), x.shape, mesh))),
-      _params(target_model), specs, is_leaf=lambda s: isinstance(s, P))
-  mngr = ocp.CheckpointManager(str(tmp_path / "ckpt"), item_names=("state",),
-                               item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    lambda x, spec: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=NamedSharding(mesh, shd.logical_to_mesh_spec(tuple(spec), x.shape, mesh))
+    ),
+    _params(target_model),
+    specs,
+    is_leaf=lambda s: isinstance(s, P),
+  )
+  mngr = ocp.CheckpointManager(
+    str(tmp_path / "ckpt"), item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()}
+  )
   meta = mngr.item_metadata(0)["state"]["params"]
   mngr.close()
   source = scan_layout.convert_layout(target, meta)  # hook, before the shape check
@@ -249,8 +304,11 @@ def test_checkpoint_of_the_other_layout_restores(tmp_path, dyn_pair, saved_scann
 
 def test_depth_must_be_a_multiple_of_time_every():
   with nnx.use_eager_sharding(False):
-    with pytest.raises(ConfigError, match=r"--config.model.depth=6 is not a positive multiple of "
-                                          r"--config.model.time_every=4"):
+    with pytest.raises(
+      ConfigError,
+      match=r"--config.model.depth=6 is not a positive multiple of "
+      r"--config.model.time_every=4",
+    ):
       _dynamics(True, depth=6, time_every=4)
     with pytest.raises(ConfigError, match=r"--config.model.enc_depth=3"):
       _tokenizer(True, enc_depth=3)
@@ -275,8 +333,9 @@ def test_train_state_of_the_unscanned_layout_resumes(tmp_path, dyn_pair):
   ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False, data_names=())
   ckpt.save(3, saved, force=True)
   ckpt.wait()
-  mngr = ocp.CheckpointManager(str(tmp_path / "ckpt"), item_names=("state",),
-                               item_handlers={"state": ocp.StandardCheckpointHandler()})
+  mngr = ocp.CheckpointManager(
+    str(tmp_path / "ckpt"), item_names=("state",), item_handlers={"state": ocp.StandardCheckpointHandler()}
+  )
   meta = mngr.item_metadata(3)["state"]
   mngr.close()
   target = jax.eval_shape(lambda: st.init_state(_params(scanned), tx, {}))
@@ -287,11 +346,11 @@ def test_train_state_of_the_unscanned_layout_resumes(tmp_path, dyn_pair):
   np.testing.assert_array_equal(mu[1], saved["opt_state"][0].mu["transformer"]["blocks"][3]["mlp"]["w_up"])
 
 
-
 @pytest.mark.parametrize("saved_scanned", [False, True])
 def test_restore_params_converts_the_layout_itself(tmp_path, dyn_pair, saved_scanned):
   """restore_params (and so every frozen-phase load) converts a checkpoint of the other layout."""
   from dreamer4.training.checkpoint import Checkpointer, restore_params
+
   ref, scanned = dyn_pair
   saved_model, target_model = (scanned, ref) if saved_scanned else (ref, scanned)
   saved = _params(saved_model)

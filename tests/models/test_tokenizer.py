@@ -14,13 +14,32 @@ FRAME_SHAPE = (16, 16, 3)
 
 
 def _cfg(**overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      patch_size=4, num_latents=4, latent_dim=8, width=32, enc_depth=2, dec_depth=2,
-      num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, time_every=2, softcap=50.0,
-      dtype="float32", remat=False, scan_layers=False, remat_policy="nothing", context=0,
-      readout_bias_init=0.0, readout_init_scale=1.0, block_skip=False, output="sigmoid",
+  cfg = ml_collections.ConfigDict(
+    dict(
+      patch_size=4,
+      num_latents=4,
+      latent_dim=8,
+      width=32,
+      enc_depth=2,
+      dec_depth=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      time_every=2,
+      softcap=50.0,
+      dtype="float32",
+      remat=False,
+      scan_layers=False,
+      remat_policy="nothing",
+      context=0,
+      readout_bias_init=0.0,
+      readout_init_scale=1.0,
+      block_skip=False,
+      output="sigmoid",
       attention="dense",
-  ))
+    )
+  )
   cfg.update(overrides)
   return cfg
 

@@ -14,9 +14,17 @@ WIDTH = 32
 def _make(depth=2, time_every=2, num_heads=4, num_kv_heads=2, seed=0, remat=False, scan_layers=True):
   with nnx.use_eager_sharding(False):
     return tr.Transformer(
-        width=WIDTH, depth=depth, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=8,
-        mlp_dim=64, time_every=time_every, softcap=50.0, rngs=nnx.Rngs(seed), remat=remat,
-        scan_layers=scan_layers,
+      width=WIDTH,
+      depth=depth,
+      num_heads=num_heads,
+      num_kv_heads=num_kv_heads,
+      head_dim=8,
+      mlp_dim=64,
+      time_every=time_every,
+      softcap=50.0,
+      rngs=nnx.Rngs(seed),
+      remat=remat,
+      scan_layers=scan_layers,
     )
 
 
@@ -59,9 +67,7 @@ def test_decoder_mask_matrix():
 
 
 def test_dynamics_agent_mask_matrix():
-  layout = tr.TokenLayout(
-      (("spatial", 2), ("registers", 1), ("tau_d", 1), ("action", 1), ("agent", 1))
-  )
+  layout = tr.TokenLayout((("spatial", 2), ("registers", 1), ("tau_d", 1), ("action", 1), ("agent", 1)))
   m = tr.space_mask(layout, tr.dynamics_rule())
   expected = np.ones((6, 6), dtype=bool)
   expected[:5, 5] = False  # no modality reads the agent token
@@ -71,9 +77,7 @@ def test_dynamics_agent_mask_matrix():
 
 def test_time_mask_matrices():
   np.testing.assert_array_equal(tr.time_mask(3), np.tril(np.ones((3, 3), bool)))
-  expected_window = np.array(
-      [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=bool
-  )
+  expected_window = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=bool)
   np.testing.assert_array_equal(tr.time_mask(4, window=2), expected_window)
   m = np.asarray(tr.time_mask(3, independent_B=jnp.array([False, True])))
   assert m.shape == (2, 3, 3)

@@ -47,8 +47,20 @@ def _dot_batch(rng: np.random.Generator, n: int):
 
 def _model():
   cfg = dynamics_config.model_config("toy")
-  cfg.update(dict(group=1, k_max=K_MAX, width=32, depth=2, num_heads=2, num_kv_heads=1,
-                  head_dim=16, mlp_dim=128, time_every=2, num_registers=1))
+  cfg.update(
+    dict(
+      group=1,
+      k_max=K_MAX,
+      width=32,
+      depth=2,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=16,
+      mlp_dim=128,
+      time_every=2,
+      num_registers=1,
+    )
+  )
   with nnx.use_eager_sharding(False):
     return Dynamics.from_config(cfg, GRID * GRID, 2, SPEC, nnx.Rngs(0))
 
@@ -61,10 +73,16 @@ def test_toy_shortcut_settings_learn_the_action_effect():
   @nnx.jit
   def train_step(model, opt, z, a, lab, key):
     def loss_fn(m):
-      return shortcut_loss(make_training_fn(m, a, lab), z, key, k_max=K_MAX,
-                           bootstrap_fraction=loss_cfg.bootstrap_fraction,
-                           independent_fraction=loss_cfg.independent_fraction,
-                           ramp=loss_cfg.ramp)[0]
+      return shortcut_loss(
+        make_training_fn(m, a, lab),
+        z,
+        key,
+        k_max=K_MAX,
+        bootstrap_fraction=loss_cfg.bootstrap_fraction,
+        independent_fraction=loss_cfg.independent_fraction,
+        ramp=loss_cfg.ramp,
+      )[0]
+
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     opt.update(model, grads)
     return loss

@@ -12,8 +12,13 @@ from dreamer4.models import heads
 from dreamer4.objectives.agent import ACTION_SHIFT, REWARD_SHIFT, bc_reward_loss, mtp_targets
 
 SPEC = ActionSpec((ActionComponent("move", "discrete", 3), ActionComponent("keys", "binary", 2)))
-SPEC_ALL = ActionSpec((ActionComponent("move", "discrete", 3), ActionComponent("keys", "binary", 2),
-                       ActionComponent("stick", "continuous", 1)))
+SPEC_ALL = ActionSpec(
+  (
+    ActionComponent("move", "discrete", 3),
+    ActionComponent("keys", "binary", 2),
+    ActionComponent("stick", "continuous", 1),
+  )
+)
 
 # One window of T = 6 frames: episode A is frames 0-2, episode B starts at frame 3.
 # Frame 4's action is unlabelled (as the first frame of each episode is).
@@ -32,14 +37,17 @@ def test_mtp_action_targets_line_up():
     for n in range(3):
       if mask[t, n]:
         assert tgt[t, n] == 10 + t + 1 + n
-  expected = np.array([
+  expected = np.array(
+    [
       [1, 1, 0],  # t=0: a_1, a_2 ok; a_3 is in episode B
       [1, 0, 0],  # t=1: a_2; a_3, a_4 are in episode B
       [0, 0, 0],  # t=2: a_3.. all in episode B
       [0, 1, 0],  # t=3: a_4 unlabelled; a_5 ok; a_6 past the window
       [1, 0, 0],  # t=4: a_5; past the window
       [0, 0, 0],  # t=5: past the window
-  ], bool)
+    ],
+    bool,
+  )
   np.testing.assert_array_equal(mask, expected)
 
 
@@ -52,14 +60,17 @@ def test_mtp_reward_targets_line_up():
     for n in range(3):
       if mask[t, n]:
         assert tgt[t, n] == 100 + t + n
-  expected = np.array([
+  expected = np.array(
+    [
       [0, 1, 1],  # t=0: r_0 is an episode start (no incoming transition)
       [1, 1, 0],  # t=1: r_1, r_2; r_3 in episode B
       [1, 0, 0],  # t=2
       [0, 1, 1],  # t=3: r_3 episode start; unlabelled action at 4 does not mask r_4
       [1, 1, 0],  # t=4: past the window at n=2
       [1, 0, 0],  # t=5
-  ], bool)
+    ],
+    bool,
+  )
   np.testing.assert_array_equal(mask, expected)
 
 
@@ -78,15 +89,18 @@ def test_categorical_and_bernoulli_numbers():
   params_p = jnp.asarray(np.concatenate([np.log(p_cat), logit(p_bits)]), jnp.float32)
   params_q = jnp.asarray(np.concatenate([np.log(q_cat), logit(q_bits)]), jnp.float32)
   action = (jnp.array([2, 1, 0], jnp.int32), jnp.zeros((0,)))
-  np.testing.assert_allclose(heads.log_prob(SPEC, params_p, action), math.log(0.5) + math.log(0.8) + math.log(0.7),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    heads.log_prob(SPEC, params_p, action), math.log(0.5) + math.log(0.8) + math.log(0.7), rtol=1e-5
+  )
   ent_cat = -np.sum(p_cat * np.log(p_cat))
   ent_bits = -np.sum(p_bits * np.log(p_bits) + (1 - p_bits) * np.log(1 - p_bits))
   np.testing.assert_allclose(heads.entropy(SPEC, params_p), ent_cat + ent_bits, rtol=1e-5)
   kl_pq = np.sum(p_cat * np.log(p_cat / q_cat)) + np.sum(
-      p_bits * np.log(p_bits / q_bits) + (1 - p_bits) * np.log((1 - p_bits) / (1 - q_bits)))
+    p_bits * np.log(p_bits / q_bits) + (1 - p_bits) * np.log((1 - p_bits) / (1 - q_bits))
+  )
   kl_qp = np.sum(q_cat * np.log(q_cat / p_cat)) + np.sum(
-      q_bits * np.log(q_bits / p_bits) + (1 - q_bits) * np.log((1 - q_bits) / (1 - p_bits)))
+    q_bits * np.log(q_bits / p_bits) + (1 - q_bits) * np.log((1 - q_bits) / (1 - p_bits))
+  )
   assert abs(kl_pq - kl_qp) > 0.05  # the direction matters for this pair
   np.testing.assert_allclose(heads.kl(SPEC, params_p, params_q), kl_pq, rtol=1e-5)
   np.testing.assert_allclose(heads.kl(SPEC, params_q, params_p), kl_qp, rtol=1e-5)

@@ -34,17 +34,20 @@ def test_terminal_masks_terminal_state_has_weight_zero():
 
 
 def test_terminal_masks_no_terminal_first_step_and_two_rewards():
-  rows = jnp.array([
+  rows = jnp.array(
+    [
       [0.0, 0.2, 0.1, 0.4, 0.0],  # no reward reaches 0.5: nothing ends
       [0.0, 1.0, 0.0, 0.0, 0.0],  # terminal at the first imagined step
       [0.0, 0.0, 1.0, 0.0, 1.0],  # two reward frames: only the first ends the episode
       [0.9, 0.0, 0.0, 0.0, 0.0],  # r_0 (the step into the start frame) is unused
-  ])
+    ]
+  )
   r, c, w = terminal_masks(rows, 0.5)
   np.testing.assert_array_equal(w, [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
   np.testing.assert_array_equal(c, w)
-  np.testing.assert_allclose(r, [[0.0, 0.2, 0.1, 0.4, 0.0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0],
-                                 [0.9, 0, 0, 0, 0]], rtol=1e-7)
+  np.testing.assert_allclose(
+    r, [[0.0, 0.2, 0.1, 0.4, 0.0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0.9, 0, 0, 0, 0]], rtol=1e-7
+  )
   # terminal_reward 0 disables terminations: all ones, rewards untouched.
   r0, c0, w0 = terminal_masks(rows, 0.0)
   np.testing.assert_array_equal(c0, np.ones((4, 5)))

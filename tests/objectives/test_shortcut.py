@@ -45,7 +45,7 @@ def test_sample_tau_d_follows_eq4():
   tau, d = np.asarray(out["tau_BT"]), np.asarray(out["d_BT"])
   assert tau_idx.dtype == np.int32 and e.dtype == np.int32
   assert set(np.unique(e)) == set(range(7))
-  K = 2 ** e
+  K = 2**e
   np.testing.assert_array_equal(d, 1.0 / K)  # d in {1, 1/2, ..., 1/64}
   # tau = j / K with integer j < K, stored on the k_max grid.
   assert np.all(tau_idx % (k_max // K) == 0)
@@ -64,8 +64,10 @@ def test_sample_tau_d_follows_eq4():
 
 def _const_apply(target):
   """A "model" that always predicts `target` (rows follow the input batch)."""
+
   def apply_fn(z, tau_idx, d_idx, independent_B):
     return jnp.broadcast_to(target[: z.shape[0]], z.shape)
+
   return apply_fn
 
 
@@ -73,9 +75,10 @@ def test_ramp_weights_and_exact_targets():
   k_max, B, T = 16, 8, 6
   z1 = jax.random.normal(jax.random.key(0), (B, T, 2, 3))
   c = 0.5
-  loss_fn = jax.jit(functools.partial(
-      sc.shortcut_loss, _const_apply(z1 + c), k_max=k_max, bootstrap_fraction=0.5,
-      return_frames=True), static_argnames="ramp")
+  loss_fn = jax.jit(
+    functools.partial(sc.shortcut_loss, _const_apply(z1 + c), k_max=k_max, bootstrap_fraction=0.5, return_frames=True),
+    static_argnames="ramp",
+  )
   loss, m = loss_fn(z1, jax.random.key(1), ramp=True)
   f = {k: np.asarray(v) for k, v in m["frames"].items()}
   np.testing.assert_allclose(f["weight_BT"], 0.9 * f["tau_BT"] + 0.1, rtol=1e-6)
@@ -111,8 +114,7 @@ def test_bootstrap_passes_advance_the_whole_sequence():
     return jnp.broadcast_to(target[: z.shape[0]], z.shape)
 
   # Called eagerly, so the recorder sees concrete arrays.
-  sc.shortcut_loss(apply_fn, z1, jax.random.key(5), k_max=k_max, bootstrap_fraction=0.5,
-                   independent_fraction=0.25)
+  sc.shortcut_loss(apply_fn, z1, jax.random.key(5), k_max=k_max, bootstrap_fraction=0.5, independent_fraction=0.25)
   assert [c[0].shape[0] for c in calls] == [4, 2, 2]  # main pass, two half-step passes
   (z_t, tau_idx, d_idx, ind), (z_a, tau_a, d_a, ind_a), (z_b, tau_b, d_b, ind_b) = calls
   assert ind.sum() == 1
@@ -147,17 +149,41 @@ SPEC = ActionSpec((ActionComponent("move", "discrete", 4), ActionComponent("keys
 
 
 def _model():
-  cfg = ml_collections.ConfigDict(dict(
-      group=2, num_registers=1, k_max=8, width=32, depth=2, num_heads=2, num_kv_heads=1,
-      head_dim=16, mlp_dim=64, time_every=2, softcap=50.0, context=0, dtype="float32",
-      remat=False, spatial_pos=False, scan_layers=False, remat_policy="nothing", attention="dense",
-  ))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      group=2,
+      num_registers=1,
+      k_max=8,
+      width=32,
+      depth=2,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=16,
+      mlp_dim=64,
+      time_every=2,
+      softcap=50.0,
+      context=0,
+      dtype="float32",
+      remat=False,
+      spatial_pos=False,
+      scan_layers=False,
+      remat_policy="nothing",
+      attention="dense",
+    )
+  )
   with nnx.use_eager_sharding(False):
     return Dynamics.from_config(cfg, 4, 4, SPEC, nnx.Rngs(0))
 
 
-GRAD_NAMES = ("transformer", "latent_in_kernel", "readout_kernel", "tau_embed", "d_embed",
-              "action_table", "action_base")
+GRAD_NAMES = (
+  "transformer",
+  "latent_in_kernel",
+  "readout_kernel",
+  "tau_embed",
+  "d_embed",
+  "action_table",
+  "action_base",
+)
 
 
 def _global_norm(tree):
@@ -171,8 +197,9 @@ def test_real_model_loss_gradients_and_short_fit():
   B, T = 4, 4
   keys = jax.random.split(jax.random.key(0), 3)
   z1 = jnp.tanh(jax.random.normal(keys[0], (B, T, 4, 4)))
-  disc = jnp.concatenate([jax.random.randint(keys[1], (B, T, 1), 0, 4),
-                          jax.random.randint(keys[2], (B, T, 2), 0, 2)], axis=-1)
+  disc = jnp.concatenate(
+    [jax.random.randint(keys[1], (B, T, 1), 0, 4), jax.random.randint(keys[2], (B, T, 2), 0, 2)], axis=-1
+  )
   labelled = jnp.ones((B, T), bool).at[:, 0].set(False)
 
   @nnx.jit
@@ -227,8 +254,9 @@ def test_padding_frames_never_reach_the_loss():
   B, T = 4, 5
   keys = jax.random.split(jax.random.key(0), 3)
   z1 = jnp.tanh(jax.random.normal(keys[0], (B, T, 4, 4)))
-  disc = jnp.concatenate([jax.random.randint(keys[1], (B, T, 1), 0, 4),
-                          jax.random.randint(keys[2], (B, T, 2), 0, 2)], axis=-1)
+  disc = jnp.concatenate(
+    [jax.random.randint(keys[1], (B, T, 1), 0, 4), jax.random.randint(keys[2], (B, T, 2), 0, 2)], axis=-1
+  )
   labelled = jnp.ones((B, T), bool).at[:, 0].set(False)
   valid = jnp.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
   graphdef, params = nnx.split(model)
@@ -237,10 +265,18 @@ def test_padding_frames_never_reach_the_loss():
   def loss_and_grad(params, z, disc):
     def f(params):
       m = nnx.merge(graphdef, params)
-      loss, metrics = sc.shortcut_loss(make_training_fn(m, disc, labelled), z, jax.random.key(3), k_max=8,
-                                       bootstrap_fraction=0.5, independent_fraction=0.0, valid_BT=valid,
-                                       return_frames=True)
+      loss, metrics = sc.shortcut_loss(
+        make_training_fn(m, disc, labelled),
+        z,
+        jax.random.key(3),
+        k_max=8,
+        bootstrap_fraction=0.5,
+        independent_fraction=0.0,
+        valid_BT=valid,
+        return_frames=True,
+      )
       return loss, metrics
+
     (loss, metrics), g = jax.value_and_grad(f, has_aux=True)(params)
     return loss, metrics, g
 
@@ -261,6 +297,7 @@ def test_bootstrap_rows_are_the_configured_share_of_the_dynamics_rows(processes)
   """Phase 2's global batch stacks each process's [uniform | relevant] block. The dynamics loss
   (and so its bootstrap rows) must fall on the uniform rows only, at bootstrap_fraction of them."""
   from dreamer4.phases.agent import dynamics_row_count, dynamics_rows
+
   local, frac, boot = 8, 0.5, 0.25
   relevant_B = jnp.asarray(np.tile(np.r_[np.zeros(4, bool), np.ones(4, bool)], processes))
   B = local * processes
@@ -274,10 +311,17 @@ def test_bootstrap_rows_are_the_configured_share_of_the_dynamics_rows(processes)
   def apply_fn(z, tau_idx, d_idx, ind):
     return 0.5 * z + 0.01 * tau_idx[..., None, None] - 0.02 * d_idx[..., None, None]
 
-  _, m = sc.shortcut_loss(apply_fn, z1[rows], jax.random.key(2), k_max=8, bootstrap_fraction=boot,
-                          independent_fraction=0.0, return_frames=True)
+  _, m = sc.shortcut_loss(
+    apply_fn,
+    z1[rows],
+    jax.random.key(2),
+    k_max=8,
+    bootstrap_fraction=boot,
+    independent_fraction=0.0,
+    return_frames=True,
+  )
   assert float(m["bootstrap_rows"]) == round(boot * count)
   # The bootstrap rows are the first rows of the gathered batch: all uniform rows.
   d_idx = np.asarray(m["frames"]["d_idx_BT"])
   flow_only = (d_idx == 3).all(axis=1)
-  assert flow_only[round(boot * count):].all()
+  assert flow_only[round(boot * count) :].all()

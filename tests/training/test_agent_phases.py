@@ -15,11 +15,13 @@ from data_pipelines.episodes import EpisodeStore
 def run_dir(world_model_run, tmp_path_factory):
   """A copy of the session's tiny world-model run (tests/conftest.py): the agent phases write into it."""
   from tests.pipeline_helpers import copy_world_model_run
+
   return copy_world_model_run(world_model_run, str(tmp_path_factory.mktemp("agent") / "run"))
 
 
 def _agent_config(run_dir):
   from configs import agent
+
   c = agent.get_config("tiny")
   c.data.path = os.path.join(run_dir, "data")
   c.dynamics_workdir = os.path.join(run_dir, "dynamics")
@@ -30,6 +32,7 @@ def _agent_config(run_dir):
 @pytest.fixture(scope="module")
 def agent_run(run_dir):
   from dreamer4.phases import run
+
   summary = run(_agent_config(run_dir), os.path.join(run_dir, "agent"))
   return summary
 
@@ -37,6 +40,7 @@ def agent_run(run_dir):
 def _phase_and_params(run_dir):
   from dreamer4 import sharding as shd
   from dreamer4.phases.agent import make_phase
+
   c = _agent_config(run_dir)
   store = EpisodeStore.open(c.data.path)
   mesh = shd.make_mesh(c.mesh)
@@ -49,10 +53,14 @@ def _phase_and_params(run_dir):
 def test_warm_start_takes_every_dynamics_weight(run_dir):
   from dreamer4.training.checkpoint import restore_params
   from dreamer4.training.state import to_abstract
+
   phase, fresh, shardings, _ = _phase_and_params(run_dir)
   warm = phase.warm_start(fresh, shardings)
-  dyn_abs = {k: v for k, v in to_abstract(fresh["dynamics"], shardings["dynamics"]).items()
-             if k not in ("agent_tokens", "task_embed")}
+  dyn_abs = {
+    k: v
+    for k, v in to_abstract(fresh["dynamics"], shardings["dynamics"]).items()
+    if k not in ("agent_tokens", "task_embed")
+  }
   _, ckpt = restore_params(os.path.join(run_dir, "dynamics", "checkpoints"), dyn_abs)
   flat_w = jax.tree_util.tree_leaves_with_path(warm["dynamics"])
   restored = dict(jax.tree_util.tree_leaves_with_path(ckpt))
@@ -63,7 +71,9 @@ def test_warm_start_takes_every_dynamics_weight(run_dir):
       compared += 1
   assert compared == len(restored) > 10
   # The new parts keep their fresh values, and the heads are untouched.
-  np.testing.assert_array_equal(np.asarray(warm["dynamics"]["agent_tokens"]), np.asarray(fresh["dynamics"]["agent_tokens"]))
+  np.testing.assert_array_equal(
+    np.asarray(warm["dynamics"]["agent_tokens"]), np.asarray(fresh["dynamics"]["agent_tokens"])
+  )
   np.testing.assert_array_equal(np.asarray(warm["policy"]["mlp"]["w_out"]), np.asarray(fresh["policy"]["mlp"]["w_out"]))
 
 
@@ -71,6 +81,7 @@ def test_task_changes_no_world_model_prediction_and_cache_matches_training(run_d
   from dreamer4.inference import kv_cache
   from dreamer4.models.agent import agent_embedding
   from dreamer4.phases.agent import context_pass
+
   phase, fresh, shardings, store = _phase_and_params(run_dir)
   model = phase.model_def.merge(fresh)
   dyn = model.dynamics
@@ -95,32 +106,49 @@ def test_task_changes_no_world_model_prediction_and_cache_matches_training(run_d
   h_train = context_pass(dyn, batch, noise, 0.1)
   cache = kv_cache.init_cache(dyn, B, dyn.context)
   for t in range(T):
-    cache, agent = kv_cache.commit_frame(dyn, cache, z[:, t], noise[:, t],
-                                         {"discrete": disc[:, t], "labelled": lab[:, t]},
-                                         context_noise=0.1, tasks_B=tasks[:, 0], with_agent=True)
+    cache, agent = kv_cache.commit_frame(
+      dyn,
+      cache,
+      z[:, t],
+      noise[:, t],
+      {"discrete": disc[:, t], "labelled": lab[:, t]},
+      context_noise=0.1,
+      tasks_B=tasks[:, 0],
+      with_agent=True,
+    )
     np.testing.assert_allclose(np.asarray(agent_embedding(agent)), np.asarray(h_train[:, t]), atol=2e-4)
 
 
 def test_data_mixture_routes_dynamics_to_uniform_rows_and_bc_to_relevant_rows(run_dir):
   """[P §4.1]: with relevant_B, BC reads only the relevant rows, the dynamics loss only the uniform ones."""
   from data_pipelines import loader
+
   phase, fresh, _, store = _phase_and_params(run_dir)
   relevant = loader.relevant_episode_ids(store, range(store.num_episodes))
-  returns = [float(np.sum(store.read("rewards", a, b))) for a, b in zip(store.episode_offsets[:-1],
-                                                                         store.episode_offsets[1:])]
+  returns = [
+    float(np.sum(store.read("rewards", a, b))) for a, b in zip(store.episode_offsets[:-1], store.episode_offsets[1:])
+  ]
   assert relevant == [e for e, r in enumerate(returns) if r > 0] and 0 < len(relevant) < store.num_episodes
   T = phase.config.data.window
-  it = loader.train_iterator(phase.config.data.path, window=T, batch_size=4, seed=0,
-                             episode_ids=list(range(store.num_episodes)), fields=phase.read_fields)
+  it = loader.train_iterator(
+    phase.config.data.path,
+    window=T,
+    batch_size=4,
+    seed=0,
+    episode_ids=list(range(store.num_episodes)),
+    fields=phase.read_fields,
+  )
   batch = {k: jnp.asarray(v) for k, v in next(it).items() if k in phase.data_fields}
   batch["relevant_B"] = jnp.asarray([False, False, True, True])
   aux = phase.init_aux()
   metrics = jax.jit(lambda p, b: phase.loss_fn(p, aux, b, jax.random.key(0), {})[1][1])
   base = metrics(fresh, batch)
-  flip = lambda x, rows: x.at[rows].set(x[rows][::-1])
   # Other actions on the uniform rows: the BC term is unchanged (the dynamics term sees them).
-  acts = dict(batch, actions_discrete=(batch["actions_discrete"].at[:2].add(1) % 5),
-              action_labelled=jnp.ones_like(batch["action_labelled"]))
+  acts = dict(
+    batch,
+    actions_discrete=(batch["actions_discrete"].at[:2].add(1) % 5),
+    action_labelled=jnp.ones_like(batch["action_labelled"]),
+  )
   moved = metrics(fresh, acts)
   assert float(moved["bc_nll"]) == pytest.approx(float(base["bc_nll"]), rel=1e-6)
   assert abs(float(moved["shortcut_loss"]) - float(base["shortcut_loss"])) > 1e-6
@@ -163,6 +191,7 @@ def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
 def imagine_run(agent_run, run_dir):
   from configs import imagine
   from dreamer4.phases import run
+
   c = imagine.get_config("tiny")
   c.data.path = os.path.join(run_dir, "data")
   c.agent_workdir = os.path.join(run_dir, "agent")
@@ -172,21 +201,26 @@ def imagine_run(agent_run, run_dir):
 
 def test_imagination_trains_only_the_heads(imagine_run, run_dir):
   from dreamer4.training.checkpoint import restore_params
+
   out = imagine_run
   assert out["stop_reason"] == "finished" and out["step"] == 4 and out["compiles"] == 1
   params = out["state"]["params"]
   assert set(params) == {"policy", "value"}
   # The policy started from the BC policy and moved; the frozen agent checkpoint is intact.
-  _, bc = restore_params(os.path.join(run_dir, "agent", "checkpoints"),
-                         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), {"policy": params["policy"]}))
-  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in
-              zip(jax.tree.leaves(params["policy"]), jax.tree.leaves(bc["policy"])))
+  _, bc = restore_params(
+    os.path.join(run_dir, "agent", "checkpoints"),
+    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), {"policy": params["policy"]}),
+  )
+  moved = max(
+    float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params["policy"]), jax.tree.leaves(bc["policy"]))
+  )
   assert 0 < moved < 1.0
 
 
 def test_world_model_agent_acts_in_the_real_env(agent_run, run_dir):
   from data_pipelines.envs.toy import ToyWorld
   from dreamer4.evaluation.wm_policy import WorldModelAgent, load_policy
+
   agent = WorldModelAgent(os.path.join(run_dir, "agent"))
   envs = [ToyWorld(size=16) for _ in range(3)]
 
@@ -216,8 +250,10 @@ def test_world_model_agent_acts_in_the_real_env(agent_run, run_dir):
 
 def test_pipeline_evaluate_stage_writes_the_table(imagine_run, run_dir):
   import json
+
   from configs import pipeline
   from dreamer4.pipeline import evaluate_stage
+
   cfg = pipeline.get_config("tiny")
   res = evaluate_stage(cfg, run_dir, os.path.join(run_dir, "data"))
   rows = res["rows"]
@@ -236,8 +272,10 @@ def test_pipeline_evaluate_stage_writes_the_table(imagine_run, run_dir):
 def test_pipeline_seeds_lay_out_and_aggregate(imagine_run, run_dir, tmp_path):
   """config.seeds = 2: seed 1's agent phases live in RUN/seed1/ and the table is mean ± std of both."""
   import shutil
+
   from configs import pipeline
   from dreamer4.pipeline import evaluate_stage, stage_dir
+
   assert stage_dir("R", "agent", 0) == os.path.join("R", "agent")
   assert stage_dir("R", "imagine", 2) == os.path.join("R", "seed2", "imagine")
   assert stage_dir("R", "dynamics", 2) == os.path.join("R", "dynamics")  # the world model is shared
@@ -264,12 +302,15 @@ def test_dynamics_evaluation_reports_pixel_and_latent_errors(run_dir):
   """The dynamics evaluation: per-K PSNR/SSIM, a decoder-free latent error, shuffled actions and
   the hold-the-last-frame reference, on a real held-out batch."""
   import json
+
   import ml_collections
+
   from data_pipelines import loader
   from dreamer4 import sharding as shd
   from dreamer4.phases.dynamics import make_phase
   from dreamer4.training.checkpoint import restore_params
   from dreamer4.training.state import to_abstract
+
   cfg = ml_collections.ConfigDict(json.loads(open(os.path.join(run_dir, "dynamics", "config.json")).read()))
   cfg.eval.sampling_steps = (1, 4)
   store = EpisodeStore.open(cfg.data.path)
@@ -279,12 +320,27 @@ def test_dynamics_evaluation_reports_pixel_and_latent_errors(run_dir):
   abstract = to_abstract(phase.model_def.init_params(jax.random.key(0)), shardings)
   _, params = restore_params(os.path.join(run_dir, "dynamics", "checkpoints"), abstract)
   T = cfg.eval.context_frames + cfg.eval.horizon
-  batch = loader.eval_batches(cfg.data.path, window=T, batch_size=2, episode_ids=list(range(store.num_episodes)),
-                              max_batches=1, fields=phase.read_fields)[0]
+  batch = loader.eval_batches(
+    cfg.data.path,
+    window=T,
+    batch_size=2,
+    episode_ids=list(range(store.num_episodes)),
+    max_batches=1,
+    fields=phase.read_fields,
+  )[0]
   batch = {k: jnp.asarray(v) for k, v in batch.items() if k in phase.data_fields}
   m = jax.device_get(jax.jit(phase.eval_fn)(params, batch, phase.frozen()))
-  want = {"psnr_k1", "psnr_k4", "ssim_k4", "latent_mse_k1", "latent_mse_k4", "psnr_k4_h01",
-          "psnr_k4_shuffled_actions", "latent_mse_k4_shuffled_actions", "psnr_hold_last_frame"}
+  want = {
+    "psnr_k1",
+    "psnr_k4",
+    "ssim_k4",
+    "latent_mse_k1",
+    "latent_mse_k4",
+    "psnr_k4_h01",
+    "psnr_k4_shuffled_actions",
+    "latent_mse_k4_shuffled_actions",
+    "psnr_hold_last_frame",
+  }
   assert want <= set(m), set(m)
   assert all(np.isfinite(float(m[k])) for k in want)
   # Latents live in [-1, 1]: the squared error of a generated frame is in (0, 4].
@@ -298,8 +354,9 @@ def test_dynamics_evaluation_reports_pixel_and_latent_errors(run_dir):
   # Holding the last context frame: its first-step latent error is the direct computation.
   C = cfg.eval.context_frames
   z = np.asarray(batch["latents"], np.float32)
-  np.testing.assert_allclose(float(m["latent_mse_hold_last_frame_h01"]),
-                             np.mean(np.square(z[:, C - 1] - z[:, C])), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(m["latent_mse_hold_last_frame_h01"]), np.mean(np.square(z[:, C - 1] - z[:, C])), rtol=1e-5
+  )
   assert float(m["psnr_hold_last_frame_h01"]) > 0.0
 
 
@@ -308,12 +365,15 @@ def test_dynamics_evaluation_reports_toy_state_metrics_over_valid_frames(run_dir
   goals, distractors; dreamer4/evaluation/toy_state.py) for each K, shuffled actions, the held
   frame and a random walk; every per-step metric reads only frames whose truth is valid."""
   import json
+
   import ml_collections
+
   from data_pipelines import loader
   from dreamer4 import sharding as shd
   from dreamer4.phases.dynamics import make_phase
   from dreamer4.training.checkpoint import restore_params
   from dreamer4.training.state import to_abstract
+
   cfg = ml_collections.ConfigDict(json.loads(open(os.path.join(run_dir, "dynamics", "config.json")).read()))
   cfg.eval.sampling_steps = (1, 4)
   cfg.eval.horizon = 3
@@ -325,8 +385,14 @@ def test_dynamics_evaluation_reports_toy_state_metrics_over_valid_frames(run_dir
   abstract = to_abstract(phase.model_def.init_params(jax.random.key(0)), shardings)
   _, params = restore_params(os.path.join(run_dir, "dynamics", "checkpoints"), abstract)
   C, H = cfg.eval.context_frames, cfg.eval.horizon
-  batch = loader.eval_batches(cfg.data.path, window=C + H, batch_size=2, episode_ids=list(range(store.num_episodes)),
-                              max_batches=1, fields=phase.read_fields)[0]
+  batch = loader.eval_batches(
+    cfg.data.path,
+    window=C + H,
+    batch_size=2,
+    episode_ids=list(range(store.num_episodes)),
+    max_batches=1,
+    fields=phase.read_fields,
+  )[0]
   batch = {k: jnp.asarray(v) for k, v in batch.items() if k in phase.data_fields}
   # A batch without valid_T counts every frame as valid.
   np.testing.assert_array_equal(phase._valid_BH(batch), np.ones((2, H), bool))
@@ -353,14 +419,22 @@ def test_dynamics_evaluation_reports_toy_state_metrics_over_valid_frames(run_dir
       assert np.isnan(float(part[k])), k
     elif k[-4:-2] == "_h":
       np.testing.assert_allclose(float(part[k]), float(full[k]), rtol=1e-6, err_msg=k)
-  for base in ("psnr_k4", "latent_mse_k4", "agent_acc_k4", "agent_acc_hold", "agent_acc_random_walk",
-               "latent_mse_k4_shuffled_actions"):
-    np.testing.assert_allclose(float(part[base]), np.mean([float(full[f"{base}_h{h:02d}"]) for h in range(1, H)]),
-                               rtol=1e-5, err_msg=base)
+  for base in (
+    "psnr_k4",
+    "latent_mse_k4",
+    "agent_acc_k4",
+    "agent_acc_hold",
+    "agent_acc_random_walk",
+    "latent_mse_k4_shuffled_actions",
+  ):
+    np.testing.assert_allclose(
+      float(part[base]), np.mean([float(full[f"{base}_h{h:02d}"]) for h in range(1, H)]), rtol=1e-5, err_msg=base
+    )
 
 
 def test_mixture_batch_flags_rows_of_task_relevant_episodes():
   from dreamer4.phases.agent import with_relevant
+
   uniform = {"episode": np.asarray([3, 4, 7]), "index": np.arange(3)}
   relevant = {"episode": np.asarray([4, 9]), "index": np.arange(2)}
   out = with_relevant(uniform, relevant, [4, 9, 11])

@@ -34,17 +34,31 @@ TMP = ".orbax-checkpoint-tmp"
 
 def _cmd(store, work, slow: bool = False):
   main = "tests.training.slow_save" if slow else "dreamer4.main"  # slow_save: dreamer4.main, slow commits
-  return [sys.executable, "-m", main, f"--config={ROOT}/configs/tokenizer.py:tiny", f"--workdir={work}",
-          f"--config.data.path={store}", f"--config.train.num_steps={NUM_STEPS}", "--config.mesh.num_devices=1",
-          "--config.train.checkpoint_every=1", "--config.train.log_every=1000"]
+  return [
+    sys.executable,
+    "-m",
+    main,
+    f"--config={ROOT}/configs/tokenizer.py:tiny",
+    f"--workdir={work}",
+    f"--config.data.path={store}",
+    f"--config.train.num_steps={NUM_STEPS}",
+    "--config.mesh.num_devices=1",
+    "--config.train.checkpoint_every=1",
+    "--config.train.log_every=1000",
+  ]
 
 
 def _env(slow: bool):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             # One persistent compilation cache for every subprocess (and this session):
-             # after the first compile, restarts load the train step instead of compiling it.
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  env = dict(
+    os.environ,
+    PYTHONPATH=ROOT,
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="3",
+    # One persistent compilation cache for every subprocess (and this session):
+    # after the first compile, restarts load the train step instead of compiling it.
+    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+  )
   env.pop("XLA_FLAGS", None)
   env.pop(SLOW_SAVE_ENV, None)
   if slow:
@@ -59,7 +73,7 @@ def _committed(ckdir) -> list[int]:
 def _in_flight(ckdir) -> dict[int, tuple[int, int]]:
   """step -> identity (inode, mtime) of each uncommitted `<step>.orbax-checkpoint-tmp*` directory."""
   out = {}
-  for d in (os.listdir(ckdir) if os.path.isdir(ckdir) else []):
+  for d in os.listdir(ckdir) if os.path.isdir(ckdir) else []:
     if TMP in d:
       try:
         st = os.stat(os.path.join(ckdir, d))
@@ -111,8 +125,9 @@ def test_kill9_at_random_moments_then_restart_loses_nothing(tiny_store, tmp_path
   ckdir = str(work / "checkpoints")
   # The uninterrupted reference runs beside the crash series (it is the same computation).
   ref_log = open(tmp_path / "reference.log", "w")
-  ref = subprocess.Popen(_cmd(tiny_store, ref_work), cwd=ROOT, env=_env(slow=False),
-                         stdout=ref_log, stderr=subprocess.STDOUT)
+  ref = subprocess.Popen(
+    _cmd(tiny_store, ref_work), cwd=ROOT, env=_env(slow=False), stdout=ref_log, stderr=subprocess.STDOUT
+  )
   try:
     kills = []
     for n, (kind, u) in enumerate(_plan(rng)):
@@ -128,8 +143,9 @@ def test_kill9_at_random_moments_then_restart_loses_nothing(tiny_store, tmp_path
       stale = _in_flight(ckdir)
       log_path = tmp_path / f"crash{n}.log"
       with open(log_path, "w") as log:
-        proc = subprocess.Popen(_cmd(tiny_store, work, slow=True), cwd=ROOT, env=_env(slow=True), stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+          _cmd(tiny_store, work, slow=True), cwd=ROOT, env=_env(slow=True), stdout=log, stderr=subprocess.STDOUT
+        )
         if kind == "startup":  # a random moment in imports / restore / compile / first steps
           time.sleep(0.5 + 6.0 * u)
         elif kind == "write":  # inside the asynchronous write of step `target`
@@ -139,22 +155,36 @@ def test_kill9_at_random_moments_then_restart_loses_nothing(tiny_store, tmp_path
         else:  # between checkpoints: a random moment after step `target` committed
           _wait_for(lambda: target in _committed(ckdir), proc)
           time.sleep(u * SLOW_SAVE_S)
-        assert proc.poll() is None, f"kill {n} ({kind}): the run ended before the kill point:\n" + \
-            open(log_path).read()[-3000:]
+        assert proc.poll() is None, (
+          f"kill {n} ({kind}): the run ended before the kill point:\n" + open(log_path).read()[-3000:]
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
       assert proc.returncode == -signal.SIGKILL
       committed, in_flight = _committed(ckdir), _in_flight(ckdir)
       if kind == "write":
         assert target in in_flight and target not in committed, (target, committed, in_flight)
-      kills.append(dict(kind=kind, target=target, started_from=_start_line(log_path),
-                        committed=committed[-1] if committed else 0, in_flight=sorted(in_flight)))
+      kills.append(
+        dict(
+          kind=kind,
+          target=target,
+          started_from=_start_line(log_path),
+          committed=committed[-1] if committed else 0,
+          in_flight=sorted(in_flight),
+        )
+      )
 
     # The final restart finishes; it must resume from the newest committed step.
     log_path = tmp_path / "final.log"
     with open(log_path, "w") as log:
-      final = subprocess.run(_cmd(tiny_store, work, slow=True), cwd=ROOT, env=_env(slow=True), stdout=log,
-                             stderr=subprocess.STDOUT, timeout=400)
+      final = subprocess.run(
+        _cmd(tiny_store, work, slow=True),
+        cwd=ROOT,
+        env=_env(slow=True),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        timeout=400,
+      )
     out = open(log_path).read()
     assert final.returncode == 0, out[-3000:]
     assert ref.wait(timeout=400) == 0, open(tmp_path / "reference.log").read()[-3000:]
@@ -179,7 +209,9 @@ def test_kill9_at_random_moments_then_restart_loses_nothing(tiny_store, tmp_path
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-6, err_msg=key)
-  data = [json.loads(open(os.path.join(d, str(NUM_STEPS), "data", "process_0-of-1.json")).read())
-          for d in (str(ref_work / "checkpoints"), ckdir)]
+  data = [
+    json.loads(open(os.path.join(d, str(NUM_STEPS), "data", "process_0-of-1.json")).read())
+    for d in (str(ref_work / "checkpoints"), ckdir)
+  ]
   assert data[0] == data[1]
   print(f"\nkills: {kills}\ncrash test wall time {time.time() - t_begin:.0f}s")

@@ -8,7 +8,6 @@ residual stream on "batch", attention on "heads"/"kv_heads", the MLP hidden on "
 import re
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -40,14 +39,22 @@ def test_sharded_dynamics_step_matches_single_device(attention, monkeypatch):
   mdef = st.ModelDef.build(lambda rng: Dynamics.from_config(cfg.model, 4, 8, spec, nnx.Rngs(rng)))
   rng = np.random.default_rng(0)
   B, T = 8, cfg.data.window
-  batch_np = {"latents": np.tanh(rng.normal(size=(B, T, 4, 8))).astype(np.float32),
-              "actions_discrete": rng.integers(0, 5, size=(B, T, 1)).astype(np.int32),
-              "action_labelled": rng.random((B, T)) > 0.2}
+  batch_np = {
+    "latents": np.tanh(rng.normal(size=(B, T, 4, 8))).astype(np.float32),
+    "actions_discrete": rng.integers(0, 5, size=(B, T, 1)).astype(np.int32),
+    "action_labelled": rng.random((B, T)) > 0.2,
+  }
 
   def loss_fn(params, batch):
     apply_fn = make_training_fn(mdef.merge(params), batch["actions_discrete"], batch["action_labelled"])
-    loss, _ = shortcut_loss(apply_fn, batch["latents"], jax.random.key(3), k_max=cfg.model.k_max,
-                            bootstrap_fraction=0.5, independent_fraction=0.25)
+    loss, _ = shortcut_loss(
+      apply_fn,
+      batch["latents"],
+      jax.random.key(3),
+      k_max=cfg.model.k_max,
+      bootstrap_fraction=0.5,
+      independent_fraction=0.25,
+    )
     return loss
 
   results = {}

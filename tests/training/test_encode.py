@@ -22,6 +22,7 @@ from dreamer4.training.trainer import write_config
 def tokenizer_workdir(tmp_path_factory, tiny_store):
   """A tokenizer workdir (config.json + one checkpoint of freshly initialised weights)."""
   from configs import tokenizer
+
   cfg = tokenizer.get_config("tiny")
   cfg.data.path = tiny_store
   workdir = str(tmp_path_factory.mktemp("tok"))
@@ -37,12 +38,13 @@ def tokenizer_workdir(tmp_path_factory, tiny_store):
 
 def test_encoded_latents_equal_per_episode_encoding(tiny_store, tokenizer_workdir, tmp_path):
   import shutil
+
   data = str(tmp_path / "data")
   shutil.copytree(tiny_store, data)
   cfg = encode_config.get_config()
   cfg.data.path = data
   cfg.tokenizer_workdir = tokenizer_workdir
-  cfg.encode.block_frames = 8   # blocks much shorter than episodes: halos and episode edges matter
+  cfg.encode.block_frames = 8  # blocks much shorter than episodes: halos and episode edges matter
   cfg.encode.batch_blocks = 8
   out = encode_dataset(cfg, str(tmp_path / "w"))
   assert out["frames"] > 0 and not out["skipped"]

@@ -14,6 +14,7 @@ DECAY = 0.99
 def _phase(normalize_policy_loss=None):
   from configs import imagine
   from dreamer4.phases.imagine import ImaginePhase
+
   cfg = imagine.get_config("tiny")
   if normalize_policy_loss is not None:
     cfg.imagine.normalize_policy_loss = normalize_policy_loss

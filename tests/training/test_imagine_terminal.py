@@ -22,6 +22,7 @@ def tiny_phase():
   from configs import imagine
   from dreamer4.phases.imagine import ImaginePhase
   from dreamer4.training.phase import DataShapes
+
   cfg = imagine.get_config("tiny")
   cfg.imagine.horizon = H
   cfg.imagine.terminal_reward = 0.5
@@ -45,8 +46,14 @@ def tiny_phase():
 def _losses(phase, params, h_BHD, reward_BH, disc_BHA, monkeypatch):
   """(policy loss, value loss, metrics) of `_rollout_and_losses` on a fixed rollout."""
   from dreamer4.phases import imagine as imagine_mod
-  roll = {"h_BHD": h_BHD, "disc_BHA": disc_BHA, "cont_BHA": jnp.zeros((B, H, 0)), "reward_BH": reward_BH,
-          "latents_BHNL": jnp.zeros((B, H, 4, 4))}
+
+  roll = {
+    "h_BHD": h_BHD,
+    "disc_BHA": disc_BHA,
+    "cont_BHA": jnp.zeros((B, H, 0)),
+    "reward_BH": reward_BH,
+    "latents_BHNL": jnp.zeros((B, H, 4, 4)),
+  }
   monkeypatch.setattr(imagine_mod, "imagine_rollout", lambda *args, **kwargs: roll)
   out = phase._rollout_and_losses(params, {}, jax.random.key(0), {"agent": phase.agent_params})
   return jax.tree.map(np.asarray, out)

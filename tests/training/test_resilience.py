@@ -49,8 +49,9 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(one_device_config, tmp
   again = train_and_evaluate(cfg, work, make_phase)
   assert again["start_step"] == 3 and again["step"] == 6
   assert os.path.isdir(os.path.join(ckdir, "6.damaged"))  # kept for inspection, not deleted
-  for a, b in zip(jax.tree.leaves(jax.device_get(first["state"]["params"])),
-                  jax.tree.leaves(jax.device_get(again["state"]["params"]))):
+  for a, b in zip(
+    jax.tree.leaves(jax.device_get(first["state"]["params"])), jax.tree.leaves(jax.device_get(again["state"]["params"]))
+  ):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
@@ -66,6 +67,7 @@ def _nan_phase(probability):
 
     phase.loss_fn = poisoned
     return phase
+
   return factory
 
 
@@ -86,30 +88,51 @@ def test_too_many_nonfinite_steps_stop_with_last_good_checkpoint(one_device_conf
   good = jax.device_get(train_and_evaluate(cfg, work, make_phase)["state"]["params"])
   cfg.train.stop_at_step = 0
   cfg.train.max_nonfinite = 2
-  with pytest.raises(FloatingPointError, match=r"\d+ non-finite steps in a row .*max_nonfinite=2.* last good checkpoint is kept"):
+  with pytest.raises(
+    FloatingPointError, match=r"\d+ non-finite steps in a row .*max_nonfinite=2.* last good checkpoint is kept"
+  ):
     train_and_evaluate(cfg, work, _nan_phase(1.0))
   ck = Checkpointer(os.path.join(work, "checkpoints"), data_names=())
   assert ck.all_steps() == [3]
   ck.close()
-  from dreamer4.training.checkpoint import restore_params
   from data_pipelines.episodes import EpisodeStore
+  from dreamer4.training.checkpoint import restore_params
+
   phase = make_phase(cfg, EpisodeStore.open(cfg.data.path))
-  _, params = restore_params(os.path.join(work, "checkpoints"), jax.tree.map(
+  _, params = restore_params(
+    os.path.join(work, "checkpoints"),
+    jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-      phase.model_def.abstract_params))
+      phase.model_def.abstract_params,
+    ),
+  )
   for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(jax.device_get(params))):
     np.testing.assert_array_equal(a, b)
 
 
 def _main_cmd(store, work, steps):
-  return [sys.executable, "-m", "dreamer4.main", f"--config={ROOT}/configs/tokenizer.py:tiny", f"--workdir={work}",
-          f"--config.data.path={store}", f"--config.train.num_steps={steps}", "--config.mesh.num_devices=1",
-          "--config.train.checkpoint_every=1000", "--config.train.log_every=1"]
+  return [
+    sys.executable,
+    "-m",
+    "dreamer4.main",
+    f"--config={ROOT}/configs/tokenizer.py:tiny",
+    f"--workdir={work}",
+    f"--config.data.path={store}",
+    f"--config.train.num_steps={steps}",
+    "--config.mesh.num_devices=1",
+    "--config.train.checkpoint_every=1000",
+    "--config.train.log_every=1",
+  ]
 
 
 def _env(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / "jax-cache"))
+  env = dict(
+    os.environ,
+    PYTHONPATH=ROOT,
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="3",
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / "jax-cache"),
+  )
   env.pop("XLA_FLAGS", None)
   return env
 
@@ -117,8 +140,14 @@ def _env(tmp_path):
 def test_sigterm_saves_the_current_step_and_restart_loses_nothing(tiny_store, tmp_path):
   work = tmp_path / "run"
   # A relative --workdir (run from tmp_path): checkpoints must still work (Orbax wants absolute paths).
-  proc = subprocess.Popen(_main_cmd(tiny_store, "run", 50), cwd=tmp_path, env=_env(tmp_path),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    _main_cmd(tiny_store, "run", 50),
+    cwd=tmp_path,
+    env=_env(tmp_path),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 240
   # config.json is written once the state exists, right before the loop starts.
   while not (work / "config.json").exists() and proc.poll() is None and time.time() < deadline:

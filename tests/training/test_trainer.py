@@ -18,6 +18,7 @@ from dreamer4.training.trainer import train_and_evaluate
 
 def _mesh(shape, n):
   import ml_collections
+
   return shd.make_mesh(ml_collections.ConfigDict({"preset": "data", "shape": shape}), jax.devices()[:n])
 
 
@@ -37,8 +38,9 @@ def _train_step(phase, config, mesh):
 def _one_batch(config):
   store = EpisodeStore.open(config.data.path)
   train_ids, _ = store.split(0.1)
-  it = loader.train_iterator(config.data.path, window=config.data.window, batch_size=config.train.batch_size,
-                             seed=0, episode_ids=train_ids)
+  it = loader.train_iterator(
+    config.data.path, window=config.data.window, batch_size=config.train.batch_size, seed=0, episode_ids=train_ids
+  )
   return store, next(it)
 
 
@@ -54,8 +56,9 @@ def test_sharded_step_matches_single_device(tiny_config):
     with jax.set_mesh(mesh):
       batch = loader.global_batch({"frames": local["frames"]}, mesh)
       frozen = jax.device_put(frozen_np, step.replicated)
-      loss_and_grads = jax.jit(jax.value_and_grad(
-          lambda p: phase.loss_fn(p, state["aux"], batch, jax.random.key(1), frozen)[0]))
+      loss_and_grads = jax.jit(
+        jax.value_and_grad(lambda p: phase.loss_fn(p, state["aux"], batch, jax.random.key(1), frozen)[0])
+      )
       loss, grads = loss_and_grads(state["params"])
     if name == "sharded":  # the FSDP/tensor rules really split parameters and their gradients
       specs = [s.spec for s in jax.tree.leaves(step.param_shardings)]
@@ -93,6 +96,7 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   assert straight["step"] == tiny_config.train.num_steps and straight["compiles"] == 1
   # The coverage line: every episode, frame, reward and terminal frame of both splits is reached.
   import json
+
   written = json.loads((tmp_path / "a" / "run_summary.json").read_text())["coverage"]
   assert set(written) == {"data", "eval"}
   for kind, c in written.items():
@@ -114,6 +118,7 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
   # Real TensorBoard event files with the training scalars.
   from tensorboard.backend.event_processing import event_accumulator
+
   events = [f for f in os.listdir(tmp_path / "a") if f.startswith("events.out.tfevents")]
   assert events
   acc = event_accumulator.EventAccumulator(str(tmp_path / "a"), size_guidance={"tensors": 0})
@@ -131,10 +136,13 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   assert _snapshot(tmp_path / "a") == before
 
 
-@pytest.mark.parametrize("shape,batch,match", [
+@pytest.mark.parametrize(
+  "shape,batch,match",
+  [
     ((3, 1, 1), 8, r"mesh.shape=\(3, 1, 1\) needs a multiple of 3 devices"),
     ((-1, 1, 1), 6, r"batch_size=6 does not divide over the 8 data-parallel devices"),
-])
+  ],
+)
 def test_bad_mesh_or_batch_stops_before_writing(tiny_config, tmp_path, shape, batch, match):
   cfg = tiny_config.copy_and_resolve_references()
   cfg.mesh.shape = shape

@@ -9,12 +9,12 @@ world at the next chunk boundary, so no world is regenerated per step.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from data_pipelines.envs.craftax import ACHIEVEMENT_NAMES, STAGE_ACHIEVEMENTS, STAGES
-from data_pipelines.envs.craftax import expert
+from data_pipelines.envs.craftax import ACHIEVEMENT_NAMES, STAGE_ACHIEVEMENTS, STAGES, expert
 from data_pipelines.envs.craftax.env import CraftaxClassic, episode_keys, programs
 
 
@@ -25,11 +25,18 @@ def default_goal_probs() -> np.ndarray:
   return p
 
 
-def collect_batched(env: CraftaxClassic, episode_seeds: Callable[[int], tuple[int, int, float]],
-                    skills: Sequence[float], *, num_envs: int = 64, chunk: int = 64,
-                    max_episodes: int | None = None, max_frames: int | None = None,
-                    sink: Callable[[list[dict[str, Any]]], None],
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def collect_batched(
+  env: CraftaxClassic,
+  episode_seeds: Callable[[int], tuple[int, int, float]],
+  skills: Sequence[float],
+  *,
+  num_envs: int = 64,
+  chunk: int = 64,
+  max_episodes: int | None = None,
+  max_frames: int | None = None,
+  sink: Callable[[list[dict[str, Any]]], None],
+  log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
   """Runs the scripted expert in `num_envs` Craftax envs at once and hands finished episodes to `sink`.
 
   Episode k gets (env seed, policy seed, u) = episode_seeds(k): its world comes from the env
@@ -54,6 +61,7 @@ def collect_batched(env: CraftaxClassic, episode_seeds: Callable[[int], tuple[in
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   if max_episodes is None and max_frames is None:
     raise ValueError("collect_batched: give max_episodes or max_frames")
   goal_probs = default_goal_probs()
@@ -84,9 +92,15 @@ def collect_batched(env: CraftaxClassic, episode_seeds: Callable[[int], tuple[in
     keys = [episode_keys(s) for s in seeds]
     reset_keys, step_keys, policy_keys = (jnp.stack([k[i] for k in keys]) for i in range(3))
     frames, states = new_worlds(reset_keys)
-    return {"first": first, "frames": np.asarray(frames), "states": states, "step_keys": step_keys,
-            "policy_keys": policy_keys, "skills": np.asarray(episode_skills, np.float32),
-            "goals": np.asarray(goals, np.int32)}
+    return {
+      "first": first,
+      "frames": np.asarray(frames),
+      "states": states,
+      "step_keys": step_keys,
+      "policy_keys": policy_keys,
+      "skills": np.asarray(episode_skills, np.float32),
+      "goals": np.asarray(goals, np.int32),
+    }
 
   # Slot bookkeeping on the host.
   slot_episode = np.full((num_envs,), -1)
@@ -106,13 +120,26 @@ def collect_batched(env: CraftaxClassic, episode_seeds: Callable[[int], tuple[in
       return
     idx = jnp.asarray(fresh_idx)
     if carry is None:
-      carry = {"state": reserve["states"], "pstate": expert.policy_state(num_envs),
-               "t": jnp.zeros((num_envs,), jnp.int32), "done": jnp.ones((num_envs,), bool),
-               "step_key": reserve["step_keys"], "policy_key": reserve["policy_keys"],
-               "goal": jnp.asarray(reserve["goals"]), "skill": jnp.asarray(reserve["skills"])}
-    carry = merge(carry, reserve["states"], idx, jnp.asarray(assign), reserve["step_keys"][idx],
-                  reserve["policy_keys"][idx], jnp.asarray(reserve["goals"][fresh_idx]),
-                  jnp.asarray(reserve["skills"][fresh_idx]))
+      carry = {
+        "state": reserve["states"],
+        "pstate": expert.policy_state(num_envs),
+        "t": jnp.zeros((num_envs,), jnp.int32),
+        "done": jnp.ones((num_envs,), bool),
+        "step_key": reserve["step_keys"],
+        "policy_key": reserve["policy_keys"],
+        "goal": jnp.asarray(reserve["goals"]),
+        "skill": jnp.asarray(reserve["skills"]),
+      }
+    carry = merge(
+      carry,
+      reserve["states"],
+      idx,
+      jnp.asarray(assign),
+      reserve["step_keys"][idx],
+      reserve["policy_keys"][idx],
+      jnp.asarray(reserve["goals"][fresh_idx]),
+      jnp.asarray(reserve["skills"][fresh_idx]),
+    )
 
   def emit_ready():
     nonlocal next_to_emit
@@ -138,8 +165,13 @@ def collect_batched(env: CraftaxClassic, episode_seeds: Callable[[int], tuple[in
         i = next_episode - reserve["first"]
         fresh_idx[b], assign[b] = i, True
         slot_episode[b] = next_episode
-        slot_parts[b] = [{"frame": reserve["frames"][i][None], "action": np.zeros((1,), np.int32),
-                          "unlocked": np.zeros((1, len(ACHIEVEMENT_NAMES)), bool)}]
+        slot_parts[b] = [
+          {
+            "frame": reserve["frames"][i][None],
+            "action": np.zeros((1,), np.int32),
+            "unlocked": np.zeros((1, len(ACHIEVEMENT_NAMES)), bool),
+          }
+        ]
         next_episode += 1
         frames_started += 1
       flush(assign, fresh_idx)
@@ -153,8 +185,9 @@ def collect_batched(env: CraftaxClassic, episode_seeds: Callable[[int], tuple[in
       k = int(slot_episode[b])
       live = ~out["was_done"][:, b]
       n = int(live.sum())
-      slot_parts[b].append({"frame": out["frame"][:n, b], "action": out["action"][:n, b],
-                            "unlocked": out["unlocked"][:n, b]})
+      slot_parts[b].append(
+        {"frame": out["frame"][:n, b], "action": out["action"][:n, b], "unlocked": out["unlocked"][:n, b]}
+      )
       frames_started += n
       if n < chunk or out["done"][chunk - 1, b]:
         goal = int(episode_params(k)[2])
@@ -173,10 +206,15 @@ def collect_batched(env: CraftaxClassic, episode_seeds: Callable[[int], tuple[in
   emit_ready()
   seconds = time.perf_counter() - t0
   keys = sorted(successes)
-  return {"episodes": len(keys), "frames": total_frames, "seconds": seconds,
-          "frames_per_second": total_frames / max(seconds, 1e-9),
-          "steps_per_second": env_steps / max(seconds, 1e-9),
-          "returns": [returns[k] for k in keys], "successes": [successes[k] for k in keys]}
+  return {
+    "episodes": len(keys),
+    "frames": total_frames,
+    "seconds": seconds,
+    "frames_per_second": total_frames / max(seconds, 1e-9),
+    "steps_per_second": env_steps / max(seconds, 1e-9),
+    "returns": [returns[k] for k in keys],
+    "successes": [successes[k] for k in keys],
+  }
 
 
 def _finish(parts: Sequence[dict[str, np.ndarray]], goal_stage: int) -> dict[str, Any]:
@@ -185,8 +223,11 @@ def _finish(parts: Sequence[dict[str, np.ndarray]], goal_stage: int) -> dict[str
   actions = np.concatenate([p["action"] for p in parts]).astype(np.int32)[:, None]
   unlocked = np.concatenate([p["unlocked"] for p in parts]).astype(np.uint8)
   t = frames.shape[0]
-  return {"frames_THWC": frames, "actions_discrete_TA": actions,
-          "rewards_T": unlocked.sum(-1).astype(np.float32),
-          "tasks_T": np.full((t,), STAGE_ACHIEVEMENTS[goal_stage], np.int32),
-          "action_labelled_T": np.arange(t) > 0,
-          "extra": {"achievement_unlocks": unlocked}}
+  return {
+    "frames_THWC": frames,
+    "actions_discrete_TA": actions,
+    "rewards_T": unlocked.sum(-1).astype(np.float32),
+    "tasks_T": np.full((t,), STAGE_ACHIEVEMENTS[goal_stage], np.int32),
+    "action_labelled_T": np.arange(t) > 0,
+    "extra": {"achievement_unlocks": unlocked},
+  }

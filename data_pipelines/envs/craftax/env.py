@@ -11,19 +11,19 @@ env, one step per call and its own action forced, so a process that both collect
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from data_pipelines.envs.base import ActionComponent, ActionSpec
-from data_pipelines.envs.craftax import ACHIEVEMENT_NAMES, ACTION_NAMES, STAGES
-from data_pipelines.envs.craftax import expert
+from data_pipelines.envs.craftax import ACHIEVEMENT_NAMES, ACTION_NAMES, STAGES, expert
 
 # XLA:CPU options for programs whose compile time dominates their run time.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def env_fns(size: int, max_steps: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
   """Pure single-env functions (reset, step), built once per (size, max_steps)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -56,7 +56,7 @@ def env_fns(size: int, max_steps: int) -> tuple[Callable[..., Any], Callable[...
   return reset, step
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def programs(size: int, max_steps: int, chunk: int):
   """Jitted batched functions: new_worlds(keys), merge(...) and rollout(carry, forced) over `chunk` steps.
 
@@ -66,6 +66,7 @@ def programs(size: int, max_steps: int, chunk: int):
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   reset, step = env_fns(size, max_steps)
   policy = expert.make_expert()
   jit = jax.jit if chunk > 1 else functools.partial(jax.jit, compiler_options=FAST_COMPILE)
@@ -100,14 +101,22 @@ def programs(size: int, max_steps: int, chunk: int):
   @jit
   def rollout(carry, forced_actions):
     """forced_actions int32 [chunk, B]: the action to take, or -1 for the expert's."""
+
     def body(c, forced):
       frame, state, pstate, action, unlocked, done, died = jax.vmap(one_env_step)(
-          c["state"], c["pstate"], c["t"], c["done"], c["step_key"], c["policy_key"], c["goal"], c["skill"],
-          forced)
+        c["state"], c["pstate"], c["t"], c["done"], c["step_key"], c["policy_key"], c["goal"], c["skill"], forced
+      )
       was_done = c["done"]
       c = dict(c, state=state, pstate=pstate, t=c["t"] + 1, done=done)
-      return c, {"frame": frame, "action": action, "unlocked": unlocked, "done": done, "died": died,
-                 "was_done": was_done}
+      return c, {
+        "frame": frame,
+        "action": action,
+        "unlocked": unlocked,
+        "done": done,
+        "died": died,
+        "was_done": was_done,
+      }
+
     return jax.lax.scan(body, carry, forced_actions)
 
   return new_worlds, merge, rollout
@@ -116,12 +125,14 @@ def programs(size: int, max_steps: int, chunk: int):
 def jax_tree_first(tree):
   """Row 0 of every leaf of a batched pytree."""
   import jax  # pylint: disable=g-import-not-at-top
+
   return jax.tree.map(lambda x: x[0], tree)
 
 
 def episode_keys(seed: int):
   """(reset key, step key, policy key) of an episode; step t uses fold_in(step key, t)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   return tuple(jax.random.split(jax.random.PRNGKey(int(seed) % (2**31)), 3))
 
 
@@ -161,15 +172,23 @@ class CraftaxClassic:
     The task id only labels the episode; default 0.
     """
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
     self.task = 0 if task is None else int(task)
     if not 0 <= self.task < len(ACHIEVEMENT_NAMES):
       raise ValueError(f"CraftaxClassic: task must be in [0, {len(ACHIEVEMENT_NAMES)}), got {task}")
     reset_key, step_key, policy_key = episode_keys(seed)
     new_worlds, _, _ = self._fns()
     frames, states = new_worlds(reset_key[None])
-    self._carry = {"state": states, "pstate": expert.policy_state(1), "t": jnp.zeros((1,), jnp.int32),
-                   "done": jnp.zeros((1,), bool), "step_key": step_key[None], "policy_key": policy_key[None],
-                   "goal": jnp.full((1,), len(STAGES) - 1, jnp.int32), "skill": jnp.ones((1,), jnp.float32)}
+    self._carry = {
+      "state": states,
+      "pstate": expert.policy_state(1),
+      "t": jnp.zeros((1,), jnp.int32),
+      "done": jnp.zeros((1,), bool),
+      "step_key": step_key[None],
+      "policy_key": policy_key[None],
+      "goal": jnp.full((1,), len(STAGES) - 1, jnp.int32),
+      "skill": jnp.ones((1,), jnp.float32),
+    }
     self.state = jax_tree_first(states)
     self.steps = 0
     return np.asarray(frames[0]), self.task
@@ -192,6 +211,11 @@ class CraftaxClassic:
     self.steps += 1
     unlocked = np.asarray(out["unlocked"][0, 0])
     achievements = np.asarray(self.state.achievements)
-    info = {"terminal": bool(out["died"][0, 0]), "unlocked": unlocked, "achievements": achievements,
-            "success": bool(achievements[self.task]), "task": self.task}
+    info = {
+      "terminal": bool(out["died"][0, 0]),
+      "unlocked": unlocked,
+      "achievements": achievements,
+      "success": bool(achievements[self.task]),
+      "task": self.task,
+    }
     return np.asarray(out["frame"][0, 0]), float(unlocked.sum()), bool(out["done"][0, 0]), info

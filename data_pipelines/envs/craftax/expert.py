@@ -11,18 +11,40 @@ rather than a uniformly random one.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from data_pipelines.envs.craftax import ACT, ACTION_NAMES, STAGE_ACHIEVEMENTS, STAGES
 
 # craftax_classic.constants.BlockType values.
 OUT, GRASS, WATER, STONE, TREE, WOOD, PATH, COAL, IRON, DIAMOND, TABLE, FURNACE, SAND, LAVA, PLANT, RIPE = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+  1,
+  2,
+  3,
+  4,
+  5,
+  6,
+  7,
+  8,
+  9,
+  10,
+  11,
+  12,
+  13,
+  14,
+  15,
+  16,
+)
 WALKABLE = (GRASS, SAND, PATH)
 
 # Stage index -> navigation target of its "do" (resource stages only); -1 elsewhere.
-_STAGE_BLOCK = {"collect_wood": TREE, "collect_stone": STONE, "collect_coal": COAL, "collect_iron": IRON,
-                "collect_diamond": DIAMOND}
+_STAGE_BLOCK = {
+  "collect_wood": TREE,
+  "collect_stone": STONE,
+  "collect_coal": COAL,
+  "collect_iron": IRON,
+  "collect_diamond": DIAMOND,
+}
 # Spare wood carried for re-placing tables near distant stone/iron (two tables' worth).
 SPARE_WOOD = 4
 WINDOW_RADIUS = 10  # planning window is (2R+1)^2 cells around the player
@@ -37,11 +59,16 @@ _MOVES = ((1, 0, -1), (2, 0, 1), (3, -1, 0), (4, 1, 0))
 def policy_state(n: int) -> dict[str, Any]:
   """The expert's memory at an episode start, for `n` envs (heading, drink/food hysteresis, shelter steps)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  return {"heading": jnp.zeros((n,), jnp.int32), "drink": jnp.zeros((n,), bool), "food": jnp.zeros((n,), bool),
-          "shelter": jnp.zeros((n,), jnp.int32)}
+
+  return {
+    "heading": jnp.zeros((n,), jnp.int32),
+    "drink": jnp.zeros((n,), bool),
+    "food": jnp.zeros((n,), bool),
+    "shelter": jnp.zeros((n,), jnp.int32),
+  }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_expert() -> Callable[..., Any]:
   """`expert(state, pstate, goal, skill, key) -> (action, pstate)` for one env (pure; vmap it).
 
@@ -50,6 +77,7 @@ def make_expert() -> Callable[..., Any]:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   r = WINDOW_RADIUS
   side = 2 * r + 1
   stage_ach = jnp.array(STAGE_ACHIEVEMENTS, jnp.int32)
@@ -135,7 +163,7 @@ def make_expert() -> Callable[..., Any]:
     food_on = (state.player_food <= 4) | (pstate["food"] & (state.player_food < 9))
     zombie_adjacent = jnp.any(zombies[nb_yx[:, 0], nb_yx[:, 1]])
     # Sleep when tired, or to heal faster when hurt (sleep starts only below 9 energy).
-    sleepy = ((state.player_energy <= 2) | ((state.player_health <= 3) & (state.player_energy < 8)))
+    sleepy = (state.player_energy <= 2) | ((state.player_health <= 3) & (state.player_energy < 8))
     sleepy = sleepy & ~state.is_sleeping
     # Shelter before sleeping: mobs spawn 10+ cells away, so a pocket of a few walkable cells
     # walled off by blocks is safe. Measure the walkable region reachable from the player.
@@ -197,8 +225,9 @@ def make_expert() -> Callable[..., Any]:
     best_free = nb_free[best]
     faced = facing == best
     # Facing the chosen cell and it is not walkable (target, stone to dig, tree, mob): interact.
-    nav_action = jnp.where(faced & (best_target | ~best_free), jnp.where(best_target, action_now, ACT["do"]),
-                           move_actions[best])
+    nav_action = jnp.where(
+      faced & (best_target | ~best_free), jnp.where(best_target, action_now, ACT["do"]), move_actions[best]
+    )
     nav_action = jnp.where(best_target & ~faced, move_actions[best], nav_action)
 
     # ---- exploration when the target is out of sight: keep a heading, dig through stone if possible.
@@ -233,9 +262,12 @@ def make_expert() -> Callable[..., Any]:
     use_expert = jax.random.uniform(k_eps) < skill
     action = jnp.where(use_expert, action, rand_a).astype(jnp.int32)
     shelter = jnp.where(sleepy & ~sheltered & (inv.stone > 0), pstate["shelter"] + 1, 0)
-    new_pstate = {"heading": heading_out.astype(jnp.int32), "drink": drink_on, "food": food_on,
-                  "shelter": shelter.astype(jnp.int32)}
+    new_pstate = {
+      "heading": heading_out.astype(jnp.int32),
+      "drink": drink_on,
+      "food": food_on,
+      "shelter": shelter.astype(jnp.int32),
+    }
     return action, new_pstate
 
   return expert
-
