@@ -30,6 +30,7 @@ import pytest  # noqa: E402
 def tiny_store(tmp_path_factory):
   """A small real toy-world EpisodeStore (16x16 frames) shared by the session."""
   from data_pipelines.collect import collect
+
   path = str(tmp_path_factory.mktemp("data") / "toy16")
   collect("toy", path, episodes=24, seed=0, skills=(0.9, 0.3), size=16)
   return path
@@ -41,4 +42,5 @@ def world_model_run(tmp_path_factory):
   for the session: the play and agent-phase tests share it. Read it only; a test that writes
   (e.g. trains the agent) copies it first (pipeline_helpers.copy_world_model_run)."""
   from tests.pipeline_helpers import tiny_world_model_run
+
   return tiny_world_model_run(str(tmp_path_factory.mktemp("world_model") / "run"))

@@ -36,11 +36,12 @@ def tiny_world_model_run(root: str) -> str:
   write_config(os.path.join(root, "tokenizer"), tok)
 
   dyn = cfg.dynamics
-  dyn.mesh.num_devices = 1          # one device compiles fastest; sharded steps are tested elsewhere
+  dyn.mesh.num_devices = 1  # one device compiles fastest; sharded steps are tested elsewhere
   dyn.train.num_steps = 3
-  dyn.train.stop_at_step = 2        # stopped as if interrupted: play uses the latest checkpoint, and
-                                    # the final evaluation's compiles are skipped
-  dyn.train.long_every = 1          # every step on long windows: one train-step compile
+  # Stopped as if interrupted: play uses the latest checkpoint, and the final evaluation's
+  # compiles are skipped.
+  dyn.train.stop_at_step = 2
+  dyn.train.long_every = 1  # every step on long windows: one train-step compile
   dyn.loss.bootstrap_fraction = 0.0  # flow rows only: the cheapest train step to compile
   dyn.eval.sampling_steps = (4,)
   dyn.eval.horizon = 1

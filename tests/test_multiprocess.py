@@ -8,13 +8,16 @@
    step is checked the same way (1 and 2 processes) on latents of the 1-process tokenizer.
 2. A process killed mid-run makes the other exit (non-zero) within the heartbeat timeout
    instead of hanging, and restarting both resumes from the last checkpoint.
+3. Only process 0, which writes TensorBoard, imports TensorFlow (seen with -X importtime).
 
 Runs stop with --config.train.stop_at_step (as if interrupted) so that no process compiles
-the end-of-run evaluation; all subprocesses share one persistent compilation cache.
+the end-of-run evaluation; all subprocesses share the session's persistent compilation cache
+(tests/conftest.py), so a later session loads their steps instead of compiling them.
 """
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -49,18 +52,33 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(config, workdir, nproc, tmp_path, cache_dir, *, devices=4, stop_at=STEPS, extra=(), tag=""):
+def _launch(
+  config, workdir, nproc, tmp_path, cache_dir, *, devices=4, stop_at=STEPS, extra=(), tag="", importtime=False
+):
+  """nproc processes of dreamer4.main, logging into tmp_path; importtime: `python -X importtime`
+  (every module each process imports is listed in its log)."""
   port = _free_port()
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             JAX_COMPILATION_CACHE_DIR=cache_dir)
+  env = dict(
+    os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=cache_dir
+  )
   env.pop("XLA_FLAGS", None)
   env.pop("JAX_NUM_CPU_DEVICES", None)
   procs = []
   for pid in range(nproc):
-    cmd = [sys.executable, "-m", "dreamer4.main", f"--config={config}", f"--workdir={workdir}",
-           f"--config.train.num_steps={NUM_STEPS}", f"--config.train.stop_at_step={stop_at}",
-           "--config.train.log_every=1", "--config.data.num_threads=1", f"--cpu_devices={devices // nproc}",
-           *extra]
+    cmd = [
+      sys.executable,
+      *(["-X", "importtime"] if importtime else []),
+      "-m",
+      "dreamer4.main",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      f"--config.train.num_steps={NUM_STEPS}",
+      f"--config.train.stop_at_step={stop_at}",
+      "--config.train.log_every=1",
+      "--config.data.num_threads=1",
+      f"--cpu_devices={devices // nproc}",
+      *extra,
+    ]
     if nproc > 1:
       cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={nproc}", f"--process_id={pid}"]
     log = open(tmp_path / f"{os.path.basename(workdir)}{tag}_{pid}.log", "w")
@@ -97,12 +115,32 @@ def tokenizer_runs(tiny_store, tmp_path_factory, cache_dir):
   """Workdirs of the tiny tokenizer trained by 1, 2 and 4 processes (4 devices in all)."""
   tmp_path = tmp_path_factory.mktemp("tokenizer_runs")
   runs = {n: str(tmp_path / f"p{n}") for n in (1, 2, 4)}
-  procs = {n: _launch("configs/tokenizer.py:tiny", w, n, tmp_path, cache_dir,
-                      extra=[f"--config.data.path={tiny_store}"])
-           for n, w in runs.items()}
+  procs = {
+    n: _launch(
+      "configs/tokenizer.py:tiny",
+      w,
+      n,
+      tmp_path,
+      cache_dir,
+      extra=[f"--config.data.path={tiny_store}"],
+      importtime=True,
+    )
+    for n, w in runs.items()
+  }
   for group in procs.values():
     _wait_ok(group, tmp_path)
   return runs
+
+
+def test_only_process_zero_imports_tensorflow(tokenizer_runs):
+  """TensorFlow (through clu's TensorBoard writer: about 10 s of CPU per process) is imported by
+  the one process that writes TensorBoard, process 0, and by no other."""
+  for n, w in tokenizer_runs.items():
+    for pid in range(n):
+      log = open(f"{w}_{pid}.log").read()
+      assert re.search(r"^import time:.*\| +dreamer4\.main$", log, re.M), log[-3000:]  # importtime worked
+      imported = re.search(r"^import time:.*\| +tensorflow$", log, re.M) is not None
+      assert imported == (pid == 0), (n, pid, "imported" if imported else "did not import")
 
 
 def _mesh():
@@ -112,6 +150,7 @@ def _mesh():
 def test_tokenizer_one_two_four_processes_agree(tokenizer_runs, tiny_store):
   from configs import tokenizer
   from dreamer4.phases.tokenizer import make_phase
+
   cfg = tokenizer.get_config("tiny")
   cfg.data.path = tiny_store
   phase = make_phase(cfg, EpisodeStore.open(tiny_store))
@@ -129,6 +168,7 @@ def test_dynamics_one_two_processes_agree(tokenizer_runs, tmp_path, cache_dir):
   from data_pipelines.collect import collect
   from dreamer4.phases.dynamics import make_phase
   from dreamer4.phases.encode import encode_dataset
+
   store, tok = str(tmp_path / "store"), tokenizer_runs[1]
   collect("toy", store, episodes=24, seed=0, skills=(0.3, 0.0), size=16)
   ecfg = encode.get_config()
@@ -136,9 +176,17 @@ def test_dynamics_one_two_processes_agree(tokenizer_runs, tmp_path, cache_dir):
   encode_dataset(ecfg, str(tmp_path / "encode"))
 
   runs = {n: str(tmp_path / f"d{n}") for n in (1, 2)}
-  procs = {n: _launch("configs/dynamics.py:tiny", w, n, tmp_path, cache_dir,
-                      extra=[f"--config.data.path={store}", f"--config.tokenizer_workdir={tok}"])
-           for n, w in runs.items()}
+  procs = {
+    n: _launch(
+      "configs/dynamics.py:tiny",
+      w,
+      n,
+      tmp_path,
+      cache_dir,
+      extra=[f"--config.data.path={store}", f"--config.tokenizer_workdir={tok}"],
+    )
+    for n, w in runs.items()
+  }
   for group in procs.values():
     _wait_ok(group, tmp_path)
   cfg = dynamics.get_config("tiny")
@@ -156,8 +204,12 @@ def _finished_steps(workdir):
 def test_killed_process_stops_the_other_and_restart_resumes(tiny_store, tmp_path, cache_dir):
   tok = "configs/tokenizer.py:tiny"
   workdir = str(tmp_path / "hb")
-  common = [f"--config.data.path={tiny_store}", f"--heartbeat_timeout={HEARTBEAT_S}",
-            "--config.train.checkpoint_every=2", "--config.train.async_checkpoints=false"]
+  common = [
+    f"--config.data.path={tiny_store}",
+    f"--heartbeat_timeout={HEARTBEAT_S}",
+    "--config.train.checkpoint_every=2",
+    "--config.train.async_checkpoints=false",
+  ]
   procs = _launch(tok, workdir, 2, tmp_path, cache_dir, stop_at=NUM_STEPS, extra=common)
   deadline = time.time() + 600
   while len(_finished_steps(workdir)) < 2:  # training is under way: checkpoints 2 and 4 exist
@@ -186,19 +238,30 @@ def test_killed_process_stops_the_other_and_restart_resumes(tiny_store, tmp_path
   assert summary["start_step"] == last and summary["step"] == last + 2, summary
 
 
-def test_four_process_checkpoint_resumed_by_two_processes_on_another_mesh(tokenizer_runs, tiny_store, tmp_path,
-                                                                          cache_dir):
+def test_four_process_checkpoint_resumed_by_two_processes_on_another_mesh(
+  tokenizer_runs, tiny_store, tmp_path, cache_dir
+):
   """The 4-process run's checkpoint (mesh (4,1,1)) continued by 2 processes on mesh (1,4,1) equals the
   1-process run continued on its own mesh: params, optimiser state and data position all restored."""
   import shutil
+
   from configs import tokenizer
   from dreamer4.phases.tokenizer import make_phase
+
   runs = {}
   for n, nproc, extra in ((1, 1, []), (4, 2, ["--config.mesh.preset=gpu8"])):
     w = str(tmp_path / f"resume_p{n}")
     shutil.copytree(tokenizer_runs[n], w)
-    procs = _launch("configs/tokenizer.py:tiny", w, nproc, tmp_path, cache_dir, stop_at=STEPS + 1,
-                    extra=[f"--config.data.path={tiny_store}", *extra], tag="_resume")
+    procs = _launch(
+      "configs/tokenizer.py:tiny",
+      w,
+      nproc,
+      tmp_path,
+      cache_dir,
+      stop_at=STEPS + 1,
+      extra=[f"--config.data.path={tiny_store}", *extra],
+      tag="_resume",
+    )
     _wait_ok(procs, tmp_path)
     log = open(tmp_path / f"resume_p{n}_resume_0.log").read()
     assert f"resuming from step {STEPS}" in log

@@ -1,23 +1,57 @@
 """CLU metric writers (TensorBoard), averaged step metrics, and image grids.
 
-`clu.metric_writers` imports TensorFlow (about 20 s on 2 cores), so it is imported lazily,
-only by the process that writes.
+`clu.metric_writers` imports TensorFlow (about 20 s on 2 cores, per process), so it is imported
+lazily, only by process 0 when it creates its TensorBoard writer; the other processes of a
+multi-process run log through `LogWriter`, which needs no TensorFlow.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metrics as clu_metrics
 
 
 def create_writer(workdir: str):
   """TensorBoard + logging writer on process 0, logging only elsewhere."""
+  if jax.process_index() > 0:
+    return LogWriter()
   from clu import metric_writers  # lazy: imports TensorFlow
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
-                                              asynchronous=True)
+
+  return metric_writers.create_default_writer(workdir, asynchronous=True)
+
+
+class LogWriter:
+  """The writer of processes other than 0: values to the INFO log, in clu's LoggingWriter format.
+
+  clu's own LoggingWriter cannot be imported without `clu.metric_writers`, whose package
+  imports TensorFlow; this one has the methods the trainer and the evaluations call.
+  """
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    values = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(scalars.items())]
+    logging.info("[%d] %s", step, ", ".join(values))
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]):
+    logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()})
+
+  def write_videos(self, step: int, videos: Mapping[str, np.ndarray]):
+    logging.info("[%d] Got videos: %s.", step, {k: np.shape(v) for k, v in videos.items()})
+
+  def write_texts(self, step: int, texts: Mapping[str, str]):
+    logging.info("[%d] Got texts: %s.", step, texts)
+
+  def write_hparams(self, hparams: Mapping[str, object]):
+    logging.info("[Hyperparameters] %s", hparams)
+
+  def flush(self):
+    logging.flush()
+
+  def close(self):
+    self.flush()
 
 
 class MeanMetrics:
@@ -52,7 +86,7 @@ def image_grid(images_NHWC: np.ndarray, cols: int) -> np.ndarray:
   grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1, c), 255, np.uint8)
   for i in range(n):
     r, q = divmod(i, cols)
-    grid[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = images[i]
+    grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = images[i]
   return grid
 
 
@@ -68,6 +102,7 @@ def write_gif(path: str, videos_RTHWC: np.ndarray, fps: int = 8) -> None:
   import os
 
   from PIL import Image
+
   v = np.asarray(videos_RTHWC)
   frames = [image_grid(v[:, t], cols=1) for t in range(v.shape[1])]
   os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -32,8 +32,7 @@ w.close()
 assert 'tensorflow' not in sys.modules, 'a writer of process 1 pulled in TensorFlow'
 """
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "[3] loss=0.5, steps=2" in proc.stderr, proc.stderr[-3000:]
   assert os.listdir(tmp_path) == []  # no event file: process 1 writes no TensorBoard
