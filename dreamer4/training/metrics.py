@@ -2,7 +2,8 @@
 
 `clu.metric_writers` imports TensorFlow (about 20 s on 2 cores, per process), so it is imported
 lazily, only by process 0 when it creates its TensorBoard writer; the other processes of a
-multi-process run log through `LogWriter`, which needs no TensorFlow.
+multi-process run log through `LogWriter`, which needs no TensorFlow, and wait for process 0
+at the end of `create_writer`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,34 @@ import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics
 
+_WRITER_BARRIER_TIMEOUT_S = 900  # the TensorFlow import: ~20 s on 2 idle cores, minutes when loaded
+_writers_created = 0
+
 
 def create_writer(workdir: str):
-  """TensorBoard + logging writer on process 0, logging only elsewhere."""
-  if jax.process_index() > 0:
-    return LogWriter()
-  from clu import metric_writers  # lazy: imports TensorFlow
+  """TensorBoard + logging writer on process 0, logging only elsewhere.
 
-  return metric_writers.create_default_writer(workdir, asynchronous=True)
+  Every process calls it: in a multi-process run it ends at a barrier. Only process 0 imports
+  TensorFlow here, so without one the others would reach the first collective of the next step
+  that much earlier, and a CPU (gloo) collective gives up on a peer that late ("Gloo context
+  initialization failed: ... Connect timeout", seen with 2 processes on a loaded 2-core
+  machine). The barrier is the coordination service's, with a generous timeout of its own.
+  """
+  global _writers_created
+  if jax.process_index() > 0:
+    writer = LogWriter()
+  else:
+    from clu import metric_writers  # lazy: imports TensorFlow
+
+    writer = metric_writers.create_default_writer(workdir, asynchronous=True)
+  _writers_created += 1
+  if jax.process_count() > 1:
+    from orbax.checkpoint import multihost
+
+    multihost.get_barrier_sync_fn()(
+      key=f"dreamer4_writer_{_writers_created}", timeout_ms=_WRITER_BARRIER_TIMEOUT_S * 1000
+    )
+  return writer
 
 
 class LogWriter:

@@ -131,7 +131,8 @@ def _env(tmp_path):
     PYTHONPATH=ROOT,
     JAX_PLATFORMS="cpu",
     TF_CPP_MIN_LOG_LEVEL="3",
-    JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / "jax-cache"),
+    # The session's persistent compilation cache (tests/conftest.py): a later session loads the step.
+    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
   )
   env.pop("XLA_FLAGS", None)
   return env
