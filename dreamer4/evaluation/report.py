@@ -239,6 +239,54 @@ def _cell(rate: float | None, std: float | None = None) -> str:
   return _pct(rate) if std is None else f"{_pct(rate)} ± {_pct(std)}"
 
 
+def paired_differences(rows: dict[str, Row]) -> list[dict[str, Any]]:
+  """The last seeded row (the table's final agent, e.g. Dreamer 4) against every other row, seed by
+  seed: against another seeded row with the same seed indices the difference is per seed (paired);
+  against an unseeded row (e.g. the behaviour data) it is each seed's score minus that row's one
+  number. Mean success, in [0, 1]."""
+  seeded = [n for n, r in rows.items() if r.per_seed]
+  if not seeded:
+    return []
+  last = rows[seeded[-1]]
+  own = {p["index"]: p["mean_success"] for p in last.per_seed}
+  out = []
+  for name, r in rows.items():
+    if name == seeded[-1]:
+      continue
+    if r.per_seed:
+      other = {p["index"]: p["mean_success"] for p in r.per_seed}
+      if set(other) != set(own):
+        continue  # different seeds: nothing to pair
+    else:
+      other = {i: float(r.mean_success) for i in own}
+    diffs = [own[i] - other[i] for i in sorted(own)]
+    out.append(
+      {
+        "agent": seeded[-1],
+        "against": name,
+        "indices": sorted(own),
+        "differences": diffs,
+        "positive": sum(d > 0 for d in diffs),
+        "mean": float(np.mean(diffs)),
+      }
+    )
+  return out
+
+
+def paired_lines(rows: dict[str, Row]) -> list[str]:
+  found = paired_differences(rows)
+  if not found:
+    return []
+  lines = ["", "Paired differences in mean success (percentage points, seed by seed):", ""]
+  for d in found:
+    per = ", ".join(f"{i}: {100 * x:+.1f}" for i, x in zip(d["indices"], d["differences"]))
+    lines.append(
+      f"- {d['agent']} − {d['against']}: {per} (positive on {d['positive']} of {len(d['differences'])} "
+      f"seeds, mean {100 * d['mean']:+.1f})"
+    )
+  return lines
+
+
 def to_markdown(rows: dict[str, Row]) -> str:
   """The results table (agents as rows, success % per task as columns) and, for envs with
   achievements, a second table with achievements as rows and agents as columns (as [P Table 7])."""
@@ -272,6 +320,7 @@ def to_markdown(rows: dict[str, Row]) -> str:
     for name, r in seeded.items():
       seeds = ", ".join(f"{p['index']}: {_pct(p['mean_success'])}" for p in r.per_seed)
       lines.append(f"- {name}: {seeds}")
+    lines += paired_lines(rows)
   with_ach = {n: r for n, r in rows.items() if r.achievements}
   if with_ach:
     achs: list[str] = []
@@ -310,7 +359,7 @@ def write_table(rows: dict[str, Row], workdir: str, *, step: int = 0, fps: int =
   """Writes the table of `rows` (row name -> Row).
 
   Files: workdir/results.md, workdir/results.json ({"rows": {name: row.to_json()},
-  "tags": {name: slug}}), both replaced atomically; workdir/videos/env_eval_<slug>.gif for
+  "tags": {name: slug}, "paired": paired_differences(rows)}), both replaced atomically; workdir/videos/env_eval_<slug>.gif for
   rows with videos. TensorBoard (CLU writer on workdir): scalars `env_eval/<slug>/<metric>`
   for every metric of `flat_metrics`, an image strip `env_eval/<slug>/episodes` per row with
   videos, and the markdown as text `env_eval/table`, all at `step`.
@@ -337,7 +386,12 @@ def write_table(rows: dict[str, Row], workdir: str, *, step: int = 0, fps: int =
   md, js = os.path.join(workdir, "results.md"), os.path.join(workdir, "results.json")
   _atomic_write(md, text)
   _atomic_write(
-    js, json.dumps({"rows": {n: r.to_json() for n, r in rows.items()}, "tags": tags}, indent=1, default=float)
+    js,
+    json.dumps(
+      {"rows": {n: r.to_json() for n, r in rows.items()}, "tags": tags, "paired": paired_differences(rows)},
+      indent=1,
+      default=float,
+    ),
   )
   written = [md, js]
 

@@ -198,6 +198,12 @@ def test_write_table_files_and_tensorboard(tmp_path, scripted, random_row, tiny_
   assert f"- WM+BC (3 seeds): {per_seed}\n" in md and per_seed.startswith("0: ") and ", 1: " in per_seed
   data = json.loads((tmp_path / "results.json").read_text())
   assert list(data["rows"]) == list(rows)
+  # Paired differences: the last seeded row against each other row, seed by seed.
+  (vs_behaviour,) = [d for d in data["paired"] if d["against"] == "behaviour data"]
+  want = [p["mean_success"] - behaviour.mean_success for p in agg.per_seed]
+  assert vs_behaviour["agent"] == "WM+BC (3 seeds)" and vs_behaviour["differences"] == pytest.approx(want)
+  assert vs_behaviour["positive"] == sum(w > 0 for w in want) and vs_behaviour["mean"] == pytest.approx(np.mean(want))
+  assert f"positive on {vs_behaviour['positive']} of 2 seeds" in md
   assert data["rows"]["random"]["tasks"] == random_row.to_json()["tasks"]
   assert data["rows"]["behaviour data"]["episodes"] == 24
   assert data["tags"] == {
@@ -261,3 +267,33 @@ def test_bad_input_is_one_line():
   # Only the given tasks are played.
   row = ev.evaluate("toy", pol, num_episodes=3, seed=0, batch_size=3, env_kwargs=ENV_KW, tasks=["reach_blue"])
   assert list(row.tasks) == ["reach_blue"] and row.tasks["reach_blue"].episodes == 3
+
+
+def test_paired_differences_hand_example():
+  """Two seeded agents over 3 seeds and one unseeded baseline; numbers worked out by hand."""
+
+  def row(per_seed, mean):
+    return table.Row(
+      env="toy",
+      policy="p",
+      episodes=1,
+      tasks={},
+      mean_success=mean,
+      success_rate=mean,
+      returns=table.Spread(mean, 0.0, "seeds"),
+      length=table.Spread(1.0, 0.0, "seeds"),
+      per_seed=[{"index": i, "seed": i, "mean_success": m} for i, m in enumerate(per_seed)] or None,
+    )
+
+  base = row([], 0.82)
+  wm_bc = row([0.90, 0.70, 0.80], 0.80)
+  dreamer = row([0.95, 0.65, 1.00], 0.8667)
+  found = table.paired_differences({"behaviour data": base, "WM+BC": wm_bc, "Dreamer 4": dreamer})
+  assert [d["against"] for d in found] == ["behaviour data", "WM+BC"]
+  # vs behaviour: 0.95-0.82=+0.13, 0.65-0.82=-0.17, 1.00-0.82=+0.18 -> 2 positive, mean +0.0467
+  assert found[0]["differences"] == pytest.approx([0.13, -0.17, 0.18]) and found[0]["positive"] == 2
+  assert found[0]["mean"] == pytest.approx(0.14 / 3)
+  # vs WM+BC: +0.05, -0.05, +0.20 -> 2 positive, mean +0.0667
+  assert found[1]["differences"] == pytest.approx([0.05, -0.05, 0.20]) and found[1]["mean"] == pytest.approx(0.2 / 3)
+  md = table.to_markdown({"behaviour data": base, "WM+BC": wm_bc, "Dreamer 4": dreamer})
+  assert "- Dreamer 4 − WM+BC: 0: +5.0, 1: -5.0, 2: +20.0 (positive on 2 of 3 seeds, mean +6.7)" in md
