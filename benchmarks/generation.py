@@ -35,7 +35,7 @@ from flax import nnx
 
 from configs import dynamics as dynamics_config
 from configs import tokenizer as tokenizer_config
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.aot import AotJit
 from dreamer4.inference.world import World, no_action
 from dreamer4.models.dynamics import Dynamics, log2_exact, make_sampling_fn
@@ -81,7 +81,7 @@ def bench_cached(model, c: int, B: int, k: int, warmup: int, frames: int) -> dic
   N, L = model.num_latents, model.latent_dim
   ctx = jax.random.normal(jax.random.key(0), (B, c - 1, N, L))
   state = world.reset(ctx, no_action(model, B, c - 1), jax.random.key(1))
-  action = {"discrete": jnp.zeros((B, 1), jnp.int32), "labelled": jnp.ones((B,), bool)}
+  action = Action.labelled_from(jnp.zeros((B, 1), jnp.int32))
   box = {"state": state, "i": 0}
 
   def one():
@@ -116,7 +116,7 @@ def bench_uncached(model, c: int, B: int, k: int, warmup: int, frames: int) -> d
     return jax.lax.fori_loop(0, k, body, jax.random.normal(rng, (B, N, L)))
 
   hist = jax.random.normal(jax.random.key(0), (B, c, N, L))
-  actions = {"discrete": jnp.zeros((B, c, 1), jnp.int32), "labelled": jnp.ones((B, c), bool)}
+  actions = Action.labelled_from(jnp.zeros((B, c, 1), jnp.int32))
   box = {"i": 0}
 
   def one():

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.models.dynamics import Dynamics
 
 SPEC = ActionSpec((ActionComponent("move", "discrete", 5),))
@@ -60,22 +60,25 @@ def measure(
   graphdef, params = nnx.split(model, nnx.Param)
   z = jax.ShapeDtypeStruct((B, T, N, L), jnp.float32)
   idx = jax.ShapeDtypeStruct((B, T), jnp.int32)
-  act = jax.ShapeDtypeStruct((B, T, 1), jnp.int32)
-  lab = jax.ShapeDtypeStruct((B, T), jnp.bool_)
+  act = Action(
+    jax.ShapeDtypeStruct((B, T, 1), jnp.int32),
+    jax.ShapeDtypeStruct((B, T, 0), jnp.float32),
+    jax.ShapeDtypeStruct((B, T), jnp.bool_),
+  )
 
-  def loss(params, z, tau, d, act, lab):
-    out = nnx.merge(graphdef, params)(z, tau, d, act, lab)
+  def loss(params, z, tau, d, act):
+    out = nnx.merge(graphdef, params)(z, tau, d, act)
     return jnp.mean(jnp.square(out["z1_hat_BTNL"] - z))
 
   t0 = time.perf_counter()
-  lowered = jax.jit(jax.value_and_grad(loss)).lower(params, z, idx, idx, act, lab)
+  lowered = jax.jit(jax.value_and_grad(loss)).lower(params, z, idx, idx, act)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
   mem = compiled.memory_analysis()
   step_s = None
   if steps:
-    concrete = [jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), x) for x in (params, z, idx, idx, act, lab)]
+    concrete = [jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), x) for x in (params, z, idx, idx, act)]
     times = []
     for _ in range(steps + 1):  # the first run is a warm-up
       t = time.perf_counter()

@@ -53,7 +53,8 @@ LATER_KEYS = {
       scan_layers=False,
       remat_policy="nothing",
       attention="dense",
-    )
+    ),
+    "eval": dict(sweep_batches=0),  # 0: every evaluation batch sweeps every K
   },
 }
 

@@ -167,7 +167,8 @@ def random_walk_hits(start_cell_B, true_cell_BH) -> jax.Array:
 def frame_counts(truth: ToyState, gen: ToyState) -> dict[str, jax.Array]:
   """Per-frame counts [B, H] comparing generated with true parses (both from `parse`).
 
-  agent_hit: 1 where the agent cells agree. goal_kept / goal_true: true goal cells the
+  agent_hit: 1 where the generated frame shows exactly one agent and in the true cell
+    (`parse` names a cell even for a frame with no agent or with two). goal_kept / goal_true: true goal cells the
   generated frame shows with the right kind / true goal cells. distractor_cells_right:
   cells whose distractor flag agrees (of 64). distractor_tp / fp / fn: for the F1.
   """
@@ -176,7 +177,7 @@ def frame_counts(truth: ToyState, gen: ToyState) -> dict[str, jax.Array]:
   td, gd = truth.distractor_GG, gen.distractor_GG
   f = lambda m: jnp.sum(m, axis=(-2, -1)).astype(jnp.float32)
   return {
-    "agent_hit": (truth.agent_cell == gen.agent_cell).astype(jnp.float32),
+    "agent_hit": ((truth.agent_cell == gen.agent_cell) & (f(gen.agent_GG) == 1)).astype(jnp.float32),
     "goal_kept": f(kept_BHGG),
     "goal_true": f(goal_true_BHGG),
     "distractor_cells_right": f(td == gd),

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from data_pipelines.envs.base import Action
 from dreamer4 import runs
 from dreamer4.aot import AotJit
 from dreamer4.inference import kv_cache
@@ -79,8 +80,7 @@ class WorldModelAgent:
       with_agent=True,
     )
     h = agent_embedding(agent_out)
-    disc, _ = heads_lib.sample(agent.policy.spec, agent.policy.params(h, 0), a_key)
-    return cache, disc
+    return cache, heads_lib.sample(agent.policy.spec, agent.policy.params(h, 0), a_key).discrete
 
   def step_compiles(self) -> int:
     """Executables of the acting step built so far (two shapes: an episode's first frame, later ones)."""
@@ -101,17 +101,13 @@ class WorldModelAgent:
     self._cache = kv_cache.init_cache(agent.dynamics, B, self._window)
     self._tasks = jnp.asarray(tasks_B, jnp.int32)
     self._prev = np.asarray(frames_BHWC)
-    cols = self.action_spec.discrete_columns
-    action = {"discrete": jnp.zeros((B, cols), jnp.int32), "labelled": jnp.zeros((B,), bool)}
-    return self._run(self._prev[:, None], action, rng)
+    return self._run(self._prev[:, None], Action.unlabelled(self.action_spec, (B,)), rng)
 
   def next(self, frames_BHWC, actions_BA, rng):
     frames_BHWC = np.asarray(frames_BHWC)
     clip = np.stack([self._prev, frames_BHWC], axis=1) if self._tok_window >= 2 else frames_BHWC[:, None]
     self._prev = frames_BHWC
-    B = frames_BHWC.shape[0]
-    action = {"discrete": jnp.asarray(actions_BA, jnp.int32), "labelled": jnp.ones((B,), bool)}
-    return self._run(clip, action, rng)
+    return self._run(clip, Action.labelled_from(np.asarray(actions_BA, np.int32)), rng)
 
 
 def load_policy(agent_workdir: str, *, action_spec=None, num_latents=None, latent_dim=None):
@@ -140,8 +136,7 @@ def load_policy(agent_workdir: str, *, action_spec=None, num_latents=None, laten
     }
     n_key, a_key = jax.random.split(key)
     h = context_pass(model.dynamics, batch, jax.random.normal(n_key, z_1TNL.shape), agent._context_noise)[:, -1]
-    disc, _ = heads_lib.sample(model.policy.spec, model.policy.params(h, 0), a_key)
-    return disc[0]
+    return heads_lib.sample(model.policy.spec, model.policy.params(h, 0), a_key).discrete[0]
 
   def policy_fn(z_TNL, rng):
     z = jnp.asarray(np.asarray(z_TNL, np.float32)[-window:])[None]

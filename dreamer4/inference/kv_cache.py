@@ -39,11 +39,12 @@ Shape letters: B batch, N latent tokens, L latent channels (in z) or time layers
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from data_pipelines.envs.base import Action
 from dreamer4.errors import ConfigError
 from dreamer4.inference.sampler import context_tau_index
 from dreamer4.models import transformer as tr
@@ -94,9 +95,9 @@ def init_cache(model: Dynamics, batch: int, window: int | None = None) -> KVCach
   return KVCache(zeros, zeros, jnp.full((M,), -1, jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def _frame_axis(action: Any):
-  """Adds the T = 1 axis to every leaf of one frame's action pytree."""
-  return jax.tree.map(lambda a: None if a is None else jnp.asarray(a)[:, None], action)
+def _frame_axis(action: Action) -> Action:
+  """Adds the T = 1 axis to every field of one frame's Action [B]."""
+  return jax.tree.map(lambda a: jnp.asarray(a)[:, None], action)
 
 
 def _positions(cache: KVCache):
@@ -125,7 +126,7 @@ def frame_forward(
   z_BNL,
   tau_idx_B,
   d_idx_B,
-  action,
+  action: Action,
   rotated_k_LBSMGK=None,
   tasks_B=None,
   with_agent: bool = False,
@@ -138,8 +139,7 @@ def frame_forward(
     z_BNL: Current (corrupted) latents of the frame.
     tau_idx_B: int32 signal-level index per row (or a scalar).
     d_idx_B: int32 step-size index per row (or a scalar).
-    action: dict with "labelled" [B] bool, "discrete" [B, Ad] int32 (if the spec
-      has such columns) and "continuous" [B, Ac] float (if it has those).
+    action: This frame's Action [B] (data_pipelines/envs/base.py).
     rotated_k_LBSMGK: Optional `rotated_keys(model, cache)`, to skip re-rotating.
     tasks_B: Optional int32 task ids for the agent tokens (phase 2+ models).
     with_agent: Also return the agent tokens' outputs [B, K_agent, D].
@@ -156,9 +156,7 @@ def frame_forward(
     z_BNL[:, None],
     tau_idx_B1,
     d_idx_B1,
-    act.get("discrete"),
-    act["labelled"],
-    actions_continuous_BTA=act.get("continuous"),
+    act,
     tasks_BT=None if tasks_B is None else jnp.asarray(tasks_B, jnp.int32)[:, None],
   )
   here, cache_pos_M, cache_valid_M = _positions(cache)
@@ -202,7 +200,7 @@ def commit_frame(
   cache: KVCache,
   z_BNL,
   noise_BNL,
-  action,
+  action: Action,
   *,
   context_noise: float,
   rotated_k_LBSMGK=None,
@@ -228,7 +226,7 @@ def commit_frame(
   return (cache, out[3]) if with_agent else cache
 
 
-def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action, *, k: int, rotated_k_LBSMGK=None):
+def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action: Action, *, k: int, rotated_k_LBSMGK=None):
   """Takes `k` shortcut steps from noise z0 on the grid tau = j/k with d = 1/k.
 
   The same update as `sampler.generate`: z <- z + (z1_hat - z) / (k - j), written
@@ -251,14 +249,14 @@ def prime(
   model: Dynamics,
   cache: KVCache,
   context_z_BCNL,
-  context_actions,
+  context_actions: Action,
   noise_BCNL,
   *,
   context_noise: float,
   tasks_B=None,
   with_agent: bool = False,
 ):
-  """Commits C context frames in order (a lax.scan of `commit_frame`).
+  """Commits C context frames in order (a lax.scan of `commit_frame`); `context_actions` is an Action [B, C].
 
   With `with_agent` (C >= 1) it returns (cache, agent_BKD of the last context frame).
   """

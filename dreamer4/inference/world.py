@@ -16,10 +16,11 @@ RNG convention (matches `sampler.generate`, so the two can be compared noise for
 noise): `reset` draws all context corruption noise as normal(rng, [B, C, N, L]);
 `step` splits its rng into (initial-noise key, history-noise key).
 
-Actions: one frame's action is a dict with "labelled" [B] bool, "discrete" [B, Ad]
-int32 and/or "continuous" [B, Ac] float (per the model's ActionSpec), the action
-that LEADS TO the generated frame. A bare int array [B, Ad] is read as labelled
-discrete actions. Context actions are the same dict with a C axis: [B, C, ...].
+Actions: one frame's action is an `Action` [B] (data_pipelines/envs/base.py; discrete
+int32 [B, Ad], continuous float [B, Ac], labelled bool [B], per the model's ActionSpec),
+the action that LEADS TO the generated frame. A bare int array [B, Ad] is read as
+labelled discrete actions (`Action.labelled_from`). Context actions are an Action with a
+C axis: [B, C, ...].
 
 Decoding: the tokenizer decodes each new frame on its own (T = 1). A tokenizer
 whose decoder has time layers would read earlier frames too; that history is not
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data_pipelines.envs.base import Action
 from dreamer4.aot import AotJit
 from dreamer4.inference import kv_cache
 from dreamer4.models.dynamics import Dynamics, log2_exact
@@ -45,25 +47,19 @@ class WorldState(NamedTuple):
   cache: kv_cache.KVCache
 
 
-def as_action(action: Any, batch: int) -> dict:
-  """Normalises one frame's action to the dict form (see module docstring)."""
+def as_action(action: Any) -> Action:
+  """An Action as is; a bare int array [..., Ad] as labelled discrete actions (module docstring)."""
+  if isinstance(action, Action):
+    return action
   if isinstance(action, dict):
-    out = dict(action)
-    out.setdefault("labelled", jnp.ones((batch,), bool))
-    return out
-  return {"discrete": jnp.asarray(action, jnp.int32), "labelled": jnp.ones((batch,), bool)}
+    raise TypeError("actions are data_pipelines.envs.base.Action values, not dicts")
+  return Action.labelled_from(jnp.asarray(action, jnp.int32))
 
 
-def no_action(model: Dynamics, batch: int, frames: int | None = None) -> dict:
+def no_action(model: Dynamics, batch: int, frames: int | None = None) -> Action:
   """Unlabelled actions ([B] or [B, frames]): only the base action embedding."""
   lead = (batch,) if frames is None else (batch, frames)
-  spec = model.action_spec
-  out = {"labelled": jnp.zeros(lead, bool)}
-  if spec.discrete_columns:
-    out["discrete"] = jnp.zeros(lead + (spec.discrete_columns,), jnp.int32)
-  if spec.continuous_columns:
-    out["continuous"] = jnp.zeros(lead + (spec.continuous_columns,), jnp.float32)
-  return out
+  return Action.unlabelled(model.action_spec, lead)
 
 
 class World:
@@ -135,15 +131,15 @@ class World:
 
     Args:
       context_latents_BCNL: Clean tokenizer latents [B, C, N, L] (C may be 0).
-      context_actions: Action dict with leaves [B, C, ...] (None = unlabelled).
+      context_actions: Action [B, C] or int [B, C, Ad] (labelled discrete); None = unlabelled.
       rng: PRNG key for the context corruption noise.
     """
     z = jnp.asarray(context_latents_BCNL, jnp.float32)
     B, C = z.shape[:2]
     if context_actions is None:
       context_actions = no_action(nnx.merge(self._model_def, self._model_state), B, C)
-    elif not isinstance(context_actions, dict):
-      context_actions = {"discrete": jnp.asarray(context_actions, jnp.int32), "labelled": jnp.ones((B, C), bool)}
+    else:
+      context_actions = as_action(context_actions)
     return self._reset_jit(self._model_state, z, context_actions, rng)
 
   def step(self, state: WorldState, action, rng) -> tuple[dict, WorldState]:
@@ -151,7 +147,7 @@ class World:
 
     Args:
       state: From `reset` or a previous `step`.
-      action: This frame's action (dict or int [B, Ad], see module docstring).
+      action: This frame's Action [B] (or int [B, Ad], see module docstring).
       rng: PRNG key for this frame.
 
     Returns:
@@ -159,8 +155,7 @@ class World:
       tokenizer, out["frame_BHWC"] the decoded frame in [0, 1]. The input `state`
       is donated (its cache buffers are reused): do not use it again.
     """
-    B = state.cache.k_LBSMGK.shape[1]
-    return self._step_jit(self._model_state, self._tok_state, state, as_action(action, B), rng)
+    return self._step_jit(self._model_state, self._tok_state, state, as_action(action), rng)
 
   def step_compiles(self) -> int:
     """How many times `step` has been compiled (1 after any number of steps)."""

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_pipelines.envs.base import ActionSpec
+from data_pipelines.envs.base import Action, ActionSpec
 from dreamer4.errors import ConfigError
 from dreamer4.models import transformer as tr
 
@@ -301,33 +301,30 @@ class Dynamics(nnx.Module):
     d_BTD = jnp.take(self.d_embed[...], d_idx_BT, axis=0)
     return jnp.concatenate([tau_BTD, d_BTD], axis=-1)[:, :, None].astype(self.dtype)
 
-  def embed_actions(self, actions_discrete_BTA, action_labelled_BT, actions_continuous_BTA=None):
+  def embed_actions(self, actions: Action):
     """The action token [B,T,1,D].
 
     Args:
-      actions_discrete_BTA: int32 [B,T,Ad] (discrete and binary columns in spec
-        order); may be None when the spec has no such columns.
-      action_labelled_BT: bool [B,T]; False frames get only the base embedding.
-      actions_continuous_BTA: float [B,T,Ac], required iff the spec has continuous
-        columns.
+      actions: Action [B,T]: discrete int32 [B,T,Ad] (discrete and binary columns in
+        spec order), continuous float [B,T,Ac], labelled bool [B,T] (False frames get
+        only the base embedding). A part the spec has no columns for is not read.
     """
     spec = self.action_spec
-    labelled_BT = jnp.asarray(action_labelled_BT, dtype=bool)
+    labelled_BT = jnp.asarray(actions.labelled, dtype=bool)
     B, T = labelled_BT.shape
     sum_BTD = jnp.zeros((B, T, self.width), jnp.float32)
     if self._action_offsets:
-      if actions_discrete_BTA is None or actions_discrete_BTA.shape[-1] != spec.discrete_columns:
-        got = None if actions_discrete_BTA is None else actions_discrete_BTA.shape
-        raise ValueError(f"actions_discrete_BTA must have {spec.discrete_columns} columns, got {got}")
+      disc_BTA = actions.discrete
+      if disc_BTA.shape[-1] != spec.discrete_columns:
+        raise ValueError(f"actions.discrete must have {spec.discrete_columns} columns, got {disc_BTA.shape}")
       offsets_A = np.asarray(self._action_offsets, np.int32)
       max_A = np.asarray(self._action_sizes, np.int32) - 1
-      idx_BTA = jnp.clip(jnp.asarray(actions_discrete_BTA, jnp.int32), 0, max_A) + offsets_A
+      idx_BTA = jnp.clip(jnp.asarray(disc_BTA, jnp.int32), 0, max_A) + offsets_A
       sum_BTD = sum_BTD + jnp.take(self.action_table[...], idx_BTA, axis=0).sum(axis=2)
     if spec.continuous_columns:
-      cont_BTA = actions_continuous_BTA
-      if cont_BTA is None or cont_BTA.shape[-1] != spec.continuous_columns:
-        got = None if cont_BTA is None else cont_BTA.shape
-        raise ValueError(f"actions_continuous_BTA must have {spec.continuous_columns} columns, got {got}")
+      cont_BTA = actions.continuous
+      if cont_BTA.shape[-1] != spec.continuous_columns:
+        raise ValueError(f"actions.continuous must have {spec.continuous_columns} columns, got {cont_BTA.shape}")
       # Zero the inputs of unlabelled frames first: a NaN there would otherwise
       # reach the kernel's gradient through the masked branch below.
       cont_BTA = jnp.where(labelled_BT[..., None], jnp.asarray(cont_BTA, jnp.float32), 0.0)
@@ -344,17 +341,7 @@ class Dynamics(nnx.Module):
       agent_BTKD = agent_BTKD + jnp.take(self.task_embed[...], tasks_BT, axis=0)[:, :, None]
     return agent_BTKD.astype(self.dtype)
 
-  def embed(
-    self,
-    z_BTNL,
-    tau_idx_BT,
-    d_idx_BT,
-    actions_discrete_BTA,
-    action_labelled_BT,
-    *,
-    actions_continuous_BTA=None,
-    tasks_BT=None,
-  ):
+  def embed(self, z_BTNL, tau_idx_BT, d_idx_BT, actions: Action, *, tasks_BT=None):
     """Builds the per-frame token blocks x_BTSD in layout order."""
     B, T, N, L = z_BTNL.shape
     if (N, L) != (self.num_latents, self.latent_dim):
@@ -368,7 +355,7 @@ class Dynamics(nnx.Module):
     if self.num_registers:
       parts["registers"] = jnp.broadcast_to(self.registers[...].astype(dt), (B, T) + self.registers.shape)
     parts["tau_d"] = self.embed_tau_d(tau_idx_BT, d_idx_BT)
-    parts["action"] = self.embed_actions(actions_discrete_BTA, action_labelled_BT, actions_continuous_BTA)
+    parts["action"] = self.embed_actions(actions)
     if self.num_agent_tokens:
       parts["agent"] = self.embed_agent(B, T, tasks_BT)
     return jnp.concatenate([parts[name] for name in self.layout.names], axis=2)
@@ -389,10 +376,8 @@ class Dynamics(nnx.Module):
     z_BTNL,
     tau_idx_BT,
     d_idx_BT,
-    actions_discrete_BTA,
-    action_labelled_BT,
+    actions: Action,
     *,
-    actions_continuous_BTA=None,
     tasks_BT=None,
     independent_B=None,
     return_tokens: bool = False,
@@ -403,9 +388,8 @@ class Dynamics(nnx.Module):
       z_BTNL: Corrupted latents z~ = (1 - tau) z0 + tau z1, per frame.
       tau_idx_BT: int32 signal-level index, tau = tau_idx / k_max (0..k_max).
       d_idx_BT: int32 step-size index, d = 2**-d_idx (0..log2 k_max).
-      actions_discrete_BTA: int32 [B,T,Ad] discrete/binary action columns.
-      action_labelled_BT: bool [B,T]; False = use the "no action" base token.
-      actions_continuous_BTA: float [B,T,Ac] continuous columns, if any.
+      actions: Action [B,T] (data_pipelines/envs/base.py): the action that led to
+        each frame; labelled False = use the "no action" base token.
       tasks_BT: int32 task ids for the agent tokens (ignored without agent tokens).
       independent_B: Optional bool [B]; True rows get a diagonal time mask and are
         treated as independent images [P §4].
@@ -416,15 +400,7 @@ class Dynamics(nnx.Module):
       tokens_BTSD when `return_tokens`.
     """
     B, T = z_BTNL.shape[:2]
-    x_BTSD = self.embed(
-      z_BTNL,
-      tau_idx_BT,
-      d_idx_BT,
-      actions_discrete_BTA,
-      action_labelled_BT,
-      actions_continuous_BTA=actions_continuous_BTA,
-      tasks_BT=tasks_BT,
-    )
+    x_BTSD = self.embed(z_BTNL, tau_idx_BT, d_idx_BT, actions, tasks_BT=tasks_BT)
     y_BTSD = self.transformer(
       x_BTSD,
       space_mask_SS=tr.space_mask(self.layout, tr.dynamics_rule(self.layout.names)),
@@ -443,13 +419,12 @@ class Dynamics(nnx.Module):
 # ----------------------------------------------------------------------------------
 
 
-def make_training_fn(
-  model: Dynamics, actions_discrete_BTA, action_labelled_BT, *, actions_continuous_BTA=None, tasks_BT=None
-):
+def make_training_fn(model: Dynamics, actions: Action, *, tasks_BT=None):
   """apply_fn(z, tau_idx, d_idx, independent_B) -> z1_hat for `shortcut_loss`.
 
-  The loss runs its bootstrap passes on the first n rows of the batch only, so the
-  closure slices every per-row input to the leading z.shape[0] rows.
+  `actions` is the batch's Action [B,T]. The loss runs its bootstrap passes on the
+  first n rows of the batch only, so the closure slices every per-row input to the
+  leading z.shape[0] rows.
   """
 
   def apply_fn(z_BTNL, tau_idx_BT, d_idx_BT, independent_B=None):
@@ -459,9 +434,7 @@ def make_training_fn(
       z_BTNL,
       tau_idx_BT,
       d_idx_BT,
-      rows(actions_discrete_BTA),
-      rows(action_labelled_BT),
-      actions_continuous_BTA=rows(actions_continuous_BTA),
+      Action(*(a[:n] for a in actions)),
       tasks_BT=rows(tasks_BT),
       independent_B=independent_B,
     )["z1_hat_BTNL"]
@@ -472,8 +445,7 @@ def make_training_fn(
 def make_sampling_fn(model: Dynamics):
   """apply_fn(z, tau_idx, d_idx, actions) -> z1_hat for `inference.sampler.generate`.
 
-  `actions` is the window of a dict with keys "discrete" [B,T,Ad] int32,
-  "labelled" [B,T] bool and optionally "continuous" [B,T,Ac] float32.
+  `actions` is the window of an Action [B,T] (the sampler cuts every field to it).
   """
 
   # Sampling takes no gradients, so rematerialising blocks would only cost time,
@@ -484,13 +456,6 @@ def make_sampling_fn(model: Dynamics):
   view.transformer.remat = False
 
   def apply_fn(z_BTNL, tau_idx_BT, d_idx_BT, actions):
-    return view(
-      z_BTNL,
-      tau_idx_BT,
-      d_idx_BT,
-      actions.get("discrete"),
-      actions["labelled"],
-      actions_continuous_BTA=actions.get("continuous"),
-    )["z1_hat_BTNL"]
+    return view(z_BTNL, tau_idx_BT, d_idx_BT, actions)["z1_hat_BTNL"]
 
   return apply_fn

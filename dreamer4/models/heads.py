@@ -11,8 +11,10 @@ Policy distributions follow the dataset's `ActionSpec`, component by component:
   continuous -> `size` independent Gaussians, no tanh squashing, with a learned,
                 state-dependent log std (the paper has no continuous actions; this is
                 the reimplementations' choice [Impl]).
-An action is the pair (discrete int32 [..., Ad], continuous float32 [..., Ac]) exactly as
-the data pipeline stores it, so sampled actions can be fed back to the dynamics.
+Actions are `Action`s (data_pipelines/envs/base.py): discrete int32 [..., Ad] and
+continuous float32 [..., Ac] columns in the data pipeline's layout, so sampled actions can
+be fed back to the dynamics. The functions here read only those two fields (a sample is
+labelled; `labelled` is never read).
 
 Distribution parameters are kept as one flat vector per state ("params", [..., P]);
 the module-level functions below (log_prob, entropy, kl, sample) read it with the spec,
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from data_pipelines.envs.base import ActionSpec
+from data_pipelines.envs.base import Action, ActionSpec
 from dreamer4.models.transformer import RMSNorm, fan_in_init, make_param
 from dreamer4.objectives.twohot import TwoHot
 
@@ -71,15 +73,15 @@ def _gauss(part):
   return mean, log_std
 
 
-def log_prob(spec: ActionSpec, params_NP, actions):
+def log_prob(spec: ActionSpec, params_NP, actions: Action):
   """Log-likelihood [N] of an action (summed over components and their dimensions).
 
   Args:
     spec: the action space.
     params_NP: flat distribution parameters.
-    actions: (discrete int32 [N, Ad], continuous float32 [N, Ac]).
+    actions: an Action with leading shape [N] (its discrete and continuous columns).
   """
-  disc_NA, cont_NA = actions
+  disc_NA, cont_NA = actions.discrete, actions.continuous
   total = jnp.zeros(params_NP.shape[:-1], jnp.float32)
   for comp, part, dcols, ccols in _split(spec, params_NP):
     if comp.kind == "discrete":
@@ -141,8 +143,8 @@ def kl(spec: ActionSpec, params_p_NP, params_q_NP):
   return total
 
 
-def sample(spec: ActionSpec, params_NP, rng):
-  """Samples an action: (discrete int32 [N, Ad], continuous float32 [N, Ac])."""
+def sample(spec: ActionSpec, params_NP, rng) -> Action:
+  """Samples a labelled Action [N]: discrete int32 [N, Ad], continuous float32 [N, Ac]."""
   lead = params_NP.shape[:-1]
   disc, cont = [], []
   for comp, part, _, _ in _split(spec, params_NP):
@@ -156,7 +158,7 @@ def sample(spec: ActionSpec, params_NP, rng):
       cont.append(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, jnp.float32))
   disc_NA = jnp.concatenate(disc, axis=-1) if disc else jnp.zeros((*lead, 0), jnp.int32)
   cont_NA = jnp.concatenate(cont, axis=-1) if cont else jnp.zeros((*lead, 0), jnp.float32)
-  return disc_NA, cont_NA
+  return Action.labelled_from(disc_NA, cont_NA)
 
 
 # ----------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def mtp_targets(x_BT, first_BT, L: int, *, shift: int, valid_BT=None):
   idx_TL = jnp.arange(T)[:, None] + offs_L[None, :]
   in_window_TL = idx_TL < T
   idx_TL = jnp.minimum(idx_TL, T - 1)  # clamp; clamped entries are masked below.
-  targets = jax.tree.map(lambda x: x[:, idx_TL], x_BT)
+  targets = jax.tree.map(lambda x: jnp.asarray(x)[:, idx_TL], x_BT)
   # Episode boundary: the target frame j = t+shift+n is in the same episode as frame t
   # iff no frame in (t, j] starts an episode. Count starts with a cumulative sum.
   starts_BT = jnp.cumsum(first_BT.astype(jnp.int32), axis=1)
@@ -88,7 +88,8 @@ def bc_reward_loss(policy_head, reward_head, h_BTD, actions, rewards_BT, first_B
     policy_head: a PolicyHead with at least L+1 offsets.
     reward_head: a RewardHead with at least L+1 offsets.
     h_BTD: agent embeddings.
-    actions: (discrete int32 [B, T, Ad], continuous float32 [B, T, Ac]), stored convention.
+    actions: Action [B, T] (data_pipelines/envs/base.py), stored convention; its
+      labelled field is not read (the targets' mask is labelled_BT).
     rewards_BT: float rewards, r_t for the transition into frame t.
     first_BT: bool episode-start flags.
     labelled_BT: bool action_labelled flags.

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import loader as data_loader
+from data_pipelines.envs.base import Action
 from dreamer4 import runs
 from dreamer4.errors import ConfigError, UserError
 from dreamer4.inference.sampler import context_tau_index
@@ -57,7 +58,7 @@ def context_pass(model: Dynamics, batch, noise_BTNL, context_noise: float):
   z_ctx = (1.0 - signal) * noise + signal * z_BTNL
   tau = jnp.full((B, T), ctx_idx, jnp.int32)
   d = jnp.full((B, T), d_min_index(model.k_max), jnp.int32)
-  out = model(z_ctx, tau, d, batch["actions_discrete"], batch["action_labelled"], tasks_BT=batch["tasks"])
+  out = model(z_ctx, tau, d, Action.from_window(batch), tasks_BT=batch["tasks"])
   return agent_embedding(out["agent_BTKD"])
 
 
@@ -221,7 +222,7 @@ class AgentPhase(Phase):
         relevant_B, dynamics_row_count(c.data.relevant_fraction, relevant_B.shape[0], jax.process_count())
       )
       dyn = {k: v[rows] for k, v in dyn.items()}
-    apply_fn = make_training_fn(model.dynamics, dyn["actions_discrete"], dyn["action_labelled"])
+    apply_fn = make_training_fn(model.dynamics, Action.from_window(dyn))
     dyn_loss, metrics = shortcut_loss(
       apply_fn,
       dyn["latents"],
@@ -235,13 +236,11 @@ class AgentPhase(Phase):
     noise = jax.random.normal(ctx_rng, batch["latents"].shape, jnp.float32)
     h_BTD = context_pass(model.dynamics, batch, noise, c.agent.context_noise)
     first_BT = batch["first_T"].astype(bool)
-    disc = batch["actions_discrete"]
-    cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
     losses, agent_metrics = bc_reward_loss(
       model.policy,
       model.reward,
       h_BTD,
-      (disc, cont),
+      Action.from_window(batch),
       batch["rewards"].astype(jnp.float32),
       first_BT,
       bc_labelled_BT,
@@ -259,14 +258,13 @@ class AgentPhase(Phase):
     noise = jax.random.normal(jax.random.key(0), batch["latents"].shape, jnp.float32)
     h_BTD = context_pass(model.dynamics, batch, noise, self.config.agent.context_noise)
     first_BT = batch["first_T"].astype(bool)
-    disc = batch["actions_discrete"]
-    cont = jnp.zeros(disc.shape[:2] + (0,), jnp.float32)
+    actions = Action.from_window(batch)
     valid_BT = batch.get("valid_T")
     _, m = bc_reward_loss(
       model.policy,
       model.reward,
       h_BTD,
-      (disc, cont),
+      actions,
       batch["rewards"].astype(jnp.float32),
       first_BT,
       batch["action_labelled"].astype(bool),
@@ -279,7 +277,7 @@ class AgentPhase(Phase):
     if valid_BT is not None:
       valid = valid * valid_BT[:, 1:].astype(jnp.float32)
     pred = jnp.argmax(pol[..., : model.policy.spec.components[0].size], axis=-1)
-    hit = (pred == disc[:, 1:, 0]).astype(jnp.float32)
+    hit = (pred == actions.discrete[:, 1:, 0]).astype(jnp.float32)
     m["bc_accuracy_n0"] = jnp.sum(hit * valid) / jnp.maximum(jnp.sum(valid), 1.0)
     relevant_B = batch.get("relevant_B")
     if relevant_B is not None:  # held-out windows of episodes that accomplished their task

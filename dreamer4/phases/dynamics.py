@@ -12,10 +12,12 @@ parsed frames (dreamer4/evaluation/frame_state.py).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
 
+from data_pipelines.envs.base import Action
 from dreamer4 import runs
 from dreamer4.errors import ConfigError, UserError
 from dreamer4.evaluation import frame_state
@@ -36,7 +38,7 @@ def dynamics_loss(model_def: ModelDef, config, params, aux, batch, rng):
   """
   c = config
   model = model_def.merge(params)
-  apply_fn = make_training_fn(model, batch["actions_discrete"], batch["action_labelled"])
+  apply_fn = make_training_fn(model, Action.from_window(batch))
   loss, metrics = shortcut_loss(
     apply_fn,
     batch["latents"],
@@ -69,6 +71,9 @@ class DynamicsPhase(Phase):
     self.num_latents, self.latent_dim = shapes.latents()
     self.model_def = runs.dynamics_model_def(config.model, self.num_latents, self.latent_dim, shapes.action_spec)
     self.tok_def = self.tok_params = None  # load_frozen
+    # K = 4 (the metric of record), shuffled actions and the references on every evaluation
+    # batch; the other K of eval.sampling_steps (K = 64 is most of the cost) on the first N.
+    self.eval_sweep_batches = int(config.eval.sweep_batches)
 
   @staticmethod
   def validate(config) -> None:
@@ -117,7 +122,7 @@ class DynamicsPhase(Phase):
     ev, m = self.config.eval, self.config.model
     C, H = ev.context_frames, ev.horizon
     z_BTNL = batch["latents"][:, : C + H]
-    actions = {"discrete": batch["actions_discrete"][:, : C + H], "labelled": batch["action_labelled"][:, : C + H]}
+    actions = jax.tree.map(lambda a: a[:, : C + H], Action.from_window(batch))
     if shuffle_actions:  # another window's actions: the rollout should get clearly worse
       actions = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), actions)
     model = self.model_def.merge(params)
@@ -158,10 +163,13 @@ class DynamicsPhase(Phase):
     frames = batch.get("frames")
     return self.state_parser.parse(frames[:, C : C + H] if frames is not None else truth)
 
-  def eval_fn(self, params, batch, frozen):
-    """Per-batch means over the horizon frames whose truth is valid (`valid_T`).
+  def eval_fn(self, params, batch, frozen, sweep: bool = True):
+    """Per-batch means over the horizon frames whose truth is valid (`valid_T`), with their
+    weights (`_weights`: the valid frames each mean is over, so the trainer pools frames across
+    batches rather than averaging the batches' means).
 
-    For each K: PSNR, SSIM, latent MSE (per horizon step for K=4); shuffled actions (K=4)
+    For each K (only K = 4 when not `sweep`): PSNR, SSIM, latent MSE (per horizon step for
+    K=4); shuffled actions (K=4)
     and the hold-last-frame reference. Where the store's env has a frame parser
     (`state_parser`, dreamer4/evaluation/frame_state.py) also what the generation gets right
     [P §4.2], from frames parsed back into game state, per horizon step (`_hXX`) and over
@@ -184,7 +192,7 @@ class DynamicsPhase(Phase):
     out = {}
     parser, truth_state = self.state_parser, None
     key = jax.random.key(0)  # the same noise for every K and for shuffled actions
-    for k in ev.sampling_steps:
+    for k in ev.sampling_steps if sweep else [k for k in ev.sampling_steps if int(k) == 4]:
       truth, gen, lat_BH = self._rollouts(params, frozen["tokenizer"], batch, key, int(k))
       p_BH, s_BH = vm.psnr_BT(gen, truth), vm.ssim_BT(gen, truth)
       out[f"psnr_k{k}"], out[f"ssim_k{k}"], out[f"latent_mse_k{k}"] = mean(p_BH), mean(s_BH), mean(lat_BH)
@@ -230,6 +238,7 @@ class DynamicsPhase(Phase):
           parser, truth_state, held[:, 0], valid_BH, last_frames=frames[:, C - 1] if frames is not None else None
         )
       )
+    out["_weights"] = _frame_weights(out, valid_BH)
     return out
 
   def summary_fn(self, params, batch, rng, frozen):
@@ -239,6 +248,19 @@ class DynamicsPhase(Phase):
     truth, gen, _ = self._rollouts(params, frozen["tokenizer"], small, rng, 4)
     rows = jnp.stack([truth, gen], axis=1).reshape((-1,) + truth.shape[1:])
     return {"rollout_truth_vs_generated": jnp.clip(rows, 0.0, 1.0)}
+
+
+def _frame_weights(metrics: dict, valid_BH) -> dict:
+  """The number of valid frames behind each metric: those of horizon step h for a `_hXX`
+  name, all valid horizon frames otherwise. (Ratios with another denominator, e.g.
+  goal_persist over the true goal cells, are pooled by frames too: near, not exact.)"""
+  v = jnp.asarray(valid_BH, jnp.float32)
+  n_H, n = jnp.sum(v, axis=0), jnp.sum(v)
+  out = {}
+  for name in metrics:
+    m = re.search(r"_h(\d\d)$", name)
+    out[name] = n_H[int(m.group(1)) - 1] if m else n
+  return out
 
 
 def make_phase(config, store, mesh) -> DynamicsPhase:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from data_pipelines.envs.base import Action
 from dreamer4 import runs
 from dreamer4.errors import ConfigError
 from dreamer4.inference import kv_cache
@@ -42,15 +43,6 @@ from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, terminal_
 from dreamer4.training.phase import DataShapes, Phase
 
 IMAGINE_FIELDS = ("latents", "actions_discrete", "action_labelled", "tasks")
-
-
-def action_dict(spec, disc_BA, cont_BA=None):
-  out = {"labelled": jnp.ones(disc_BA.shape[:1], bool)}
-  if spec.discrete_columns:
-    out["discrete"] = disc_BA.astype(jnp.int32)
-  if spec.continuous_columns:
-    out["continuous"] = cont_BA
-  return out
 
 
 def imagine_rollout(
@@ -77,7 +69,7 @@ def imagine_rollout(
     context, horizon, k, context_noise, window: see the module docstring.
 
   Returns:
-    dict: h_BHD [B, H+1, D] (h_0..h_H), disc_BHA [B, H, Ad] sampled actions, cont_BHA,
+    dict: h_BHD [B, H+1, D] (h_0..h_H), actions_BH (the sampled Action [B, H]: a_1..a_H),
     reward_BH [B, H] (r_1..r_H), latents_BHNL [B, H, N, L] generated frames.
   """
   spec = dyn.action_spec
@@ -85,10 +77,7 @@ def imagine_rollout(
   z_BCNL = batch["latents"][:, -context:].astype(jnp.float32)
   B = z_BCNL.shape[0]
   tasks_B = batch["tasks"][:, -1].astype(jnp.int32)
-  ctx_actions = {
-    "discrete": batch["actions_discrete"][:, -context:],
-    "labelled": batch["action_labelled"][:, -context:],
-  }
+  ctx_actions = jax.tree.map(lambda a: a[:, -context:], Action.from_window(batch))
   prime_rng, roll_rng = jax.random.split(rng)
   cache = kv_cache.init_cache(dyn, B, window)
   cache, agent0 = kv_cache.prime(
@@ -106,8 +95,7 @@ def imagine_rollout(
   def body(carry, key):
     cache, h = carry
     a_key, z_key, n_key = jax.random.split(key, 3)
-    disc, cont = heads_lib.sample(spec, jax.lax.stop_gradient(policy_params_fn(h)), a_key)
-    act = action_dict(spec, disc, cont)
+    act = heads_lib.sample(spec, jax.lax.stop_gradient(policy_params_fn(h)), a_key)
     rot = kv_cache.rotated_keys(dyn, cache)
     z0 = jax.random.normal(z_key, (B, dyn.num_latents, dyn.latent_dim), jnp.float32)
     z = kv_cache.denoise_frame(dyn, cache, z0, act, k=k, rotated_k_LBSMGK=rot)
@@ -124,14 +112,13 @@ def imagine_rollout(
     )
     h_next = agent_embedding(agent)
     r = reward_head.predict(h_next, 0)
-    return (cache, h_next), (h_next, disc, cont, r, z)
+    return (cache, h_next), (h_next, act, r, z)
 
-  _, (h_HBD, disc_HBA, cont_HBA, r_HB, z_HBNL) = jax.lax.scan(body, (cache, h0), jax.random.split(roll_rng, horizon))
+  _, (h_HBD, act_HB, r_HB, z_HBNL) = jax.lax.scan(body, (cache, h0), jax.random.split(roll_rng, horizon))
   sw = lambda a: jnp.swapaxes(a, 0, 1)
   return {
     "h_BHD": jnp.concatenate([h0[:, None], sw(h_HBD)], axis=1),
-    "disc_BHA": sw(disc_HBA),
-    "cont_BHA": sw(cont_HBA),
+    "actions_BH": jax.tree.map(sw, act_HB),
     "reward_BH": sw(r_HB),
     "latents_BHNL": sw(z_HBNL),
   }
@@ -217,7 +204,7 @@ class ImaginePhase(Phase):
     v_loss, v_metrics = value_loss(heads.value, h_ND, R_BH.reshape(-1), mask)
     adv = (R_BH - v_BH[:, :H]).reshape(-1)
     pol_params = heads.policy.params(h_ND, 0)
-    actions = (roll["disc_BHA"].reshape(B * H, -1), roll["cont_BHA"].reshape(B * H, -1))
+    actions = jax.tree.map(lambda a: a.reshape((B * H,) + a.shape[2:]), roll["actions_BH"])
     logp = heads_lib.log_prob(spec, pol_params, actions)
     prior = jax.lax.stop_gradient(agent.policy.params(h_ND, 0))
     kl = heads_lib.kl(spec, pol_params, prior)

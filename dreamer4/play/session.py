@@ -16,9 +16,11 @@ exists (RUN/agent for a pipeline workdir), `dreamer4.evaluation.wm_policy.load_p
 action_spec=..., num_latents=..., latent_dim=...)` is called once and must return
 `policy_fn(z_TNL, rng) -> action`, where z_TNL (float32 numpy [T, N, L]) holds the latents of the
 context and generated frames so far (the last one is the current frame, at most the model's window)
-and the action is an int32 array [Ad] of the spec's discrete columns or a dict with "discrete"
-[Ad] and/or "continuous" [Ac]. Without that folder or function the page's "policy acts" toggle is
-disabled and shows the reason.
+and the action is an int32 array [Ad] of the spec's discrete columns, a dict with "discrete"
+[Ad] and/or "continuous" [Ac], or an `Action` (data_pipelines/envs/base.py) with those fields.
+Without that folder or function the page's "policy acts" toggle is disabled and shows the reason.
+Whatever the request or the policy gives becomes an `Action` of a batch of one here (`_row`),
+the type the world model takes.
 """
 
 from __future__ import annotations
@@ -393,20 +395,22 @@ class PlaySession:
       "max_recorded_frames": MAX_RECORDED_FRAMES,
     }
 
-  def _row(self, discrete=None, continuous=None) -> dict:
-    """One frame's labelled action for a batch of one (fixed dtypes: the step never recompiles)."""
+  def _row(self, discrete=None, continuous=None):
+    """One frame's labelled Action for a batch of one (fixed dtypes and shapes: the step never
+    recompiles). A part the spec has no columns for is zero-width, whatever was given for it."""
+    from data_pipelines.envs.base import Action
+
     np = self._np
     spec = self.action_spec
-    out = {"labelled": np.ones((1,), bool)}
-    if spec.discrete_columns:
-      d = np.zeros((spec.discrete_columns,), np.int32) if discrete is None else np.asarray(discrete, np.int32)
-      out["discrete"] = d.reshape(1, spec.discrete_columns)
-    if spec.continuous_columns:
-      c = np.zeros((spec.continuous_columns,), np.float32) if continuous is None else np.asarray(continuous, np.float32)
-      out["continuous"] = c.reshape(1, spec.continuous_columns)
-    return out
+    Ad, Ac = spec.discrete_columns, spec.continuous_columns
+    d = np.zeros((Ad,), np.int32) if discrete is None or not Ad else np.asarray(discrete, np.int32)
+    c = np.zeros((Ac,), np.float32) if continuous is None or not Ac else np.asarray(continuous, np.float32)
+    return Action.labelled_from(d.reshape(1, Ad), c.reshape(1, Ac))
 
-  def _action_from_request(self, body: dict) -> tuple[dict, str]:
+  def _action_from_request(self, body: dict):
+    """(Action [1], its name) for a request body: a key, an action name or the policy."""
+    from data_pipelines.envs.base import Action
+
     np = self._np
     spec = self.action_spec
     if body.get("policy"):
@@ -415,13 +419,15 @@ class PlaySession:
       z_TNL = np.stack(list(self._z_hist)).astype(np.float32)
       a = self.policy(z_TNL, self._jax.random.fold_in(self._policy_key, self._t))
       try:
-        if isinstance(a, dict):
+        if isinstance(a, Action):
+          row = self._row(a.discrete, a.continuous)
+        elif isinstance(a, dict):
           row = self._row(a.get("discrete"), a.get("continuous"))
         else:
           row = self._row(a)
       except ValueError as e:
         raise RequestError(500, f"the policy returned an action of the wrong shape: {e}") from None
-      d = row.get("discrete", np.zeros((1, 0), np.int32))[0]
+      d = row.discrete[0]
       names = [b.name for b in self.bindings if b.column < len(d) and d[b.column] == b.value and b.value]
       return row, "policy:" + (",".join(names) or ",".join(str(int(x)) for x in d))
     if "key" in body:
@@ -449,6 +455,8 @@ class PlaySession:
 
   def reset(self, episode: Any, start: Any = 0, seed: Any = 0) -> dict:
     """Primes the world with frames [start, start + C) of `episode` (latents and actions)."""
+    from data_pipelines.envs.base import Action
+
     np, jax = self._np, self._jax
     E, C = len(self.episode_lengths), self.context_frames
     for name, v in (("episode", episode), ("start", start), ("seed", seed)):
@@ -471,11 +479,7 @@ class PlaySession:
     if spec.continuous_columns:
       names.append("actions_continuous")
     rows = self.store.read_many(names, lo, lo + C)
-    actions = {"labelled": rows["action_labelled"].astype(bool)[None]}
-    if spec.discrete_columns:
-      actions["discrete"] = rows["actions_discrete"].astype(np.int32)[None]
-    if spec.continuous_columns:
-      actions["continuous"] = rows["actions_continuous"].astype(np.float32)[None]
+    actions = Action.from_window({name: rows[name][None] for name in names if name.startswith("action")})
     z_CNL = rows["latents"].astype(np.float32)
     with self._lock:
       reset_key, self._key, self._policy_key = jax.random.split(jax.random.key(self._seed + seed), 3)

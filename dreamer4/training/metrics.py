@@ -81,14 +81,26 @@ class MeanMetrics:
   def __init__(self):
     self._acc: dict[str, clu_metrics.Average] = {}
 
-  def update(self, values: Mapping[str, np.ndarray], skip_nan: bool = False):
+  def update(
+    self, values: Mapping[str, np.ndarray], skip_nan: bool = False, weights: Mapping[str, np.ndarray] | None = None
+  ):
     """Adds one dict of values. skip_nan: a NaN value is left out (evaluation: a masked mean
-    over no valid frame, e.g. a horizon step that every window of one batch has padded)."""
+    over no valid frame, e.g. a horizon step that every window of one batch has padded).
+    weights: name -> the weight of this value (e.g. the number of valid frames its mean is
+    over), so that the mean over updates pools their frames instead of averaging per-update
+    means; a name without a weight weighs 1, a zero weight leaves the value out."""
+    weights = weights or {}
     for k, v in values.items():
       v = np.asarray(v, np.float32)
       if skip_nan and np.isnan(v).all():
         continue
-      m = clu_metrics.Average.from_model_output(v)
+      if k in weights:
+        w = float(np.asarray(weights[k]))
+        if w <= 0:
+          continue
+        m = clu_metrics.Average(total=np.float32(v.mean() * w), count=np.float32(w))
+      else:
+        m = clu_metrics.Average.from_model_output(v)
       self._acc[k] = m if k not in self._acc else self._acc[k].merge(m)
 
   def compute_and_reset(self) -> dict[str, float]:

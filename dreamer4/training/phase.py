@@ -26,7 +26,10 @@ The members, with the defaults of `Phase`:
   warm_start(params, shardings)   params as is: fresh params -> the step-0 params
   make_streams(data)              uniform windows (`Streams.uniform`): the training streams
   loss_fn(params, aux, batch, rng, frozen) -> loss, (aux, metrics)
-  eval_fn(params, batch, frozen) -> scalar means for one batch
+  eval_fn(params, batch, frozen) -> scalar means for one batch; a "_weights" entry (name ->
+                 weight, e.g. the valid frames a mean is over) pools the batches' frames
+  eval_sweep_batches  0: every evaluation batch calls eval_fn(params, batch, frozen); N > 0:
+                 only the first N do, the others eval_fn(..., sweep=False) (a cheaper subset)
   summary_fn(params, batch, rng, frozen) -> {}: images [N,H,W,C] or videos [R,T,H,W,C]
 """
 
@@ -160,6 +163,8 @@ class Phase:
 
   def loss_fn(self, params, aux, batch, rng, frozen):
     raise NotImplementedError
+
+  eval_sweep_batches: int = 0
 
   def eval_fn(self, params, batch, frozen) -> dict:
     raise NotImplementedError

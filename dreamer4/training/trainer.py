@@ -184,7 +184,10 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: _Preemption) 
   logging.info("%s from step %d", "resuming" if start_step else "starting", start_step)
 
   # ---------------------------------------------------------------- jitted steps
-  p_eval = jax.jit(lambda params, batch, frozen: phase.eval_fn(params, batch, frozen), out_shardings=rep)
+  def eval_one(params, batch, frozen, sweep):
+    return phase.eval_fn(params, batch, frozen) if sweep else phase.eval_fn(params, batch, frozen, sweep=False)
+
+  p_eval = jax.jit(eval_one, static_argnums=3, out_shardings=rep)
   p_summary = jax.jit(
     lambda params, batch, rng, frozen: phase.summary_fn(params, batch, rng, frozen), out_shardings=rep
   )
@@ -198,8 +201,11 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: _Preemption) 
   def evaluate(state) -> dict[str, float]:
     acc = mt.MeanMetrics()
     with jax.set_mesh(mesh):
-      for b in eval_local:
-        acc.update(jax.device_get(p_eval(state["params"], to_device(b), frozen)), skip_nan=True)
+      for i, b in enumerate(eval_local):
+        sweep = not phase.eval_sweep_batches or i < phase.eval_sweep_batches
+        out = jax.device_get(p_eval(state["params"], to_device(b), frozen, sweep))
+        weights = out.pop("_weights", None)  # pooled over the batches' valid frames
+        acc.update(out, skip_nan=True, weights=weights)
     return {f"eval/{k}": v for k, v in acc.compute_and_reset().items()}
 
   # ---------------------------------------------------------------- periodic actions

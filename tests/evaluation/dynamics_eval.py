@@ -54,14 +54,20 @@ def make_phase(env: str, size: int, context: int, horizon: int, sampling_steps=(
   return phase
 
 
-def eval_metrics(phase, frames_BTHWC, gen_BHWC, shuffled_BHWC, valid_BT=None) -> dict[str, float]:
+def eval_metrics(
+  phase, frames_BTHWC, gen_BHWC, shuffled_BHWC, valid_BT=None, *, sweep=True, with_weights=False
+) -> dict[str, float]:
   """phase.eval_fn (jitted, as the trainer runs it) on windows of uint8 frames [B, C + H, S, S, 3]:
-  the latents are the frames, every K generates `gen_BHWC`, shuffled actions `shuffled_BHWC`."""
+  the latents are the frames, every K generates `gen_BHWC`, shuffled actions `shuffled_BHWC`.
+  with_weights: also returns the metrics' weights (eval_fn's `_weights`)."""
   to_float = lambda x: jnp.asarray(np.asarray(x, np.float32) / 255.0)
   B, T = frames_BTHWC.shape[:2]
   batch = {"latents": to_float(frames_BTHWC).reshape(B, T, -1, 3)}
   if valid_BT is not None:
     batch["valid_T"] = jnp.asarray(valid_BT)
   params = {"gen": to_float(gen_BHWC), "shuffled": to_float(shuffled_BHWC)}
-  out = jax.jit(phase.eval_fn)(params, batch, {"tokenizer": None})
-  return {k: float(v) for k, v in jax.device_get(out).items()}
+  out = jax.device_get(jax.jit(lambda p, b, f: phase.eval_fn(p, b, f, sweep=sweep))(params, batch, {"tokenizer": None}))
+  weights = out.pop("_weights")
+  assert set(weights) == set(out)  # every metric carries its weight
+  m = {k: float(v) for k, v in out.items()}
+  return (m, {k: float(v) for k, v in weights.items()}) if with_weights else m

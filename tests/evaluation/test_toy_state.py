@@ -306,3 +306,40 @@ def test_dynamics_eval_reports_toy_state_metrics(windows):
   np.testing.assert_allclose(
     m["toy_truth_distractor_cells"], distractor_BT[:, C:].sum((-2, -1))[valid_BH].mean(), rtol=1e-6
   )
+  # Weights: each metric's valid frames (of its horizon step, or of the whole horizon), so
+  # that the trainer pools frames across batches. Without the K sweep only K = 4 remains.
+  m2, w = dynamics_eval.eval_metrics(
+    phase, frames_BTHWC, truth, np.roll(truth, 1, axis=0), valid_BT, sweep=False, with_weights=True
+  )
+  assert w["agent_acc_k4_h01"] == B and w[f"agent_acc_k4_h{H:02d}"] == B - 1 and w["agent_acc_k4"] == valid_BH.sum()
+  assert w["psnr_hold_last_frame_h01"] == B and w["toy_truth_goal_cells"] == valid_BH.sum()
+  assert not any("_k1" in k for k in m2) and set(m2) == {k for k in m if "_k1" not in k}
+  assert all(m2[k] == m[k] or (np.isnan(m2[k]) and np.isnan(m[k])) for k in m2)
+
+
+def test_a_frame_with_no_agent_or_two_agents_is_not_a_hit(windows):
+  """`parse` names an agent cell for every frame; a hit also needs exactly one agent drawn."""
+  frames_BTHWC, states_BT = windows
+  truth = frames_BTHWC[:1, C : C + 2]
+  s = states_BT[0][C]
+  env = ToyWorld(size=16, layout="fixed")
+  env.goals_K2, env.distractors_D2 = s["goals"].copy(), s["distractors"].copy()
+  env.agent_yx = s["agent"].copy()
+  one = env.render()
+  # Two agents: the true cell plus a copy of the agent's cell pasted into an empty corner cell.
+  cell = 16 // GRID
+  y, x = (int(v) * cell for v in s["agent"])
+  two = one.copy()
+  taken = {tuple(int(v) for v in c) for c in [s["agent"], *s["goals"], *s["distractors"]]}
+  cy, cx = next(c for c in [(0, 0), (0, GRID - 1), (GRID - 1, 0), (GRID - 1, GRID - 1)] if c not in taken)
+  ty, tx = cy * cell, cx * cell
+  two[ty : ty + cell, tx : tx + cell] = one[y : y + cell, x : x + cell]
+  # No agent: the agent's cell painted with the background of an empty cell.
+  none = one.copy()
+  none[y : y + cell, x : x + cell] = one[ty : ty + cell, tx : tx + cell]
+  gen = np.stack([two, none])[None]
+  parsed = ts.parse(gen)
+  assert [int(np.asarray(parsed.agent_GG[0, i]).sum()) for i in range(2)] == [2, 0]
+  counts = jax.device_get(ts.frame_counts(ts.parse(np.stack([one, one])[None]), parsed))
+  assert counts["agent_hit"].tolist() == [[0.0, 0.0]]
+  assert jax.device_get(ts.frame_counts(ts.parse(truth), ts.parse(truth)))["agent_hit"].tolist() == [[1.0, 1.0]]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.inference.sampler import context_tau_index, generate
 from dreamer4.models.dynamics import Dynamics, make_sampling_fn
 
@@ -172,13 +172,12 @@ def model():
 def test_one_step_equals_the_models_clean_prediction(model):
   horizon = 2
   T = C + horizon
-  actions = {
-    "discrete": jnp.concatenate(
+  actions = Action.labelled_from(
+    jnp.concatenate(
       [jax.random.randint(jax.random.key(2), (B, T, 1), 0, 4), jax.random.randint(jax.random.key(4), (B, T, 2), 0, 2)],
       axis=-1,
-    ),
-    "labelled": jnp.ones((B, T), bool),
-  }
+    )
+  )
   context = jax.random.normal(jax.random.key(0), (B, C, NM, LM))
 
   @nnx.jit

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.inference import kv_cache
 from dreamer4.inference.sampler import generate
 from dreamer4.inference.world import World
+from dreamer4.models import heads
 from dreamer4.models.dynamics import Dynamics, make_sampling_fn
 
 SPEC = ActionSpec(
@@ -67,13 +68,13 @@ def two_time_layers():
 
 def _actions(T, seed=5):
   keys = jax.random.split(jax.random.key(seed), 3)
-  return {
-    "discrete": jnp.concatenate(
+  return Action(
+    discrete=jnp.concatenate(
       [jax.random.randint(keys[0], (B, T, 1), 0, 5), jax.random.randint(keys[1], (B, T, 2), 0, 2)], axis=-1
     ),
-    "labelled": jnp.ones((B, T), bool).at[:, 0].set(False),
-    "continuous": jax.random.normal(keys[2], (B, T, 2)),
-  }
+    continuous=jax.random.normal(keys[2], (B, T, 2)),
+    labelled=jnp.ones((B, T), bool).at[:, 0].set(False),
+  )
 
 
 def _context(seed=0):
@@ -214,3 +215,43 @@ def test_commit_keys_are_context_level(two_time_layers, monkeypatch):
   assert seen[:n_prime] == [ctx] * C
   assert seen[n_prime : n_prime + 2] == [(0, 1), (4, 1)]  # tau = j/2, d = 1/2
   assert seen[-1] == ctx
+
+
+def test_action_through_jit_scan_and_constructors_match_arrays(one_time_layer):
+  # An Action is a pytree of its three arrays: jit and scan return it as an Action.
+  acts = _actions(C + 1)
+  out = jax.jit(lambda a: jax.tree.map(lambda x: x, a))(acts)
+  assert isinstance(out, Action)
+  _, ys = jax.lax.scan(lambda c, a: (c, a), 0, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), acts))
+  assert isinstance(ys, Action)
+  for a, b in zip(acts, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), ys)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # Each constructor gives the world-model step exactly what the same arrays give.
+  world = World(one_time_layer, k=2, context_noise=0.1, window=W)
+  ctx = jax.tree.map(lambda a: a[:, :C], acts)
+
+  def step(action):
+    state = world.reset(_context(), ctx, jax.random.key(1))
+    return np.asarray(world.step(state, action, jax.random.key(2))[0]["z_BNL"])
+
+  disc, cont = acts.discrete[:, C], acts.continuous[:, C]
+  sampled = heads.sample(SPEC, jax.random.normal(jax.random.key(3), (B, heads.num_params(SPEC))), jax.random.key(4))
+  window = Action.from_window(
+    {"actions_discrete": acts.discrete, "actions_continuous": acts.continuous, "action_labelled": acts.labelled}
+  )
+  cases = {
+    "labelled_from": (Action.labelled_from(disc, cont), Action(disc, cont, jnp.ones((B,), bool))),
+    "unlabelled": (
+      Action.unlabelled(SPEC, (B,)),
+      Action(jnp.zeros((B, 3), jnp.int32), jnp.zeros((B, 2)), jnp.zeros((B,), bool)),
+    ),
+    "from_window": (jax.tree.map(lambda a: a[:, C], window), _frame(acts, C)),
+    "sample": (sampled, Action(sampled.discrete, sampled.continuous, jnp.ones((B,), bool))),
+  }
+  for name, (built, arrays) in cases.items():
+    assert [x.shape for x in built] == [x.shape for x in arrays], name
+    np.testing.assert_array_equal(step(built), step(arrays), err_msg=name)
+  # A zero-width part (no such columns) is an array too, never None.
+  only_disc = Action.labelled_from(np.zeros((B, 1), np.int64))
+  assert only_disc.continuous.shape == (B, 0) and only_disc.discrete.dtype == np.int32

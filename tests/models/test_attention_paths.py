@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.errors import ConfigError
 from dreamer4.models import transformer as tr
 from dreamer4.models.dynamics import Dynamics
@@ -206,8 +206,7 @@ def test_dropped_soft_cap_changes_a_small_model_little():
     jax.random.normal(k[0], (B, T, 8, 4)),
     jax.random.randint(k[1], (B, T), 0, 9),
     jax.random.randint(k[2], (B, T), 0, 4),
-    jax.random.randint(k[3], (B, T, 1), 0, 3),
-    jnp.ones((B, T), bool),
+    Action.labelled_from(jax.random.randint(k[3], (B, T, 1), 0, 3)),
   )
   run = nnx.jit(lambda m, *a: m(*a)["z1_hat_BTNL"])
   capped = np.asarray(run(_dynamics("dense"), *args))

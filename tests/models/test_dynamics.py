@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.errors import ConfigError
 from dreamer4.models import transformer as tr
 from dreamer4.models.dynamics import Dynamics, make_sampling_fn, make_training_fn
@@ -83,18 +83,13 @@ def _inputs(seed=0):
   )
 
 
+def _act(x) -> Action:
+  return Action(x["disc"], x["cont"], x["labelled"])
+
+
 @nnx.jit
 def _call(model, x, independent_B=None, tasks=None):
-  return model(
-    x["z"],
-    x["tau_idx"],
-    x["d_idx"],
-    x["disc"],
-    x["labelled"],
-    actions_continuous_BTA=x["cont"],
-    independent_B=independent_B,
-    tasks_BT=tasks,
-  )
+  return model(x["z"], x["tau_idx"], x["d_idx"], _act(x), independent_B=independent_B, tasks_BT=tasks)
 
 
 def _z1(model, x, **kw):
@@ -161,16 +156,16 @@ def test_action_change_affects_only_later_frames(model):
 
 def test_unlabelled_frames_use_only_base_embedding(model):
   x = _inputs()
-  tok = model.embed_actions(x["disc"], jnp.zeros((B, T), bool), x["cont"])
+  tok = model.embed_actions(Action(x["disc"], x["cont"], jnp.zeros((B, T), bool)))
   assert tok.shape == (B, T, 1, 32)
   base = np.broadcast_to(np.asarray(model.action_base[...]), (B, T, 32))
   np.testing.assert_array_equal(np.asarray(tok[:, :, 0]), base)
   # Wildly different (even out-of-range / NaN) actions: still exactly the base.
   nan_BTA = jnp.full((B, T, 2), jnp.nan)
-  tok2 = model.embed_actions(x["disc"] * 7 + 3, jnp.zeros((B, T), bool), nan_BTA)
+  tok2 = model.embed_actions(Action(x["disc"] * 7 + 3, nan_BTA, jnp.zeros((B, T), bool)))
   np.testing.assert_array_equal(np.asarray(tok2[:, :, 0]), base)
   # Labelled frames do carry the action.
-  tok3 = model.embed_actions(x["disc"], jnp.ones((B, T), bool), x["cont"])
+  tok3 = model.embed_actions(Action.labelled_from(x["disc"], x["cont"]))
   assert not np.allclose(np.asarray(tok3[:, :, 0]), base)
   # And end to end: frame 0 is unlabelled, so its action value is irrelevant.
   out = _z1(model, dict(x, disc=x["disc"].at[:, 0].set(1), cont=x["cont"].at[:, 0].set(5.0)))
@@ -183,7 +178,7 @@ def test_discrete_and_binary_table_rows(model):
   assert model.action_table.shape == (11, 32)
   table = np.asarray(model.action_table[...])
   disc = jnp.array([[[3, 1, 0, 1]]], jnp.int32)
-  tok = model.embed_actions(disc, jnp.ones((1, 1), bool), jnp.zeros((1, 1, 2)))[0, 0, 0]
+  tok = model.embed_actions(Action.labelled_from(disc, jnp.zeros((1, 1, 2))))[0, 0, 0]
   expected = (
     np.asarray(model.action_base[...])
     + table[3]
@@ -240,13 +235,12 @@ def test_apply_fn_helpers_slice_rows(model):
 
   @nnx.jit
   def train_fn(model, x, rows):
-    fn = make_training_fn(model, x["disc"], x["labelled"], actions_continuous_BTA=x["cont"])
+    fn = make_training_fn(model, _act(x))
     return fn(rows["z"], rows["tau_idx"], rows["d_idx"], None)
 
   @nnx.jit
   def sample_fn(model, x):
-    actions = {"discrete": x["disc"], "labelled": x["labelled"], "continuous": x["cont"]}
-    return make_sampling_fn(model)(x["z"], x["tau_idx"], x["d_idx"], actions)
+    return make_sampling_fn(model)(x["z"], x["tau_idx"], x["d_idx"], _act(x))
 
   full = _z1(model, x)
   np.testing.assert_allclose(np.asarray(train_fn(model, x, x)), full, rtol=1e-5, atol=1e-5)
@@ -260,10 +254,12 @@ def test_discrete_only_spec():
   spec = ActionSpec((ActionComponent("move", "discrete", 3),))
   model = _make(spec=spec)
   x = _inputs()
-  out = model(x["z"], x["tau_idx"], x["d_idx"], x["disc"][..., :1] % 3, x["labelled"])
+  act = Action.from_window({"actions_discrete": x["disc"][..., :1] % 3, "action_labelled": x["labelled"]})
+  assert act.continuous.shape == (B, T, 0)  # a part the spec has no columns for is zero-width
+  out = model(x["z"], x["tau_idx"], x["d_idx"], act)
   assert out["z1_hat_BTNL"].shape == (B, T, N, L)
   with pytest.raises(ValueError, match="columns"):
-    model(x["z"], x["tau_idx"], x["d_idx"], x["disc"], x["labelled"])
+    model(x["z"], x["tau_idx"], x["d_idx"], act._replace(discrete=x["disc"]))
 
 
 def test_partition_names(model):

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4 import sharding as shd
 from dreamer4.errors import ConfigError
 from dreamer4.inference import kv_cache
@@ -133,7 +133,8 @@ def _dyn_inputs(T=4, seed=0):
 
 
 def _dynamics_loss(model, x):
-  out = model(x["z"], x["tau"], x["d"], x["act"], x["lab"], tasks_BT=jnp.ones_like(x["tau"]))
+  act = Action(x["act"], jnp.zeros(x["lab"].shape + (0,)), x["lab"])
+  out = model(x["z"], x["tau"], x["d"], act, tasks_BT=jnp.ones_like(x["tau"]))
   return jnp.mean(jnp.square(out["z1_hat_BTNL"] - 0.5 * x["z"]))
 
 
@@ -187,7 +188,7 @@ def test_scanned_equals_unscanned_kv_cached_dynamics(dyn_pair):
   keys = jax.random.split(jax.random.key(4), 4)
   z_BCNL = jax.random.normal(keys[0], (2, C, N, L))
   noise_BCNL = jax.random.normal(keys[1], (2, C, N, L))
-  acts = {"discrete": jax.random.randint(keys[2], (2, C, 1), 0, 3), "labelled": jnp.ones((2, C), bool)}
+  acts = Action.labelled_from(jax.random.randint(keys[2], (2, C, 1), 0, 3))
   tasks_B = jnp.array([0, 1])
 
   @nnx.jit
@@ -197,7 +198,7 @@ def test_scanned_equals_unscanned_kv_cached_dynamics(dyn_pair):
       model, cache, z_BCNL, acts, noise_BCNL, context_noise=0.1, tasks_B=tasks_B, with_agent=True
     )
     rotated = kv_cache.rotated_keys(model, cache)
-    action = {"discrete": acts["discrete"][:, 0], "labelled": acts["labelled"][:, 0]}
+    action = jax.tree.map(lambda a: a[:, 0], acts)
     out = kv_cache.frame_forward(
       model, cache, jax.random.normal(keys[3], (2, N, L)), 4, 1, action, rotated, tasks_B=tasks_B, with_agent=True
     )

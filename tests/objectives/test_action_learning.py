@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from configs import dynamics as dynamics_config
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.models.dynamics import Dynamics, make_training_fn
 from dreamer4.objectives.shortcut import shortcut_loss
 
@@ -74,7 +74,7 @@ def test_toy_shortcut_settings_learn_the_action_effect():
   def train_step(model, opt, z, a, lab, key):
     def loss_fn(m):
       return shortcut_loss(
-        make_training_fn(m, a, lab),
+        make_training_fn(m, Action.from_window({"actions_discrete": a, "action_labelled": lab})),
         z,
         key,
         k_max=K_MAX,
@@ -95,7 +95,8 @@ def test_toy_shortcut_settings_learn_the_action_effect():
     d_idx = jnp.full(z.shape[:2], int(np.log2(K_MAX)), jnp.int32)
     out = {}
     for name, acts in (("true", a), ("shuffled", jnp.roll(a, 1, axis=0))):
-      pred = make_training_fn(model, acts, lab)(z_tilde, tau_idx, d_idx)
+      window = {"actions_discrete": acts, "action_labelled": lab}
+      pred = make_training_fn(model, Action.from_window(window))(z_tilde, tau_idx, d_idx)
       out[name] = jnp.mean(jnp.square(pred[:, -1] - z[:, -1]))
     return out
 

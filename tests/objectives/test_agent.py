@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.models import heads
 from dreamer4.objectives.agent import ACTION_SHIFT, REWARD_SHIFT, bc_reward_loss, mtp_targets
 
@@ -88,7 +88,7 @@ def test_categorical_and_bernoulli_numbers():
   logit = lambda p: np.log(p) - np.log1p(-p)
   params_p = jnp.asarray(np.concatenate([np.log(p_cat), logit(p_bits)]), jnp.float32)
   params_q = jnp.asarray(np.concatenate([np.log(q_cat), logit(q_bits)]), jnp.float32)
-  action = (jnp.array([2, 1, 0], jnp.int32), jnp.zeros((0,)))
+  action = Action.labelled_from(jnp.array([2, 1, 0], jnp.int32))
   np.testing.assert_allclose(
     heads.log_prob(SPEC, params_p, action), math.log(0.5) + math.log(0.8) + math.log(0.7), rtol=1e-5
   )
@@ -111,13 +111,15 @@ def test_gaussian_numbers_and_sampling():
   spec = ActionSpec((ActionComponent("stick", "continuous", 1),))
   params_p = jnp.array([1.0, math.log(2.0)])  # mean 1, std 2
   params_q = jnp.array([0.0, 0.0])  # mean 0, std 1
-  lp = heads.log_prob(spec, params_p, (jnp.zeros((0,), jnp.int32), jnp.array([3.0])))
+  lp = heads.log_prob(spec, params_p, Action.labelled_from(continuous=jnp.array([3.0])))
   np.testing.assert_allclose(lp, -0.5 - math.log(2.0) - 0.5 * math.log(2 * math.pi), rtol=1e-5)
   np.testing.assert_allclose(heads.entropy(spec, params_p), 0.5 * math.log(2 * math.pi * math.e * 4.0), rtol=1e-5)
   np.testing.assert_allclose(heads.kl(spec, params_p, params_q), -math.log(2.0) + 0.5 * (4.0 + 1.0) - 0.5, rtol=1e-5)
   # Samples come back in the stored layout and follow the distribution.
   many = jnp.broadcast_to(jnp.concatenate([jnp.array([-9.0, 9.0, -9.0, 9.0, -9.0]), params_p]), (4000, 7))
-  disc, cont = heads.sample(SPEC_ALL, many, jax.random.key(0))
+  sampled = heads.sample(SPEC_ALL, many, jax.random.key(0))
+  assert isinstance(sampled, Action) and sampled.labelled.shape == (4000,) and sampled.labelled.all()
+  disc, cont = sampled.discrete, sampled.continuous
   assert disc.shape == (4000, 3) and disc.dtype == jnp.int32 and cont.shape == (4000, 1)
   np.testing.assert_array_equal(disc[0], [1, 1, 0])
   assert abs(float(cont.mean()) - 1.0) < 0.15 and abs(float(cont.std()) - 2.0) < 0.15
@@ -148,7 +150,7 @@ def test_bc_reward_loss_masks_and_grads():
   pol, rew = _build(L)
   h = jax.random.normal(jax.random.key(1), (1, 6, 8))
   disc = jnp.stack([jnp.asarray(ACT[0] % 3), jnp.asarray(ACT[0] % 2), jnp.ones(6, jnp.int32)], -1)[None]
-  actions = (disc, jnp.zeros((1, 6, 0)))
+  actions = Action.labelled_from(disc)
   args = (jnp.asarray(REW) / 100.0, jnp.asarray(FIRST), jnp.asarray(LABELLED), L)
   # One compile shared by the three evaluations below (eager op-by-op is slow on CPU).
   loss_fn = nnx.jit(lambda pol, rew, acts, r: bc_reward_loss(pol, rew, h, acts, r, *args[1:]))
@@ -159,11 +161,12 @@ def test_bc_reward_loss_masks_and_grads():
   # Frame 3's action (episode start) and frame 0's reward are never targets.
   disc2 = disc.at[0, 3].set(jnp.array([2, 0, 0]))
   rew2 = args[0].at[0, 0].set(50.0)
-  losses2, _ = loss_fn(pol, rew, (disc2, actions[1]), rew2)
+  losses2, _ = loss_fn(pol, rew, actions._replace(discrete=disc2), rew2)
   np.testing.assert_allclose(losses2["bc"], losses["bc"], rtol=1e-6)
   np.testing.assert_allclose(losses2["reward"], losses["reward"], rtol=1e-6)
   # Frame 1's action is a target (t=0, n=0), so changing it changes the loss.
-  losses3, _ = loss_fn(pol, rew, (disc.at[0, 1, 0].set((disc[0, 1, 0] + 1) % 3), actions[1]), args[0])
+  disc3 = disc.at[0, 1, 0].set((disc[0, 1, 0] + 1) % 3)
+  losses3, _ = loss_fn(pol, rew, actions._replace(discrete=disc3), args[0])
   assert abs(float(losses3["bc"] - losses["bc"])) > 1e-6
 
   def total(pol, rew):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.models import heads
 from dreamer4.objectives.imagination import lambda_returns, pmpo_loss, terminal_masks, value_loss
 
@@ -144,7 +144,7 @@ def test_pmpo_step_moves_policy_the_right_way():
   with nnx.use_eager_sharding(False):
     pol = heads.PolicyHead(spec, width=4, hidden=8, mtp=0, rngs=nnx.Rngs(0))
   h = jnp.ones((2, 4))
-  actions = (jnp.array([[1], [3]], jnp.int32), jnp.zeros((2, 0)))
+  actions = Action.labelled_from(jnp.array([[1], [3]], jnp.int32))
   adv = jnp.array([0.5, -0.5])  # action 1 good, action 3 bad
   prior = jax.lax.stop_gradient(pol.params(h, 0))
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4.models.dynamics import Dynamics, make_training_fn
 from dreamer4.objectives import shortcut as sc
 
@@ -205,7 +205,7 @@ def test_real_model_loss_gradients_and_short_fit():
   @nnx.jit
   def train_step(model, opt, rng):
     def loss_fn(model):
-      apply_fn = make_training_fn(model, disc, labelled)
+      apply_fn = make_training_fn(model, Action.from_window({"actions_discrete": disc, "action_labelled": labelled}))
       return sc.shortcut_loss(apply_fn, z1, rng, k_max=8, bootstrap_fraction=0.5)
 
     (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -266,7 +266,7 @@ def test_padding_frames_never_reach_the_loss():
     def f(params):
       m = nnx.merge(graphdef, params)
       loss, metrics = sc.shortcut_loss(
-        make_training_fn(m, disc, labelled),
+        make_training_fn(m, Action.from_window({"actions_discrete": disc, "action_labelled": labelled})),
         z,
         jax.random.key(3),
         k_max=8,

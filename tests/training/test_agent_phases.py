@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data_pipelines.envs.base import Action
 from data_pipelines.episodes import EpisodeStore
 
 
@@ -92,8 +93,9 @@ def test_task_changes_no_world_model_prediction_and_cache_matches_training(run_d
   lab = jnp.asarray(np.array([[False, True, True], [True, True, True]]))
   tau = jnp.full((B, T), 5, jnp.int32)
   d = jnp.full((B, T), 1, jnp.int32)
-  out_a = dyn(z, tau, d, disc, lab, tasks_BT=jnp.zeros((B, T), jnp.int32))
-  out_b = dyn(z, tau, d, disc, lab, tasks_BT=jnp.full((B, T), 2, jnp.int32))
+  act = Action.from_window({"actions_discrete": disc, "action_labelled": lab})
+  out_a = dyn(z, tau, d, act, tasks_BT=jnp.zeros((B, T), jnp.int32))
+  out_b = dyn(z, tau, d, act, tasks_BT=jnp.full((B, T), 2, jnp.int32))
   # Nothing reads the agent token: the task changes no latent prediction, bit for bit.
   np.testing.assert_array_equal(np.asarray(out_a["z1_hat_BTNL"]), np.asarray(out_b["z1_hat_BTNL"]))
   assert float(jnp.max(jnp.abs(out_a["agent_BTKD"] - out_b["agent_BTKD"]))) > 1e-4
@@ -111,7 +113,7 @@ def test_task_changes_no_world_model_prediction_and_cache_matches_training(run_d
       cache,
       z[:, t],
       noise[:, t],
-      {"discrete": disc[:, t], "labelled": lab[:, t]},
+      jax.tree.map(lambda a: a[:, t], act),
       context_noise=0.1,
       tasks_B=tasks[:, 0],
       with_agent=True,
@@ -441,3 +443,32 @@ def test_mixture_batch_flags_rows_of_task_relevant_episodes():
   np.testing.assert_array_equal(out["episode"], [3, 4, 7, 4, 9])
   np.testing.assert_array_equal(out["relevant_B"], [False, False, False, True, True])
   np.testing.assert_array_equal(out["relevant_episode_B"], [False, True, False, True, True])
+
+
+def test_dynamics_final_evaluation_sweeps_k_on_the_first_batches_only(run_dir, tmp_path):
+  """The trainer's evaluation of the dynamics phase: K = 4 on every held-out batch, the other K
+  of eval.sampling_steps on the first `eval.sweep_batches` only; run_summary has both. The run
+  resumes at its last step (2 of 2), so it only evaluates."""
+  import json
+  import shutil
+
+  import ml_collections
+
+  from dreamer4.phases.dynamics import make_phase
+  from dreamer4.training.trainer import train_and_evaluate
+
+  work = str(tmp_path / "dynamics")
+  shutil.copytree(os.path.join(run_dir, "dynamics"), work)
+  cfg = ml_collections.ConfigDict(json.loads(open(os.path.join(work, "config.json")).read()))
+  cfg.train.num_steps = 2
+  cfg.train.stop_at_step = 0
+  cfg.eval.sampling_steps = (1, 4)
+  cfg.eval.num_batches = 2
+  cfg.eval.sweep_batches = 1
+  cfg.train.batch_size = 2
+  out = train_and_evaluate(cfg, work, make_phase)
+  ev = json.loads(open(os.path.join(work, "run_summary.json")).read())["eval"]
+  assert out["step"] == 2
+  assert {"eval/psnr_k1", "eval/psnr_k4", "eval/agent_acc_k1", "eval/agent_acc_k4"} <= set(ev), sorted(ev)
+  assert not any("_weights" in k for k in ev)
+  assert all(0.0 <= ev[k] <= 1.0 for k in ev if k.startswith("eval/agent_acc_k") and np.isfinite(ev[k]))

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from configs import dynamics as dynamics_config
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 from dreamer4 import sharding as shd
 from dreamer4.models import transformer as tr
 from dreamer4.models.dynamics import Dynamics, make_training_fn
@@ -46,7 +46,7 @@ def test_sharded_dynamics_step_matches_single_device(attention, monkeypatch):
   }
 
   def loss_fn(params, batch):
-    apply_fn = make_training_fn(mdef.merge(params), batch["actions_discrete"], batch["action_labelled"])
+    apply_fn = make_training_fn(mdef.merge(params), Action.from_window(batch))
     loss, _ = shortcut_loss(
       apply_fn,
       batch["latents"],

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_pipelines.envs.base import ActionComponent, ActionSpec
+from data_pipelines.envs.base import Action, ActionComponent, ActionSpec
 
 H, B, D = 5, 2, 32  # D: the tiny dynamics width
 
@@ -49,8 +49,7 @@ def _losses(phase, params, h_BHD, reward_BH, disc_BHA, monkeypatch):
 
   roll = {
     "h_BHD": h_BHD,
-    "disc_BHA": disc_BHA,
-    "cont_BHA": jnp.zeros((B, H, 0)),
+    "actions_BH": Action.labelled_from(disc_BHA),
     "reward_BH": reward_BH,
     "latents_BHNL": jnp.zeros((B, H, 4, 4)),
   }

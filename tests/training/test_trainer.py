@@ -11,6 +11,7 @@ from data_pipelines.episodes import EpisodeStore
 from dreamer4 import sharding as shd
 from dreamer4.errors import CheckpointError, ConfigError
 from dreamer4.phases.tokenizer import make_phase
+from dreamer4.training import metrics as mt
 from dreamer4.training import state as st
 from dreamer4.training.checkpoint import Checkpointer
 from dreamer4.training.trainer import train_and_evaluate
@@ -150,3 +151,14 @@ def test_bad_mesh_or_batch_stops_before_writing(tiny_config, tmp_path, shape, ba
   with pytest.raises(ConfigError, match=match):
     train_and_evaluate(cfg, str(tmp_path / "w"), make_phase)
   assert not (tmp_path / "w").exists()
+
+
+def test_mean_metrics_pools_weighted_updates():
+  """Two evaluation batches: 3 of 4 frames right over 4 valid frames, then 1 of 1 over 1 frame.
+  Pooled: 4 / 5 = 0.8 (the unweighted mean of the batch means would read (0.75 + 1) / 2 = 0.875).
+  A NaN (no valid frame) and a zero weight are left out; unweighted names keep the plain mean."""
+  acc = mt.MeanMetrics()
+  acc.update({"acc": 0.75, "loss": 2.0, "empty": np.nan}, skip_nan=True, weights={"acc": 4, "empty": 0})
+  acc.update({"acc": 1.0, "loss": 4.0, "empty": 0.5}, skip_nan=True, weights={"acc": 1, "empty": 0})
+  out = acc.compute_and_reset()
+  assert out["acc"] == pytest.approx(0.8) and out["loss"] == pytest.approx(3.0) and "empty" not in out
