@@ -13,6 +13,10 @@ reports per step shape (short and, for the dynamics phase, long windows):
   memory (per device, from `compiled.memory_analysis()`): argument / output / alias /
       temp / generated-code bytes, and peak = argument + output - alias + temp
   flops_per_device (`compiled.cost_analysis()`) and flops_total = flops_per_device x devices
+  analytic: the memory plan of dreamer4/memory_plan.py, computed from the config alone
+      (parameters, Adam state, gradients, per-layer activations under the remat policy, the
+      peak under every policy), its peak next to the compiler's and their ratio; "traced"
+      accounting on CPU devices, "fused" on GPUs/TPUs, the other one alongside
 
 The workdir is never touched. Shapes that the store would give a real run come from
 the config when no store is named: `config.data.frame_shape` (tokenizer) and
@@ -42,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines.envs.base import ActionComponent, ActionSpec
+from dreamer4 import memory_plan
 from dreamer4 import sharding as shd
 from dreamer4.errors import ConfigError
 from dreamer4.training import state as st
@@ -184,6 +189,12 @@ def dry_run(config) -> dict[str, Any]:
   if int(config.data.get("long_window", 0)):  # dynamics configs only
     windows["long"] = int(config.data.long_window)
   n_dev = mesh.devices.size
+  keeps = "traced" if mesh.devices.flat[0].platform == "cpu" else "fused"
+  plan_args = dict(
+    latent_shape=latent_shape,
+    frame_shape=shapes.frame_shape and tuple(shapes.frame_shape),
+    action_spec=shapes.action_spec,
+  )
   report: dict[str, Any] = dict(
     phase=config.phase,
     variant=config.variant,
@@ -212,13 +223,18 @@ def dry_run(config) -> dict[str, Any]:
     compiled = lowered.compile()
     t3 = time.time()
     flops = _flops(compiled)
+    memory = _memory(compiled)
+    plans = {k: memory_plan.plan(config, report["mesh"], T, keeps=k, **plan_args) for k in memory_plan.KEEPS}
+    analytic = dict(plans[keeps], ratio=round(plans[keeps]["peak"] / memory["peak"], 4) if memory.get("peak") else None)
+    analytic["other"] = {k: plans[k]["peak"] for k in memory_plan.KEEPS if k != keeps}
     report["steps"][kind] = dict(
       window=T,
       lower_s=round(t2 - t1, 2),
       compile_s=round(t3 - t2, 2),
-      memory_per_device=_memory(compiled),
+      memory_per_device=memory,
       flops_per_device=flops,
       flops_total=flops * n_dev,
+      analytic=analytic,
     )
     logging.info("dry run: %s step (window %d) compiled in %.1f s", kind, T, t3 - t2)
   report["wall_s"] = round(time.time() - t0, 2)
@@ -250,4 +266,8 @@ def format_report(r: dict[str, Any]) -> str:
       f"    FLOPs per step: {s['flops_per_device']:.4g} per device, {s['flops_total']:.4g} summed over "
       f"devices (replicated work counts once per device)"
     )
+    a = s.get("analytic")
+    if a:
+      other = [dict(keeps=k, peak=v) for k, v in a["other"].items()]
+      lines += memory_plan.format_plan(a, m.get("peak"), other[0] if other else None)
   return "\n".join(lines)
