@@ -14,4 +14,8 @@ fi
 # Format and lint first (settings in pyproject.toml); to fix: ruff format . && ruff check --fix .
 python -m ruff format --check --quiet . || { echo "[test] ruff format: files above need formatting (ruff format .)" >&2; exit 1; }
 python -m ruff check --quiet . || { echo "[test] ruff check: fix the findings above (many: ruff check --fix .)" >&2; exit 1; }
-exec python -m pytest tests -q -ra "$@"
+# One worker per core, at most 4 (each holds 8 fake devices and its own session fixtures); each
+# file runs whole on one worker, the long ones first (tests/conftest.py). TEST_WORKERS=0 runs in
+# this process alone.
+_workers="${TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+exec python -m pytest tests -q -ra -n "$_workers" --dist loadfile --no-loadscope-reorder "$@"

@@ -76,3 +76,23 @@ def world_model_run(tmp_path_factory):
   from tests.pipeline_helpers import tiny_world_model_run
 
   return tiny_world_model_run(str(tmp_path_factory.mktemp("world_model") / "run"))
+
+
+# The files that take a minute or more (`bash launch/test.sh --durations=20`), longest first.
+# launch/test.sh runs the suite on two or more workers with `--dist loadfile` (each file whole on
+# one worker, in collection order): starting the long files first keeps every worker busy to the
+# end instead of leaving one of them on a long file alone.
+LONG_FILES = (
+  "tests/test_multiprocess.py",
+  "tests/training/test_crash.py",
+  "tests/training/test_resilience.py",
+  "tests/training/test_agent_phases.py",
+  "tests/training/test_trainer.py",
+  "tests/models/test_tokenizer_loss.py",
+  "tests/test_memory_plan.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {path: i for i, path in enumerate(LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order

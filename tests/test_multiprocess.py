@@ -256,11 +256,11 @@ def test_four_process_checkpoint_resumed_by_two_processes_on_another_mesh(
   from configs import tokenizer
   from dreamer4.phases.tokenizer import make_phase
 
-  runs = {}
-  for n, nproc, extra in ((1, 1, []), (4, 2, ["--config.mesh.preset=gpu8"])):
-    w = str(tmp_path / f"resume_p{n}")
+  runs, procs = {}, {}
+  for n, nproc, extra in ((1, 1, []), (4, 2, ["--config.mesh.preset=gpu8"])):  # both at once
+    runs[n] = w = str(tmp_path / f"resume_p{n}")
     shutil.copytree(tokenizer_runs[n], w)
-    procs = _launch(
+    procs[n] = _launch(
       "configs/tokenizer.py:tiny",
       w,
       nproc,
@@ -270,10 +270,10 @@ def test_four_process_checkpoint_resumed_by_two_processes_on_another_mesh(
       extra=[f"--config.data.path={tiny_store}", *extra],
       tag="_resume",
     )
-    _wait_ok(procs, tmp_path)
+  for n, group in procs.items():
+    _wait_ok(group, tmp_path)
     log = open(tmp_path / f"resume_p{n}_resume_0.log").read()
     assert f"resuming from step {STEPS}" in log
-    runs[n] = w
   cfg = tokenizer.get_config("tiny")
   cfg.data.path = tiny_store
   phase = make_phase(cfg, EpisodeStore.open(tiny_store))
