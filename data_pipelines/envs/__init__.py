@@ -38,6 +38,10 @@ class EnvSpec:
     state_parser: the module that reads the env's frames back into game state, for the
       dynamics evaluation's rollout metrics (see dreamer4/evaluation/frame_state.py for its
       interface); a dotted name, so that data_pipelines never imports dreamer4. "": none.
+    action_groups: a group name per action id of the env's (first) discrete action component,
+      by which the world-model probe (dreamer4/evaluation/probe.py) splits its one-step errors
+      (e.g. moves, which shift the view, against the rest). (): every action is its own group,
+      named by its label (`action_groups`).
   """
 
   make: Callable[..., Env]
@@ -47,6 +51,7 @@ class EnvSpec:
   collect_batched: Callable[..., dict[str, Any]] | None = None
   frame_arrays: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   state_parser: str = ""
+  action_groups: tuple[str, ...] = ()
 
   def __post_init__(self):
     if (self.behaviour is None) == (self.collect_batched is None):
@@ -84,6 +89,7 @@ ENVS: dict[str, EnvSpec] = {
     layouts=toy.LAYOUTS,
     behaviour=toy.ScriptedPolicy,
     state_parser="dreamer4.evaluation.toy_state",
+    action_groups=toy.ACTION_GROUPS,
   ),
   "craftax": EnvSpec(
     _craftax,
@@ -91,8 +97,31 @@ ENVS: dict[str, EnvSpec] = {
     collect_batched=_craftax_collect,
     frame_arrays={"achievement_unlocks": craftax.ACHIEVEMENT_NAMES},
     state_parser="dreamer4.evaluation.craftax_state",
+    action_groups=craftax.ACTION_GROUPS,
   ),
 }
+
+
+def action_groups(name: str, action_spec: ActionSpec) -> tuple[str, ...]:
+  """The group of every action id of the spec's first discrete component: the registry's
+  `action_groups` of env `name`, or (an env without them, or not registered) each action's
+  own label (its id when unlabelled). () when the spec has no discrete component.
+
+  Raises:
+    ValueError: if the registry names a group for other than every action of the component.
+  """
+  comp = next((c for c in action_spec.components if c.kind == "discrete"), None)
+  if comp is None:
+    return ()
+  spec = ENVS.get(name)
+  if spec is not None and spec.action_groups:
+    if len(spec.action_groups) != comp.size:
+      raise ValueError(
+        f"env {name!r}: EnvSpec.action_groups names {len(spec.action_groups)} actions, "
+        f"its action component {comp.name!r} has {comp.size}"
+      )
+    return tuple(spec.action_groups)
+  return tuple(comp.labels[i] if i < len(comp.labels) else str(i) for i in range(comp.size))
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
@@ -106,4 +135,4 @@ def make_env(name: str, **kwargs: Any) -> Env:
   return ENVS[name].make(**kwargs)
 
 
-__all__ = ["ActionComponent", "ActionSpec", "ENVS", "Env", "EnvSpec", "ToyWorld", "make_env"]
+__all__ = ["ActionComponent", "ActionSpec", "ENVS", "Env", "EnvSpec", "ToyWorld", "action_groups", "make_env"]

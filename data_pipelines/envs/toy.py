@@ -38,6 +38,8 @@ DISTRACTOR_COLOURS = np.array([[150, 150, 150], [230, 210, 40], [160, 90, 200]],
 # (dy, dx) per action: noop, up, down, left, right.
 MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], np.int64)
 ACTION_LABELS = ("noop", "up", "down", "left", "right")
+# Per action: what the world-model probe (dreamer4/evaluation/probe.py) pools it with.
+ACTION_GROUPS = ("noop", "vertical", "vertical", "horizontal", "horizontal")
 # Goal cells (y, x) of red, green, blue under layout="fixed": three corners' neighbourhoods,
 # far enough apart that a greedy path to one rarely crosses another.
 FIXED_GOALS = np.array([[1, 1], [1, 6], [6, 3]], np.int64)

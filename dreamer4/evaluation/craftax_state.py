@@ -533,6 +533,23 @@ def frame_counts(truth: CraftaxState, gen: CraftaxState) -> dict[str, jax.Array]
   }
 
 
+def frame_scores(truth: CraftaxState, gen: CraftaxState) -> dict[str, jax.Array]:
+  """Per-frame scores in [0, 1] (float32, the parses' leading dims) of generated against true
+  parses, for pooling over any set of frames (the world-model probe, evaluation/probe.py).
+
+  block_acc: share of the 63 map cells with the right block. block_match: 1 where every map
+  cell's block is right. overlay_acc: share of map cells with the right overlay (player
+  sprite, mob or none). inventory_match: 1 where all 12 inventory counts are right.
+  """
+  counts = frame_counts(truth, gen)
+  return {
+    "block_acc": counts["block_right"] / NUM_CELLS,
+    "block_match": (counts["block_right"] == NUM_CELLS).astype(jnp.float32),
+    "overlay_acc": counts["overlay_right"] / NUM_CELLS,
+    "inventory_match": counts["inventory_exact"],
+  }
+
+
 _PER_FRAME = {
   "block_acc": ("block_right", NUM_CELLS),
   "overlay_acc": ("overlay_right", NUM_CELLS),

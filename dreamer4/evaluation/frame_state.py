@@ -22,6 +22,10 @@ and may give:
     of the truth parses; craftax: the truth's daylight, below which the parse is not exact).
   readable(frame_shape) -> bool (`READABLE`): whether frames of that shape can be parsed (toy:
     a multiple of 8 px; craftax: 32 px or more); a store of other frames gets no state metrics.
+  frame_scores(truth: State, gen: State) -> {name: float32 [...]} (`SCORES`): per-frame scores
+    in [0, 1] of a parse against the true one, poolable over any set of frames; the world-model
+    probe (dreamer4/evaluation/probe.py) needs it (toy: agent_acc, state_match; craftax:
+    block_acc, block_match, overlay_acc, inventory_match).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from data_pipelines.envs import ENVS
 REQUIRED = ("parse", "frame_counts", "rollout_metrics", "hold_last_metrics")
 EXTRA = "extra_metrics"
 READABLE = "readable"
+SCORES = "frame_scores"
 
 
 def parser_module(name: str) -> ModuleType:

@@ -187,6 +187,22 @@ def frame_counts(truth: ToyState, gen: ToyState) -> dict[str, jax.Array]:
   }
 
 
+def frame_scores(truth: ToyState, gen: ToyState) -> dict[str, jax.Array]:
+  """Per-frame scores in [0, 1] (float32, the parses' leading dims) of generated against true
+  parses, for pooling over any set of frames (the world-model probe, evaluation/probe.py).
+
+  agent_acc: 1 where the generated frame shows exactly one agent, in the true cell (the
+    `agent_hit` of `frame_counts`). state_match: 1 where the whole parsed state agrees: the
+    agent as for agent_acc, every cell's goal kind and every cell's distractor flag.
+  """
+  agent_hit = (truth.agent_cell == gen.agent_cell) & (jnp.sum(gen.agent_GG, axis=(-2, -1)) == 1)
+  same_cells = jnp.all((truth.goal_GG == gen.goal_GG) & (truth.distractor_GG == gen.distractor_GG), axis=(-2, -1))
+  return {
+    "agent_acc": agent_hit.astype(jnp.float32),
+    "state_match": (agent_hit & same_cells).astype(jnp.float32),
+  }
+
+
 def _ratio(num, den, empty=jnp.nan):
   """num / den, `empty` where den == 0 (no valid frame: NaN, not a made-up value)."""
   return jnp.where(den > 0, num / jnp.maximum(den, 1e-12), empty)

@@ -125,9 +125,10 @@ class DynamicsPhase(Phase):
     actions = jax.tree.map(lambda a: a[:, : C + H], Action.from_window(batch))
     if shuffle_actions:  # another window's actions: the rollout should get clearly worse
       actions = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), actions)
-    model = self.model_def.merge(params)
-    out = generate(
-      make_sampling_fn(model),
+    tokenizer = self.tok_def.merge(tok_params)
+    z_BHNL, gen = rollout(
+      self.model_def.merge(params),
+      tokenizer,
       z_BTNL[:, :C],
       actions,
       rng,
@@ -137,15 +138,8 @@ class DynamicsPhase(Phase):
       context_noise=ev.context_noise,
       window=m.context or (C + H),
     )
-    tokenizer = self.tok_def.merge(tok_params)
-    gen_BTNL = jnp.concatenate([z_BTNL[:, :C], out["z_BHNL"]], axis=1)
     truth = tokenizer.decode(z_BTNL)[:, C:]
-    gen = tokenizer.decode(gen_BTNL)[:, C:]
-    # Decoder-free error: mean squared latent error of each generated frame [B, H].
-    latent_mse_BH = jnp.mean(
-      jnp.square(out["z_BHNL"].astype(jnp.float32) - z_BTNL[:, C:].astype(jnp.float32)), axis=(2, 3)
-    )
-    return truth, gen, latent_mse_BH
+    return truth, gen, frame_latent_mse(z_BHNL, z_BTNL[:, C:])
 
   def _valid_BH(self, batch):
     """bool [B, H]: horizon frames whose truth is real, not padding past an episode's end
@@ -225,8 +219,7 @@ class DynamicsPhase(Phase):
     held = tokenizer.decode(z_last)
     out["psnr_hold_last_frame"] = mean(vm.psnr_BT(held, truth))
     out["psnr_hold_last_frame_h01"] = vm.masked_mean(vm.psnr_BT(held[:, :1], truth[:, :1]), valid_BH[:, :1])
-    z_next_B1NL = batch["latents"][:, C : C + 1].astype(jnp.float32)
-    lat_hold_B1 = jnp.mean(jnp.square(z_last[:, :1].astype(jnp.float32) - z_next_B1NL), axis=(2, 3))
+    lat_hold_B1 = frame_latent_mse(z_last[:, :1], batch["latents"][:, C : C + 1])
     out["latent_mse_hold_last_frame_h01"] = vm.masked_mean(lat_hold_B1, valid_BH[:, :1])
     if parser is not None:
       # The held frame's parse over the horizon, and the env's extra references (toy: the
@@ -248,6 +241,38 @@ class DynamicsPhase(Phase):
     truth, gen, _ = self._rollouts(params, frozen["tokenizer"], small, rng, 4)
     rows = jnp.stack([truth, gen], axis=1).reshape((-1,) + truth.shape[1:])
     return {"rollout_truth_vs_generated": jnp.clip(rows, 0.0, 1.0)}
+
+
+def rollout(model, tokenizer, context_z_BCNL, actions, rng, *, horizon: int, k: int, k_max: int, context_noise, window):
+  """Generates `horizon` frames after the true context latents and decodes them.
+
+  The sampler (`inference.sampler.generate`) runs the dynamics `model` with `actions` (an
+  Action [B, C + horizon]); the tokenizer decodes the generated frames after the context, so
+  a decoder with time layers reads the context as it would read true frames. Shared by the
+  phase's evaluation and the world-model probe (dreamer4/evaluation/probe.py).
+
+  Returns:
+    (z_BHNL float32, the generated latents; frames [B, horizon, h, w, c] in [0, 1], decoded).
+  """
+  out = generate(
+    make_sampling_fn(model),
+    context_z_BCNL,
+    actions,
+    rng,
+    horizon=horizon,
+    k=k,
+    k_max=k_max,
+    context_noise=context_noise,
+    window=window,
+  )
+  C = context_z_BCNL.shape[1]
+  gen_BTNL = jnp.concatenate([context_z_BCNL.astype(out["z_BHNL"].dtype), out["z_BHNL"]], axis=1)
+  return out["z_BHNL"], tokenizer.decode(gen_BTNL)[:, C:]
+
+
+def frame_latent_mse(a_BTNL, b_BTNL):
+  """Mean squared latent error of each frame, float32 [B, T] (the decoder-free error)."""
+  return jnp.mean(jnp.square(a_BTNL.astype(jnp.float32) - b_BTNL.astype(jnp.float32)), axis=(2, 3))
 
 
 def _frame_weights(metrics: dict, valid_BH) -> dict:

@@ -54,6 +54,10 @@ ACTION_NAMES = (
   "make_stone_sword",
   "make_iron_sword",
 )
+# Per action: what the world-model probe (dreamer4/evaluation/probe.py) pools it with. The four
+# moves shift the player-centred view (or turn the player where the way is blocked).
+MOVE_ACTIONS = ("left", "right", "up", "down")
+ACTION_GROUPS = tuple("move" if name in MOVE_ACTIONS else "other" for name in ACTION_NAMES)
 # Index order of craftax_classic.constants.Achievement (checked by the tests).
 ACHIEVEMENT_NAMES = (
   "collect_wood",
