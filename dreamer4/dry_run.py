@@ -96,7 +96,7 @@ def _tokenizer_phase(config, shapes: DataShapes):
       "or --config.data.frame_shape=(H,W,C)"
     )
   phase = TokenizerPhase(config, shapes)
-  return phase, {"frames": (tuple(shapes.frame_shape), jnp.uint8)}, phase.frozen(), None
+  return phase, {"frames": (tuple(shapes.frame_shape), jnp.uint8)}, None
 
 
 def _latent_shape(config) -> tuple[int, int]:
@@ -131,7 +131,18 @@ def _dynamics_phase(config, shapes: DataShapes):
   fields = {"latents": ((N, L), jnp.float32), "action_labelled": ((), jnp.bool_)}
   if spec.discrete_columns:
     fields["actions_discrete"] = ((spec.discrete_columns,), jnp.int32)
-  return phase, fields, {}, (N, L)
+  return phase, fields, (N, L)
+
+
+def build_phase(config):
+  """(shapes, phase, batch fields, latent shape) of a tokenizer or dynamics config, from the
+  store's metadata or the config alone. `fields` maps each batch field to its per-frame
+  (shape, dtype). The dynamics phase is built without its frozen tokenizer: only its
+  loss_fn is used, and the train step never reads the tokenizer."""
+  shapes = _store_or_config(config)
+  make = _tokenizer_phase if config.phase == "tokenizer" else _dynamics_phase
+  phase, fields, latent_shape = make(config, shapes)
+  return shapes, phase, fields, latent_shape
 
 
 def _bytes_per_device(abstract_tree, shardings) -> int:
@@ -173,9 +184,8 @@ def dry_run(config) -> dict[str, Any]:
   ctc = config.train
   mesh = shd.make_mesh(config.mesh)
   shd.check_batch_divides(ctc.batch_size, mesh)
-  shapes = _store_or_config(config)
-  make = _tokenizer_phase if config.phase == "tokenizer" else _dynamics_phase
-  phase, fields, frozen_np, latent_shape = make(config, shapes)
+  shapes, phase, fields, latent_shape = build_phase(config)
+  frozen_np = phase.frozen() if config.phase == "tokenizer" else {}  # the LPIPS weights, if any
   mdef = phase.model_def
   # The trainer's step (dreamer4/training/trainer.py), built the same way; abstract state only.
   p_train = st.TrainStep(mdef, phase.loss_fn, phase.init_aux, config.optim, ctc.num_steps, mesh)

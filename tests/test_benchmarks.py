@@ -1,5 +1,6 @@
 """The train-step benchmark's code path at a tiny, matmul-dominated size."""
 
+import json
 import math
 
 import jax
@@ -139,3 +140,32 @@ def test_loader_benchmark_paper_size_frames(tmp_path):
   need = {p["chip"]: p["fps_per_chip"] for p in paper if p["read"] == "tokenizer"}
   for chip, fps in need.items():
     assert summary[f"paper_{chip}"]["chips_fed"] == rec["fps"] / fps
+
+
+def test_paper_step_benchmark_times_a_config_variant(tmp_path):
+  # benchmarks/paper_step.py on the tiny dynamics variant: the step the trainer builds, on random
+  # batches of the config's shapes; its figures follow from one another and from flops.py.
+  from benchmarks import paper_step
+
+  out = tmp_path / "steps.jsonl"
+  recs = paper_step.main(
+    ["--phase=dynamics", "--variant=tiny", "--windows=4", "--batches=1,2", "--steps=2"] + [f"--out={out}"]
+  )
+  assert [json.loads(line) for line in out.read_text().splitlines()] == recs
+  assert [(r["window"], r["batch"]) for r in recs] == [(4, 1), (4, 2)]
+  from configs import dynamics
+
+  c = dynamics.get_config("tiny")
+  tok = tokenizer.get_config("tiny").model
+  for r in recs:
+    assert r["fits"] and r["compiles"] == 1 and r["steps"] == 2 and math.isfinite(r["loss"])
+    assert r["latent_shape"] == [tok.num_latents, tok.latent_dim]
+    want = fl.dynamics_train_flops(c.model, tok.num_latents, tok.latent_dim, r["batch"], 4, c.loss.bootstrap_fraction)
+    assert r["flops_analytic"] == want["total"]
+    assert abs(r["frames_per_s"] - r["batch"] * 4 / r["step_s"]) <= 1e-3 * r["frames_per_s"] + 1e-3
+    assert abs(r["mfu_measured"] - r["flops_analytic"] / r["step_s"] / (r["peak_measured_tflops"] * 1e12)) < 2e-3
+    assert r["mfu_spec"] is None and r["device_peak_bytes"] is None  # a CPU has neither
+    m = r["compiler_memory"]
+    assert m["peak"] == m["argument"] + m["output"] - m["alias"] + m["temp"] > 0
+  assert recs[1]["flops_analytic"] == 2 * recs[0]["flops_analytic"]  # FLOPs are linear in the batch
+  assert paper_step.spec_peak("NVIDIA H100 80GB HBM3") == 989e12 and paper_step.spec_peak("cpu") is None
