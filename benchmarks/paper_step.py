@@ -50,21 +50,14 @@ def spec_peak(device_kind: str) -> float | None:
   return None
 
 
-def measured_peak(dtype: str, repeats: int = 5) -> float:
+def measured_peak(dtype: str) -> float:
   """Best jitted `a @ b` throughput in FLOP/s (n = 8192 on accelerators, 2048 on CPU)."""
   import jax
 
+  from benchmarks.peak import matmul_peak
+
   n = 2048 if jax.devices()[0].platform == "cpu" else 8192
-  matmul = jax.jit(lambda a, b: a @ b)
-  ka, kb = jax.random.split(jax.random.key(n))
-  a, b = jax.random.normal(ka, (n, n), dtype), jax.random.normal(kb, (n, n), dtype)
-  matmul(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    matmul(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n**3 / best
+  return matmul_peak((n,), repeats=5, dtype=dtype)[0]["gflops"] * 1e9
 
 
 def analytic_flops(config, phase_name: str, shapes, latent_shape, batch: int, window: int) -> dict[str, int]:
