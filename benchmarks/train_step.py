@@ -467,4 +467,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from dreamer4.host_memory import reexec_with_hugepages
+
+  reexec_with_hugepages()  # as dreamer4/main.py does, so the steps are timed as the trainer runs them
   app.run(main)

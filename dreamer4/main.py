@@ -142,6 +142,9 @@ def _dry_run(config, output: str | None) -> None:
 
 
 if __name__ == "__main__":
+  from dreamer4.host_memory import reexec_with_hugepages
+
+  reexec_with_hugepages()  # XLA:CPU's per-step temporaries on huge pages (dreamer4/host_memory.py)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   logging.getLogger("absl").setLevel(logging.INFO)
   app.run(main, flags_parser=parse_flags)

@@ -4,13 +4,14 @@ Only time layers read past frames, so a cache of their keys/values for the last
 W - 1 finished frames is all the state that generation needs: a new frame runs the
 space layers on itself alone and its time layers attend over cache + itself.
 
-Layout: one ring buffer for all time layers, k/v [L, B, S, M, G, K] with
-M = W - 1 slots (L time layers, S tokens per frame, G kv heads, K head dim), plus
-the absolute frame index held by each slot (-1 = empty) and the number of frames
-committed so far (= absolute index of the frame being generated). All shapes are
-static, so one jitted step serves every frame. A scanned transformer has one time
-layer per layer group, so L is also its group axis: its decode scans the stacked
-group parameters and the cache's L axis together.
+Layout: one ring buffer per time layer, k/v [B, S, M, G, K] each (`k_LBSMGK`
+stacks the L of them) with M = W - 1 slots (L time layers, S tokens per frame,
+G kv heads, K head dim), plus the absolute frame index held by each slot
+(-1 = empty) and the number of frames committed so far (= absolute index of the
+frame being generated). All shapes are static, so one jitted step serves every
+frame. A scanned transformer has one time layer per layer group, so L is also its
+group axis: its decode scans the stacked group parameters and the stacked cache
+together.
 
 Convention (one for primed and generated frames, so both are keyed alike in the
 cache): the K denoising steps of a frame share the cache and never write it;
@@ -18,17 +19,23 @@ the current frame's own k/v are recomputed at each step. When a frame is finishe
 (or primed) it is corrupted ONCE to the context level, tau index
 round((1 - context_noise) * k_max) with d = d_min and noise drawn once, re-encoded
 against the cache, and its time-layer k/v are written. `commit_frame` is the one
-function that does this for both.
+function that does this for both; `generate_frame` runs a frame's k denoising
+passes and its commit as one loop (what `inference.world.World` steps).
 
-RoPE: keys are cached unrotated and rotated at read time (once per frame, shared
-by its k + 1 passes: `rotated_keys`). The frame being decoded
-sits at position here = min(p, W - 1) and a cached frame s at here - (p - s), which
-are exactly the window-relative positions `sampler.generate` uses (its window
-starts at max(p - W + 1, 0)); since RoPE only sees offsets, this also equals any
-absolute-position reference. Exactness vs `sampler.generate`: generate recomputes
-the whole window every frame, so in ITS pass the oldest window frame sees no
-earlier frames, while a cached frame's k/v were computed when that frame was new,
-seeing its own full window. With one time layer these coincide (the time-layer
+RoPE: a frame's keys are cached already rotated, at the frame's absolute index
+s, and the frame being decoded is rotated at its own index p (`transformer.rope_at`,
+exact at any index). RoPE only sees offsets, and p - s are the offsets of the
+window-relative positions `sampler.generate` uses (its window starts at
+max(p - W + 1, 0)), so the attention is the same; but nothing cached moves when p
+does. So per frame only the cache reads grow with the window: no key is rotated
+again, each pass reads every layer's buffers in place (`frame_view`, in their
+stored order: `transformer.Block.decode_time`) and the new frame is written into
+its slot in place (the jitted step donates the old cache).
+
+Exactness vs `sampler.generate`: generate recomputes the whole window every
+frame, so in ITS pass the oldest window frame sees no earlier frames, while a
+cached frame's k/v were computed when that frame was new, seeing its own full
+window. With one time layer these coincide (the time-layer
 inputs are per-frame); with several time layers and more than W frames they
 differ, and the cached path equals a full-history recomputation under the model's
 sliding time mask (absolute positions) instead. Tests check both.
@@ -55,20 +62,35 @@ class KVCache(NamedTuple):
   """Time-layer keys/values of the last M committed frames (a pytree).
 
   Attributes:
-    k_LBSMGK: Unrotated keys, [num time layers, B, S, M, G, K].
-    v_LBSMGK: Values, same shape.
+    k_L: Keys rotated at their frame's absolute index (module doc), one
+      [B, S, M, G, K] array per time layer (a tuple).
+    v_L: Values, likewise.
     frame_M: int32 absolute frame index held by each slot, -1 when empty.
     length: int32 scalar, frames committed so far (the next frame's index).
+
+  One array per layer, not one stacked array: XLA reads a whole array in place,
+  but a layer's slice of a stacked one only through a copy, which cost every frame
+  a copy of the whole cache.
   """
 
-  k_LBSMGK: jax.Array
-  v_LBSMGK: jax.Array
+  k_L: tuple[jax.Array, ...]
+  v_L: tuple[jax.Array, ...]
   frame_M: jax.Array
   length: jax.Array
 
   @property
   def slots(self) -> int:
     return self.frame_M.shape[0]
+
+  @property
+  def k_LBSMGK(self) -> jax.Array:
+    """The keys stacked over the time layers, [L, B, S, M, G, K] (a copy)."""
+    return jnp.stack(self.k_L)
+
+  @property
+  def v_LBSMGK(self) -> jax.Array:
+    """The values stacked likewise."""
+    return jnp.stack(self.v_L)
 
 
 def cache_window(model: Dynamics, window: int | None = None) -> int:
@@ -90,8 +112,7 @@ def init_cache(model: Dynamics, batch: int, window: int | None = None) -> KVCach
   tf = model.transformer
   num_time = len(tf.time_layer_indices)
   S = model.layout.num_tokens
-  G, K = (tf.num_kv_heads, tf.head_dim) if num_time else (1, 1)
-  zeros = jnp.zeros((num_time, batch, S, M, G, K), model.dtype)
+  zeros = tuple(jnp.zeros((batch, S, M, tf.num_kv_heads, tf.head_dim), model.dtype) for _ in range(num_time))
   return KVCache(zeros, zeros, jnp.full((M,), -1, jnp.int32), jnp.zeros((), jnp.int32))
 
 
@@ -100,24 +121,45 @@ def _frame_axis(action: Action) -> Action:
   return jax.tree.map(lambda a: jnp.asarray(a)[:, None], action)
 
 
-def _positions(cache: KVCache):
-  """(query position, cache positions [M], valid [M]) for the next frame.
-
-  Window-relative positions, identical to those of sampler.generate (module doc).
-  """
-  p = cache.length
-  here = jnp.minimum(p, cache.slots)
-  return here, here - (p - cache.frame_M), cache.frame_M >= 0
-
-
 def rotated_keys(model: Dynamics, cache: KVCache):
-  """The cache's keys with RoPE applied for the next frame, [L, B, S, M, G, K].
+  """The cache's keys as the next frame reads them, [L, B, S, M, G, K] (stacked).
 
-  Every pass of one frame (its k denoising steps and its commit) reads the same
-  cache at the same positions, so the rotation is done once per frame.
+  They are cached rotated (module doc), so this is `cache.k_LBSMGK`: a frame's
+  passes can read `cache` itself (`frame_view`), this is kept for callers that pass
+  `rotated_k_LBSMGK`.
   """
-  _, cache_pos_M, _ = _positions(cache)
-  return model.transformer.rotate_cached_keys(cache.k_LBSMGK, cache_pos_M)
+  del model
+  return cache.k_LBSMGK
+
+
+class FrameView(NamedTuple):
+  """The cache as every pass of one frame reads it (`frame_view`).
+
+  Attributes:
+    k: Rotated keys (as cached).
+    v: Values.
+  For an unscanned transformer both are tuples of per-time-layer arrays
+  [B, S, M, G, K], the cache's own buffers; for a scanned one, the stacked
+  [L, B, S, M, G, K] arrays that its layer scan slices.
+  """
+
+  k: jax.Array | tuple[jax.Array, ...]
+  v: jax.Array | tuple[jax.Array, ...]
+
+
+def frame_view(model: Dynamics, cache: KVCache, rotated_k_LBSMGK=None) -> FrameView:
+  """The cache as `Transformer.decode` reads it, made once for the passes of a frame.
+
+  Unscanned: the cache's per-layer buffers as they are (no work). Scanned: stacked
+  once here, outside the denoising loop. A stacked `rotated_k_LBSMGK`, if given,
+  replaces the cached keys.
+  """
+  if model.transformer.scan_layers:
+    k = cache.k_LBSMGK if rotated_k_LBSMGK is None else rotated_k_LBSMGK
+    return FrameView(k, cache.v_LBSMGK)
+  if rotated_k_LBSMGK is None:
+    return FrameView(cache.k_L, cache.v_L)
+  return FrameView(tuple(rotated_k_LBSMGK[i] for i in range(len(cache.k_L))), cache.v_L)
 
 
 def frame_forward(
@@ -130,6 +172,7 @@ def frame_forward(
   rotated_k_LBSMGK=None,
   tasks_B=None,
   with_agent: bool = False,
+  view: FrameView | None = None,
 ):
   """One pass of the current frame against the cache (the cache is not written).
 
@@ -140,13 +183,16 @@ def frame_forward(
     tau_idx_B: int32 signal-level index per row (or a scalar).
     d_idx_B: int32 step-size index per row (or a scalar).
     action: This frame's Action [B] (data_pipelines/envs/base.py).
-    rotated_k_LBSMGK: Optional `rotated_keys(model, cache)`, to skip re-rotating.
+    rotated_k_LBSMGK: Optional `rotated_keys(model, cache)` (the cached keys).
     tasks_B: Optional int32 task ids for the agent tokens (phase 2+ models).
     with_agent: Also return the agent tokens' outputs [B, K_agent, D].
+    view: Optional `frame_view(model, cache)`, shared by the passes of one frame
+      (then `rotated_k_LBSMGK` is not read).
 
   Returns:
     (z1_hat_BNL float32, k_LBSGK, v_LBSGK): the clean estimate and the frame's
-    time-layer keys/values at this (tau, d) key; plus agent_BKD with `with_agent`.
+    time-layer keys (unrotated)/values at this (tau, d) key; plus agent_BKD with
+    `with_agent`.
   """
   B = z_BNL.shape[0]
   act = _frame_axis(action)
@@ -159,17 +205,17 @@ def frame_forward(
     act,
     tasks_BT=None if tasks_B is None else jnp.asarray(tasks_B, jnp.int32)[:, None],
   )
-  here, cache_pos_M, cache_valid_M = _positions(cache)
-  rotated = rotated_k_LBSMGK is not None
+  if view is None:
+    view = frame_view(model, cache, rotated_k_LBSMGK)
   y_BSD, k_LBSGK, v_LBSGK = model.transformer.decode(
     x_B1SD[:, 0],
     space_mask_SS=tr.space_mask(model.layout, tr.dynamics_rule(model.layout.names)),
-    cache_k_LBSMGK=rotated_k_LBSMGK if rotated else cache.k_LBSMGK,
-    cache_v_LBSMGK=cache.v_LBSMGK,
-    cache_pos_M=cache_pos_M,
-    cache_valid_M=cache_valid_M,
-    query_pos=here,
-    keys_rotated=rotated,
+    cache_k_LBSMGK=view.k,
+    cache_v_LBSMGK=view.v,
+    cache_pos_M=cache.frame_M,  # what the cached keys carry (read only by keys_rotated=False)
+    cache_valid_M=cache.frame_M >= 0,
+    query_pos=cache.length,
+    keys_rotated=True,
   )
   z1_hat_BNL = model.readout(y_BSD[:, None])[:, 0]
   if with_agent:
@@ -178,13 +224,17 @@ def frame_forward(
 
 
 def write_frame(cache: KVCache, k_LBSGK, v_LBSGK) -> KVCache:
-  """Writes a finished frame's k/v into the ring slot of the oldest frame."""
+  """Writes a finished frame's k/v (keys already rotated) into the ring slot of the oldest frame."""
   M = cache.slots
   if M == 0:  # window 1: frames never read the past
     return cache._replace(length=cache.length + 1)
   slot = cache.length % M
-  k = jax.lax.dynamic_update_index_in_dim(cache.k_LBSMGK, k_LBSGK.astype(cache.k_LBSMGK.dtype), slot, axis=3)
-  v = jax.lax.dynamic_update_index_in_dim(cache.v_LBSMGK, v_LBSGK.astype(cache.v_LBSMGK.dtype), slot, axis=3)
+
+  def put(buf_BSMGK, new_BSGK):
+    return jax.lax.dynamic_update_index_in_dim(buf_BSMGK, new_BSGK.astype(buf_BSMGK.dtype), slot, axis=2)
+
+  k = tuple(put(buf, k_LBSGK[i]) for i, buf in enumerate(cache.k_L))
+  v = tuple(put(buf, v_LBSGK[i]) for i, buf in enumerate(cache.v_L))
   frame_M = cache.frame_M.at[slot].set(cache.length)
   return KVCache(k, v, frame_M, cache.length + 1)
 
@@ -211,7 +261,8 @@ def commit_frame(
 
   The one entry point for both primed and generated frames, so both use the same
   keys: tau index round((1 - context_noise) * k_max), d = d_min, and the given
-  noise (drawn once by the caller).
+  noise (drawn once by the caller). The keys are cached rotated at the frame's
+  absolute index, `cache.length`.
 
   With `with_agent` it returns (cache, agent_BKD): the agent tokens' outputs of this
   pass. This is where the agent reads a frame (phase 2 trains its heads on the same
@@ -222,27 +273,77 @@ def commit_frame(
   out = frame_forward(
     model, cache, z_ctx_BNL, ctx_idx, d_min_idx, action, rotated_k_LBSMGK, tasks_B=tasks_B, with_agent=with_agent
   )
-  cache = write_frame(cache, out[1], out[2])
+  cache = write_frame(cache, _keys_to_cache(model, cache, out[1]), out[2])
   return (cache, out[3]) if with_agent else cache
+
+
+def _keys_to_cache(model: Dynamics, cache: KVCache, k_LBSGK):
+  """The next frame's keys [L, B, S, G, K] rotated at its absolute index, as cached."""
+  if not cache.k_L:
+    return k_LBSGK
+  position_1 = jnp.reshape(cache.length, (1,))
+  return model.transformer.rotate_cached_keys(k_LBSGK[:, :, :, None], position_1)[:, :, :, 0]
 
 
 def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action: Action, *, k: int, rotated_k_LBSMGK=None):
   """Takes `k` shortcut steps from noise z0 on the grid tau = j/k with d = 1/k.
 
   The same update as `sampler.generate`: z <- z + (z1_hat - z) / (k - j), written
-  as a lerp so the last step returns z1_hat exactly.
+  as a lerp so the last step returns z1_hat exactly. The k steps read one
+  `frame_view`, made outside the loop.
   """
+  log2_k, grid = _step_grid(model, k)
+  view = frame_view(model, cache, rotated_k_LBSMGK)
+
+  def body(j, z_BNL):
+    z1_hat_BNL, _, _ = frame_forward(model, cache, z_BNL, j * grid, log2_k, action, view=view)
+    return _shortcut_step(z_BNL, z1_hat_BNL, j, k)
+
+  return jax.lax.fori_loop(0, k, body, z0_BNL.astype(jnp.float32))
+
+
+def _step_grid(model: Dynamics, k: int) -> tuple[int, int]:
+  """(d index of d = 1/k, tau-index stride k_max / k) for k steps per frame."""
   log2_k = log2_exact(k, "steps per frame k")
   if k > model.k_max:
     raise ValueError(f"steps per frame k={k} exceeds k_max={model.k_max}")
-  grid = model.k_max // k
+  return log2_k, model.k_max // k
 
-  def body(j, z_BNL):
-    z1_hat_BNL, _, _ = frame_forward(model, cache, z_BNL, j * grid, log2_k, action, rotated_k_LBSMGK)
-    a = 1.0 / jnp.asarray(k - j, jnp.float32)
-    return (1.0 - a) * z_BNL + a * z1_hat_BNL
 
-  return jax.lax.fori_loop(0, k, body, z0_BNL.astype(jnp.float32))
+def _shortcut_step(z_BNL, z1_hat_BNL, j, k: int):
+  """Step j of k: z + (z1_hat - z) / (k - j) as a lerp (step k - 1 returns z1_hat exactly)."""
+  a = 1.0 / jnp.asarray(k - j, jnp.float32)
+  return (1.0 - a) * z_BNL + a * z1_hat_BNL
+
+
+def generate_frame(model: Dynamics, cache: KVCache, z0_BNL, noise_BNL, action: Action, *, k: int, context_noise: float):
+  """`denoise_frame` then `commit_frame` (with `noise_BNL`), as ONE loop of k + 1 passes.
+
+  Returns (z_BNL, cache): the generated clean latents and the cache with the frame
+  committed. The same passes, inputs and results as the two calls. One loop
+  because a pass that reads the cache after a loop that read it made XLA copy
+  the cache (the loop may own its inputs' buffers, and the read and the in-place
+  write of the new frame come after it); reads inside the loop need no copy.
+  """
+  log2_k, grid = _step_grid(model, k)
+  ctx_idx, d_min_idx, signal = context_keys(model, context_noise)
+  view = frame_view(model, cache)
+  tf = model.transformer
+  kv_shape = (len(cache.k_L), z0_BNL.shape[0], model.layout.num_tokens, tf.num_kv_heads, tf.head_dim)
+
+  def body(j, carry):
+    z_BNL, _, _ = carry
+    commit = j == k  # the last pass: the finished frame at the context level, as commit_frame
+    z_in_BNL = jnp.where(commit, (1.0 - signal) * noise_BNL + signal * z_BNL, z_BNL)
+    tau_idx = jnp.where(commit, ctx_idx, j * grid)
+    d_idx = jnp.where(commit, d_min_idx, log2_k)
+    z1_hat_BNL, k_LBSGK, v_LBSGK = frame_forward(model, cache, z_in_BNL, tau_idx, d_idx, action, view=view)
+    z_BNL = jnp.where(commit, z_BNL, _shortcut_step(z_BNL, z1_hat_BNL, jnp.minimum(j, k - 1), k))
+    return z_BNL, k_LBSGK.astype(model.dtype), v_LBSGK.astype(model.dtype)
+
+  empty = jnp.zeros(kv_shape, model.dtype)
+  z_BNL, k_LBSGK, v_LBSGK = jax.lax.fori_loop(0, k + 1, body, (z0_BNL.astype(jnp.float32), empty, empty))
+  return z_BNL, write_frame(cache, _keys_to_cache(model, cache, k_LBSGK), v_LBSGK)
 
 
 def prime(

@@ -107,16 +107,14 @@ class World:
 
   def _step_impl(self, model_state, tok_state, state, action, rng):
     model = nnx.merge(self._model_def, model_state)
-    B = state.cache.k_LBSMGK.shape[1]
+    B = action.labelled.shape[0]
     init_rng, ctx_rng = jax.random.split(rng)
     z0_BNL = jax.random.normal(init_rng, (B, self.num_latents, self.latent_dim), jnp.float32)
-    # All k + 1 passes of this frame read one cache: rotate its keys once.
-    rot_k = kv_cache.rotated_keys(model, state.cache)
-    z_BNL = kv_cache.denoise_frame(model, state.cache, z0_BNL, action, k=self.k, rotated_k_LBSMGK=rot_k)
     # History noise drawn once, here, as for primed frames (kv_cache.commit_frame).
-    noise_BNL = jax.random.normal(ctx_rng, z_BNL.shape, jnp.float32)
-    cache = kv_cache.commit_frame(
-      model, state.cache, z_BNL, noise_BNL, action, context_noise=self.context_noise, rotated_k_LBSMGK=rot_k
+    noise_BNL = jax.random.normal(ctx_rng, z0_BNL.shape, jnp.float32)
+    # The k denoising passes and the commit: one loop that reads the cache in place.
+    z_BNL, cache = kv_cache.generate_frame(
+      model, state.cache, z0_BNL, noise_BNL, action, k=self.k, context_noise=self.context_noise
     )
     out = {"z_BNL": z_BNL}
     if self._has_tokenizer:

@@ -349,7 +349,7 @@ class Dynamics(nnx.Module):
     dt = self.dtype
     parts = {}
     z_BTSG = self.group_latents(z_BTNL).astype(dt)
-    parts["spatial"] = z_BTSG @ self.latent_in_kernel[...].astype(dt) + self.latent_in_bias[...].astype(dt)
+    parts["spatial"] = tr.dense(z_BTSG, self.latent_in_kernel[...].astype(dt)) + self.latent_in_bias[...].astype(dt)
     if self.spatial_pos:
       parts["spatial"] = parts["spatial"] + self.spatial_pos_embed[...].astype(dt)
     if self.num_registers:
@@ -364,7 +364,7 @@ class Dynamics(nnx.Module):
     """Clean-latent estimate z1_hat [B,T,N,L] (float32) from the spatial outputs."""
     s_BTSD = y_BTSD[:, :, self.layout.slice("spatial")]
     dt = self.dtype
-    out_BTSG = s_BTSD @ self.readout_kernel[...].astype(dt) + self.readout_bias[...].astype(dt)
+    out_BTSG = tr.dense(s_BTSD, self.readout_kernel[...].astype(dt)) + self.readout_bias[...].astype(dt)
     return self.ungroup_latents(out_BTSG.astype(jnp.float32))
 
   def time_mask(self, T: int, independent_B=None):

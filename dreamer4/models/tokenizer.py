@@ -208,7 +208,7 @@ class Tokenizer(nnx.Module):
 
   def _encode_patches(self, patches_BTPQ, mask_BTP, time_mask_BTT=None):
     B, T = patches_BTPQ.shape[:2]
-    x_BTPD = patches_BTPQ.astype(self.dtype) @ self.patch_in_kernel[...].astype(self.dtype)
+    x_BTPD = tr.dense(patches_BTPQ.astype(self.dtype), self.patch_in_kernel[...].astype(self.dtype))
     x_BTPD = x_BTPD + self.patch_in_bias[...].astype(self.dtype)
     if mask_BTP is not None:
       x_BTPD = jnp.where(mask_BTP[..., None], self.mask_embed[...].astype(self.dtype), x_BTPD)
@@ -217,7 +217,7 @@ class Tokenizer(nnx.Module):
     if self.block_skip:
       N = self.num_latents
       blocks_BTNX = x_BTPD.reshape(B, T, N, -1)  # block j = patches [j*R, (j+1)*R)
-      lat_BTND = lat_BTND + blocks_BTNX @ self.skip_in_kernel[...].astype(self.dtype)
+      lat_BTND = lat_BTND + tr.dense(blocks_BTNX, self.skip_in_kernel[...].astype(self.dtype))
     x_BTSD = jnp.concatenate([x_BTPD, lat_BTND], axis=2)
     y_BTSD = self.encoder(
       x_BTSD,
@@ -225,7 +225,7 @@ class Tokenizer(nnx.Module):
       time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
     )
     lat_BTND = y_BTSD[:, :, self.enc_layout.slice("latents")]
-    z_BTNL = lat_BTND @ self.bottleneck_kernel[...].astype(self.dtype)
+    z_BTNL = tr.dense(lat_BTND, self.bottleneck_kernel[...].astype(self.dtype))
     pre_BTNL = (z_BTNL + self.bottleneck_bias[...].astype(self.dtype)).astype(jnp.float32)
     z_BTNL = jnp.tanh(pre_BTNL)
     return z_BTNL
@@ -240,13 +240,12 @@ class Tokenizer(nnx.Module):
 
   def _decode_patches(self, z_BTNL, time_mask_BTT=None):
     B, T = z_BTNL.shape[:2]
-    lat_BTND = z_BTNL.astype(self.dtype) @ self.latent_up_kernel[...].astype(self.dtype)
+    lat_BTND = tr.dense(z_BTNL.astype(self.dtype), self.latent_up_kernel[...].astype(self.dtype))
     lat_BTND = lat_BTND + self.latent_up_bias[...].astype(self.dtype)
     q_BTPD = jnp.broadcast_to(self.patch_queries[...].astype(self.dtype), (B, T) + self.patch_queries.shape)
     if self.block_skip:
-      skip_BTNRD = jnp.einsum(
-        "btnl,rld->btnrd", z_BTNL.astype(self.dtype), self.skip_out_kernel[...].astype(self.dtype)
-      )
+      skip_LRD = jnp.swapaxes(self.skip_out_kernel[...].astype(self.dtype), 0, 1)
+      skip_BTNRD = tr.dense(z_BTNL.astype(self.dtype), skip_LRD)  # "btnl,rld->btnrd"
       q_BTPD = q_BTPD + skip_BTNRD.reshape(q_BTPD.shape)
     x_BTSD = jnp.concatenate([q_BTPD, lat_BTND], axis=2)
     y_BTSD = self.decoder(
@@ -255,7 +254,7 @@ class Tokenizer(nnx.Module):
       time_mask_BTT=self._time_mask(T) if time_mask_BTT is None else time_mask_BTT,
     )
     q_BTPD = y_BTSD[:, :, self.dec_layout.slice("queries")]
-    out_BTPQ = q_BTPD @ self.readout_kernel[...].astype(self.dtype)
+    out_BTPQ = tr.dense(q_BTPD, self.readout_kernel[...].astype(self.dtype))
     out_BTPQ = (out_BTPQ + self.readout_bias[...].astype(self.dtype)).astype(jnp.float32)
     # Our choice (paper leaves the output activation open), `config.model.output`:
     #   sigmoid: pixels in [0,1] with a smooth gradient. Its slope is small away from 0.5,

@@ -259,12 +259,66 @@ def rope(x_NQHK, positions_Q, base: float = 10_000.0):
   half = K // 2
   freqs_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles_QF = positions_Q.astype(jnp.float32)[:, None] * freqs_F[None, :]
-  sin_Q1F = jnp.sin(angles_QF)[:, None, :]
-  cos_Q1F = jnp.cos(angles_QF)[:, None, :]
+  return _rotate_pairs(x_NQHK, jnp.sin(angles_QF), jnp.cos(angles_QF))
+
+
+def _rotate_pairs(x_NQHK, sin_QF, cos_QF):
+  """Rotates the (x[k], x[k + K/2]) pairs of x [..., Q, H, K] by the angles of sin/cos [Q, K/2]."""
+  half = x_NQHK.shape[-1] // 2
+  sin_Q1F = sin_QF[:, None, :]
+  cos_Q1F = cos_QF[:, None, :]
   x = x_NQHK.astype(jnp.float32)
   x1, x2 = x[..., :half], x[..., half:]
   out = jnp.concatenate([x1 * cos_Q1F - x2 * sin_Q1F, x2 * cos_Q1F + x1 * sin_Q1F], axis=-1)
   return out.astype(x_NQHK.dtype)
+
+
+_ROPE_DIGIT_BITS = 11  # `rope_at` splits a position into base-2048 digits
+
+
+def rope_at(x_NQHK, positions_Q, base: float = 10_000.0):
+  """`rope` accurate at any position in [0, 2**31): the RoPE of a KV cache.
+
+  `rope` rounds position * frequency to float32 before its sin and cos, so its
+  angles drift by up to about position * 1e-7 rad: nothing within a training
+  window, but a cache keyed by absolute frame index reaches any position. Here a
+  position is split into three base-2048 digits, the sin and cos of each digit's
+  angle are read from tables built in float64 (`_rope_digit_table`), and the three
+  rotations are composed by angle addition: a few float32 ulps from the exact
+  rotation at every position, and `rope` to rounding where `rope` is exact.
+  """
+  K = x_NQHK.shape[-1]
+  if K % 2:
+    raise ValueError(f"RoPE needs an even head_dim, got {K}")
+  positions_Q = jnp.asarray(positions_Q, jnp.int32)
+  mask = (1 << _ROPE_DIGIT_BITS) - 1
+  sin_QF = cos_QF = None
+  for level in range(3):
+    digit_Q = (positions_Q >> (_ROPE_DIGIT_BITS * level)) & mask
+    sin_DF, cos_DF = _rope_digit_table(K, float(base), level)
+    s_QF, c_QF = jnp.take(sin_DF, digit_Q, axis=0), jnp.take(cos_DF, digit_Q, axis=0)
+    if sin_QF is None:
+      sin_QF, cos_QF = s_QF, c_QF
+    else:  # angle addition: (a + b)
+      sin_QF, cos_QF = sin_QF * c_QF + cos_QF * s_QF, cos_QF * c_QF - sin_QF * s_QF
+  return _rotate_pairs(x_NQHK, sin_QF, cos_QF)
+
+
+@functools.cache
+def _rope_digit_table(head_dim: int, base: float, level: int) -> tuple[np.ndarray, np.ndarray]:
+  """float32 (sin, cos) [2048, head_dim // 2] of the angles d * 2048**level * freq, d < 2048.
+
+  The frequencies are `rope`'s float32 ones; the angles and their sin/cos are taken
+  in float64 and rounded once.
+  """
+  half = head_dim // 2
+  freqs_F = (base ** (-np.arange(half, dtype=np.float64) / half)).astype(np.float32).astype(np.float64)
+  digits_D = np.arange(1 << _ROPE_DIGIT_BITS, dtype=np.float64) * float(1 << (_ROPE_DIGIT_BITS * level))
+  angles_DF = digits_D[:, None] * freqs_F[None, :]
+  tables = np.sin(angles_DF).astype(np.float32), np.cos(angles_DF).astype(np.float32)
+  for t in tables:  # shared by every caller (functools.cache)
+    t.flags.writeable = False
+  return tables
 
 
 def attend(q_NQHK, k_NVGK, v_NVGK, mask_NQV, *, softcap: float | None, impl: str = "dense", chunk: int | None = None):
@@ -384,6 +438,26 @@ def _attend_fused(q_NQHK, k_NVGK, v_NVGK, mask_NQV, implementation):
   return out_NQHK.reshape(*lead, Q, H, K)
 
 
+def dense(x, w, in_axes: int = 1):
+  """x [..., I...] contracted with w [I..., O...] over the last `in_axes` axes of x: [..., O...].
+
+  The same products as `jnp.einsum` / `@`, computed as ONE 2-D matmul [rows, I] @ [I, O] on
+  the leading axes flattened, and reshaped back (free: row-major bitcasts). On XLA:CPU this
+  matters for the backward pass: the weight gradient of a 4-D activation contracts three
+  axes (B, T, S), which XLA lowered to a transposing copy of the wider operand (for the
+  MLP, the [rows, mlp_dim] gradient of the SwiGLU) in front of every weight-gradient matmul;
+  on 2-D operands the matmul reads both as they are. The same products: on a standalone
+  SwiGLU the values and gradients came out bitwise equal on XLA:CPU (the tests check 1e-6).
+  """
+  lead, ins = x.shape[: x.ndim - in_axes], x.shape[x.ndim - in_axes :]
+  if tuple(w.shape[:in_axes]) != tuple(ins):
+    raise ValueError(f"dense: x {x.shape} and w {w.shape} disagree on the {in_axes} contracted axes")
+  outs = w.shape[in_axes:]
+  n_in, n_out = int(np.prod(ins)), int(np.prod(outs))
+  y = jnp.reshape(x, (-1, n_in)) @ jnp.reshape(w, (n_in, n_out))
+  return jnp.reshape(y, (*lead, *outs))
+
+
 def make_param(rngs: nnx.Rngs, init, shape, names):
   """Creates an nnx.Param with logical partitioning names (validated)."""
   if len(names) != len(shape):
@@ -412,9 +486,40 @@ class RMSNorm(nnx.Module):
     self.scale = make_param(rngs, nnx.initializers.ones, (dim,), ("norm",))
 
   def __call__(self, x):
-    x32 = x.astype(jnp.float32)
-    inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return (x32 * inv * self.scale[...]).astype(x.dtype)
+    return rms_norm(x, self.scale[...], self.eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x, scale, eps: float):
+  """x / rms(x) * scale over the last axis, in float32, returned in x's dtype.
+
+  The forward is the plain formula. The backward is written out (`_rms_norm_bwd`): it keeps
+  only x and the per-row 1/rms, where autodiff kept full-size copies of the broadcast scale,
+  of the broadcast 1/rms and of x / rms for every norm (three [..., D] buffers per norm; on
+  XLA:CPU they were separate kernels). Same gradient up to float rounding.
+  """
+  return _rms_norm_fwd(x, scale, eps)[0]
+
+
+def _rms_norm_fwd(x, scale, eps):
+  x32 = x.astype(jnp.float32)
+  inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return (x32 * inv * scale).astype(x.dtype), (x, inv, scale)
+
+
+def _rms_norm_bwd(eps, res, g):
+  """dx = inv * (g scale - xhat * mean(g scale * xhat)), xhat = x * inv; dscale = sum(g * xhat)."""
+  del eps
+  x, inv, scale = res
+  xhat = x.astype(jnp.float32) * inv
+  g32 = g.astype(jnp.float32)
+  gs = g32 * scale
+  dx = inv * (gs - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+  dscale = jnp.sum(g32 * xhat, axis=tuple(range(x.ndim - scale.ndim)))
+  return dx.astype(x.dtype), dscale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 class Attention(nnx.Module):
@@ -451,25 +556,30 @@ class Attention(nnx.Module):
   def project_kv(self, x_NVD, positions_V):
     """Returns normed, rotated keys and values [..., V, G, K] (the future cache entries)."""
     x = x_NVD.astype(self.dtype)
-    k_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wk[...].astype(self.dtype))
-    v_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wv[...].astype(self.dtype))
+    k_NVGK = dense(x, self.wk[...].astype(self.dtype))
+    v_NVGK = dense(x, self.wv[...].astype(self.dtype))
     k_NVGK = rope(self.k_norm(k_NVGK), positions_V)
     return constrain(k_NVGK, "kv_heads", "head_dim"), constrain(v_NVGK, "kv_heads", "head_dim")
 
   def project_kv_unrotated(self, x_NVD):
     """Normed keys (before RoPE) and values [..., V, G, K].
 
-    A KV cache stores keys unrotated so that it can rotate them at read time with
-    positions relative to the frame being decoded (see `Block.decode_time`).
+    The decode rotates them itself (`rope_at`, at any position; see
+    `Block.decode_time`), and a KV cache stores a frame's keys rotated at its index.
     """
     x = x_NVD.astype(self.dtype)
-    k_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wk[...].astype(self.dtype))
-    v_NVGK = jnp.einsum("...vd,dgk->...vgk", x, self.wv[...].astype(self.dtype))
+    k_NVGK = dense(x, self.wk[...].astype(self.dtype))
+    v_NVGK = dense(x, self.wv[...].astype(self.dtype))
     return constrain(self.k_norm(k_NVGK), "kv_heads", "head_dim"), constrain(v_NVGK, "kv_heads", "head_dim")
+
+  def project_q_unrotated(self, x_NQD):
+    """Normed queries before RoPE [..., Q, H, K] (the decode rotates them with `rope_at`)."""
+    x = x_NQD.astype(self.dtype)
+    return self.q_norm(dense(x, self.wq[...].astype(self.dtype)))
 
   def project_q(self, x_NQD, positions_Q):
     x = x_NQD.astype(self.dtype)
-    q_NQHK = jnp.einsum("...qd,dhk->...qhk", x, self.wq[...].astype(self.dtype))
+    q_NQHK = dense(x, self.wq[...].astype(self.dtype))
     return constrain(rope(self.q_norm(q_NQHK), positions_Q), "heads", "head_dim")
 
   @property
@@ -480,7 +590,7 @@ class Attention(nnx.Module):
   def project_out(self, out_NQHK):
     """Per-head outputs [..., Q, H, K] -> the residual stream's width [..., Q, D]."""
     out_NQHK = constrain(out_NQHK, "heads", "head_dim")
-    return constrain(jnp.einsum("...qhk,hkd->...qd", out_NQHK, self.wo[...].astype(self.dtype)), "embed")
+    return constrain(dense(out_NQHK, self.wo[...].astype(self.dtype), in_axes=2), "embed")
 
   def __call__(self, x_NQD, mask_NQV, positions_Q):
     """Self-attention over the second-to-last axis of x_NQD."""
@@ -501,9 +611,9 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x_ND):
     x = x_ND.astype(self.dtype)
-    gate = constrain(x @ self.w_gate[...].astype(self.dtype), "mlp")
-    up = constrain(x @ self.w_up[...].astype(self.dtype), "mlp")
-    return constrain((jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype), "embed")
+    gate = constrain(dense(x, self.w_gate[...].astype(self.dtype)), "mlp")
+    up = constrain(dense(x, self.w_up[...].astype(self.dtype)), "mlp")
+    return constrain(dense(jax.nn.silu(gate) * up, self.w_down[...].astype(self.dtype)), "embed")
 
 
 class Block(nnx.Module):
@@ -612,42 +722,62 @@ class Block(nnx.Module):
 
     Each token position s reads position s of the cached frames, exactly as the
     axial time layer of `__call__` does. RoPE is relative, so only the offsets
-    query_pos - cache_pos_M matter; keys are rotated here (not when cached) so the
-    caller can choose positions that reproduce the angles of an uncached pass.
-    With `keys_rotated` the cached keys are taken as already rotated (by
-    `rotate_cached_keys`), so several passes over one cache rotate it once.
+    query_pos - cache_pos_M matter. Every rotation here is `rope_at`, exact at any
+    position, so a cache may key its frames by absolute index: with `keys_rotated`
+    the cached keys already carry it at cache_pos_M (`rotate_cached_keys`, or a
+    cache that stores them rotated, `inference.kv_cache`) and are only read.
 
     Whatever `attention` implementation the layer uses, this one query per position
-    runs the dense two-block softmax below (its logits are [B, S, H, M], no bigger
-    than the cache; a fused kernel would gain nothing on one query and would need the
-    concat), with the layer's `logit_cap`: a fused-path model decodes without the cap,
-    as its uncached pass computes.
+    runs the dense two-block softmax below, with the layer's `logit_cap`: a
+    fused-path model decodes without the cap, as its uncached pass computes.
+
+    The cache is read in its stored [B, S, M, G, K] order, never transposed: the
+    two dots over it take the kv-head axis G as a plain axis, not a batch axis
+    (as a batch axis it would have to lead M, and XLA copied every cache layer
+    into that order on every pass: on CPU that copy, not the read, was most of
+    the cost of a long cache). So the first dot scores every query head against
+    every kv head; only each head's own group is kept for the softmax, which runs
+    on these small logits laid out [B, S, G, R, M], and the second dot reads the
+    probabilities back with zeros for the other groups.
     """
     attn = self.attn
     h_BS1D = h_BSD[:, :, None]
     query_pos_1 = jnp.reshape(jnp.asarray(query_pos, jnp.int32), (1,))
-    q_BS1HK = attn.project_q(h_BS1D, query_pos_1)
+    q_BS1HK = constrain(rope_at(attn.project_q_unrotated(h_BS1D), query_pos_1), "heads", "head_dim")
     k_BS1GK, v_BS1GK = attn.project_kv_unrotated(h_BS1D)
     cache_k_BSMGK = constrain(cache_k_BSMGK.astype(attn.dtype), "kv_heads", "head_dim")
     if not keys_rotated:
-      cache_k_BSMGK = rope(cache_k_BSMGK, cache_pos_M)
-    # The same computation as `attend` over [cache | self], but with the softmax
-    # taken over two logit blocks so the (large) cache is never copied by a concat.
-    B, S, _, H, K = q_BS1HK.shape
-    G = k_BS1GK.shape[-2]
-    q_BSGRK = q_BS1HK[:, :, 0].reshape(B, S, G, H // G, K)
-    k_self_BSGK = rope(k_BS1GK, query_pos_1)[:, :, 0]
-    logits_BSGRM = jnp.einsum("bsgrk,bsmgk->bsgrm", q_BSGRK, cache_k_BSMGK, preferred_element_type=jnp.float32)
+      cache_k_BSMGK = rope_at(cache_k_BSMGK, cache_pos_M)
+    B, S, M, G, K = cache_k_BSMGK.shape
+    H = q_BS1HK.shape[-2]
+    R = H // G
+    q_BSHK = q_BS1HK[:, :, 0]
+    q_BSGRK = q_BSHK.reshape(B, S, G, R, K)
+    k_self_BSGK = rope_at(k_BS1GK, query_pos_1)[:, :, 0]
+    # lax.dot_general in the cache's own axis order (einsum may list the contracted
+    # (m, g) as (g, m), which again transposes the cache). Query head h = g * R + r
+    # belongs to kv head g (the grouping of `attend`).
+    batch = ((0, 1), (0, 1))
+    logits_BSMGH = jax.lax.dot_general(cache_k_BSMGK, q_BSHK, (((4,), (3,)), batch), preferred_element_type=jnp.float32)
+    # Each head's own group by static slices (jnp.diagonal lowers to a gather, which
+    # XLA:CPU ran per element over the [.., M, G, G, R] logits: slower than the dot).
+    logits_BSMGGR = logits_BSMGH.reshape(B, S, M, G, G, R)
+    logits_BSGRM = jnp.stack([jnp.swapaxes(logits_BSMGGR[:, :, :, g, g], 2, 3) for g in range(G)], axis=2)
+    # From here the softmax of the reference: [cache | self] logits, capped, masked.
     logits_BSGR1 = jnp.einsum("bsgrk,bsgk->bsgr", q_BSGRK, k_self_BSGK, preferred_element_type=jnp.float32)[..., None]
     logits_BSGRM = soft_cap(logits_BSGRM * K**-0.5, attn.logit_cap)
     logits_BSGR1 = soft_cap(logits_BSGR1 * K**-0.5, attn.logit_cap)
     logits_BSGRM = jnp.where(jnp.asarray(cache_valid_M, bool), logits_BSGRM, _NEG_INF)
     probs_BSGRV = jax.nn.softmax(jnp.concatenate([logits_BSGRM, logits_BSGR1], axis=-1), axis=-1)
     probs_BSGRV = probs_BSGRV.astype(attn.dtype)
-    M = logits_BSGRM.shape[-1]
-    out_BSGRK = jnp.einsum("bsgrm,bsmgk->bsgrk", probs_BSGRV[..., :M], cache_v_BSMGK.astype(attn.dtype))
-    out_BSGRK = out_BSGRK + probs_BSGRV[..., M:] * v_BS1GK[:, :, 0, :, None, :]
-    a_BSD = attn.project_out(out_BSGRK.reshape(B, S, H, K))
+    probs_BSMGR = jnp.transpose(probs_BSGRV[..., :M], (0, 1, 4, 2, 3))
+    own_GG = np.eye(G, dtype=bool)[:, :, None]
+    probs_BSMGH = jnp.where(own_GG, probs_BSMGR[:, :, :, :, None, :], 0).reshape(B, S, M, G, H)
+    cache_v_BSMGK = constrain(cache_v_BSMGK.astype(attn.dtype), "kv_heads", "head_dim")
+    out_BSHK = jax.lax.dot_general(probs_BSMGH, cache_v_BSMGK, (((2, 3), (2, 3)), batch))
+    out_BSGRK = probs_BSGRV[..., M:] * v_BS1GK[:, :, 0, :, None, :]
+    out_BSHK = out_BSHK + out_BSGRK.reshape(B, S, H, K)
+    a_BSD = attn.project_out(out_BSHK)
     return a_BSD, k_BS1GK[:, :, 0], v_BS1GK[:, :, 0]
 
 
@@ -842,9 +972,9 @@ class Transformer(nnx.Module):
     """Layer indices of the time layers, in order (the cache's L axis)."""
     return tuple(i for i, is_time in enumerate(self.time_layers) if is_time)
 
-  def rotate_cached_keys(self, cache_k_LBSMGK, cache_pos_M):
-    """Applies RoPE to unrotated cached keys once, for `decode(keys_rotated=True)`."""
-    return rope(cache_k_LBSMGK.astype(self.dtype), cache_pos_M)
+  def rotate_cached_keys(self, cache_k_xMGK, cache_pos_M):
+    """Applies RoPE (`rope_at`) to unrotated cached keys [..., M, G, K], for `decode(keys_rotated=True)`."""
+    return rope_at(cache_k_xMGK.astype(self.dtype), cache_pos_M)
 
   def decode(
     self,
@@ -869,12 +999,16 @@ class Transformer(nnx.Module):
       x_BSD: [B, S, D] tokens of the current frame.
       space_mask_SS: Bool [S, S] within-frame mask.
       cache_k_LBSMGK: Unrotated keys, stacked over the time layers (L of them, in
-        `time_layer_indices` order), M cached frames each.
-      cache_v_LBSMGK: The matching values.
-      cache_pos_M: Int RoPE positions of the cached frames.
+        `time_layer_indices` order), M cached frames each; or a sequence of the L
+        per-layer arrays [B, S, M, G, K]. XLA copies a layer's slice of a stacked
+        array for every dot that reads it, so a cache read in several passes keeps
+        one array per layer (`inference.kv_cache`).
+      cache_v_LBSMGK: The matching values (stacked, or a sequence likewise).
+      cache_pos_M: Int RoPE positions of the cached frames (any int32: `rope_at`).
       cache_valid_M: Bool, False for empty cache slots.
       query_pos: Int RoPE position of the current frame.
-      keys_rotated: The cached keys already carry RoPE (`rotate_cached_keys`).
+      keys_rotated: The cached keys already carry RoPE at cache_pos_M
+        (`rotate_cached_keys`); they are only read.
 
     Returns:
       (y_BSD, k_LBSGK, v_LBSGK): output after the final RMSNorm and the current
@@ -882,6 +1016,8 @@ class Transformer(nnx.Module):
     """
     space_mask_SS = jnp.asarray(space_mask_SS, dtype=bool)
     if self.scan_layers:
+      if isinstance(cache_k_LBSMGK, (list, tuple)):  # the scan slices one stacked array
+        cache_k_LBSMGK, cache_v_LBSMGK = jnp.stack(cache_k_LBSMGK), jnp.stack(cache_v_LBSMGK)
       if cache_k_LBSMGK.shape[0] != self.num_groups:
         raise ValueError(f"cache holds {cache_k_LBSMGK.shape[0]} time layers, the model {self.num_groups}")
 

@@ -186,3 +186,52 @@ def test_partition_names_allowed():
     names = var.get_metadata()["out_sharding"]
     assert len(names) == var[...].ndim, path
     assert all(n is None or n in tr.LOGICAL_AXES for n in names), path
+
+
+def test_dense_equals_einsum_values_and_gradients():
+  """`dense` (one 2-D matmul on flattened rows) computes what the einsum it replaced did."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 3, 5, 8)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(8, 4, 6)), jnp.float32)  # [D, H, K], as Attention.wq
+  wo = jnp.asarray(rng.normal(size=(4, 6, 8)), jnp.float32)  # [H, K, D], as Attention.wo
+  y = tr.dense(x, w)
+  assert y.shape == (2, 3, 5, 4, 6)
+  np.testing.assert_allclose(y, jnp.einsum("...qd,dhk->...qhk", x, w), rtol=1e-6, atol=1e-6)
+  z = tr.dense(y, wo, in_axes=2)
+  assert z.shape == x.shape
+  np.testing.assert_allclose(z, jnp.einsum("...qhk,hkd->...qd", y, wo), rtol=1e-5, atol=1e-5)
+
+  def loss(f, x, w, wo):
+    return jnp.sum(jnp.tanh(f(f(x, w), wo, 2)))
+
+  ours = jax.grad(lambda *a: loss(tr.dense, *a), argnums=(0, 1, 2))(x, w, wo)
+  ref_f = lambda a, b, n=1: jnp.tensordot(a, b, axes=n)
+  ref = jax.grad(lambda *a: loss(ref_f, *a), argnums=(0, 1, 2))(x, w, wo)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="disagree"):
+    tr.dense(x, wo)
+
+
+def test_rms_norm_gradient_matches_autodiff():
+  """The written-out backward of `rms_norm` against autodiff of the plain formula."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 3, 5, 16)) * 3.0, jnp.float32)
+  scale = jnp.asarray(1.0 + 0.1 * rng.normal(size=(16,)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def plain(x, scale, eps=1e-6):
+    inv = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+    return x * inv * scale
+
+  np.testing.assert_array_equal(tr.rms_norm(x, scale, 1e-6), plain(x, scale))  # the same forward ops
+  loss = lambda f: lambda x, s: jnp.sum(jnp.sin(f(x, s)) * w)
+  ours = jax.grad(loss(lambda x, s: tr.rms_norm(x, s, 1e-6)), argnums=(0, 1))(x, scale)
+  ref = jax.grad(loss(plain), argnums=(0, 1))(x, scale)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+  # bfloat16 activations: computed in float32, returned (and differentiated) in bfloat16.
+  xb = x.astype(jnp.bfloat16)
+  assert tr.rms_norm(xb, scale, 1e-6).dtype == jnp.bfloat16
+  gx = jax.grad(lambda x: jnp.sum(tr.rms_norm(x, scale, 1e-6).astype(jnp.float32)))(xb)
+  assert gx.dtype == jnp.bfloat16
