@@ -5,6 +5,7 @@ import math
 
 import jax
 import ml_collections
+import pytest
 
 from benchmarks import flops as fl
 from benchmarks import train_step as ts
@@ -162,8 +163,9 @@ def test_paper_step_benchmark_times_a_config_variant(tmp_path):
     assert r["latent_shape"] == [tok.num_latents, tok.latent_dim]
     want = fl.dynamics_train_flops(c.model, tok.num_latents, tok.latent_dim, r["batch"], 4, c.loss.bootstrap_fraction)
     assert r["flops_analytic"] == want["total"]
-    assert abs(r["frames_per_s"] - r["batch"] * 4 / r["step_s"]) <= 1e-3 * r["frames_per_s"] + 1e-3
-    assert abs(r["mfu_measured"] - r["flops_analytic"] / r["step_s"] / (r["peak_measured_tflops"] * 1e12)) < 2e-3
+    assert r["frames_per_s"] == pytest.approx(r["batch"] * 4 / r["step_s"], rel=1e-9)
+    mfu = r["flops_analytic"] / r["step_s"] / (r["peak_measured_tflops"] * 1e12)
+    assert r["mfu_measured"] == pytest.approx(mfu, rel=1e-9)
     assert r["mfu_spec"] is None and r["device_peak_bytes"] is None  # a CPU has neither
     m = r["compiler_memory"]
     assert m["peak"] == m["argument"] + m["output"] - m["alias"] + m["temp"] > 0
