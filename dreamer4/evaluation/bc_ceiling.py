@@ -71,7 +71,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,6 +82,7 @@ from data_pipelines.envs import ENVS
 from data_pipelines.episodes import EpisodeStore
 from data_pipelines.windows import window_table
 from dreamer4.errors import UserError
+from dreamer4.evaluation import tool_io
 
 METRIC = "eval/bc_accuracy_n0_relevant"
 FIELDS = ("actions_discrete", "action_labelled", "rewards", "tasks")  # what a scored window reads
@@ -608,18 +608,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: str) -> None:
-  """Writes `report` to `path` atomically (a temporary file in the same folder, renamed)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".bc_ceiling-", suffix=".json", dir=folder)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(report, f, indent=2, allow_nan=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes `report` to `path` atomically (dreamer4/evaluation/tool_io.py)."""
+  tool_io.write_json(report, path, ".bc_ceiling-")
 
 
 def _skills_flag(value: str) -> tuple[float, ...]:
@@ -641,13 +631,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--max_steps", type=int, default=None, help="the collection's episode cap")
   ap.add_argument("--out", default=None, help="the JSON report (default WORKDIR/bc_ceiling.json)")
   args = ap.parse_args(argv)
-  try:
+
+  def compute():
     inputs = locate(args.workdir, args.data, args.agent_config)  # a missing run is named before the --out check
     if not args.out and not args.workdir:
       raise UserError("--out is required without --workdir: name the JSON report's file")
     out = args.out or os.path.join(args.workdir, "bc_ceiling.json")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-      raise UserError(f"--out={out}: its folder does not exist; create it or name another file")
+    tool_io.check_out_folder(out)
     report = bc_ceiling(
       args.workdir,
       data=inputs.data,
@@ -657,14 +647,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       layout=args.layout,
       max_steps=args.max_steps,
     )
-  except UserError as e:  # StoreError, DataError, ConfigError and CheckpointError are UserErrors
-    line = str(e).strip().splitlines()
-    print(f"error: {line[0] if line else type(e).__name__}", file=sys.stderr)
-    return 2
-  write_json(report, out)
-  print(format_report(report))
-  print(f"\nwritten: {out}")
-  return 0
+    return report, out
+
+  return tool_io.run_tool(compute, format_report, ".bc_ceiling-")
 
 
 if __name__ == "__main__":

@@ -40,12 +40,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,7 +58,7 @@ from data_pipelines.loader import eval_batches
 from data_pipelines.windows import window_table
 from dreamer4 import runs
 from dreamer4.errors import UserError
-from dreamer4.evaluation import frame_state
+from dreamer4.evaluation import frame_state, tool_io
 from dreamer4.evaluation import video_metrics as vm
 from dreamer4.phases.dynamics import frame_latent_mse, rollout
 from dreamer4.pipeline import stage_dir
@@ -462,18 +460,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: str) -> None:
-  """Writes `report` to `path` atomically (a temporary file in the same folder, renamed)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".json", dir=folder)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(report, f, indent=2, allow_nan=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes `report` to `path` atomically (dreamer4/evaluation/tool_io.py)."""
+  tool_io.write_json(report, path, ".probe-")
 
 
 class _QuietOrbax(logging.Filter):
@@ -509,11 +497,11 @@ def _main(argv: Sequence[str] | None) -> int:
   ap.add_argument("--seed", type=int, default=0, help="seed of the generation noise")
   ap.add_argument("--out", default=None, help="the JSON report (default WORKDIR/probe.json)")
   args = ap.parse_args(argv)
-  try:
+
+  def compute():
     out = args.out or os.path.join(args.workdir or "", "probe.json")
     locate(args.workdir)  # a missing run is named before the --out check
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-      raise UserError(f"--out={out}: its folder does not exist; create it or name another file")
+    tool_io.check_out_folder(out)
     report = probe(
       args.workdir,
       windows=args.windows,
@@ -523,14 +511,9 @@ def _main(argv: Sequence[str] | None) -> int:
       batch_size=args.batch_size,
       seed=args.seed,
     )
-  except UserError as e:  # StoreError, DataError, ConfigError and CheckpointError are UserErrors
-    line = str(e).strip().splitlines()
-    print(f"error: {line[0] if line else type(e).__name__}", file=sys.stderr)
-    return 2
-  write_json(report, out)
-  print(format_report(report))
-  print(f"\nwritten: {out}")
-  return 0
+    return report, out
+
+  return tool_io.run_tool(compute, format_report, ".probe-")
 
 
 if __name__ == "__main__":
