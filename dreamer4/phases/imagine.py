@@ -96,9 +96,8 @@ def imagine_rollout(
     cache, h = carry
     a_key, z_key, n_key = jax.random.split(key, 3)
     act = heads_lib.sample(spec, jax.lax.stop_gradient(policy_params_fn(h)), a_key)
-    rot = kv_cache.rotated_keys(dyn, cache)
     z0 = jax.random.normal(z_key, (B, dyn.num_latents, dyn.latent_dim), jnp.float32)
-    z = kv_cache.denoise_frame(dyn, cache, z0, act, k=k, rotated_k_LBSMGK=rot)
+    z = kv_cache.denoise_frame(dyn, cache, z0, act, k=k)
     cache, agent = kv_cache.commit_frame(
       dyn,
       cache,
@@ -106,7 +105,6 @@ def imagine_rollout(
       jax.random.normal(n_key, z.shape),
       act,
       context_noise=context_noise,
-      rotated_k_LBSMGK=rot,
       tasks_B=tasks_B,
       with_agent=True,
     )
