@@ -121,17 +121,6 @@ def _frame_axis(action: Action) -> Action:
   return jax.tree.map(lambda a: jnp.asarray(a)[:, None], action)
 
 
-def rotated_keys(model: Dynamics, cache: KVCache):
-  """The cache's keys as the next frame reads them, [L, B, S, M, G, K] (stacked).
-
-  They are cached rotated (module doc), so this is `cache.k_LBSMGK`: a frame's
-  passes can read `cache` itself (`frame_view`), this is kept for callers that pass
-  `rotated_k_LBSMGK`.
-  """
-  del model
-  return cache.k_LBSMGK
-
-
 class FrameView(NamedTuple):
   """The cache as every pass of one frame reads it (`frame_view`).
 
@@ -147,19 +136,15 @@ class FrameView(NamedTuple):
   v: jax.Array | tuple[jax.Array, ...]
 
 
-def frame_view(model: Dynamics, cache: KVCache, rotated_k_LBSMGK=None) -> FrameView:
+def frame_view(model: Dynamics, cache: KVCache) -> FrameView:
   """The cache as `Transformer.decode` reads it, made once for the passes of a frame.
 
   Unscanned: the cache's per-layer buffers as they are (no work). Scanned: stacked
-  once here, outside the denoising loop. A stacked `rotated_k_LBSMGK`, if given,
-  replaces the cached keys.
+  once here, outside the denoising loop.
   """
   if model.transformer.scan_layers:
-    k = cache.k_LBSMGK if rotated_k_LBSMGK is None else rotated_k_LBSMGK
-    return FrameView(k, cache.v_LBSMGK)
-  if rotated_k_LBSMGK is None:
-    return FrameView(cache.k_L, cache.v_L)
-  return FrameView(tuple(rotated_k_LBSMGK[i] for i in range(len(cache.k_L))), cache.v_L)
+    return FrameView(cache.k_LBSMGK, cache.v_LBSMGK)
+  return FrameView(cache.k_L, cache.v_L)
 
 
 def frame_forward(
@@ -169,7 +154,6 @@ def frame_forward(
   tau_idx_B,
   d_idx_B,
   action: Action,
-  rotated_k_LBSMGK=None,
   tasks_B=None,
   with_agent: bool = False,
   view: FrameView | None = None,
@@ -183,11 +167,9 @@ def frame_forward(
     tau_idx_B: int32 signal-level index per row (or a scalar).
     d_idx_B: int32 step-size index per row (or a scalar).
     action: This frame's Action [B] (data_pipelines/envs/base.py).
-    rotated_k_LBSMGK: Optional `rotated_keys(model, cache)` (the cached keys).
     tasks_B: Optional int32 task ids for the agent tokens (phase 2+ models).
     with_agent: Also return the agent tokens' outputs [B, K_agent, D].
-    view: Optional `frame_view(model, cache)`, shared by the passes of one frame
-      (then `rotated_k_LBSMGK` is not read).
+    view: Optional `frame_view(model, cache)`, shared by the passes of one frame.
 
   Returns:
     (z1_hat_BNL float32, k_LBSGK, v_LBSGK): the clean estimate and the frame's
@@ -206,7 +188,7 @@ def frame_forward(
     tasks_BT=None if tasks_B is None else jnp.asarray(tasks_B, jnp.int32)[:, None],
   )
   if view is None:
-    view = frame_view(model, cache, rotated_k_LBSMGK)
+    view = frame_view(model, cache)
   y_BSD, k_LBSGK, v_LBSGK = model.transformer.decode(
     x_B1SD[:, 0],
     space_mask_SS=tr.space_mask(model.layout, tr.dynamics_rule(model.layout.names)),
@@ -253,7 +235,6 @@ def commit_frame(
   action: Action,
   *,
   context_noise: float,
-  rotated_k_LBSMGK=None,
   tasks_B=None,
   with_agent: bool = False,
 ):
@@ -270,9 +251,7 @@ def commit_frame(
   """
   ctx_idx, d_min_idx, signal = context_keys(model, context_noise)
   z_ctx_BNL = (1.0 - signal) * noise_BNL + signal * z_BNL.astype(jnp.float32)
-  out = frame_forward(
-    model, cache, z_ctx_BNL, ctx_idx, d_min_idx, action, rotated_k_LBSMGK, tasks_B=tasks_B, with_agent=with_agent
-  )
+  out = frame_forward(model, cache, z_ctx_BNL, ctx_idx, d_min_idx, action, tasks_B=tasks_B, with_agent=with_agent)
   cache = write_frame(cache, _keys_to_cache(model, cache, out[1]), out[2])
   return (cache, out[3]) if with_agent else cache
 
@@ -285,7 +264,7 @@ def _keys_to_cache(model: Dynamics, cache: KVCache, k_LBSGK):
   return model.transformer.rotate_cached_keys(k_LBSGK[:, :, :, None], position_1)[:, :, :, 0]
 
 
-def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action: Action, *, k: int, rotated_k_LBSMGK=None):
+def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action: Action, *, k: int):
   """Takes `k` shortcut steps from noise z0 on the grid tau = j/k with d = 1/k.
 
   The same update as `sampler.generate`: z <- z + (z1_hat - z) / (k - j), written
@@ -293,7 +272,7 @@ def denoise_frame(model: Dynamics, cache: KVCache, z0_BNL, action: Action, *, k:
   `frame_view`, made outside the loop.
   """
   log2_k, grid = _step_grid(model, k)
-  view = frame_view(model, cache, rotated_k_LBSMGK)
+  view = frame_view(model, cache)
 
   def body(j, z_BNL):
     z1_hat_BNL, _, _ = frame_forward(model, cache, z_BNL, j * grid, log2_k, action, view=view)

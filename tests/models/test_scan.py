@@ -197,10 +197,9 @@ def test_scanned_equals_unscanned_kv_cached_dynamics(dyn_pair):
     cache, agent_BKD = kv_cache.prime(
       model, cache, z_BCNL, acts, noise_BCNL, context_noise=0.1, tasks_B=tasks_B, with_agent=True
     )
-    rotated = kv_cache.rotated_keys(model, cache)
     action = jax.tree.map(lambda a: a[:, 0], acts)
     out = kv_cache.frame_forward(
-      model, cache, jax.random.normal(keys[3], (2, N, L)), 4, 1, action, rotated, tasks_B=tasks_B, with_agent=True
+      model, cache, jax.random.normal(keys[3], (2, N, L)), 4, 1, action, tasks_B=tasks_B, with_agent=True
     )
     return cache, agent_BKD, out
 
