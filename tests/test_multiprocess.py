@@ -8,7 +8,8 @@
    step is checked the same way (1 and 2 processes) on latents of the 1-process tokenizer.
 2. A process killed mid-run makes the other exit (non-zero) within the heartbeat timeout
    instead of hanging, and restarting both resumes from the last checkpoint.
-3. Only process 0, which writes TensorBoard, imports TensorFlow (seen with -X importtime).
+3. Only process 0, which writes TensorBoard, imports TensorFlow (seen with -X importtime). The
+   runs of the other tests write no TensorBoard events (tests/run_main.py): no TensorFlow import.
 
 Runs stop with --config.train.stop_at_step (as if interrupted) so that no process compiles
 the end-of-run evaluation. Single-process runs share the session's persistent compilation
@@ -57,7 +58,8 @@ def _launch(
   config, workdir, nproc, tmp_path, cache_dir, *, devices=4, stop_at=STEPS, extra=(), tag="", importtime=False
 ):
   """nproc processes of dreamer4.main, logging into tmp_path; importtime: `python -X importtime`
-  (every module each process imports is listed in its log)."""
+  (every module each process imports is listed in its log), and process 0 writes TensorBoard;
+  else the processes run through tests/run_main.py (no TensorBoard: no TensorFlow import)."""
   port = _free_port()
   env = dict(
     os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=cache_dir
@@ -77,7 +79,7 @@ def _launch(
       sys.executable,
       *(["-X", "importtime"] if importtime else []),
       "-m",
-      "dreamer4.main",
+      "dreamer4.main" if importtime else "tests.run_main",
       f"--config={config}",
       f"--workdir={workdir}",
       f"--config.train.num_steps={NUM_STEPS}",

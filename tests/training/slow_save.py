@@ -4,7 +4,8 @@ With DREAMER4_TEST_SLOW_SAVE_S=<seconds> set, every asynchronous save of the tra
 waits that long in Orbax's background thread after the state is written into the step's
 temporary directory and before the step is committed (renamed into place), so
 test_crash.py can kill -9 a run while a checkpoint write is in flight. The library has no
-such hook: this module patches Orbax's state handler in the child process only.
+such hook: this module patches Orbax's state handler in the child process only. Like
+tests/run_main.py, it runs dreamer4.main without TensorBoard (no TensorFlow import).
 """
 
 import os
@@ -43,6 +44,9 @@ def slow_down_state_saves(seconds: float) -> None:
 
 
 if __name__ == "__main__":
+  from tests.run_main import without_tensorboard
+
+  without_tensorboard()
   seconds = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
   if seconds > 0:
     slow_down_state_saves(seconds)

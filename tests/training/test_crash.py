@@ -27,13 +27,15 @@ from tests.training.slow_save import SLOW_SAVE_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED = 20240611
-NUM_STEPS = 10
+NUM_STEPS = 10  # every run stops here (--config.train.stop_at_step): no end-of-run evaluation to compile
+SCHEDULE_STEPS = 1000  # the schedule's length
 SLOW_SAVE_S = 0.6
 TMP = ".orbax-checkpoint-tmp"
 
 
 def _cmd(store, work, slow: bool = False):
-  main = "tests.training.slow_save" if slow else "dreamer4.main"  # slow_save: dreamer4.main, slow commits
+  # Both: dreamer4.main without TensorBoard (no TensorFlow import); slow_save: slow commits too.
+  main = "tests.training.slow_save" if slow else "tests.run_main"
   return [
     sys.executable,
     "-m",
@@ -41,7 +43,8 @@ def _cmd(store, work, slow: bool = False):
     f"--config={ROOT}/configs/tokenizer.py:tiny",
     f"--workdir={work}",
     f"--config.data.path={store}",
-    f"--config.train.num_steps={NUM_STEPS}",
+    f"--config.train.num_steps={SCHEDULE_STEPS}",
+    f"--config.train.stop_at_step={NUM_STEPS}",
     "--config.mesh.num_devices=1",
     "--config.train.checkpoint_every=1",
     "--config.train.log_every=1000",
@@ -54,10 +57,10 @@ def _env(slow: bool):
     PYTHONPATH=ROOT,
     JAX_PLATFORMS="cpu",
     TF_CPP_MIN_LOG_LEVEL="3",
-    # One persistent compilation cache for every subprocess (and this session):
-    # after the first compile, restarts load the train step instead of compiling it.
+    # One persistent compilation cache for every subprocess (and this session): after the first
+    # compile, restarts load the train step, and every smaller program, instead of compiling it.
     JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )
   env.pop("XLA_FLAGS", None)
   env.pop(SLOW_SAVE_ENV, None)

@@ -110,15 +110,18 @@ def test_too_many_nonfinite_steps_stop_with_last_good_checkpoint(one_device_conf
     np.testing.assert_array_equal(a, b)
 
 
-def _main_cmd(store, work, steps):
+def _main_cmd(store, work, stop_at=0):
+  """A run of the tiny tokenizer (a 1000-step schedule); stop_at > 0: it stops there, as if
+  interrupted (no end-of-run evaluation to compile)."""
   return [
     sys.executable,
     "-m",
-    "dreamer4.main",
+    "tests.run_main",  # dreamer4.main without TensorBoard (no TensorFlow import)
     f"--config={ROOT}/configs/tokenizer.py:tiny",
     f"--workdir={work}",
     f"--config.data.path={store}",
-    f"--config.train.num_steps={steps}",
+    "--config.train.num_steps=1000",
+    f"--config.train.stop_at_step={stop_at}",
     "--config.mesh.num_devices=1",
     "--config.train.checkpoint_every=1000",
     "--config.train.log_every=1",
@@ -142,7 +145,7 @@ def test_sigterm_saves_the_current_step_and_restart_loses_nothing(tiny_store, tm
   work = tmp_path / "run"
   # A relative --workdir (run from tmp_path): checkpoints must still work (Orbax wants absolute paths).
   proc = subprocess.Popen(
-    _main_cmd(tiny_store, "run", 50),
+    _main_cmd(tiny_store, "run"),
     cwd=tmp_path,
     env=_env(tmp_path),
     stdout=subprocess.DEVNULL,
@@ -162,7 +165,7 @@ def test_sigterm_saves_the_current_step_and_restart_loses_nothing(tiny_store, tm
   ck = Checkpointer(str(work / "checkpoints"), data_names=())
   assert ck.latest_step() == summary["step"]  # the step it stopped at was saved: nothing lost
   ck.close()
-  cmd = _main_cmd(tiny_store, "run", summary["step"] + 2)
+  cmd = _main_cmd(tiny_store, "run", stop_at=summary["step"] + 2)
   done = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   resumed = json.loads((work / "run_summary.json").read_text())
