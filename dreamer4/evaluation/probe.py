@@ -2,7 +2,7 @@ r"""Where a finished world model loses: its tokenizer, its one-step dynamics and
 rollouts, each measured on its own on held-out windows.
 
   python -m dreamer4.evaluation.probe --workdir=runs/toy [--windows=384] [--k=4] [--horizon=16] \
-      [--out=runs/toy/probe.json]
+      [--events=128] [--out=runs/toy/probe.json]
 
 --workdir is a pipeline workdir (data/ with the encode job's latents, tokenizer/, dynamics/;
 dreamer4/pipeline.py `stage_dir`) of an env whose frames parse back into game state
@@ -28,12 +28,25 @@ For the H frames after each window's C context frames it reports:
   rollout    the dynamics evaluation's free rollout (dreamer4/phases/dynamics.py `rollout`) from
              the C context frames with the true actions, per horizon step h and over the horizon:
              latent MSE and scores, next to holding the last context frame.
+  events     craftax runs only (null otherwise; --events=0 skips it): does the world model show
+             what an action does (dreamer4/evaluation/craftax_events.py)? Every event of the
+             held-out episodes, found by parsing the real frames around each `do` and
+             `place_table` step: collect_wood (the inventory's wood count rises by one) and
+             place_table (a crafting table appears on the map cell the player faces, read from
+             its sprite in the frame before), whose C context frames lie in the episode ("found";
+             at most --events of each, spread evenly, are scored: "frames"). For each, the next
+             frame after the C true context frames is scored for the event's outcome against the
+             real last context frame: true_frame (the real next frame: 1 by construction), held
+             (the last context frame again: 0), tokenizer (the stored latents decoded: the
+             ceiling), true_action (generated with K shortcut steps from the C context latents
+             with the true action) and noop (the same, with `noop` as the last action: the
+             counterfactual, which should not show the outcome). Values are outcome rates.
 
 Every cell carries its number of frames ("frames"); the means of a cell without frames are null.
 The report goes to --out as JSON (default WORKDIR/probe.json, written to a temporary file and
 renamed) and to stdout as a table. Bad input (a missing workdir or stage, a dynamics run without
-its tokenizer, an env without a parser, a bad flag) stops with one line on stderr ("error: ..."),
-exit code 2, before anything is written.
+its tokenizer, an env without a parser, a bad flag such as --events < 0) stops with one line on
+stderr ("error: ..."), exit code 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -319,6 +332,50 @@ def _chunks(batch: dict[str, np.ndarray], size: int):
     yield rows, part
 
 
+def run_batched(fn, params: tuple, batch: dict[str, np.ndarray], batch_size: int, key) -> Any:
+  """fn(*params, chunk, rng) over `batch` in chunks of min(batch_size, rows) rows (`_chunks`;
+  chunk i draws its noise from fold_in(key, i)), the outputs' rows concatenated (numpy)."""
+  size = min(int(batch_size), len(next(iter(batch.values()))))
+  parts = []
+  for i, (rows, part) in enumerate(_chunks(batch, size)):
+    out = jax.device_get(fn(*params, part, jax.random.fold_in(key, i)))
+    parts.append(jax.tree.map(lambda x, r=rows: np.asarray(x)[:r], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+def event_section(store, dcfg, eval_ids, models, *, context: int, k: int, max_events: int, batch_size: int, key):
+  """The report's `events` section (craftax runs; module docstring), or None for other envs."""
+  from dreamer4.evaluation import craftax_events as ce  # pylint: disable=g-import-not-at-top
+
+  if str(store.metadata.get("env", "")) != "craftax" or max_events < 1:
+    return None
+  C = int(context)
+  column = discrete_column(store.action_spec)
+  found = ce.find_events(store, eval_ids, context=C, column=column)
+  picked = {name: ce.spread(f, int(max_events)) for name, f in found.items()}
+  frames_f = np.concatenate([picked[name] for name in ce.EVENTS]).astype(np.int64)
+  kinds = np.concatenate([np.full(len(picked[name]), i) for i, name in enumerate(ce.EVENTS)])
+  counts = {name: len(f) for name, f in found.items()}
+  if not len(frames_f):
+    return ce.summarise({s: np.zeros((0, len(ce.EVENTS))) for s in ce.SOURCES}, kinds, counts)
+  dyn_def, dyn_params, tok_def, tok_params = models
+  m = dcfg.model
+  event_fn = jax.jit(
+    ce.make_event_fn(
+      dyn_def,
+      tok_def,
+      context=C,
+      k=k,
+      k_max=int(m.k_max),
+      context_noise=float(dcfg.eval.context_noise),
+      window=int(m.context) or (C + 1),
+      column=column,
+    )
+  )
+  per_event = run_batched(event_fn, (dyn_params, tok_params), ce.event_windows(store, frames_f, C), batch_size, key)
+  return ce.summarise(per_event, kinds, counts)
+
+
 # ---------------------------------------------------------------------------------- the probe
 
 
@@ -331,6 +388,7 @@ def probe(
   context: int = 0,
   batch_size: int = 32,
   seed: int = 0,
+  events: int = 128,
 ) -> dict[str, Any]:
   """The report of the pipeline workdir `workdir` (module docstring); UserError on bad input."""
   dirs = locate(workdir)
@@ -338,6 +396,8 @@ def probe(
   dcfg = runs.read_config(dirs.dynamics, "dynamics", f"train the world model first: {TRAIN_HINT}")
   C = int(context) or int(dcfg.eval.context_frames)
   check_settings(dcfg, k=k, context=C, horizon=horizon, windows=windows, batch_size=batch_size)
+  if events < 0:
+    raise UserError(f"--events={events} must be >= 0 (0: no events section)")
   store = EpisodeStore.open(dirs.data)
   parser = state_parser(store, flag)
   env = str(store.metadata.get("env", ""))
@@ -365,14 +425,9 @@ def probe(
       window=window,
     )
   )
-  size = min(int(batch_size), len(batch["valid_T"]))
   key = jax.random.key(int(seed))
-  parts = []
   with jax.set_mesh(mesh):
-    for i, (rows, part) in enumerate(_chunks({f: batch[f] for f in FIELDS}, size)):
-      out = jax.device_get(probe_fn(dyn_params, tok_params, part, jax.random.fold_in(key, i)))
-      parts.append(jax.tree.map(lambda x, r=rows: np.asarray(x)[:r], out))
-  per_frame = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    per_frame = run_batched(probe_fn, (dyn_params, tok_params), {f: batch[f] for f in FIELDS}, batch_size, key)
 
   valid = batch["valid_T"][:, C:]
   group_BH, group_names = frame_groups(
@@ -402,6 +457,19 @@ def probe(
     "action_groups": dict(zip(labels, groups)),
   }
   report.update(summarise(per_frame, valid, group_BH, group_names))
+  with jax.set_mesh(mesh):
+    report["events"] = event_section(
+      store,
+      dcfg,
+      eval_ids,
+      (dyn_def, dyn_params, tok_def, tok_params),
+      context=C,
+      k=k,
+      max_events=events,
+      batch_size=batch_size,
+      key=jax.random.fold_in(key, 1 << 20),
+    )
+  report["settings"]["max_events"] = int(events)
   return report
 
 
@@ -456,6 +524,16 @@ def format_report(report: dict[str, Any]) -> str:
     report["rollout"],
     pairs("hold_last"),
   )
+  if report.get("events"):
+    lines.append("")
+    cols = [("found", "found", 0)] + [
+      (src, src, 3) for src in ("true_frame", "held", "tokenizer", "true_action", "noop")
+    ]
+    lines += _table(
+      f"events: outcome shown in the next frame after {s['context']} true frames (true action vs noop)",
+      report["events"],
+      cols,
+    )
   return "\n".join(lines)
 
 
@@ -495,6 +573,7 @@ def _main(argv: Sequence[str] | None) -> int:
   )
   ap.add_argument("--batch_size", type=int, default=32, help="windows per model call")
   ap.add_argument("--seed", type=int, default=0, help="seed of the generation noise")
+  ap.add_argument("--events", type=int, default=128, help="craftax: events scored per event type (0: none)")
   ap.add_argument("--out", default=None, help="the JSON report (default WORKDIR/probe.json)")
   args = ap.parse_args(argv)
 
@@ -510,6 +589,7 @@ def _main(argv: Sequence[str] | None) -> int:
       context=args.context,
       batch_size=args.batch_size,
       seed=args.seed,
+      events=args.events,
     )
     return report, out
 

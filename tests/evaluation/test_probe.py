@@ -108,6 +108,7 @@ def test_copy_last_latent_error_is_the_consecutive_true_latents_difference(probe
 def test_report_values_are_in_range_and_printed(probed):
   _, report, stdout = probed
   assert report["env"] == "toy" and report["dynamics_step"] == 2
+  assert report["events"] is None and report["settings"]["max_events"] == 128  # craftax runs only
   assert report["scores"] == ["agent_acc", "state_match"]
   assert report["action_groups"] == {
     "noop": "noop",
@@ -234,6 +235,14 @@ def test_missing_workdir_is_one_line(tmp_path, capsys):
   missing = tmp_path / "no_run"
   err = _run_bad(tmp_path, capsys, missing)
   assert f"--workdir={missing} does not exist" in err and "configs/pipeline.py" in err
+
+
+def test_bad_events_flag_is_one_line(tmp_path, capsys, world_model_run):
+  out = tmp_path / "probe.json"
+  code = probe.main([f"--workdir={world_model_run}", "--events=-1", f"--out={out}"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and err == "error: --events=-1 must be >= 0 (0: no events section)"
+  assert not out.exists()
 
 
 def test_missing_stages_are_one_line(tmp_path, capsys, world_model_run):
