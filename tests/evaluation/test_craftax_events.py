@@ -1,8 +1,8 @@
 """craftax_events: event detection and outcome scoring on real Craftax-Classic frames, checked
 against the env's own state, and a noop counterfactual stepped in the real env.
 
-The store is the one tests/evaluation/test_craftax_state.py collects (expert, seed 7, 6 episodes
-of 30 steps, one env, one step per call), so a worker running both compiles craftax once. Its
+The store is the session's `craftax_store_path` (tests/evaluation/conftest.py: expert, seed 7, 6
+episodes of 30 steps), which tests/evaluation/test_craftax_state.py reads too: collected once. Its
 episode 1 collects wood and places a table (achievement unlocks at its frames 2 and 23).
 """
 
@@ -12,33 +12,22 @@ import pytest
 
 pytest.importorskip("craftax")
 
-from data_pipelines.collect import _episode_seeds, collect  # noqa: E402
+from data_pipelines.collect import _episode_seeds  # noqa: E402
 from data_pipelines.envs import make_env  # noqa: E402
 from data_pipelines.envs.craftax import ACHIEVEMENT_NAMES, ACTION_NAMES  # noqa: E402
 from data_pipelines.episodes import EpisodeStore  # noqa: E402
 from dreamer4.evaluation import craftax_events as ce  # noqa: E402
 from dreamer4.evaluation import craftax_state as cs  # noqa: E402
+from tests.evaluation.conftest import CRAFTAX_STORE  # noqa: E402
 
-SIZE, MAX_STEPS, EPISODES, SEED = 64, 30, 6, 7
+SIZE, MAX_STEPS, SEED = (CRAFTAX_STORE[k] for k in ("size", "max_steps", "seed"))  # the shared store's
 DIRECTIONS = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # craftax player_direction -> (drow, dcol)
 
 
 @pytest.fixture(scope="module")
-def episodes(tmp_path_factory):
+def episodes(craftax_store_path):
   """(store, frames [N, 64, 64, 3], env states (replayed with the wrapper), parses of every frame, env)."""
-  path = str(tmp_path_factory.mktemp("craftax_events") / "store")
-  collect(
-    "craftax",
-    path,
-    episodes=EPISODES,
-    seed=SEED,
-    skills=(1.0, 0.0),
-    size=SIZE,
-    max_steps=MAX_STEPS,
-    num_envs=1,
-    chunk=1,
-  )
-  store = EpisodeStore.open(path)
+  store = EpisodeStore.open(craftax_store_path)
   env = make_env("craftax", size=SIZE, max_steps=MAX_STEPS)
   states = []
   for e in range(store.num_episodes):

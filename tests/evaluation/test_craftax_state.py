@@ -20,15 +20,13 @@ import pytest
 
 pytest.importorskip("craftax")
 
-from data_pipelines.collect import _episode_seeds, collect  # noqa: E402
+from data_pipelines.collect import _episode_seeds  # noqa: E402
 from data_pipelines.envs import make_env  # noqa: E402
 from data_pipelines.episodes import EpisodeStore  # noqa: E402
 from dreamer4.evaluation import craftax_state as cs  # noqa: E402
+from tests.evaluation.conftest import CRAFTAX_STORE  # noqa: E402
 
-SIZE = 64
-MAX_STEPS = 30
-EPISODES = 6
-SEED = 7
+SIZE, MAX_STEPS, SEED = (CRAFTAX_STORE[k] for k in ("size", "max_steps", "seed"))  # the shared store's
 CHUNK = 32  # frames per jitted parse / render call (one compilation each for the whole file)
 
 
@@ -98,22 +96,10 @@ def _assert_parse_matches(parsed, truth, daylight_tol=0.01):
 
 
 @pytest.fixture(scope="module")
-def episodes(tmp_path_factory):
+def episodes(craftax_store_path):
   """Frames uint8 [N, 64, 64, 3] of a store the real collector wrote, the env state on each
   (replayed with the wrapper from the collector's seeds and the stored actions), offsets."""
-  path = str(tmp_path_factory.mktemp("craftax_state") / "store")
-  collect(
-    "craftax",
-    path,
-    episodes=EPISODES,
-    seed=SEED,
-    skills=(1.0, 0.0),
-    size=SIZE,
-    max_steps=MAX_STEPS,
-    num_envs=1,
-    chunk=1,
-  )
-  store = EpisodeStore.open(path)
+  store = EpisodeStore.open(craftax_store_path)
   env = make_env("craftax", size=SIZE, max_steps=MAX_STEPS)
   frames, states = [], []
   for e in range(store.num_episodes):
