@@ -13,8 +13,8 @@ Variants (the argument after the colon):
         device with one window per device. Check what fits first:
           python -m dreamer4.main --dry_run --config=configs/tokenizer.py:paper --cpu_devices=8 \
               --config.train.batch_size=8
-  craftax  Craftax-Classic at a 2-core CPU budget: the toy model, 800 steps (the tokenizer stage of
-        configs/pipeline.py:craftax).
+  craftax  Craftax-Classic at a 2-core CPU budget: the toy model with 32 latents, 3000 steps (the
+        tokenizer stage of configs/pipeline.py:craftax).
   craftax_large  Craftax-Classic on one GPU (an 80 GB H100): 64x64 frames, 8x8 patches, 64 latents x 16,
         width 512, 8+8 layers, bf16, remat, on the default 1M-frame collection
         (`python -m data_pipelines.collect --env=craftax --output=DATA`). Check what fits first:
@@ -122,6 +122,10 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.output = "sigmoid"
     c.readout_bias_init = 0.0
     c.readout_init_scale = 1.0
+  if variant == "craftax":
+    # 32 latents, 2 patches each (the reason: get_config's craftax block); dynamics.py:craftax
+    # groups 4 per token, so the dynamics model still sees the toy's 8 tokens per frame.
+    c.num_latents = 32
   if variant == "craftax_large":
     # Our sizes for one GPU (the paper has no Craftax tokenizer): 4x the toy's width, 2x its depth.
     c.patch_size = 8  # 64x64 frames -> 8x8 = 64 patches
@@ -192,10 +196,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.optim = common.optim_config(lr=3e-4, warmup_steps=2000)  # not reported; our choice
   if variant == "craftax":
-    # The toy model and settings with a step budget a 2-core CPU affords (our choice): the
-    # tokenizer stage of configs/pipeline.py:craftax.
-    c.train.num_steps = 800  # about 10 minutes on 2 cores (0.69 s/step measured)
-    c.train.eval_every = 400  # one evaluation halfway, one at the end
+    # The toy model with twice its latents and a step budget a 2-core CPU affords (our choice):
+    # the tokenizer stage of configs/pipeline.py:craftax. Chosen by what a world model needs
+    # from it, the map read back from the decoded frame (eval/craftax_block_acc_recon: the share
+    # of the 63 map cells the Craftax parser reads as the true block), not by PSNR. On the
+    # pipeline's data, held-out: toy settings 70.6% at 500 steps and 75.8% at 1000 (the 800-step
+    # run of session 12 read 74.1% against 92.8% for copying the previous real frame, so the
+    # tokenizer capped every rollout); masking at most half the patches instead of 90%, 74.0% at
+    # 500; 32 latents (model_config), 75.8% at 500 at the same step time (1.7 steps/s).
+    c.train.num_steps = 3000  # about 30 minutes on 2 cores (0.59 s/step with the evaluations)
+    c.train.eval_every = 500  # the block accuracy curve, 6 points
+    c.train.checkpoint_every = 500
   if variant == "craftax_large":
     # One GPU, data from the default Craftax collection (1M frames, episodes up to 2000 steps).
     # Steps and batch are our choices and placeholders until step times are measured.

@@ -11,13 +11,19 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
   from data_pipelines.envs.craftax import STAGES
 
   toy, cx = pipeline_config.get_config("toy"), pipeline_config.get_config("craftax")
-  assert cx.collect.env == "craftax" and cx.seeds == 1
-  # Same model shapes as the toy (both worlds are 64x64x3); only the step budgets differ.
-  for stage, key in (("tokenizer", "model"), ("dynamics", "model"), ("agent", "agent")):
-    assert cx[stage][key].to_dict() == toy[stage][key].to_dict(), stage
-  drop = lambda d: {k: v for k, v in d.items() if k != "terminal_reward"}
-  assert drop(cx.imagine.imagine.to_dict()) == drop(toy.imagine.imagine.to_dict())
-  assert cx.tokenizer.train.num_steps < toy.tokenizer.train.num_steps
+  assert cx.collect.env == "craftax" and cx.seeds >= 3  # mean ± std over seeds in the table
+  # The toy's model shapes (both worlds are 64x64x3) but for twice the tokenizer latents, grouped
+  # so that the dynamics model sees as many tokens per frame as the toy's.
+  without = lambda d, *keys: {k: v for k, v in d.items() if k not in keys}
+  tok, dyn = cx.tokenizer.model, cx.dynamics.model
+  assert (tok.num_latents, dyn.group) == (2 * toy.tokenizer.model.num_latents, 2 * toy.dynamics.model.group)
+  assert tok.num_latents // dyn.group == toy.tokenizer.model.num_latents // toy.dynamics.model.group
+  assert without(tok.to_dict(), "num_latents") == without(toy.tokenizer.model.to_dict(), "num_latents")
+  assert without(dyn.to_dict(), "group") == without(toy.dynamics.model.to_dict(), "group")
+  assert cx.agent.agent.to_dict() == toy.agent.agent.to_dict()
+  assert without(cx.imagine.imagine.to_dict(), "terminal_reward") == without(
+    toy.imagine.imagine.to_dict(), "terminal_reward"
+  )
   assert cx.dynamics.train.num_steps < toy.dynamics.train.num_steps
   tasks = pipeline.eval_tasks(cx)
   # Tasks the expert's data are labelled with (a task embedding that saw training data).
@@ -25,6 +31,7 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
   # Craftax rewards every achievement: imagined episodes must not end at the first reward.
   assert cx.imagine.imagine.terminal_reward == 0 and toy.imagine.imagine.terminal_reward > 0
   assert cx.evaluate.episodes % len(tasks) == 0  # every task gets the same count
+  assert cx.evaluate.episodes >= 60  # per agent and seed
   # The evaluation env cuts episodes where the data did, at the data's frame size.
   assert pipeline.eval_env_kwargs(cx, (64, 64, 3)) == {"size": 64, "max_steps": 150}
   assert cx.collect.max_steps == 150

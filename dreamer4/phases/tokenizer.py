@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import jax.numpy as jnp
 from flax import nnx
 
 from dreamer4.errors import ConfigError
+from dreamer4.evaluation import frame_state
 from dreamer4.models import lpips
 from dreamer4.models.tokenizer import Tokenizer
 from dreamer4.objectives import normalize
@@ -13,6 +16,8 @@ from dreamer4.objectives.tokenizer import tokenizer_loss
 from dreamer4.training import metrics as mt
 from dreamer4.training.phase import DataShapes, Phase
 from dreamer4.training.state import ModelDef
+
+_PER_STEP = re.compile(r"_h\d+$")  # a parser metric's per-horizon-step entry
 
 
 class TokenizerPhase(Phase):
@@ -35,6 +40,8 @@ class TokenizerPhase(Phase):
     except ValueError as e:
       raise ConfigError(f"{e} (dataset {shapes.path} has frames {frame_shape})") from None
     self._lpips = None
+    # The env's frame parser (a module, or None): eval_fn's game-state metrics of reconstructions.
+    self.state_parser = frame_state.parser_for_env(shapes.env, frame_shape)
 
   def init_aux(self):
     return normalize.rms_init(("mse", "lpips"))
@@ -63,7 +70,11 @@ class TokenizerPhase(Phase):
     )
 
   def eval_fn(self, params, batch, frozen):
-    """PSNR (dB) and MSE of *unmasked* reconstructions on held-out episodes."""
+    """PSNR (dB) and MSE of *unmasked* reconstructions on held-out episodes. Where the store's
+    env has a frame parser (dreamer4/evaluation/frame_state.py) also what the reconstruction
+    gets right once parsed back into game state, tagged `recon` (craftax: craftax_block_acc_recon,
+    the map cells with the right block, and the parser's other shares; toy: agent_acc_recon, ...):
+    a ceiling for every world-model rollout decoded by this tokenizer."""
     model = self.model_def.merge(params)
     frames = batch["frames"].astype(jnp.float32) / 255.0
     recon = model(frames)["recon_BTHWC"]
@@ -71,10 +82,17 @@ class TokenizerPhase(Phase):
     valid = batch.get("valid_T")
     w_N = jnp.ones(frames.shape[:2]).reshape(-1) if valid is None else valid.reshape(-1).astype(jnp.float32)
     mean = lambda x_N: jnp.sum(x_N * w_N) / jnp.maximum(jnp.sum(w_N), 1.0)  # real frames only
-    return {
+    out = {
       "psnr": mean(mt.psnr(flat(jnp.clip(recon, 0, 1)), flat(frames))),
       "mse": mean(jnp.mean(flat((recon - frames) ** 2), axis=(1, 2, 3))),
     }
+    if self.state_parser is not None:
+      valid_BT = jnp.ones(frames.shape[:2], bool) if valid is None else valid.astype(bool)
+      truth = self.state_parser.parse(batch["frames"])
+      state = frame_state.rollout_state_metrics(self.state_parser, truth, jnp.clip(recon, 0, 1), valid_BT, "recon")
+      # Pooled over the window's frames only (the per-position `_hXX` entries say nothing here).
+      out.update({name: value for name, value in state.items() if not _PER_STEP.search(name)})
+    return out
 
   def summary_fn(self, params, batch, rng, frozen):
     """Image grids: input, masked input, reconstruction from the masked input (first frames)."""

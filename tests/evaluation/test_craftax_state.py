@@ -360,3 +360,46 @@ def test_dynamics_eval_reports_craftax_state_metrics(episodes):
   # The truth is in daylight: the parse is exact there.
   np.testing.assert_allclose(m["craftax_truth_daylight"], truth["daylight"][valid_BH].mean(), atol=0.01)
   assert m["craftax_truth_night"] == 0.0
+
+
+class _GivenRecon:
+  """A stand-in tokenizer ModelDef: params are the reconstruction [B, T, S, S, 3] it returns."""
+
+  @staticmethod
+  def merge(params):
+    return lambda frames: {"recon_BTHWC": params}
+
+
+def test_tokenizer_eval_reports_craftax_state_of_reconstructions(episodes):
+  """The tokenizer phase's eval_fn on a Craftax store parses reconstructions back into game state
+  (craftax_<name>_recon, pooled over the window's valid frames): 1 for a perfect reconstruction,
+  and for another window's frames the share of cells the env state says agree."""
+  from configs import tokenizer as tokenizer_config  # pylint: disable=g-import-not-at-top
+  from dreamer4.phases.tokenizer import TokenizerPhase  # pylint: disable=g-import-not-at-top
+  from dreamer4.training.phase import DataShapes  # pylint: disable=g-import-not-at-top
+
+  frames, states, offsets = episodes
+  B, T = 3, 2
+  idx_BT = (np.asarray(offsets[:B]) + 1)[:, None] + np.arange(T)
+  window = frames[idx_BT]
+  truth = {k: v.reshape((B, T) + v.shape[1:]) for k, v in _stack_truth([states[i] for i in idx_BT.ravel()]).items()}
+  shapes = DataShapes(path="test", frame_shape=(SIZE, SIZE, 3), env="craftax")
+  phase = TokenizerPhase(tokenizer_config.get_config("tiny"), shapes)
+  assert phase.state_parser is cs
+  phase.model_def = _GivenRecon()
+  valid_BT = np.ones((B, T), bool)
+  valid_BT[2, 1] = False  # padding past an episode's end does not count
+  batch = {"frames": window, "valid_T": valid_BT}
+  eval_fn = jax.jit(phase.eval_fn)
+
+  names = ("block_acc", "overlay_acc", "inventory_acc", "inventory_exact", "presence_acc", "intrinsics_acc")
+  exact = jax.device_get(eval_fn(window.astype(np.float32) / 255.0, batch, {}))
+  assert {k for k in exact if k.startswith("craftax_")} >= {f"craftax_{n}_recon" for n in names}
+  assert not any(k.startswith("craftax_") and "_h0" in k for k in exact)  # pooled, no per-step entries
+  for n in names:
+    assert exact[f"craftax_{n}_recon"] == 1.0, n
+  other = jax.device_get(eval_fn(np.roll(window, 1, axis=0).astype(np.float32) / 255.0, batch, {}))
+  for name, field in (("block_acc", "block_RC"), ("overlay_acc", "overlay_RC"), ("inventory_acc", "inventory_I")):
+    same = (np.roll(truth[field], 1, axis=0) == truth[field]).reshape(B, T, -1).mean(-1)
+    np.testing.assert_allclose(other[f"craftax_{name}_recon"], same[valid_BT].mean(), rtol=1e-6, err_msg=name)
+  assert other["craftax_block_acc_recon"] < 1.0
