@@ -24,7 +24,6 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
   assert without(cx.imagine.imagine.to_dict(), "terminal_reward") == without(
     toy.imagine.imagine.to_dict(), "terminal_reward"
   )
-  assert cx.dynamics.train.num_steps < toy.dynamics.train.num_steps
   tasks = pipeline.eval_tasks(cx)
   # Tasks the expert's data are labelled with (a task embedding that saw training data).
   assert tasks is not None and len(tasks) == 6 and set(tasks) <= {s[0] for s in STAGES}
