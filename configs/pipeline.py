@@ -88,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.collect.max_steps = 150
     # The stages are the phases' craftax variants: the toy model sizes (both worlds are 64x64x3;
     # actions and tasks come from the dataset) with 32 tokenizer latents, tokenizer 3000 steps,
-    # dynamics 6000, agent 300, imagination 150 with imagine.terminal_reward = 0 (the reasons
+    # dynamics 6000, agent 600, imagination 150 with imagine.terminal_reward = 0 (the reasons
     # beside each).
     # Tasks the expert reaches within 150 steps (each has labelled episodes that unlocked it);
     # collect_diamond, the label of half the data, is never reached at this length.
