@@ -93,6 +93,46 @@ LONG_FILES = (
 )
 
 
+# XLA:CPU's cheap compile settings (jax_disable_most_optimizations: LLVM at -O0, no expensive
+# passes) for the files whose time is compiling many small programs, each run once or a few times.
+# With an empty cache, tests/models/test_transformer.py + test_attention_paths.py take 68 s of CPU
+# instead of 117 s, tests/test_memory_plan.py (it compiles only) 42 s instead of 72 s,
+# tests/test_dry_run.py + test_benchmarks.py (their subprocesses too) 109 s instead of 164 s. Not
+# for the files that train or evaluate for many steps, whose slower -O0 code costs more than the
+# compiles save (tests/training/test_trainer.py: 194 s instead of 169 s). The flag is part of the
+# compilation-cache key, and it is set in the environment too, so that the subprocesses a test
+# starts compile as the test itself does.
+FAST_COMPILE_PATHS = (
+  "tests/models/",
+  "tests/inference/",
+  "tests/objectives/test_agent.py",
+  "tests/objectives/test_imagination.py",
+  "tests/objectives/test_shortcut.py",
+  "tests/objectives/test_twohot.py",
+  "tests/training/test_dynamics_sharded.py",
+  "tests/training/test_encode.py",
+  "tests/training/test_imagine_policy_loss.py",
+  "tests/training/test_imagine_terminal.py",
+  "tests/test_memory_plan.py",
+  "tests/test_dry_run.py",
+  "tests/test_benchmarks.py",
+)
+FAST_COMPILE_EXCEPT = ("tests/models/test_tokenizer_loss.py",)  # trains for many steps
+
+
+def fast_compile(path: str) -> bool:
+  """Whether the tests of file `path` (relative to the checkout) compile with the cheap settings."""
+  return path.startswith(FAST_COMPILE_PATHS) and path not in FAST_COMPILE_EXCEPT
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """Sets the compile effort of `item`'s file before any of its fixtures is set up."""
+  on = fast_compile(item.nodeid.split("::")[0])
+  jax.config.update("jax_disable_most_optimizations", on)
+  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1" if on else "0"
+
+
 def pytest_collection_modifyitems(config, items):
   rank = {path: i for i, path in enumerate(LONG_FILES)}
   items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order

@@ -525,10 +525,10 @@ def format_report(report: dict[str, Any]) -> str:
     pairs("hold_last"),
   )
   if report.get("events"):
+    from dreamer4.evaluation.craftax_events import SOURCES  # pylint: disable=g-import-not-at-top
+
     lines.append("")
-    cols = [("found", "found", 0)] + [
-      (src, src, 3) for src in ("true_frame", "held", "tokenizer", "true_action", "noop")
-    ]
+    cols = [("found", "found", 0)] + [(src, src, 3) for src in SOURCES]
     lines += _table(
       f"events: outcome shown in the next frame after {s['context']} true frames (true action vs noop)",
       report["events"],
