@@ -223,7 +223,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "craftax":
     # The toy model and settings with a step budget a 2-core CPU affords (our choice): the
     # dynamics stage of configs/pipeline.py:craftax.
-    # 6000 steps as the toy's, about 27 minutes on 2 cores (3.7 steps/s measured): at 1500
+    # 6000 steps as the toy's, about 31 minutes on 2 cores with the evaluation (3.2 steps/s): at 1500
     # (session 12's probe) the model one step ahead got 72.0% of the map blocks right on non-move
     # actions, where copying the frame gets 99.8%, and its latent error there was twice the
     # copy's (0.041 against 0.021): it had not yet learned to carry the view forward. The toy

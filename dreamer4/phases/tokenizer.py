@@ -78,18 +78,19 @@ class TokenizerPhase(Phase):
     model = self.model_def.merge(params)
     frames = batch["frames"].astype(jnp.float32) / 255.0
     recon = model(frames)["recon_BTHWC"]
+    shown = jnp.clip(recon, 0, 1)  # the reconstruction as an image
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
     valid = batch.get("valid_T")
     w_N = jnp.ones(frames.shape[:2]).reshape(-1) if valid is None else valid.reshape(-1).astype(jnp.float32)
     mean = lambda x_N: jnp.sum(x_N * w_N) / jnp.maximum(jnp.sum(w_N), 1.0)  # real frames only
     out = {
-      "psnr": mean(mt.psnr(flat(jnp.clip(recon, 0, 1)), flat(frames))),
+      "psnr": mean(mt.psnr(flat(shown), flat(frames))),
       "mse": mean(jnp.mean(flat((recon - frames) ** 2), axis=(1, 2, 3))),
     }
     if self.state_parser is not None:
       valid_BT = jnp.ones(frames.shape[:2], bool) if valid is None else valid.astype(bool)
       truth = self.state_parser.parse(batch["frames"])
-      state = frame_state.rollout_state_metrics(self.state_parser, truth, jnp.clip(recon, 0, 1), valid_BT, "recon")
+      state = frame_state.rollout_state_metrics(self.state_parser, truth, shown, valid_BT, "recon")
       # Pooled over the window's frames only (the per-position `_hXX` entries say nothing here).
       out.update({name: value for name, value in state.items() if not _PER_STEP.search(name)})
     return out
