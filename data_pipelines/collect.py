@@ -3,7 +3,7 @@ r"""Collect episodes of a scripted behaviour policy into an EpisodeStore.
   python -m data_pipelines.collect --env=toy --episodes=200 --output=/tmp/toy_data \
       [--seed=0] [--skills=0.9,0.5,0.0] [--size=64] [--max_steps=64] [--layout=random] [--append]
   python -m data_pipelines.collect --env=craftax --output=runs/craftax/data \
-      [--frames=1000000] [--episodes=N] [--num_envs=64] [--max_steps=2000]
+      [--frames=1000000] [--episodes=N] [--num_envs=64] [--max_steps=2000] [--goals=collect_wood,place_table]
 
 Each episode draws its policy skill uniformly from --skills, so one dataset mixes
 expert, mediocre and random play (the agent phase learns from all of it, and the
@@ -16,7 +16,9 @@ time. Its size is set in frames: collection stops starting new episodes once
 --frames (default 1,000,000) frames are collected or under way, and lets the
 running ones finish, so a store holds slightly more. --episodes,
 if given, caps the episode count as well. Episodes last up to --max_steps steps
-(default 2000; the expert mostly dies earlier). Stores also get a per-frame
+(default 2000; the expert mostly dies earlier). Each episode's goal (the expert's target stage of
+the tech tree, and the episode's task label) is drawn uniformly from --goals, by default half
+"collect_diamond" and the rest spread over the earlier stages. Stores also get a per-frame
 array `achievement_unlocks` [N, 22] uint8 (1 where an achievement was unlocked).
 
 Bad input stops before anything is written: one line on stderr starting with
@@ -98,6 +100,7 @@ def collect(
   chunk: int = 64,
   log: Any = None,
   layout: str | None = None,
+  goals: Sequence[str] | None = None,
 ) -> dict[str, Any]:
   """Runs scripted policies in an env and appends the episodes to a store.
 
@@ -115,6 +118,8 @@ def collect(
       or under way (None: DEFAULT_FRAMES when `episodes` is None too).
     layout: envs with layouts only (toy: "random" or "fixed" goal cells, see
       data_pipelines/envs/toy.py); None keeps the env's default.
+    goals: envs with goals only (craftax: tech-tree stages, data_pipelines/envs/craftax STAGES):
+      each episode's goal is drawn uniformly from these; None or empty keeps the env's default.
     num_envs: batched envs only: episodes stepped together.
     chunk: batched envs only: steps per jitted call (finished envs restart between calls).
     log: batched envs only: optional progress printer.
@@ -151,6 +156,14 @@ def collect(
   if layout is not None and not spec.layouts:
     raise CollectError(
       "layout", f"only the {_env_names('layouts')} env has layouts; drop --layout for --env={env_name}"
+    )
+  goals = tuple(goals or ())
+  if goals and not spec.goals:
+    raise CollectError("goals", f"only the {_env_names('goals')} env has goals; drop --goals for --env={env_name}")
+  unknown = [g for g in goals if g not in spec.goals]
+  if unknown:
+    raise CollectError(
+      "goals", f"unknown goal {unknown[0]!r} for --env={env_name}; choose among {', '.join(spec.goals)}"
     )
   try:
     env = make_env(env_name, **spec.env_kwargs(size, max_steps, layout))
@@ -218,6 +231,7 @@ def collect(
       max_frames=frames,
       sink=sink,
       log=log,
+      **({"goals": goals} if goals else {}),
     )
   else:
     out = _play_episodes(env, spec.behaviour, episode_seeds, skills, episodes, sink)
@@ -280,8 +294,8 @@ def _play_episodes(env, behaviour, episode_seeds, skills, episodes, sink) -> dic
 
 
 def _env_names(kind: str) -> str:
-  """The registered envs that are batched ("batched") or have layouts ("layouts"), e.g. "craftax"."""
-  return ", ".join(n for n, spec in ENVS.items() if (spec.batched if kind == "batched" else spec.layouts))
+  """The registered envs that are batched ("batched"), have layouts ("layouts") or goals ("goals"), e.g. "craftax"."""
+  return ", ".join(n for n, spec in ENVS.items() if getattr(spec, kind))
 
 
 def _define_flags():
@@ -305,6 +319,9 @@ def _define_flags():
   flags.DEFINE_integer("size", 64, "Frame height and width in pixels.")
   defaults = ", ".join(f"{n} {spec.max_steps}" for n, spec in ENVS.items())
   flags.DEFINE_integer("max_steps", None, f"Steps after which an episode is truncated (default: {defaults}).")
+  flags.DEFINE_list(
+    "goals", [], f"{_env_names('goals')} only: goals to draw each episode's from, uniformly (default: the env's mix)."
+  )
   flags.DEFINE_bool("append", False, "Append to an existing store instead of creating a new one.")
   flags.DEFINE_string(
     "layout", None, f"{_env_names('layouts')} only: the env's layout (toy: goal cells, 'random' (default) or 'fixed')."
@@ -339,6 +356,7 @@ def main(argv):
       num_envs=f.num_envs,
       log=log,
       layout=f.layout,
+      goals=f.goals,
     )
   except CollectError as e:
     print(f"error: {e}", file=sys.stderr)

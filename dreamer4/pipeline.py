@@ -84,6 +84,7 @@ def collect_stage(config, data_path: str) -> None:
       max_steps=int(config.collect.max_steps),
       frames=(frames - have_frames) if frames else None,
       layout=config.collect.layout or None,
+      goals=[g for g in str(config.collect.goals).split(",") if g],
     )
   except CollectError as e:  # the same setting under the pipeline's name
     raise ConfigError(f"--config.collect.{e.flag}: {e.detail}") from None

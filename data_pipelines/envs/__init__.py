@@ -30,7 +30,7 @@ class EnvSpec:
     behaviour: per-episode collection: (skill, seed) -> policy, with policy(env) -> int32 [Ad],
       the next action for the env's current state.
     collect_batched: batched collection (the env steps many episodes at once, e.g. in JAX):
-      (env, episode_seeds, skills, *, num_envs, chunk, max_episodes, max_frames, sink, log)
+      (env, episode_seeds, skills, *, num_envs, chunk, max_episodes, max_frames, sink, log[, goals])
       -> summary (see `data_pipelines.envs.craftax.collect.collect_batched`). Exactly one of
       `behaviour` and `collect_batched` is set.
     frame_arrays: extra per-frame uint8 arrays the collected episodes carry (in "extra"):
@@ -42,6 +42,8 @@ class EnvSpec:
       by which the world-model probe (dreamer4/evaluation/probe.py) splits its one-step errors
       (e.g. moves, which shift the view, against the rest). (): every action is its own group,
       named by its label (`action_groups`).
+    goals: batched envs only: the goals a collection may be restricted to (`collect_batched`'s
+      `goals`, e.g. Craftax's tech-tree stages); (): the env's goals cannot be chosen.
   """
 
   make: Callable[..., Env]
@@ -52,6 +54,7 @@ class EnvSpec:
   frame_arrays: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   state_parser: str = ""
   action_groups: tuple[str, ...] = ()
+  goals: tuple[str, ...] = ()
 
   def __post_init__(self):
     if (self.behaviour is None) == (self.collect_batched is None):
@@ -98,6 +101,7 @@ ENVS: dict[str, EnvSpec] = {
     frame_arrays={"achievement_unlocks": craftax.ACHIEVEMENT_NAMES},
     state_parser="dreamer4.evaluation.craftax_state",
     action_groups=craftax.ACTION_GROUPS,
+    goals=tuple(stage[0] for stage in craftax.STAGES),
   ),
 }
 

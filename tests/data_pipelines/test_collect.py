@@ -91,6 +91,13 @@ def test_cli_errors(tmp_path):
   with pytest.raises(CollectError, match="--layout: only the toy env has layouts"):
     collect("craftax", str(missing), episodes=2, layout="fixed")
   assert not missing.exists()
+  with pytest.raises(CollectError, match="--goals: only the craftax env has goals; drop --goals for --env=toy"):
+    collect("toy", str(missing), episodes=2, goals=("collect_wood",))
+  with pytest.raises(CollectError, match="--goals: unknown goal 'fly' for --env=craftax; choose among collect_wood,"):
+    collect("craftax", str(missing), episodes=2, goals=("collect_wood", "fly"))
+  result = _run("--env=toy", "--episodes=2", f"--output={missing}", "--goals=collect_wood")
+  assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+  assert result.stderr.startswith("error: --goals: only the craftax env has goals") and not missing.exists()
 
   path = str(tmp_path / "s")
   collect("toy", path, episodes=2, seed=0, skills=(1.0,), size=16, append=False, max_steps=10)

@@ -20,13 +20,23 @@ from data_pipelines.report import compute_report  # noqa: E402
 SIZE = 64
 MAX_STEPS = 30
 EPISODES = 3
+GOALS = ("place_table", "make_wood_pickaxe")  # the episodes' goals are drawn from these
 
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("craftax") / "store")
   summary = collect(
-    "craftax", path, episodes=EPISODES, seed=3, skills=(1.0, 0.5), size=SIZE, max_steps=MAX_STEPS, num_envs=1, chunk=1
+    "craftax",
+    path,
+    episodes=EPISODES,
+    seed=3,
+    skills=(1.0, 0.5),
+    size=SIZE,
+    max_steps=MAX_STEPS,
+    num_envs=1,
+    chunk=1,
+    goals=GOALS,
   )
   return path, summary
 
@@ -55,11 +65,25 @@ def test_small_collection_writes_a_store(collected):
     assert ep["actions_discrete"][0, 0] == 0 and (ep["actions_discrete"] < 17).all()
     np.testing.assert_array_equal(ep["rewards"], ep["achievement_unlocks"].sum(-1))
     assert (ep["achievement_unlocks"].sum(0) <= 1).all()  # an achievement unlocks at most once
-    assert (ep["tasks"] == ep["tasks"][0]).all() and ep["tasks"][0] in cx.STAGE_ACHIEVEMENTS
+    assert (ep["tasks"] == ep["tasks"][0]).all() and cx.ACHIEVEMENT_NAMES[ep["tasks"][0]] in GOALS
   report = compute_report(store)
   unlocks = store.read("achievement_unlocks", 0, store.num_frames)
   assert [a["events"] for a in report["achievements"]] == unlocks.sum(0).tolist()
   assert report["returns"]["mean"] == pytest.approx(summary["mean_return"])
+
+
+def test_goal_probs_are_uniform_over_the_named_stages():
+  from data_pipelines.envs.craftax.collect import default_goal_probs, goal_probs  # pylint: disable=g-import-not-at-top
+
+  names = [stage[0] for stage in cx.STAGES]
+  p = goal_probs(GOALS)
+  assert p.shape == (len(cx.STAGES),) and p.sum() == pytest.approx(1.0)
+  assert p[names.index("place_table")] == p[names.index("make_wood_pickaxe")] == 0.5
+  assert np.count_nonzero(p) == 2
+  np.testing.assert_array_equal(goal_probs(()), default_goal_probs())
+  assert default_goal_probs()[-1] == 0.5 and names[-1] == "collect_diamond"
+  with pytest.raises(ValueError, match="unknown goal 'fly'; choose among the stages collect_wood, place_table"):
+    goal_probs(("collect_wood", "fly"))
 
 
 def test_wrapper_replays_the_store_and_labels_agree(collected):

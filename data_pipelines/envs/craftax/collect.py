@@ -25,6 +25,24 @@ def default_goal_probs() -> np.ndarray:
   return p
 
 
+def goal_probs(goals: Sequence[str] | None = None) -> np.ndarray:
+  """Distribution of the expert's goal stage: uniform over the stages named in `goals` (achievement
+  names of STAGES), or `default_goal_probs` when `goals` is None or empty.
+
+  Raises:
+    ValueError: a name that is not a stage, naming the stages there are.
+  """
+  if not goals:
+    return default_goal_probs()
+  names = [s[0] for s in STAGES]
+  unknown = [g for g in goals if g not in names]
+  if unknown:
+    raise ValueError(f"unknown goal {unknown[0]!r}; choose among the stages {', '.join(names)}")
+  p = np.zeros((len(STAGES),))
+  p[[names.index(g) for g in goals]] = 1.0
+  return p / p.sum()
+
+
 def collect_batched(
   env: CraftaxClassic,
   episode_seeds: Callable[[int], tuple[int, int, float]],
@@ -36,12 +54,13 @@ def collect_batched(
   max_frames: int | None = None,
   sink: Callable[[list[dict[str, Any]]], None],
   log: Callable[[str], None] | None = None,
+  goals: Sequence[str] | None = None,
 ) -> dict[str, Any]:
   """Runs the scripted expert in `num_envs` Craftax envs at once and hands finished episodes to `sink`.
 
   Episode k gets (env seed, policy seed, u) = episode_seeds(k): its world comes from the env
   seed, its skill is skills[int(u * len(skills))] and its goal stage is drawn from
-  `default_goal_probs` with the policy seed (its task label is that stage's achievement).
+  `goal_probs(goals)` with the policy seed (its task label is that stage's achievement).
 
   Args:
     env: the wrapper whose size and max_steps the episodes take.
@@ -54,6 +73,8 @@ def collect_batched(
     sink: called with lists of finished episodes (dicts of EpisodeStore.append arguments plus
       "extra": {"achievement_unlocks": uint8 [T, 22]}), in episode order.
     log: optional progress printer.
+    goals: the goal stages to draw from, uniformly (achievement names of STAGES); None or empty:
+      `default_goal_probs` (half "collect_diamond", the rest spread over the earlier stages).
 
   Returns:
     Summary: episodes, frames, seconds, frames_per_second, steps_per_second (env steps
@@ -64,12 +85,12 @@ def collect_batched(
 
   if max_episodes is None and max_frames is None:
     raise ValueError("collect_batched: give max_episodes or max_frames")
-  goal_probs = default_goal_probs()
+  probs = goal_probs(goals)
 
   def episode_params(k):
     """(env seed, skill, goal stage) of episode k."""
     env_seed, policy_seed, u = episode_seeds(k)
-    goal = int(np.random.default_rng(policy_seed).choice(len(goal_probs), p=goal_probs))
+    goal = int(np.random.default_rng(policy_seed).choice(len(probs), p=probs))
     return env_seed, skills[int(u * len(skills))], goal
 
   num_envs = max(1, min(num_envs, max_episodes or num_envs))
@@ -88,7 +109,7 @@ def collect_batched(
 
   def fetch_reserve(first):
     """Worlds for episodes first .. first + num_envs - 1, generated in one batched call."""
-    seeds, episode_skills, goals = zip(*(episode_params(k) for k in range(first, first + num_envs)))
+    seeds, episode_skills, goal_ids = zip(*(episode_params(k) for k in range(first, first + num_envs)))
     keys = [episode_keys(s) for s in seeds]
     reset_keys, step_keys, policy_keys = (jnp.stack([k[i] for k in keys]) for i in range(3))
     frames, states = new_worlds(reset_keys)
@@ -99,7 +120,7 @@ def collect_batched(
       "step_keys": step_keys,
       "policy_keys": policy_keys,
       "skills": np.asarray(episode_skills, np.float32),
-      "goals": np.asarray(goals, np.int32),
+      "goals": np.asarray(goal_ids, np.int32),
     }
 
   # Slot bookkeeping on the host.
