@@ -119,7 +119,8 @@ def coverage(
     share (0..1) of each that lies in at least one window as a valid frame; and
     windows_per_frame, windows_per_reward_frame, windows_per_terminal_frame: the mean
     number of windows holding such a frame (equal rates mean no kind of frame is
-    under-drawn).
+    under-drawn); and num_episodes, num_relevant_episodes: how many episodes the split and its
+    task-relevant part hold (what phase 2's behaviour cloning has to learn from).
   """
   offsets = store.episode_offsets
   ids = np.asarray(episode_ids, np.int64).reshape(-1)
@@ -164,6 +165,8 @@ def coverage(
     "windows_per_frame": rate(in_split),
     "windows_per_reward_frame": rate(reward_frames),
     "windows_per_terminal_frame": rate(terminal),
+    "num_episodes": int(len(ids)),
+    "num_relevant_episodes": int(len(relevant)),
   }
 
 

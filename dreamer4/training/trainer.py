@@ -316,15 +316,17 @@ def _coverage(store, train_ids, eval_ids, streams: Streams, eval_window: int, pa
   out["eval"] = data_loader.window_coverage(store, eval_ids, eval_window, pad)
   for kind, c in out.items():
     logging.info(
-      "%s coverage (%s, %s windows): episodes %.1f%%, frames %.1f%%, task-relevant episodes %.1f%%, "
+      "%s coverage (%s, %s windows): episodes %.1f%% of %d, frames %.1f%%, task-relevant episodes %.1f%% of %d, "
       "reward frames %.1f%%, terminal frames %.1f%%; windows per frame %.2f, per reward frame %.2f, "
       "per terminal frame %.2f",
       name,
       kind,
       pad,
       100 * c["episodes"],
+      c["num_episodes"],
       100 * c["frames"],
       100 * c["relevant_episodes"],
+      c["num_relevant_episodes"],
       100 * c["reward_frames"],
       100 * c["terminal_frames"],
       c["windows_per_frame"],

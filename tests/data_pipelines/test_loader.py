@@ -101,6 +101,7 @@ def test_coverage_line(store_path):
   assert c["windows_per_terminal_frame"] == pytest.approx(np.mean(np.minimum(LENGTHS, WINDOW)))
   total = sum(sum(min(k + 1, WINDOW) for k in range(n)) for n in LENGTHS)
   assert c["windows_per_frame"] == pytest.approx(total / sum(LENGTHS))
+  assert c["num_episodes"] == len(LENGTHS) and c["num_relevant_episodes"] == 2
   old = coverage(store, ids, WINDOW, pad="none", relevant_ids=[1, 6])
   assert old["episodes"] == pytest.approx(6 / 8) and old["relevant_episodes"] == 0.0
   assert old["frames"] == pytest.approx((sum(LENGTHS) - 7) / sum(LENGTHS))
