@@ -320,7 +320,9 @@ def _define_flags():
   defaults = ", ".join(f"{n} {spec.max_steps}" for n, spec in ENVS.items())
   flags.DEFINE_integer("max_steps", None, f"Steps after which an episode is truncated (default: {defaults}).")
   flags.DEFINE_list(
-    "goals", [], f"{_env_names('goals')} only: goals to draw each episode's from, uniformly (default: the env's mix)."
+    "goals",
+    [],
+    f"{_env_names('goals')} only: goals to draw each episode's goal from, uniformly (default: the env's mix).",
   )
   flags.DEFINE_bool("append", False, "Append to an existing store instead of creating a new one.")
   flags.DEFINE_string(

@@ -84,7 +84,7 @@ def collect_stage(config, data_path: str) -> None:
       max_steps=int(config.collect.max_steps),
       frames=(frames - have_frames) if frames else None,
       layout=config.collect.layout or None,
-      goals=[g for g in str(config.collect.goals).split(",") if g],
+      goals=_names(config.collect.goals),
     )
   except CollectError as e:  # the same setting under the pipeline's name
     raise ConfigError(f"--config.collect.{e.flag}: {e.detail}") from None
@@ -98,10 +98,14 @@ def eval_env_kwargs(config, frame_shape) -> dict:
   return ENVS[config.collect.env].env_kwargs(frame_shape[0], config.collect.max_steps, config.collect.layout)
 
 
+def _names(value) -> tuple[str, ...]:
+  """The names of a comma-separated setting (e.g. collect.goals, evaluate.tasks), blanks dropped."""
+  return tuple(t.strip() for t in str(value).split(",") if t.strip())
+
+
 def eval_tasks(config) -> tuple[str, ...] | None:
   """The tasks the evaluation cycles through (None: all of the env's tasks)."""
-  names = tuple(t.strip() for t in str(config.evaluate.tasks).split(",") if t.strip())
-  return names or None
+  return _names(config.evaluate.tasks) or None
 
 
 def evaluate_stage(config, workdir: str, data_path: str) -> dict:
