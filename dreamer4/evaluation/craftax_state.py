@@ -172,9 +172,9 @@ class Templates(NamedTuple):
 
 @functools.lru_cache(maxsize=1)
 def _craftax_env():
-  from craftax.craftax_env import make_craftax_env_from_name  # pylint: disable=g-import-not-at-top
+  from data_pipelines.envs.craftax.env import make_pixels_env  # pylint: disable=g-import-not-at-top
 
-  return make_craftax_env_from_name("Craftax-Classic-Pixels-v1", auto_reset=False)
+  return make_pixels_env()
 
 
 def resize_like_wrapper(obs_HWC, size: int):

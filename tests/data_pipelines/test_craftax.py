@@ -2,9 +2,16 @@
 
 Every test here shares one compiled program set (one env, one step per call): the collector runs
 with num_envs=1 and chunk=1, which is what the wrapper uses, so craftax compiles once per session.
-The first craftax use in a fresh venv also processes its textures (about 30 s) and caches them in
-site-packages.
+The first craftax use in a fresh venv also processes its textures (about 20 s) and caches them in
+site-packages; `make_pixels_env` does that under a file lock, so parallel test workers do not read
+a half-written cache.
 """
+
+import bz2
+import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -126,3 +133,55 @@ def test_wrapper_is_deterministic_for_a_seed(collected):
   assert not np.array_equal(a[0], c[0])
   with pytest.raises(ValueError, match="action must be in"):
     env.step(17)
+
+
+# Builds Craftax's pixel env against a texture cache at argv[1] and prints the agent-size atlas shape.
+_BUILD_ENV = """
+import sys
+from craftax.craftax_classic import constants as cc
+cc.TEXTURE_CACHE_FILE = sys.argv[1]
+from data_pipelines.envs.craftax.env import make_pixels_env
+make_pixels_env()
+print(cc.load_all_textures()[cc.BLOCK_PIXEL_SIZE_AGENT]["full_map_block_textures"].shape)
+"""
+
+
+def test_texture_cache_is_read_under_a_lock_and_rebuilt_when_damaged(tmp_path):
+  """A fresh venv's first craftax users race on the texture cache craftax writes in place: a process
+  that finds the file half-written reads EOFError. `make_pixels_env` waits for the lock the writer
+  holds, then reads the whole file; with no writer, it rebuilds a damaged file."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+
+  from craftax.craftax_classic import constants as cc  # pylint: disable=g-import-not-at-top
+
+  from data_pipelines.envs.craftax.env import make_pixels_env  # pylint: disable=g-import-not-at-top
+
+  make_pixels_env()  # makes sure the venv's cache exists
+  with open(cc.TEXTURE_CACHE_FILE, "rb") as f:
+    whole = f.read()
+  cache = tmp_path / "textures.pbz2"
+  cache.write_bytes(whole[: len(whole) // 2])  # a writer is half-way through
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  run = lambda: subprocess.Popen(  # noqa: E731
+    [sys.executable, "-c", _BUILD_ENV, str(cache)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  with open(str(cache) + ".lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    child = run()
+    try:
+      child.wait(timeout=3)  # it must still be waiting for the lock
+    except subprocess.TimeoutExpired:
+      pass
+    assert child.returncode is None, child.communicate()[1][-2000:]
+    cache.write_bytes(whole)  # the writer finishes, then releases the lock
+  out, err = child.communicate(timeout=120)
+  assert child.returncode == 0, err[-2000:]
+  assert out.strip().splitlines()[-1] == "(17, 49, 63, 3)" and "Processing" not in out
+
+  cache.write_bytes(whole[: len(whole) // 2])  # left damaged by a killed writer: rebuilt
+  child = run()
+  out, err = child.communicate(timeout=300)
+  assert child.returncode == 0, err[-2000:]
+  assert out.strip().splitlines()[-1] == "(17, 49, 63, 3)" and "Processing" in out
+  with bz2.BZ2File(cache, "rb") as f:
+    assert pickle.load(f)[7]["full_map_block_textures"].shape == (17, 49, 63, 3)

@@ -11,6 +11,7 @@ env, one step per call and its own action forced, so a process that both collect
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -23,14 +24,44 @@ from data_pipelines.envs.craftax import ACHIEVEMENT_NAMES, ACTION_NAMES, STAGES,
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
+def make_pixels_env():
+  """craftax's Craftax-Classic pixel env (no auto-reset), safe to build from several processes at once.
+
+  craftax renders from a texture cache file that the first process to need it builds and writes in
+  place (about 20 s), so a process starting meanwhile reads a truncated file (EOFError). Here the
+  cache is read or built under an exclusive lock on a file beside it, and a damaged cache is rebuilt.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+
+  from craftax.craftax_classic import constants as cc  # pylint: disable=g-import-not-at-top
+  from craftax.craftax_env import make_craftax_env_from_name  # pylint: disable=g-import-not-at-top
+
+  cache = cc.TEXTURE_CACHE_FILE
+  try:
+    lock = open(cache + ".lock", "a")  # pylint: disable=consider-using-with
+  except OSError:  # read-only install: its cache was built when it was installed
+    lock = None
+  try:
+    if lock is not None:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      cc.load_all_textures()
+    except Exception:  # pylint: disable=broad-except  # bz2, EOF or unpickling errors of a damaged file
+      os.remove(cache)
+      cc.load_all_textures()
+  finally:
+    if lock is not None:
+      lock.close()  # releases the lock
+  return make_craftax_env_from_name("Craftax-Classic-Pixels-v1", auto_reset=False)
+
+
 @functools.cache
 def env_fns(size: int, max_steps: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
   """Pure single-env functions (reset, step), built once per (size, max_steps)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from craftax.craftax_env import make_craftax_env_from_name  # pylint: disable=g-import-not-at-top
 
-  env = make_craftax_env_from_name("Craftax-Classic-Pixels-v1", auto_reset=False)
+  env = make_pixels_env()
   params = env.default_params.replace(max_timesteps=max_steps)
 
   def to_uint8(obs_HWC):
