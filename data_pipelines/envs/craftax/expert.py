@@ -51,6 +51,7 @@ WINDOW_RADIUS = 10  # planning window is (2R+1)^2 cells around the player
 PLAN_ITERS = 24  # min-plus relaxation rounds (longest planned path)
 TABLE_REACH = 6  # a table within this Manhattan distance is walked to rather than re-placed
 INF = 1e4
+TIE_BIAS = 1e-3  # per move index: breaks ties between equal path lengths in _MOVES order
 
 # Direction actions and their (drow, dcol), as craftax_classic.constants.DIRECTIONS.
 _MOVES = ((1, 0, -1), (2, 0, 1), (3, -1, 0), (4, 1, 0))
@@ -116,7 +117,7 @@ def make_expert() -> Callable[..., Any]:
     inv = state.inventory
     have = jnp.array([inv.wood, inv.stone, inv.coal, inv.iron], jnp.int32)
     ach = state.achievements
-    k_tie, k_dir, k_eps, k_act, k_turn = jax.random.split(key, 5)
+    _, k_dir, k_eps, k_act, k_turn = jax.random.split(key, 5)
     w = window(state)
     c = r  # player cell in the window
     cows = mob_mask(state, state.cows)
@@ -218,7 +219,9 @@ def make_expert() -> Callable[..., Any]:
     cost_SS = jnp.where(w == TREE, 4.0, cost_SS)
     cost_SS = jnp.where(mobs & ~target_SS, 3.0, cost_SS)
     dist = plan(target_SS, cost_SS)
-    nb_dist = dist[nb_yx[:, 0], nb_yx[:, 1]] + 0.01 * jax.random.uniform(k_tie, (4,))
+    # Ties between equally short paths go to the first move in _MOVES order, not a random one: the
+    # expert's action is then a function of what it sees, which behaviour cloning can learn.
+    nb_dist = dist[nb_yx[:, 0], nb_yx[:, 1]] + TIE_BIAS * jnp.arange(4)
     best = jnp.argmin(nb_dist)
     reachable = nb_dist[best] < INF / 2
     best_target = target_SS[nb_yx[best, 0], nb_yx[best, 1]]
