@@ -3,7 +3,7 @@ against the env's own state, and a noop counterfactual stepped in the real env.
 
 The store is the session's `craftax_store_path` (tests/evaluation/conftest.py: expert, seed 7, 6
 episodes of 30 steps), which tests/evaluation/test_craftax_state.py reads too: collected once. Its
-episode 1 collects wood and places a table (achievement unlocks at its frames 2 and 23).
+episode 1 collects wood and places a table (achievement unlocks at its frames 2 and 29).
 """
 
 import jax
@@ -84,8 +84,8 @@ def test_detection_agrees_with_the_env(episodes):
   for name in ce.EVENTS:
     np.testing.assert_array_equal(found[name], f[truth[name]], err_msg=name)
   assert len(found["collect_wood"]) >= 5 and len(found["place_table"]) == 1
-  # Episode 1 places its table at its frame 23, the step its achievement unlocks.
-  assert found["place_table"].tolist() == [int(store.episode_offsets[1]) + 23]
+  # Episode 1 places its table at its frame 29, the step its achievement unlocks.
+  assert found["place_table"].tolist() == [int(store.episode_offsets[1]) + 29]
   # Every achievement unlock (an event's first time in its episode) is a detected event.
   unlocks = store.read("achievement_unlocks", 0, store.num_frames)
   for name in ce.EVENTS:
@@ -102,8 +102,8 @@ def test_find_events_reads_the_store(episodes):
     for name in ce.EVENTS:
       local = found[name] - np.asarray(store.episode_offsets)[episode_of[found[name]]]
       np.testing.assert_array_equal(got[name], found[name][local >= context], err_msg=f"{name} C={context}")
-  # Frame 23 of its episode has no 24 context frames before it: the table event drops out.
-  assert len(ce.find_events(store, [1], context=24)["place_table"]) == 0
+  # Frame 29 of its episode has no 30 context frames before it: the table event drops out.
+  assert len(ce.find_events(store, [1], context=30)["place_table"]) == 0
   assert len(ce.find_events(store, [0, 2], context=1)["place_table"]) == 0  # episodes without a table
 
 
