@@ -72,6 +72,33 @@ def episode_success(store, data: dict[str, np.ndarray] | None = None):
   return success, task_E, returns, unlocked, ach_names
 
 
+def success_frames(store) -> np.ndarray:
+  """Per episode, the global index of the frame on which it accomplished its task, or its last
+  frame where it never did (int64 [episodes]).
+
+  The success definition of `episode_success`: the frame whose unlock of the task's achievement
+  is recorded, else the first frame with a positive reward. That frame's stored action is the one
+  that accomplished the task (it was taken in the state of the frame before).
+  """
+  n, e = store.num_frames, store.num_episodes
+  offsets = np.asarray(store.episode_offsets, np.int64)
+  out = offsets[1:] - 1
+  if not e:
+    return out
+  has_unlocks = UNLOCKS in store.array_names
+  data = store.read_many(["rewards", "tasks"] + ([UNLOCKS] if has_unlocks else []), 0, n)
+  success, task_E, _, _, ach_names = episode_success(store, data)
+  for ep in np.nonzero(success)[0]:
+    lo, hi = offsets[ep], offsets[ep + 1]
+    name = store.task_names[int(task_E[ep])]
+    if has_unlocks and name in ach_names:
+      hit = np.asarray(data[UNLOCKS][lo:hi, ach_names.index(name)]) > 0
+    else:
+      hit = np.asarray(data["rewards"][lo:hi]) > 0
+    out[ep] = lo + int(np.argmax(hit))
+  return out
+
+
 def _stats(x: np.ndarray) -> dict[str, float]:
   x = np.asarray(x, np.float64)
   if not x.size:

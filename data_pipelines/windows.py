@@ -35,7 +35,7 @@ from data_pipelines.errors import DataError
 
 DEFAULT_FIELDS = ("frames", "actions_discrete", "rewards", "tasks", "action_labelled")
 # Fields every window carries besides the store arrays it reads (`WindowSource.__getitem__`).
-LOADER_FIELDS = ("valid_T", "first_T", "index", "episode")
+LOADER_FIELDS = ("valid_T", "first_T", "index", "episode", "start")
 PAD_MODES = ("end", "start", "none")
 # Fields whose padding is zero (no action, no reward, unlabelled) rather than a repeat of
 # the nearest real frame.
@@ -258,6 +258,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     out["first_T"] = first_T
     out["index"] = np.int64(i)
     out["episode"] = np.int64(self._episode_W[i])
+    out["start"] = np.int64(start)  # global frame index of slot 0 (below the episode's first frame when padded)
     return out
 
   def __getstate__(self):

@@ -30,6 +30,7 @@ import numpy as np
 
 from data_pipelines import loader as data_loader
 from data_pipelines.envs.base import Action
+from data_pipelines.report import success_frames
 from dreamer4 import runs
 from dreamer4.errors import ConfigError, UserError
 from dreamer4.inference.sampler import context_tau_index
@@ -89,6 +90,14 @@ def with_relevant(uniform: dict, relevant: dict, relevant_ids) -> dict:
   return out
 
 
+def before_success(start_B, episode_B, window: int, done_at_E) -> np.ndarray:
+  """bool [B, T]: slot t of each window is at or before the frame on which its episode
+  accomplished its task (`data_pipelines.report.success_frames`; an episode that never did: its
+  last frame). Slot t holds global frame start + t."""
+  frame_BT = np.asarray(start_B, np.int64)[:, None] + np.arange(window)[None, :]
+  return frame_BT <= np.asarray(done_at_E)[np.asarray(episode_B, np.int64)][:, None]
+
+
 class MixtureStreams(Streams):
   """[P §4.1]: every local batch is `data.relevant_fraction` task-relevant rows after uniform ones.
 
@@ -98,7 +107,7 @@ class MixtureStreams(Streams):
   of task-relevant episodes (e.g. BC accuracy on them).
   """
 
-  flags = ("relevant_B", "relevant_episode_B")
+  flags = ("relevant_B", "relevant_episode_B", "bc_T")
 
   def __init__(self, config, data: TrainData, pad: str):
     frac, local_batch = float(config.data.relevant_fraction), data.local_batch
@@ -132,14 +141,21 @@ class MixtureStreams(Streams):
     )
     self.relevant_ids = relevant
     self._store, self._eval_ids, self._pad = data.store, data.eval_ids, pad
+    # bc_T: the BC labels end where the episode accomplished its task (config loss.bc_until_success).
+    last_frames = np.asarray(data.store.episode_offsets, np.int64)[1:] - 1
+    self._done_at = success_frames(data.store) if config.loss.bc_until_success else last_frames
+    self._window = window
 
   def next(self, kind: str) -> dict:
-    return with_relevant(next(self.iters[kind]), next(self.iters["data_relevant"]), self.relevant_ids)
+    out = with_relevant(next(self.iters[kind]), next(self.iters["data_relevant"]), self.relevant_ids)
+    out["bc_T"] = before_success(out["start"], out["episode"], self._window, self._done_at)
+    return out
 
   def label_eval(self, batches: list[dict]) -> None:
     relevant_eval = data_loader.relevant_episode_ids(self._store, self._eval_ids)
     for b in batches:
       b["relevant_B"] = np.isin(b["episode"], relevant_eval)
+      b["bc_T"] = before_success(b["start"], b["episode"], b["action_labelled"].shape[1], self._done_at)
 
   def coverage_tables(self, kind: str) -> tuple:
     if kind != "data":
@@ -213,6 +229,8 @@ class AgentPhase(Phase):
     if relevant_B is not None and c.loss.bc_rows == "relevant_episodes":
       bc_B = batch.get("relevant_episode_B", relevant_B)  # plus uniform rows of task-relevant episodes
     bc_labelled_BT = labelled_BT if bc_B is None else labelled_BT & bc_B[:, None]
+    if "bc_T" in batch:  # no labels after the episode accomplished its task (loss.bc_until_success)
+      bc_labelled_BT = bc_labelled_BT & batch["bc_T"].astype(bool)
     valid_BT = batch.get("valid_T")
     dyn = {k: batch[k] for k in ("latents", "actions_discrete", "action_labelled")}
     if valid_BT is not None:
@@ -276,6 +294,8 @@ class AgentPhase(Phase):
     valid = batch["action_labelled"][:, 1:].astype(jnp.float32)
     if valid_BT is not None:
       valid = valid * valid_BT[:, 1:].astype(jnp.float32)
+    if "bc_T" in batch:  # the labels BC trains on: none after the task was accomplished
+      valid = valid * batch["bc_T"][:, 1:].astype(jnp.float32)
     pred = jnp.argmax(pol[..., : model.policy.spec.components[0].size], axis=-1)
     hit = (pred == actions.discrete[:, 1:, 0]).astype(jnp.float32)
     m["bc_accuracy_n0"] = jnp.sum(hit * valid) / jnp.maximum(jnp.sum(valid), 1.0)

@@ -185,3 +185,34 @@ def test_texture_cache_is_read_under_a_lock_and_rebuilt_when_damaged(tmp_path):
   assert out.strip().splitlines()[-1] == "(17, 49, 63, 3)" and "Processing" in out
   with bz2.BZ2File(cache, "rb") as f:
     assert pickle.load(f)[7]["full_map_block_textures"].shape == (17, 49, 63, 3)
+
+
+def test_success_frames_are_the_task_unlocks(tmp_path):
+  """`success_frames`: the frame that records the unlock of the episode's own task, or the
+  episode's last frame; other achievements (every one pays +1) do not count."""
+  from data_pipelines.report import episode_success, success_frames  # pylint: disable=g-import-not-at-top
+
+  path = str(tmp_path / "wood")
+  collect(
+    "craftax",
+    path,
+    episodes=4,
+    seed=5,
+    skills=(1.0, 0.0),
+    size=SIZE,
+    max_steps=MAX_STEPS,
+    num_envs=1,
+    chunk=1,
+    goals=("collect_wood", "place_table"),
+  )
+  store = EpisodeStore.open(path)
+  success = episode_success(store)[0]
+  done_at = success_frames(store)
+  offsets = store.episode_offsets
+  assert success.any()
+  for e in range(store.num_episodes):
+    ep = store.read_episode(e)
+    task = cx.ACHIEVEMENT_NAMES.index(store.task_names[ep["tasks"][0]])
+    hits = np.nonzero(ep["achievement_unlocks"][:, task])[0]
+    want = offsets[e] + hits[0] if success[e] else offsets[e + 1] - 1
+    assert done_at[e] == want and bool(len(hits)) == bool(success[e])

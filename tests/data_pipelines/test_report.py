@@ -135,3 +135,18 @@ def test_success_is_the_task_achievement_not_any_reward(tmp_path):
     ("place_table", 2, 1),
     ("reach_far", 1, 1),
   ]
+
+
+def test_success_frames_on_the_toy_are_last_frames(toy_store):
+  """Toy episodes end on reaching their goal (the one reward): the success frame is the last one,
+  the first positive reward; an episode that never got there also gives its last frame."""
+  from data_pipelines.report import episode_success, success_frames  # pylint: disable=g-import-not-at-top
+
+  store = EpisodeStore.open(toy_store)
+  success = episode_success(store)[0]
+  assert 0 < success.sum() < store.num_episodes
+  offsets = store.episode_offsets
+  np.testing.assert_array_equal(success_frames(store), offsets[1:] - 1)
+  for e in np.nonzero(success)[0]:
+    rewards = store.read_episode(int(e))["rewards"]
+    assert rewards[-1] > 0 and np.all(rewards[:-1] == 0)

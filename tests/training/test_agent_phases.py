@@ -177,6 +177,21 @@ def test_data_mixture_routes_dynamics_to_uniform_rows_and_bc_to_relevant_rows(ru
     assert float(a["shortcut_loss"]) == pytest.approx(float(base["shortcut_loss"]), rel=1e-6)
   finally:
     phase.config.loss.bc_rows = "relevant_half"
+  # bc_T (loss.bc_until_success): the labels of slots after the task was accomplished train
+  # nothing; the same change of actions counts where bc_T is set.
+  bc_T = jnp.ones(batch["action_labelled"].shape, bool).at[2:, T // 2 :].set(False)
+  late = dict(batch, actions_discrete=batch["actions_discrete"].at[2:, T // 2 :].add(1) % 5)
+  cut = metrics(fresh, dict(batch, bc_T=bc_T))
+  assert float(metrics(fresh, dict(late, bc_T=bc_T))["bc_nll"]) == pytest.approx(float(cut["bc_nll"]), rel=1e-6)
+  assert abs(float(metrics(fresh, late)["bc_nll"]) - float(base["bc_nll"])) > 1e-6
+
+
+def test_before_success_by_hand():
+  from dreamer4.phases.agent import before_success
+
+  # Episode 0 accomplished its task on global frame 5; episode 1 never did (its last frame, 19).
+  got = before_success([3, -1, 12], [0, 0, 1], 4, np.asarray([5, 19]))
+  np.testing.assert_array_equal(got, [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
 
 
 def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
