@@ -15,7 +15,8 @@ the held-out split: `data_pipelines.loader.relevant_episode_ids` and `EpisodeSto
 the phases use them (data.eval_fraction 0.1, data.split_seed 0 by default). The report gives the
 probe's best held-out accuracy over checkpoints every steps / 6 steps, its last training
 accuracy, and two trivial predictors on the same held-out labels: the most frequent training
-label and repeating the previous action.
+label and repeating the previous action. --until_success keeps only the labels up to the frame
+that accomplished each episode's task (phase 2's `loss.bc_until_success`).
 
 The probe sees the exact state, which a world model's latents only approximate, and no history
 beyond the previous action: a low score means the behaviour policy acts on what a frame does not
@@ -109,12 +110,21 @@ def train_probe(x_train, y_train, x_eval, y_eval, steps: int, seed: int) -> dict
   return {"probe": best, "probe_train": float(accuracy(params, x_train, y_train))}
 
 
-def action_probe(data: str, eval_fraction: float = 0.1, split_seed: int = 0, steps: int = 3000, seed: int = 0):
-  """The report (module docstring) of the store at `data`."""
+def action_probe(
+  data: str,
+  eval_fraction: float = 0.1,
+  split_seed: int = 0,
+  steps: int = 3000,
+  seed: int = 0,
+  until_success: bool = False,
+):
+  """The report (module docstring) of the store at `data`; until_success keeps only the labels up
+  to the frame that accomplished each episode's task (as phase 2 with loss.bc_until_success)."""
   import jax  # pylint: disable=g-import-not-at-top
 
   from data_pipelines.episodes import EpisodeStore  # pylint: disable=g-import-not-at-top
   from data_pipelines.loader import relevant_episode_ids  # pylint: disable=g-import-not-at-top
+  from data_pipelines.report import success_frames  # pylint: disable=g-import-not-at-top
   from dreamer4.evaluation import craftax_state as cs  # pylint: disable=g-import-not-at-top
 
   if not os.path.isdir(data):
@@ -130,9 +140,16 @@ def action_probe(data: str, eval_fraction: float = 0.1, split_seed: int = 0, ste
   if not relevant["train"] or not relevant["eval"]:
     raise UserError(f"--data={data}: no task-relevant episodes in the training or held-out split; collect more")
   parse = jax.jit(cs.parse)
+  done_at = success_frames(store)
   sets = {}
   for split, ids in relevant.items():
-    pairs = [episode_features(store.read_episode(e), parse) for e in ids]
+    pairs = []
+    for e in ids:
+      x, y = episode_features(store.read_episode(e), parse)
+      if until_success:  # label j is the action stored on episode frame j + 1
+        keep = int(done_at[e] - store.episode_offsets[e])
+        x, y = x[:keep], y[:keep]
+      pairs.append((x, y))
     sets[split] = (np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
   (x_train, y_train), (x_eval, y_eval) = sets["train"], sets["eval"]
   report = {
@@ -142,6 +159,7 @@ def action_probe(data: str, eval_fraction: float = 0.1, split_seed: int = 0, ste
     "labels": {"train": int(len(y_train)), "eval": int(len(y_eval))},
     "steps": steps,
     "seed": seed,
+    "until_success": until_success,
   }
   report.update(trivial_accuracies(y_train, x_eval, y_eval))
   report.update(train_probe(x_train, y_train, x_eval, y_eval, steps, seed))
@@ -166,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--split_seed", type=int, default=0, help="seed of the episode split (data.split_seed)")
   ap.add_argument("--steps", type=int, default=3000, help="probe training steps")
   ap.add_argument("--seed", type=int, default=0, help="probe initialisation and batch seed")
+  ap.add_argument(
+    "--until_success", action="store_true", help="only labels up to each task's accomplishment (loss.bc_until_success)"
+  )
   ap.add_argument("--out", default=None, help="the JSON report (default DATA/../action_probe.json)")
   args = ap.parse_args(argv)
 
@@ -174,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tool_io.check_out_folder(out)
     if args.steps < 1:
       raise UserError(f"--steps={args.steps}: give a positive number of training steps")
-    report = action_probe(args.data, args.eval_fraction, args.split_seed, args.steps, args.seed)
+    report = action_probe(args.data, args.eval_fraction, args.split_seed, args.steps, args.seed, args.until_success)
     return report, out
 
   return tool_io.run_tool(compute, format_report, ".action_probe-")

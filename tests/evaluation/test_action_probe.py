@@ -14,6 +14,7 @@ pytest.importorskip("craftax")
 from data_pipelines.collect import collect  # noqa: E402
 from data_pipelines.episodes import EpisodeStore  # noqa: E402
 from data_pipelines.loader import relevant_episode_ids  # noqa: E402
+from data_pipelines.report import success_frames  # noqa: E402
 from dreamer4.evaluation import action_probe as ap  # noqa: E402
 from dreamer4.evaluation import craftax_state as cs  # noqa: E402
 from tests.evaluation.conftest import CRAFTAX_STORE  # noqa: E402
@@ -78,6 +79,15 @@ def test_probe_report_on_a_collected_store(wood_store):
   assert report["probe_train"] >= 0.9 > share
   for k in ("probe", "most_frequent", "repeat_previous"):
     assert 0.0 <= report[k] <= 1.0
+  # until_success: the labels up to the frame that accomplished the task (the unlocking action included).
+  done_at = success_frames(store)
+  short = ap.action_probe(wood_store, eval_fraction=0.3, split_seed=0, steps=3, seed=0, until_success=True)
+  assert short["labels"] == {
+    split: int(sum(done_at[e] - store.episode_offsets[e] for e in ids))
+    for split, ids in zip(("train", "eval"), relevant)
+  }
+  assert short["until_success"] and not report["until_success"]
+  assert 0 < short["labels"]["train"] < report["labels"]["train"]
 
 
 def test_cli_writes_the_report_and_refuses_bad_input(wood_store, tmp_path, capsys):
