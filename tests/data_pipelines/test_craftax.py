@@ -28,23 +28,13 @@ SIZE = 64
 MAX_STEPS = 30
 EPISODES = 3
 GOALS = ("place_table", "make_wood_pickaxe")  # the episodes' goals are drawn from these
+ONE_ENV = dict(size=SIZE, max_steps=MAX_STEPS, num_envs=1, chunk=1)  # the wrapper's program shapes
 
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("craftax") / "store")
-  summary = collect(
-    "craftax",
-    path,
-    episodes=EPISODES,
-    seed=3,
-    skills=(1.0, 0.5),
-    size=SIZE,
-    max_steps=MAX_STEPS,
-    num_envs=1,
-    chunk=1,
-    goals=GOALS,
-  )
+  summary = collect("craftax", path, episodes=EPISODES, seed=3, skills=(1.0, 0.5), goals=GOALS, **ONE_ENV)
   return path, summary
 
 
@@ -193,18 +183,7 @@ def test_success_frames_are_the_task_unlocks(tmp_path):
   from data_pipelines.report import episode_success, success_frames  # pylint: disable=g-import-not-at-top
 
   path = str(tmp_path / "wood")
-  collect(
-    "craftax",
-    path,
-    episodes=4,
-    seed=5,
-    skills=(1.0, 0.0),
-    size=SIZE,
-    max_steps=MAX_STEPS,
-    num_envs=1,
-    chunk=1,
-    goals=("collect_wood", "place_table"),
-  )
+  collect("craftax", path, episodes=4, seed=5, skills=(1.0, 0.0), goals=("collect_wood", "place_table"), **ONE_ENV)
   store = EpisodeStore.open(path)
   success = episode_success(store)[0]
   done_at = success_frames(store)
