@@ -101,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.collect.max_steps = 150
     # The stages are the phases' craftax variants: the toy model sizes (both worlds are 64x64x3;
     # actions and tasks come from the dataset) with 32 tokenizer latents, tokenizer 3000 steps,
-    # dynamics 6000, agent 600, imagination 150 with imagine.terminal_reward = 0 (the reasons
+    # dynamics 6000, agent 1800, imagination 150 with imagine.terminal_reward = 0 (the reasons
     # beside each).
     # The tasks the data's goals were drawn from (each has labelled episodes that unlocked it).
     c.evaluate.tasks = c.collect.goals
