@@ -129,6 +129,7 @@ def train_iterator(
   prefetch: int = 8,
   fields: Sequence[str] = DEFAULT_FIELDS,
   pad: str = "end",
+  last_anchor: np.ndarray | None = None,
 ) -> grain.DatasetIterator:
   """An endless, checkpointable iterator of this process's training batches.
 
@@ -145,6 +146,8 @@ def train_iterator(
     prefetch: batches buffered ahead by the reader threads.
     fields: per-frame arrays to read.
     pad: the window rule (data_pipelines/windows.py): "end" covers every frame.
+    last_anchor: optional per-episode last anchor frame (`windows.window_table`), e.g. the
+      frame before each episode's goal: only windows anchored at or before it.
 
   Returns:
     A grain DatasetIterator yielding dicts of numpy arrays with leading dims
@@ -160,7 +163,7 @@ def train_iterator(
   _check_batch_size(batch_size)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
-  source = WindowSource(path, window, episode_ids, fields, pad)
+  source = WindowSource(path, window, episode_ids, fields, pad, last_anchor)
   per_process = len(source) // process_count // batch_size * batch_size
   if per_process == 0:
     raise DataError(

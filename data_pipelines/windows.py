@@ -49,7 +49,11 @@ def _check_pad(pad: str) -> str:
 
 
 def window_table(
-  episode_offsets: np.ndarray, episode_ids: Sequence[int], window: int, pad: str = "end"
+  episode_offsets: np.ndarray,
+  episode_ids: Sequence[int],
+  window: int,
+  pad: str = "end",
+  last_anchor: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The windows of the given episodes under one padding rule (see the module docstring).
 
@@ -58,6 +62,9 @@ def window_table(
     episode_ids: episodes to draw from (any order; the table follows that order).
     window: frames per window (T).
     pad: "end", "start" or "none".
+    last_anchor: optional int64 [E] over all of the store's episodes: the last global frame
+      a window of that episode may be anchored at (its first frame with pad="end"); None:
+      every frame. Keeps e.g. only the windows that start before an episode's goal.
 
   Returns:
     (starts_W, episode_starts_W, episode_ends_W): the global index of each window's
@@ -77,9 +84,12 @@ def window_table(
   first_window = np.cumsum(count) - count
   within = np.arange(count.sum(), dtype=np.int64) - first_window[ep_of_window]
   starts = begin[ep_of_window] + within
+  keep = slice(None)
+  if last_anchor is not None:
+    keep = starts <= np.asarray(last_anchor, np.int64)[ids[ep_of_window]]
   if pad == "start":
     starts = starts - (window - 1)  # the window ends at the anchor frame
-  return starts, begin[ep_of_window], end[ep_of_window]
+  return starts[keep], begin[ep_of_window][keep], end[ep_of_window][keep]
 
 
 def covered_counts(
@@ -184,10 +194,17 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     episode_ids: episodes to draw windows from (e.g. one side of `store.split()`).
     fields: arrays to read per record.
     pad: the padding rule ("end", "start" or "none"; see the module docstring).
+    last_anchor: optional per-episode last anchor frame (see `window_table`).
   """
 
   def __init__(
-    self, path: str, window: int, episode_ids: Sequence[int], fields: Sequence[str] = DEFAULT_FIELDS, pad: str = "end"
+    self,
+    path: str,
+    window: int,
+    episode_ids: Sequence[int],
+    fields: Sequence[str] = DEFAULT_FIELDS,
+    pad: str = "end",
+    last_anchor: np.ndarray | None = None,
   ):
     if window < 1:
       raise DataError(f"WindowSource: window must be >= 1, got {window}")
@@ -209,7 +226,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
         f"dataset {path}: no per-frame array {missing[0]!r}; it has "
         f"{', '.join(n for n in store.array_names if n != 'episode_offsets')}"
       )
-    self.table = window_table(store.episode_offsets, ids, window, pad)
+    self.table = window_table(store.episode_offsets, ids, window, pad, last_anchor)
     self._starts_W, self._episode_starts_W, self._episode_ends_W = self.table
     self._episode_W = np.searchsorted(store.episode_offsets, self._episode_starts_W, side="right") - 1
     if not len(self._starts_W):

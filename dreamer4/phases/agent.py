@@ -17,7 +17,8 @@ Data mixture [P §4.1: "half uniform, half task-relevant"]: `data.relevant_fract
 batch comes from task-relevant episodes (those that accomplished their task,
 data_pipelines.loader.relevant_episode_ids) and the rest uniformly; the dynamics loss reads the uniform rows, BC the
 relevant ones, the reward loss all rows (see `loss_fn`). `MixtureStreams` draws these batches
-for the trainer (the phase's `make_streams`).
+for the trainer (the phase's `make_streams`). With `data.relevant_until_success` the relevant
+windows start before their episode's goal (where BC has labels under `loss.bc_until_success`).
 """
 
 from __future__ import annotations
@@ -132,18 +133,22 @@ class MixtureStreams(Streams):
       len(data.train_ids),
     )
     window = config.data.window
+    offsets = np.asarray(data.store.episode_offsets, np.int64)
+    success_at = success_frames(data.store)
+    # data.relevant_until_success: relevant windows start no later than the frame before the
+    # goal's frame, so each holds at least one action taken before the task was accomplished.
+    self._last_anchor = np.maximum(success_at - 1, offsets[:-1]) if config.data.relevant_until_success else None
     super().__init__(
       {
         "data": data.make_iter(window, local_batch - n_relevant),
-        "data_relevant": data.make_iter(window, n_relevant, relevant),
+        "data_relevant": data.make_iter(window, n_relevant, relevant, last_anchor=self._last_anchor),
       },
       {"data": window},
     )
     self.relevant_ids = relevant
     self._store, self._eval_ids, self._pad = data.store, data.eval_ids, pad
     # bc_T: the BC labels end where the episode accomplished its task (config loss.bc_until_success).
-    last_frames = np.asarray(data.store.episode_offsets, np.int64)[1:] - 1
-    self._done_at = success_frames(data.store) if config.loss.bc_until_success else last_frames
+    self._done_at = success_at if config.loss.bc_until_success else offsets[1:] - 1
     self._window = window
 
   def next(self, kind: str) -> dict:
@@ -160,7 +165,8 @@ class MixtureStreams(Streams):
   def coverage_tables(self, kind: str) -> tuple:
     if kind != "data":
       return ()
-    return (data_loader.window_table(self._store.episode_offsets, self.relevant_ids, self.windows[kind], self._pad),)
+    offsets, window = self._store.episode_offsets, self.windows[kind]
+    return (data_loader.window_table(offsets, self.relevant_ids, window, self._pad, self._last_anchor),)
 
 
 class AgentPhase(Phase):

@@ -84,7 +84,8 @@ class TrainData:
   train_ids: Sequence[int]  # training episodes
   eval_ids: Sequence[int]  # held-out episodes
   local_batch: int  # rows per process
-  # make_iter(window, batch=local_batch, ids=train_ids): a checkpointable iterator of local batches
+  # make_iter(window, batch=local_batch, ids=train_ids, last_anchor=None): a checkpointable
+  # iterator of local batches (last_anchor: data_pipelines.windows.window_table)
   make_iter: Callable[..., Any]
 
 

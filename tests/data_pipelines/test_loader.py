@@ -49,6 +49,15 @@ def test_window_table():
   np.testing.assert_array_equal(starts, [2, 3, -2, -1, 0, 1])
   with pytest.raises(ValueError, match="window padding must be one of"):
     window_table(offsets, [0], 3, pad="both")
+  # last_anchor (per episode of the store): episode 2's windows start at 6..8, episode 0's at 0..1,
+  # episode 1's at 4 only; with pad="start" the anchor is the window's last frame.
+  last = np.array([1, 4, 8])
+  starts, ep_starts, ep_ends = window_table(offsets, [2, 0, 1], 3, pad="end", last_anchor=last)
+  np.testing.assert_array_equal(starts, [6, 7, 8, 0, 1, 4])
+  np.testing.assert_array_equal(ep_starts, [6, 6, 6, 0, 0, 4])
+  np.testing.assert_array_equal(ep_ends, [13, 13, 13, 4, 4, 6])
+  starts, _, _ = window_table(offsets, [1, 0], 3, pad="start", last_anchor=last)
+  np.testing.assert_array_equal(starts, [2, -2, -1])
 
 
 @pytest.mark.parametrize("pad", ["end", "start"])

@@ -194,6 +194,54 @@ def test_before_success_by_hand():
   np.testing.assert_array_equal(got, [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
 
 
+def test_relevant_windows_start_before_the_goal(tmp_path):
+  """data.relevant_until_success: the relevant stream's windows are exactly those anchored at or
+  before the frame before each relevant episode's goal frame, and each holds a BC label; without
+  it they start at every frame. Episodes of 12, 10, 9, 14 frames (offsets 0, 12, 22, 31, 45)
+  are rewarded first on local frames 5, never, 2 and 13."""
+  import ml_collections
+
+  from data_pipelines import loader
+  from dreamer4.phases.agent import MixtureStreams
+  from dreamer4.training.phase import TrainData
+  from tests.data_pipelines.helpers import FRAME, SPEC, episode
+
+  path = str(tmp_path / "store")
+  store = EpisodeStore.create(path, env="synthetic", frame_shape=FRAME, action_spec=SPEC, task_names=("a",), fps=10)
+  for e, (n, hit) in enumerate([(12, 5), (10, None), (9, 2), (14, 13)]):
+    ep = dict(episode(e, n), tasks_T=np.zeros((n,), np.int32), rewards_T=np.zeros((n,), np.float32))
+    if hit is not None:
+      ep["rewards_T"][hit:] = 1.0  # play goes on after the goal
+    store.append(**ep)
+
+  def make_iter(window, batch=4, ids=range(4), last_anchor=None):
+    return loader.train_iterator(
+      path, window=window, batch_size=batch, seed=0, episode_ids=list(ids), num_threads=1, last_anchor=last_anchor
+    )
+
+  def relevant_starts(until_success):
+    config = ml_collections.ConfigDict(
+      {
+        "data": {"path": path, "window": 4, "relevant_fraction": 0.5, "relevant_until_success": until_success},
+        "loss": {"bc_until_success": True},
+      }
+    )
+    streams = MixtureStreams(config, TrainData(store, [0, 1, 2, 3], [], 4, make_iter), "end")
+    assert streams.relevant_ids == [0, 2, 3]
+    table = streams.coverage_tables("data")[0][0]
+    starts = []
+    for _ in range(len(table) // 2):  # one epoch of the relevant stream: 2 rows per batch
+      b = streams.next("data")
+      starts += list(b["start"][2:])
+      if until_success:
+        assert b["bc_T"][2:, 1:].any(axis=1).all()  # every relevant window holds a label
+    assert len(set(starts)) == len(table) // 2 * 2 and set(starts) <= set(table)  # an epoch drops a remainder
+    return sorted(int(s) for s in table)
+
+  assert relevant_starts(True) == list(range(0, 5)) + [22, 23] + list(range(31, 44))
+  assert relevant_starts(False) == list(range(0, 12)) + list(range(22, 45))
+
+
 def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
   assert agent_run["stop_reason"] == "finished"
   assert agent_run["step"] == 4
