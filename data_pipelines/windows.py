@@ -229,6 +229,8 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     self.table = window_table(store.episode_offsets, ids, window, pad, last_anchor)
     self._starts_W, self._episode_starts_W, self._episode_ends_W = self.table
     self._episode_W = np.searchsorted(store.episode_offsets, self._episode_starts_W, side="right") - 1
+    if not len(self._starts_W) and last_anchor is not None:
+      raise DataError(f"dataset {path}: no window of {window} frames starts at or before its episode's last anchor")
     if not len(self._starts_W):
       longest = int(store.episode_lengths[ids].max())
       raise DataError(

@@ -152,6 +152,8 @@ def action_probe(
       pairs.append((x, y))
     sets[split] = (np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
   (x_train, y_train), (x_eval, y_eval) = sets["train"], sets["eval"]
+  if not len(y_train) or not len(y_eval):
+    raise UserError(f"--data={data}: no action labels in the training or held-out split; collect more")
   report = {
     "data": data,
     "episodes": {"train": len(train_ids), "eval": len(eval_ids)},
@@ -195,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tool_io.check_out_folder(out)
     if args.steps < 1:
       raise UserError(f"--steps={args.steps}: give a positive number of training steps")
+    if not 0 < args.eval_fraction < 1:
+      raise UserError(f"--eval_fraction={args.eval_fraction}: give a held-out share between 0 and 1, e.g. 0.1")
     report = action_probe(args.data, args.eval_fraction, args.split_seed, args.steps, args.seed, args.until_success)
     return report, out
 

@@ -1,6 +1,7 @@
 r"""How well any next-action predictor can do on phase 2's held-out BC metric: trivial predictors
 and an oracle that knows the behaviour policy's greedy action, on exactly the labels that
-`eval/bc_accuracy_n0_relevant` scores.
+`eval/bc_accuracy_n0_relevant` scores on the toy world (its episodes end at their goal, so
+`loss.bc_until_success` drops none of them; on Craftax use `dreamer4.evaluation.action_probe`).
 
   python -m dreamer4.evaluation.bc_ceiling --workdir=runs/toy [--out=runs/toy/bc_ceiling.json]
   python -m dreamer4.evaluation.bc_ceiling --data=runs/toy/data --agent_config=runs/toy/agent/config.json \

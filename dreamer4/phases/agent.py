@@ -284,6 +284,9 @@ class AgentPhase(Phase):
     first_BT = batch["first_T"].astype(bool)
     actions = Action.from_window(batch)
     valid_BT = batch.get("valid_T")
+    labelled_BT = batch["action_labelled"].astype(bool)
+    if "bc_T" in batch:  # the labels BC trains on: none after the task was accomplished
+      labelled_BT = labelled_BT & batch["bc_T"].astype(bool)
     _, m = bc_reward_loss(
       model.policy,
       model.reward,
@@ -291,17 +294,15 @@ class AgentPhase(Phase):
       actions,
       batch["rewards"].astype(jnp.float32),
       first_BT,
-      batch["action_labelled"].astype(bool),
+      labelled_BT,
       int(self.config.agent.mtp),
       valid_BT=valid_BT,
     )
     # Next-action accuracy of the acting head (n = 0) where the target is valid.
     pol = model.policy.params(h_BTD[:, :-1], 0)
-    valid = batch["action_labelled"][:, 1:].astype(jnp.float32)
+    valid = labelled_BT[:, 1:].astype(jnp.float32)
     if valid_BT is not None:
       valid = valid * valid_BT[:, 1:].astype(jnp.float32)
-    if "bc_T" in batch:  # the labels BC trains on: none after the task was accomplished
-      valid = valid * batch["bc_T"][:, 1:].astype(jnp.float32)
     pred = jnp.argmax(pol[..., : model.policy.spec.components[0].size], axis=-1)
     hit = (pred == actions.discrete[:, 1:, 0]).astype(jnp.float32)
     m["bc_accuracy_n0"] = jnp.sum(hit * valid) / jnp.maximum(jnp.sum(valid), 1.0)

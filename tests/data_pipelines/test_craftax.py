@@ -130,7 +130,9 @@ _BUILD_ENV = """
 import sys
 from craftax.craftax_classic import constants as cc
 cc.TEXTURE_CACHE_FILE = sys.argv[1]
+import craftax.craftax_env
 from data_pipelines.envs.craftax.env import make_pixels_env
+print("ready", flush=True)  # imports done: next, the lock
 make_pixels_env()
 print(cc.load_all_textures()[cc.BLOCK_PIXEL_SIZE_AGENT]["full_map_block_textures"].shape)
 """
@@ -158,11 +160,12 @@ def test_texture_cache_is_read_under_a_lock_and_rebuilt_when_damaged(tmp_path):
   with open(str(cache) + ".lock", "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     child = run()
+    assert child.stdout.readline().strip() == "ready", child.communicate()[1][-2000:]
     try:
-      child.wait(timeout=3)  # it must still be waiting for the lock
+      child.wait(timeout=2)  # past its imports: without the lock it would now read the half file
     except subprocess.TimeoutExpired:
       pass
-    assert child.returncode is None, child.communicate()[1][-2000:]
+    assert child.returncode is None, child.communicate()[1][-2000:]  # it must still be waiting for the lock
     cache.write_bytes(whole)  # the writer finishes, then releases the lock
   out, err = child.communicate(timeout=120)
   assert child.returncode == 0, err[-2000:]

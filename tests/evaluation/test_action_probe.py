@@ -103,6 +103,7 @@ def test_cli_writes_the_report_and_refuses_bad_input(wood_store, tmp_path, capsy
     ([f"--data={tmp_path / 'missing'}"], "no such store"),
     ([f"--data={toy}"], "Craftax frames"),
     ([f"--data={wood_store}", "--steps=0"], "--steps=0"),
+    ([f"--data={wood_store}", "--eval_fraction=1"], "--eval_fraction=1.0"),
     ([f"--data={wood_store}", f"--out={tmp_path / 'no' / 'x.json'}"], "folder does not exist"),
   ):
     before = sorted(os.listdir(tmp_path))

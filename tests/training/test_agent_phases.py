@@ -184,6 +184,12 @@ def test_data_mixture_routes_dynamics_to_uniform_rows_and_bc_to_relevant_rows(ru
   cut = metrics(fresh, dict(batch, bc_T=bc_T))
   assert float(metrics(fresh, dict(late, bc_T=bc_T))["bc_nll"]) == pytest.approx(float(cut["bc_nll"]), rel=1e-6)
   assert abs(float(metrics(fresh, late)["bc_nll"]) - float(base["bc_nll"])) > 1e-6
+  # The held-out metrics score the same labels: bc_nll, accuracy and the label share.
+  ev = jax.jit(lambda p, b: phase.eval_fn(p, b, {}))
+  e_cut, e_late, e_all = ev(fresh, dict(batch, bc_T=bc_T)), ev(fresh, dict(late, bc_T=bc_T)), ev(fresh, late)
+  for key in ("bc_nll", "bc_accuracy_n0", "bc_targets_frac"):
+    assert float(e_late[key]) == pytest.approx(float(e_cut[key]), rel=1e-6), key
+  assert float(e_cut["bc_targets_frac"]) < float(e_all["bc_targets_frac"])
 
 
 def test_before_success_by_hand():

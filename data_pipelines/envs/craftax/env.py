@@ -32,6 +32,7 @@ def make_pixels_env():
   cache is read or built under an exclusive lock on a file beside it, and a damaged cache is rebuilt.
   """
   import fcntl  # pylint: disable=g-import-not-at-top
+  import pickle  # pylint: disable=g-import-not-at-top
 
   from craftax.craftax_classic import constants as cc  # pylint: disable=g-import-not-at-top
   from craftax.craftax_env import make_craftax_env_from_name  # pylint: disable=g-import-not-at-top
@@ -44,9 +45,12 @@ def make_pixels_env():
   try:
     if lock is not None:
       fcntl.flock(lock, fcntl.LOCK_EX)
+    existed = os.path.exists(cache)
     try:
       cc.load_all_textures()
-    except Exception:  # pylint: disable=broad-except  # bz2, EOF or unpickling errors of a damaged file
+    except (EOFError, OSError, ValueError, pickle.UnpicklingError):  # a damaged file: bz2, EOF, unpickling
+      if not (existed and os.path.exists(cache)):  # nothing was there to be damaged: the build failed
+        raise
       os.remove(cache)
       cc.load_all_textures()
   finally:
