@@ -105,6 +105,31 @@ def test_copy_last_latent_error_is_the_consecutive_true_latents_difference(probe
   assert report["one_step"]["noop"]["agent_acc_copy_last"] == 1.0  # noop never moves the agent
 
 
+def test_hold_decoded_scores_the_decoded_last_context_frame(probed):
+  """`_hold_decoded`: horizon step h of every window scored against the tokenizer's decoding of the
+  window's last context frame (global frame target - h - 1, decoded after the context frames before
+  it, as the tokenizer is causal in time), computed here from the store."""
+  from dreamer4 import runs
+
+  run, report, _ = probed
+  store, C, targets, steps, _, _ = _held_out_targets(run)
+  _, tok_def, tok_params, _ = runs.load_tokenizer(
+    os.path.join(run, "tokenizer"), probe._single_device_mesh(), store.frame_shape
+  )
+  z = np.asarray(store.read("latents", 0, store.num_frames), np.float32)
+  context = (targets - steps - C)[:, None] + np.arange(C)[None, :]  # the window's context frames
+  decoded = np.asarray(tok_def.merge(tok_params).decode(z[context]), np.float64)[:, -1]  # decoded in context
+  real = store.read("frames", 0, store.num_frames)[targets]
+  psnr = 10 * np.log10(1.0 / np.maximum(np.mean(np.square(decoded - real / 255.0), axis=(1, 2, 3)), 1e-10))
+  hits = np.asarray(toy_state.parse(decoded).agent_cell) == np.asarray(toy_state.parse(real).agent_cell)
+  hits = hits.all(axis=-1) if hits.ndim > 1 else hits
+  for h in range(HORIZON):
+    row = report["rollout"][f"h{h + 1:02d}"]
+    np.testing.assert_allclose(row["psnr_hold_decoded"], psnr[steps == h].mean(), rtol=1e-4)
+    np.testing.assert_allclose(row["agent_acc_hold_decoded"], hits[steps == h].mean(), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(row["psnr"])
+
+
 def test_report_values_are_in_range_and_printed(probed):
   _, report, stdout = probed
   assert report["env"] == "toy" and report["dynamics_step"] == 2
@@ -125,11 +150,13 @@ def test_report_values_are_in_range_and_printed(probed):
           continue
         if key.startswith("latent_mse"):
           assert value >= 0.0, (section, key)
+        elif key.startswith("psnr"):
+          assert 0.0 < value < 100.0, (section, key)
         else:
           assert 0.0 <= value <= 1.0, (section, key)
   for name in report["scores"]:
     assert 0.0 <= report["tokenizer"][name] <= 1.0
-  for line in ("tokenizer:", "one step, teacher-forced", "vertical", "free rollout", "h03", "written:"):
+  for line in ("tokenizer:", "one step, teacher-forced", "vertical", "free rollout", "hold_decoded", "h03", "written:"):
     assert line in stdout
 
 
