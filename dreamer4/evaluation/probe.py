@@ -286,7 +286,8 @@ def make_probe_fn(dyn_def, tok_def, parser, *, context: int, horizon: int, k: in
 
     recon_all = tokenizer.decode(z_BTNL)
     recon = recon_all[:, C:]
-    tok = {"psnr": vm.psnr_BT(recon, frames[:, C:].astype(jnp.float32) / 255.0)}
+    real = frames[:, C:].astype(jnp.float32) / 255.0  # the horizon's real frames in [0, 1]
+    tok = {"psnr": vm.psnr_BT(recon, real)}
     tok.update(score(parser.parse(recon)))
 
     # Teacher forcing: horizon frame h from the C true frames before it, as B * H windows of C + 1.
@@ -312,7 +313,6 @@ def make_probe_fn(dyn_def, tok_def, parser, *, context: int, horizon: int, k: in
     # The last context frame as the tokenizer decodes it: a reference bounded by the tokenizer, as
     # the rollout is, so the two differ by what the dynamics model adds.
     held_frames = jnp.broadcast_to(recon_all[:, C - 1 : C], recon.shape)
-    real = frames[:, C:].astype(jnp.float32) / 255.0
     roll["psnr"], roll["psnr_hold_decoded"] = vm.psnr_BT(gen_roll, real), vm.psnr_BT(held_frames, real)
     roll.update({f"{name}_hold_decoded": v for name, v in score(parser.parse(held_frames)).items()})
     return {"tokenizer": tok, "one_step": one, "rollout": roll}
