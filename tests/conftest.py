@@ -110,11 +110,17 @@ LONG_FILES = (
 # passes) for the files whose time is compiling many small programs, each run once or a few times.
 # With an empty cache, tests/models/test_transformer.py + test_attention_paths.py take 68 s of CPU
 # instead of 117 s, tests/test_memory_plan.py (it compiles only) 42 s instead of 72 s,
-# tests/test_dry_run.py + test_benchmarks.py (their subprocesses too) 109 s instead of 164 s. Not
-# for the files that train or evaluate for many steps, whose slower -O0 code costs more than the
-# compiles save (tests/training/test_trainer.py: 194 s instead of 169 s). The flag is part of the
-# compilation-cache key, and it is set in the environment too, so that the subprocesses a test
-# starts compile as the test itself does.
+# tests/test_dry_run.py + test_benchmarks.py (their subprocesses too) 109 s instead of 164 s;
+# the files whose runs stop after a few steps, each alone (user + system CPU, empty caches):
+# tests/test_multiprocess.py 296 s instead of 363 s (its subprocesses inherit the setting),
+# tests/training/test_agent_phases.py 97 s instead of 162 s, test_resilience.py 74 s instead of
+# 89 s, tests/evaluation/ + tests/data_pipelines/ + tests/test_main_cli.py 153 s instead of 173 s.
+# Not for the files that train or evaluate for many steps, whose slower -O0 code costs more than
+# the compiles save (tests/training/test_trainer.py + test_play.py: 156 s instead of 135 s, of which
+# test_play.py's setups 9 s instead of 15 s), nor for tests/training/test_crash.py, whose restarts
+# load the step from the cache (62 s against 59 s). The flag is part of the compilation-cache key,
+# and it is set in the environment too, so that the subprocesses a test starts compile as the test
+# itself does.
 FAST_COMPILE_PATHS = (
   "tests/models/",
   "tests/inference/",
@@ -129,6 +135,13 @@ FAST_COMPILE_PATHS = (
   "tests/test_memory_plan.py",
   "tests/test_dry_run.py",
   "tests/test_benchmarks.py",
+  "tests/test_multiprocess.py",
+  "tests/training/test_resilience.py",
+  "tests/training/test_agent_phases.py",
+  "tests/evaluation/",
+  "tests/test_main_cli.py",
+  "tests/data_pipelines/",
+  "tests/test_play.py",
 )
 FAST_COMPILE_EXCEPT = ("tests/models/test_tokenizer_loss.py",)  # trains for many steps
 
