@@ -234,7 +234,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.sampling_steps = (1, 4)  # K = 1 and the K = 4 the agent phases use
   if variant == "craftax_large":
     # One GPU, latents of tokenizer.py:craftax_large on the default Craftax collection (1M frames,
-    # episodes up to 2000 steps). Steps and batch are our choices and placeholders until measured.
+    # episodes up to 2000 steps). Step times measured on one H100 80 GB (benchmarks/gpu_craftax_large.sh,
+    # benchmarks/results/h100_craftax_large_step.jsonl), batch 32: 0.151 s per short step (window 32,
+    # 7.9 GiB at the allocator's peak) and 0.430 s per long one (window 96, 19.3 GiB); batch 64 fits
+    # (0.289 s, 13.6 GiB) at the same frames/s (7,090 against 6,760), so memory does not bound the batch.
+    # 28,500 steps with every 10th long (0.179 s on average) and 1,500 long-only: about 96 minutes.
     c.data.window = 32  # T1: short windows, half the context
     c.data.long_window = 96  # T2: long windows (> context 64) [P §3.4]
     c.data.latent_shape = (64, 16)  # tokenizer.py:craftax_large's latents (for --dry_run without one)
@@ -242,8 +246,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.ramp = True  # Eq 8 ramp weight, as in the paper (the toy's measurement was at toy scale)
     c.mesh = common.mesh_config("single")  # one GPU
     c.mesh.num_devices = 1  # the first device only, so a --dry_run on fake CPU devices sizes one GPU
-    c.train.batch_size = 32  # 1024 frames per short step, 3072 per long one (placeholder)
-    c.train.num_steps = 30_000  # about 30 passes over 1M frames in short windows (placeholder)
+    c.train.batch_size = 32  # 1024 frames per short step, 3072 per long one
+    c.train.num_steps = 30_000  # about 30 passes over 1M frames in short windows, about 96 minutes
     c.train.long_every = 10  # every 10th step long, as the toy and paper variants
     c.train.long_final_steps = 1500  # long-only finetune: the last 5%, the paper variant's share
     c.train.eval_every = 5000  # rollout evaluation 6 times per run (fast on a GPU)
