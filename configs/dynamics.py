@@ -234,7 +234,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.sampling_steps = (1, 4)  # K = 1 and the K = 4 the agent phases use
   if variant == "craftax_large":
     # One GPU, latents of tokenizer.py:craftax_large on the default Craftax collection (1M frames,
-    # episodes up to 2000 steps). Step times measured on one H100 80 GB (benchmarks/gpu_craftax_large.sh,
+    # episodes up to 2000 steps). Step times measured on one H100 80 GB (benchmarks/gpu_paper.sh craftax_large,
     # benchmarks/results/h100_craftax_large_step.jsonl), batch 32: 0.151 s per short step (window 32,
     # 7.9 GiB at the allocator's peak) and 0.430 s per long one (window 96, 19.3 GiB); batch 64 fits
     # (0.289 s, 13.6 GiB) at the same frames/s (7,090 against 6,760), so memory does not bound the batch.

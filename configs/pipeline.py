@@ -110,7 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "craftax_large":
     # One 80 GB GPU (our choice, not the paper's scale): the stages are the phases' craftax_large
     # variants. The tokenizer's and dynamics model's step counts come from step times measured on one
-    # H100 (about 78 and 96 minutes; benchmarks/gpu_craftax_large.sh); the agent phases' are not timed.
+    # H100 (about 78 and 96 minutes; benchmarks/gpu_paper.sh craftax_large); the agent phases' are not timed.
     c.seeds = 1  # one seed until the agent phases' times are known; raise for mean ± std
     c.collect.env = "craftax"  # Craftax-Classic from pixels
     c.collect.layout = ""  # toy only

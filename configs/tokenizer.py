@@ -209,7 +209,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
   if variant == "craftax_large":
     # One GPU, data from the default Craftax collection (1M frames, episodes up to 2000 steps).
-    # Step time measured on one H100 80 GB (benchmarks/gpu_craftax_large.sh, results in
+    # Step time measured on one H100 80 GB (benchmarks/gpu_paper.sh craftax_large, results in
     # benchmarks/results/h100_craftax_large_step.jsonl): 0.094 s at batch 32 x window 8 (2,730
     # frames/s, 5.2 GiB at the allocator's peak), so the 50,000 steps take about 78 minutes.
     c.data.window = 8  # 8-frame windows: time layers see more context than the toy's 2
