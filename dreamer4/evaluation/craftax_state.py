@@ -580,17 +580,6 @@ def rollout_metrics(counts: dict[str, jax.Array], valid_BH, tag: str) -> dict[st
   return out
 
 
-def hold_last(last: CraftaxState, horizon: int) -> CraftaxState:
-  """The parse of the last context frame (leading [B]) held for `horizon` steps: [B, H]."""
-  return jax.tree.map(lambda v: jnp.repeat(jnp.asarray(v)[:, None], horizon, axis=1), last)
-
-
-def hold_last_metrics(last: CraftaxState, truth: CraftaxState, valid_BH, tag: str = "hold") -> dict[str, jax.Array]:
-  """Reference (no model): rollout_metrics of holding the last context frame over the horizon."""
-  held = hold_last(last, jnp.asarray(valid_BH).shape[1])
-  return rollout_metrics(frame_counts(truth, held), valid_BH, tag)
-
-
 def readable(frame_shape) -> bool:
   """Whether `parse` reads frames of shape (S, S, 3): every cell keeps >= 2 interior pixels
   (`interior_windows`; S >= 32, exact at 64)."""

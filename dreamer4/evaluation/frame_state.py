@@ -11,9 +11,6 @@ parser module gives the same small interface:
     a generated rollout's parse with the true one.
   rollout_metrics(counts, valid_BH, tag) -> {name: scalar}: named means over the frames whose
     truth is valid, per horizon step (`<name>_<tag>_hXX`) and over the horizon (`<name>_<tag>`).
-  hold_last_metrics(last: State [B], truth: State [B, H], valid_BH, tag="hold") -> the
-    rollout_metrics of holding `last` (the last context frame's parse) over the horizon: the
-    no-model reference.
 
 and may give:
 
@@ -35,9 +32,11 @@ import logging
 from types import ModuleType
 from typing import Any
 
+import jax
+
 from data_pipelines.envs import ENVS
 
-REQUIRED = ("parse", "frame_counts", "rollout_metrics", "hold_last_metrics")
+REQUIRED = ("parse", "frame_counts", "rollout_metrics")
 EXTRA = "extra_metrics"
 READABLE = "readable"
 SCORES = "frame_scores"
@@ -82,12 +81,14 @@ def rollout_state_metrics(parser: ModuleType, truth: Any, gen_frames, valid_BH, 
 
 
 def reference_state_metrics(parser: ModuleType, truth: Any, held_frames, valid_BH, last_frames=None) -> dict[str, Any]:
-  """The no-model references: hold_last_metrics of the held frame [B, S, S, 3] (tag "hold"), and
-  the parser's extra_metrics, if it has any, from the last context frame `last_frames` [B, S, S, 3]
-  (the held frame when None)."""
+  """The no-model references: the parser's rollout_metrics (tag "hold") of the held frames
+  [B, H, S, S, 3] (the last context frame's latents decoded at every horizon step: the frames the
+  hold PSNR scores), and the parser's extra_metrics, if it has any, from the last context frame
+  `last_frames` [B, S, S, 3] (the first held frame when None)."""
   held = parser.parse(held_frames)
-  out = dict(parser.hold_last_metrics(held, truth, valid_BH))
+  out = dict(parser.rollout_metrics(parser.frame_counts(truth, held), valid_BH, "hold"))
   extra = getattr(parser, EXTRA, None)
   if extra is not None:
-    out.update(extra(held if last_frames is None else parser.parse(last_frames), truth, valid_BH))
+    last = jax.tree.map(lambda v: v[:, 0], held) if last_frames is None else parser.parse(last_frames)
+    out.update(extra(last, truth, valid_BH))
   return out

@@ -279,17 +279,6 @@ def readable(frame_shape) -> bool:
   )
 
 
-def hold_last(last: ToyState, horizon: int) -> ToyState:
-  """The parse of the last context frame (leading [B]) held for `horizon` steps: [B, H]."""
-  return jax.tree.map(lambda v: jnp.repeat(jnp.asarray(v)[:, None], horizon, axis=1), last)
-
-
-def hold_last_metrics(last: ToyState, truth: ToyState, valid_BH, tag: str = "hold") -> dict[str, jax.Array]:
-  """Reference (no model): rollout_metrics of holding the last context frame over the horizon."""
-  held = hold_last(last, jnp.asarray(valid_BH).shape[1])
-  return rollout_metrics(frame_counts(truth, held), valid_BH, tag)
-
-
 def extra_metrics(last: ToyState, truth: ToyState, valid_BH) -> dict[str, jax.Array]:
   """The toy's own references: `random_walk_metrics` from the last context frame's agent cell
   (what an action-blind model falls to) and `truth_metrics` (whether the true frames parse)."""

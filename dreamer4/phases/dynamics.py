@@ -222,13 +222,13 @@ class DynamicsPhase(Phase):
     lat_hold_B1 = frame_latent_mse(z_last[:, :1], batch["latents"][:, C : C + 1])
     out["latent_mse_hold_last_frame_h01"] = vm.masked_mean(lat_hold_B1, valid_BH[:, :1])
     if parser is not None:
-      # The held frame's parse over the horizon, and the env's extra references (toy: the
-      # random walk an action-blind model falls to) from the last context frame: the real
-      # one when the batch carries frames, else the held (decoded) one.
+      # The held frames' parse over the horizon (the frames the hold PSNR scores), and the env's
+      # extra references (toy: the random walk an action-blind model falls to) from the last
+      # context frame: the real one when the batch carries frames, else the first held one.
       frames = batch.get("frames")
       out.update(
         frame_state.reference_state_metrics(
-          parser, truth_state, held[:, 0], valid_BH, last_frames=frames[:, C - 1] if frames is not None else None
+          parser, truth_state, held, valid_BH, last_frames=frames[:, C - 1] if frames is not None else None
         )
       )
     out["_weights"] = _frame_weights(out, valid_BH)

@@ -271,7 +271,8 @@ def test_metrics_truth_shift_and_hold(episodes, render):
   assert float(shift_metrics["craftax_inventory_acc_shift"]) == 1.0  # same inventory
   # Hold the frame before each window: per step, the share of cells unchanged since then.
   last = _parse(frames[starts - 1])
-  hold = cs.hold_last_metrics(last, truth, valid_BH)
+  held = _parse(np.repeat(frames[starts - 1][:, None], H, axis=1))  # [B, H], as the dynamics eval holds it
+  hold = cs.rollout_metrics(cs.frame_counts(truth, held), valid_BH, "hold")
   want_BH = (last.block_RC[:, None] == truth.block_RC).mean((-2, -1))
   np.testing.assert_allclose(hold["craftax_block_acc_hold"], want_BH.mean(), rtol=1e-6)
   np.testing.assert_allclose(

@@ -22,7 +22,7 @@ def test_no_parser_for_unknown_or_unrecorded_envs():
 
 
 def test_a_module_without_the_interface_is_refused():
-  with pytest.raises(TypeError, match="lacks parse, frame_counts, rollout_metrics, hold_last_metrics"):
+  with pytest.raises(TypeError, match="lacks parse, frame_counts, rollout_metrics"):
     frame_state.parser_module("dreamer4.evaluation.video_metrics")
 
 

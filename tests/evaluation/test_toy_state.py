@@ -317,6 +317,35 @@ def test_dynamics_eval_reports_toy_state_metrics(windows):
   assert all(m2[k] == m[k] or (np.isnan(m2[k]) and np.isnan(m[k])) for k in m2)
 
 
+def test_dynamics_eval_holds_the_frames_the_hold_psnr_scores(windows):
+  """The held reference's state metrics parse the last context latents decoded at every horizon
+  step, the same frames its PSNR scores: with a stand-in decoder whose output depends on the time
+  position (flipped upside down after the first step), they equal the metrics of a rollout that
+  generates exactly those frames, and differ from holding the first decoded frame."""
+  from tests.evaluation import dynamics_eval  # pylint: disable=g-import-not-at-top
+
+  class PositionTokenizer(dynamics_eval.FrameTokenizer):
+    def decode(self, z):
+      x = super().decode(z)
+      later = (jnp.arange(x.shape[1]) >= 1)[None, :, None, None, None]
+      return jnp.where(later, x[:, :, ::-1], x)
+
+  frames_BTHWC, _ = windows
+  phase = dynamics_eval.make_phase("toy", 16, C, H, sampling_steps=(4,))
+  phase.tok_def = PositionTokenizer(16)
+  last = frames_BTHWC[:, C - 1 : C]
+  held = np.concatenate([last, np.repeat(last[:, :, ::-1], H - 1, axis=1)], axis=1)  # decode of the held latents
+  truth = frames_BTHWC[:, C:]
+  m = dynamics_eval.eval_metrics(phase, frames_BTHWC, held, np.roll(truth, 1, axis=0))
+  for name in ("agent_acc", "goal_persist", "distractor_acc", "distractor_f1"):
+    for s in [""] + [f"_h{h:02d}" for h in range(1, H + 1)]:
+      assert m[f"{name}_hold{s}"] == pytest.approx(m[f"{name}_k4{s}"], abs=1e-6), (name, s)
+  assert m["psnr_hold_last_frame"] == pytest.approx(m["psnr_k4"], abs=1e-4)
+  # Holding the first decoded frame instead would score other cells after the first step.
+  flipped_cells = np.asarray(ts.parse(last[:, 0, ::-1]).agent_cell)
+  assert np.any(flipped_cells != np.asarray(ts.parse(last[:, 0]).agent_cell))
+
+
 def test_a_frame_with_no_agent_or_two_agents_is_not_a_hit(windows):
   """`parse` names an agent cell for every frame; a hit also needs exactly one agent drawn."""
   frames_BTHWC, states_BT = windows
