@@ -21,10 +21,11 @@ $PY -c "import jax; print('jax', jax.__version__, jax.devices())"
 step() {  # phase window batch seconds [jsonl name]
   echo "== $1 T=$2 B=$3"
   timeout "$4" $PY -m benchmarks.paper_step --phase="$1" --variant="$VARIANT" --windows="$2" --batches="$3" \
-    --steps="${STEPS:-3}" --warmup="${WARMUP:-1}" --out="$OUT/${5:-paper_step.jsonl}" 2>&1 | grep -v "Warning\|libtpu" | tail -3
+    --steps="$steps" --warmup="$warmup" --out="$OUT/${5:-paper_step.jsonl}" 2>&1 | grep -v "Warning\|libtpu" | tail -3
 }
 case "$VARIANT" in
   paper)
+    steps=3 warmup=1  # timed and untimed steps per row
     step dynamics 64 1 100
     step dynamics 256 1 130
     step dynamics 64 4 100
@@ -35,7 +36,7 @@ case "$VARIANT" in
       --frames=5 --out="$OUT/generation_paper.jsonl" 2>&1 | grep -v "Warning\|libtpu" | tail -12
     ;;
   craftax_large)
-    export STEPS=5 WARMUP=2
+    steps=5 warmup=2  # timed and untimed steps per row (short steps: more of them)
     step tokenizer 8 32 240 craftax_large_step.jsonl  # the variant's batch and window (start-up and compile: about 80 s)
     step dynamics 32 32 150 craftax_large_step.jsonl  # short windows (T1), the variant's batch
     step dynamics 96 32 150 craftax_large_step.jsonl  # long windows (T2)

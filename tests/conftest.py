@@ -115,12 +115,13 @@ LONG_FILES = (
 # tests/test_multiprocess.py 296 s instead of 363 s (its subprocesses inherit the setting),
 # tests/training/test_agent_phases.py 97 s instead of 162 s, test_resilience.py 74 s instead of
 # 89 s, tests/evaluation/ + tests/data_pipelines/ + tests/test_main_cli.py 153 s instead of 173 s.
+# tests/test_play.py too: its setups 9 s instead of 15 s of wall (measured with test_trainer.py).
 # Not for the files that train or evaluate for many steps, whose slower -O0 code costs more than
-# the compiles save (tests/training/test_trainer.py + test_play.py: 156 s instead of 135 s, of which
-# test_play.py's setups 9 s instead of 15 s), nor for tests/training/test_crash.py, whose restarts
-# load the step from the cache (62 s against 59 s). The flag is part of the compilation-cache key,
-# and it is set in the environment too, so that the subprocesses a test starts compile as the test
-# itself does.
+# the compiles save (tests/training/test_trainer.py + tests/test_play.py: 156 s instead of 135 s;
+# the trainer's resume test alone 60 s instead of 42 s of wall), nor for
+# tests/training/test_crash.py, whose restarts load the step from the cache (62 s against 59 s).
+# The flag is part of the compilation-cache key, and it is set in the environment too, so that the
+# subprocesses a test starts compile as the test itself does.
 FAST_COMPILE_PATHS = (
   "tests/models/",
   "tests/inference/",
