@@ -32,8 +32,6 @@ import logging
 from types import ModuleType
 from typing import Any
 
-import jax
-
 from data_pipelines.envs import ENVS
 
 REQUIRED = ("parse", "frame_counts", "rollout_metrics")
@@ -85,10 +83,8 @@ def reference_state_metrics(parser: ModuleType, truth: Any, held_frames, valid_B
   [B, H, S, S, 3] (the last context frame's latents decoded at every horizon step: the frames the
   hold PSNR scores), and the parser's extra_metrics, if it has any, from the last context frame
   `last_frames` [B, S, S, 3] (the first held frame when None)."""
-  held = parser.parse(held_frames)
-  out = dict(parser.rollout_metrics(parser.frame_counts(truth, held), valid_BH, "hold"))
+  out = dict(rollout_state_metrics(parser, truth, held_frames, valid_BH, "hold"))
   extra = getattr(parser, EXTRA, None)
   if extra is not None:
-    last = jax.tree.map(lambda v: v[:, 0], held) if last_frames is None else parser.parse(last_frames)
-    out.update(extra(last, truth, valid_BH))
+    out.update(extra(parser.parse(held_frames[:, 0] if last_frames is None else last_frames), truth, valid_BH))
   return out
