@@ -99,8 +99,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.collect.skills = "1.0,0.9,0.0"
     c.collect.episodes = 600
     c.collect.max_steps = 150
-    # The stages are the phases' craftax variants: the toy model sizes (both worlds are 64x64x3;
-    # actions and tasks come from the dataset) with 32 tokenizer latents, tokenizer 3000 steps,
+    # Craftax's own 63x63 frames, not resized to 64: the game draws 9x9 cells of 7 px, so the
+    # tokenizer's 7-px patches (tokenizer.py:craftax) each hold exactly one block. On this data,
+    # held-out, 1000 tokenizer steps: 64 px with 8-px patches (cells blurred by the resize and cut
+    # across patches) read back 78.6 / 82.9 / 84.9 / 85.2% of the map's blocks at steps 250-1000;
+    # 63 px with 7-px patches 87.2 / 93.3 / 95.0% at 250-750 (docs/RESULTS.md, session 18).
+    c.collect.size = 63
+    # The stages are the phases' craftax variants: the toy model sizes (Craftax at 63x63x3;
+    # actions and tasks come from the dataset) with 7-px patches and 27 tokenizer latents, tokenizer 3000 steps,
     # dynamics 6000, agent 1800, imagination 150 with imagine.terminal_reward = 0 (the reasons
     # beside each).
     # The tasks the data's goals were drawn from (each has labelled episodes that unlocked it).

@@ -2,7 +2,7 @@ r"""Craftax-Classic behind the project's env interface: the game's names and the
 
 The world is `Craftax-Classic-Pixels-v1` (craftax 1.6.1, pure JAX). Its 63x63
 float pixels are resized with `jax.image.resize` (bilinear) to `size` x `size`
-and stored as uint8.
+(at size 63, kept as drawn: 9x9 cells of 7 px) and stored as uint8.
 
 - Actions: the env's 17 discrete actions, one discrete component "action".
 - Rewards: +1 per achievement unlocked at a step (the env's own health-change
