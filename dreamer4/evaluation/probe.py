@@ -29,7 +29,8 @@ For the H frames after each window's C context frames it reports:
              the C context frames with the true actions, per horizon step h and over the horizon:
              latent MSE and scores, next to holding the last context frame (its real frame:
              `_hold_last`; its decoded true latents, bounded by the tokenizer as the rollout is:
-             `_hold_decoded`, with the PSNR of both decoded frames against the real ones).
+             `_hold_decoded`), with the PSNR of the rollout's and both held frames against the
+             real ones.
   events     craftax runs only (null otherwise; --events=0 skips it): does the world model show
              what an action does (dreamer4/evaluation/craftax_events.py)? Every event of the
              held-out episodes, found by parsing the real frames around each `do` and
@@ -314,6 +315,9 @@ def make_probe_fn(dyn_def, tok_def, parser, *, context: int, horizon: int, k: in
     # the rollout is, so the two differ by what the dynamics model adds.
     held_frames = jnp.broadcast_to(recon_all[:, C - 1 : C], recon.shape)
     roll["psnr"], roll["psnr_hold_decoded"] = vm.psnr_BT(gen_roll, real), vm.psnr_BT(held_frames, real)
+    roll["psnr_hold_last"] = vm.psnr_BT(
+      jnp.broadcast_to(frames[:, C - 1 : C].astype(jnp.float32) / 255.0, real.shape), real
+    )
     roll.update({f"{name}_hold_decoded": v for name, v in score(parser.parse(held_frames)).items()})
     return {"tokenizer": tok, "one_step": one, "rollout": roll}
 
@@ -531,7 +535,7 @@ def format_report(report: dict[str, Any]) -> str:
   lines += _table(
     "free rollout, true actions, per horizon step (ref: hold the last context frame)",
     report["rollout"],
-    pairs("hold_last"),
+    [("psnr", "psnr", 2), ("psnr_hold_last", "hold_last", 2)] + pairs("hold_last"),
   )
   lines.append("")
   lines += _table(

@@ -108,7 +108,8 @@ def test_copy_last_latent_error_is_the_consecutive_true_latents_difference(probe
 def test_hold_decoded_scores_the_decoded_last_context_frame(probed):
   """`_hold_decoded`: horizon step h of every window scored against the tokenizer's decoding of the
   window's last context frame (global frame target - h - 1, decoded after the context frames before
-  it, as the tokenizer is causal in time), computed here from the store."""
+  it, as the tokenizer is causal in time), computed here from the store; `psnr_hold_last` the same
+  for the real last context frame."""
   from dreamer4 import runs
 
   run, report, _ = probed
@@ -120,12 +121,15 @@ def test_hold_decoded_scores_the_decoded_last_context_frame(probed):
   context = (targets - steps - C)[:, None] + np.arange(C)[None, :]  # the window's context frames
   decoded = np.asarray(tok_def.merge(tok_params).decode(z[context]), np.float64)[:, -1]  # decoded in context
   real = store.read("frames", 0, store.num_frames)[targets]
-  psnr = 10 * np.log10(1.0 / np.maximum(np.mean(np.square(decoded - real / 255.0), axis=(1, 2, 3)), 1e-10))
+  psnr_of = lambda x: 10 * np.log10(1.0 / np.maximum(np.mean(np.square(x - real / 255.0), axis=(1, 2, 3)), 1e-10))
+  psnr = psnr_of(decoded)
+  psnr_real = psnr_of(store.read("frames", 0, store.num_frames)[targets - steps - 1] / 255.0)  # the real held frame
   hits = np.asarray(toy_state.parse(decoded).agent_cell) == np.asarray(toy_state.parse(real).agent_cell)
   hits = hits.all(axis=-1) if hits.ndim > 1 else hits
   for h in range(HORIZON):
     row = report["rollout"][f"h{h + 1:02d}"]
     np.testing.assert_allclose(row["psnr_hold_decoded"], psnr[steps == h].mean(), rtol=1e-4)
+    np.testing.assert_allclose(row["psnr_hold_last"], psnr_real[steps == h].mean(), rtol=1e-4)
     np.testing.assert_allclose(row["agent_acc_hold_decoded"], hits[steps == h].mean(), rtol=1e-5, atol=1e-6)
     assert np.isfinite(row["psnr"])
 
