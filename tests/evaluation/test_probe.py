@@ -121,15 +121,18 @@ def test_hold_decoded_scores_the_decoded_last_context_frame(probed):
   context = (targets - steps - C)[:, None] + np.arange(C)[None, :]  # the window's context frames
   decoded = np.asarray(tok_def.merge(tok_params).decode(z[context]), np.float64)[:, -1]  # decoded in context
   real = store.read("frames", 0, store.num_frames)[targets]
-  psnr_of = lambda x: 10 * np.log10(1.0 / np.maximum(np.mean(np.square(x - real / 255.0), axis=(1, 2, 3)), 1e-10))
+  mse_of = lambda x: np.mean(np.square(x - real / 255.0), axis=(1, 2, 3))
+  psnr_of = lambda x: 10 * np.log10(1.0 / np.maximum(mse_of(x), 1e-10))
   psnr = psnr_of(decoded)
-  psnr_real = psnr_of(store.read("frames", 0, store.num_frames)[targets - steps - 1] / 255.0)  # the real held frame
+  held_real = store.read("frames", 0, store.num_frames)[targets - steps - 1] / 255.0  # the real held frame
+  psnr_real, mse_real = psnr_of(held_real), mse_of(held_real)
   hits = np.asarray(toy_state.parse(decoded).agent_cell) == np.asarray(toy_state.parse(real).agent_cell)
   hits = hits.all(axis=-1) if hits.ndim > 1 else hits
   for h in range(HORIZON):
     row = report["rollout"][f"h{h + 1:02d}"]
     np.testing.assert_allclose(row["psnr_hold_decoded"], psnr[steps == h].mean(), rtol=1e-4)
     np.testing.assert_allclose(row["psnr_hold_last"], psnr_real[steps == h].mean(), rtol=1e-4)
+    np.testing.assert_allclose(row["pixel_mse_hold_last"], mse_real[steps == h].mean(), rtol=1e-4)
     np.testing.assert_allclose(row["agent_acc_hold_decoded"], hits[steps == h].mean(), rtol=1e-5, atol=1e-6)
     assert np.isfinite(row["psnr"])
 
