@@ -8,7 +8,7 @@ A stage whose workdir holds a finished result is skipped; an interrupted one res
 Override a stage's settings with its prefix, e.g. --config.tokenizer.train.num_steps=500.
 
 Variants: toy (the laptop default), tiny (seconds; used by the end-to-end test), craftax
-(Craftax-Classic from pixels at a budget a 2-core CPU affords, about 95 min: short episodes,
+(Craftax-Classic from pixels at a budget a 2-core CPU affords, about 80 min: short episodes,
 the toy model sizes with 32 tokenizer latents), craftax_large (Craftax-Classic on one 80 GB GPU: the default
 1M-frame collection and larger models). Each trained stage is the phase config's variant of that name
 (e.g. configs/tokenizer.py:craftax), so a phase run alone with that variant gets the same settings.
@@ -78,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evaluate.batch_size = 3
     c.evaluate.max_steps = 4
   if variant == "craftax":
-    # A run a 2-core CPU affords (about 95 min from collect to the table; our choice, not the
+    # A run a 2-core CPU affords (about 80 min from collect to the table; our choice, not the
     # paper's scale). Episodes are cut at 150 steps, so the expert's data climbs the first
     # stages of the tech tree (wood, table, wooden tools, stone).
     c.seeds = 3  # phases 2-3 on three seeds: mean ± std in the table
