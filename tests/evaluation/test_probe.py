@@ -135,6 +135,9 @@ def test_hold_decoded_scores_the_decoded_last_context_frame(probed):
     np.testing.assert_allclose(row["pixel_mse_hold_last"], mse_real[steps == h].mean(), rtol=1e-4)
     np.testing.assert_allclose(row["agent_acc_hold_decoded"], hits[steps == h].mean(), rtol=1e-5, atol=1e-6)
     assert np.isfinite(row["psnr"])
+    # A mean of per-frame PSNR is at least the PSNR of the mean pixel MSE (Jensen: -log is convex).
+    for psnr_key, mse_key in (("psnr", "pixel_mse"), ("psnr_hold_last", "pixel_mse_hold_last")):
+      assert row[psnr_key] >= 10 * np.log10(1.0 / row[mse_key]) - 1e-3
 
 
 def test_report_values_are_in_range_and_printed(probed):
