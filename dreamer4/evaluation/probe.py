@@ -319,8 +319,7 @@ def make_probe_fn(dyn_def, tok_def, parser, *, context: int, horizon: int, k: in
     roll["psnr_hold_last"] = vm.psnr_BT(held_real, real)
     # Pixel MSE as well: a held frame equal to the true one (nothing moved) scores PSNR's 100-dB
     # cap, which weighs heavily in a mean of per-frame PSNR; 10 log10(1 / mean MSE) does not.
-    pixel_mse = lambda x: jnp.mean(jnp.square(x - real), axis=(-3, -2, -1))
-    roll["pixel_mse"], roll["pixel_mse_hold_last"] = pixel_mse(gen_roll.astype(jnp.float32)), pixel_mse(held_real)
+    roll["pixel_mse"], roll["pixel_mse_hold_last"] = vm.mse_BT(gen_roll, real), vm.mse_BT(held_real, real)
     roll.update({f"{name}_hold_decoded": v for name, v in score(parser.parse(held_frames)).items()})
     return {"tokenizer": tok, "one_step": one, "rollout": roll}
 

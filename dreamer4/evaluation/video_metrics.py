@@ -6,10 +6,14 @@ import jax
 import jax.numpy as jnp
 
 
+def mse_BT(a_BTHWC, b_BTHWC):
+  """Mean squared pixel error for every frame."""
+  return jnp.mean(jnp.square(a_BTHWC.astype(jnp.float32) - b_BTHWC.astype(jnp.float32)), axis=(-3, -2, -1))
+
+
 def psnr_BT(a_BTHWC, b_BTHWC, max_val: float = 1.0):
-  """PSNR in dB for every frame, images in [0, max_val]."""
-  mse = jnp.mean(jnp.square(a_BTHWC.astype(jnp.float32) - b_BTHWC.astype(jnp.float32)), axis=(-3, -2, -1))
-  return 10.0 * jnp.log10(max_val**2 / jnp.maximum(mse, 1e-10))
+  """PSNR in dB for every frame, images in [0, max_val] (capped at 100 dB over max_val**2 where equal)."""
+  return 10.0 * jnp.log10(max_val**2 / jnp.maximum(mse_BT(a_BTHWC, b_BTHWC), 1e-10))
 
 
 def _gaussian_kernel(size: int = 7, sigma: float = 1.5):
