@@ -25,7 +25,7 @@ import grain
 import numpy as np
 
 from data_pipelines.errors import DataError
-from data_pipelines.windows import DEFAULT_FIELDS, WindowSource, coverage, window_table
+from data_pipelines.windows import DEFAULT_FIELDS, Demos, WindowSource, coverage, window_table
 
 
 class _EpochShuffleShard(grain.MapDataset):
@@ -130,6 +130,7 @@ def train_iterator(
   fields: Sequence[str] = DEFAULT_FIELDS,
   pad: str = "end",
   last_anchor: np.ndarray | None = None,
+  demos: Demos | None = None,
 ) -> grain.DatasetIterator:
   """An endless, checkpointable iterator of this process's training batches.
 
@@ -148,6 +149,8 @@ def train_iterator(
     pad: the window rule (data_pipelines/windows.py): "end" covers every frame.
     last_anchor: optional per-episode last anchor frame (`windows.window_table`), e.g. the
       frame before each episode's goal: only windows anchored at or before it.
+    demos: optional `windows.Demos` (episode_ids = demos.episode): the windows of each
+      demonstration, its task in "tasks" and its frame of accomplishment in "done_at".
 
   Returns:
     A grain DatasetIterator yielding dicts of numpy arrays with leading dims
@@ -163,7 +166,7 @@ def train_iterator(
   _check_batch_size(batch_size)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
-  source = WindowSource(path, window, episode_ids, fields, pad, last_anchor)
+  source = WindowSource(path, window, episode_ids, fields, pad, last_anchor, demos)
   per_process = len(source) // process_count // batch_size * batch_size
   if per_process == 0:
     raise DataError(

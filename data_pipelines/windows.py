@@ -24,6 +24,7 @@ The window rule (every phase, every split): windows cover every frame.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +55,10 @@ def window_table(
   window: int,
   pad: str = "end",
   last_anchor: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  *,
+  entry_anchor: np.ndarray | None = None,
+  with_entry: bool = False,
+) -> tuple[np.ndarray, ...]:
   """The windows of the given episodes under one padding rule (see the module docstring).
 
   Args:
@@ -65,11 +69,15 @@ def window_table(
     last_anchor: optional int64 [E] over all of the store's episodes: the last global frame
       a window of that episode may be anchored at (its first frame with pad="end"); None:
       every frame. Keeps e.g. only the windows that start before an episode's goal.
+    entry_anchor: optional int64 [len(episode_ids)]: a last anchor per entry of episode_ids
+      (which may then repeat an episode, e.g. once per task it demonstrates; `Demos`).
+    with_entry: also return entry_W, the index into episode_ids of each window's entry.
 
   Returns:
     (starts_W, episode_starts_W, episode_ends_W): the global index of each window's
     first slot (it may lie before its episode with pad="start" or run past its end
-    with pad="end"), and the [begin, end) frame range of the episode it belongs to.
+    with pad="end"), and the [begin, end) frame range of the episode it belongs to
+    (and entry_W with `with_entry`).
   """
   _check_pad(pad)
   offsets = np.asarray(episode_offsets, np.int64)
@@ -84,12 +92,15 @@ def window_table(
   first_window = np.cumsum(count) - count
   within = np.arange(count.sum(), dtype=np.int64) - first_window[ep_of_window]
   starts = begin[ep_of_window] + within
-  keep = slice(None)
+  keep = np.ones(starts.shape, bool)
   if last_anchor is not None:
-    keep = starts <= np.asarray(last_anchor, np.int64)[ids[ep_of_window]]
+    keep &= starts <= np.asarray(last_anchor, np.int64)[ids[ep_of_window]]
+  if entry_anchor is not None:
+    keep &= starts <= np.asarray(entry_anchor, np.int64).reshape(-1)[ep_of_window]
   if pad == "start":
     starts = starts - (window - 1)  # the window ends at the anchor frame
-  return starts[keep], begin[ep_of_window][keep], end[ep_of_window][keep]
+  out = (starts[keep], begin[ep_of_window][keep], end[ep_of_window][keep])
+  return out + (ep_of_window[keep],) if with_entry else out
 
 
 def covered_counts(
@@ -180,6 +191,23 @@ def coverage(
   }
 
 
+@dataclasses.dataclass(frozen=True)
+class Demos:
+  """Task demonstrations to draw windows from: entry i says that episode[i] accomplished task[i]
+  on global frame done_at[i] (so it demonstrates that task up to there), and its windows may be
+  anchored up to frame last_anchor[i]. An episode may appear once per task it accomplished,
+  whatever task it was labelled with (`data_pipelines.report.task_demos`).
+  """
+
+  episode: np.ndarray  # int64 [D]
+  task: np.ndarray  # int64 [D], an index into the store's task_names
+  done_at: np.ndarray  # int64 [D]
+  last_anchor: np.ndarray  # int64 [D]
+
+  def __len__(self) -> int:
+    return len(self.episode)
+
+
 class WindowSource(grain.sources.RandomAccessDataSource):
   """Record i is one window of `window` frames, as a dict of numpy arrays.
 
@@ -195,6 +223,9 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     fields: arrays to read per record.
     pad: the padding rule ("end", "start" or "none"; see the module docstring).
     last_anchor: optional per-episode last anchor frame (see `window_table`).
+    demos: optional `Demos`: the windows of each demonstration instead of those of episode_ids
+      (pass demos.episode as episode_ids); each record's "tasks" hold the demonstration's task
+      and "done_at" (int64) its frame of accomplishment.
   """
 
   def __init__(
@@ -205,6 +236,7 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     fields: Sequence[str] = DEFAULT_FIELDS,
     pad: str = "end",
     last_anchor: np.ndarray | None = None,
+    demos: Demos | None = None,
   ):
     if window < 1:
       raise DataError(f"WindowSource: window must be >= 1, got {window}")
@@ -226,7 +258,16 @@ class WindowSource(grain.sources.RandomAccessDataSource):
         f"dataset {path}: no per-frame array {missing[0]!r}; it has "
         f"{', '.join(n for n in store.array_names if n != 'episode_offsets')}"
       )
-    self.table = window_table(store.episode_offsets, ids, window, pad, last_anchor)
+    self._demos, self._entry_W = demos, None
+    if demos is not None:
+      if not np.array_equal(ids, np.asarray(demos.episode, np.int64)) or "tasks" not in fields:
+        raise DataError(f"dataset {path}: demonstrations need episode_ids == demos.episode and the 'tasks' field")
+      *self.table, self._entry_W = window_table(
+        store.episode_offsets, ids, window, pad, last_anchor, entry_anchor=demos.last_anchor, with_entry=True
+      )
+      self.table = tuple(self.table)
+    else:
+      self.table = window_table(store.episode_offsets, ids, window, pad, last_anchor)
     self._starts_W, self._episode_starts_W, self._episode_ends_W = self.table
     self._episode_W = np.searchsorted(store.episode_offsets, self._episode_starts_W, side="right") - 1
     if not len(self._starts_W) and last_anchor is not None:
@@ -278,6 +319,10 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     out["index"] = np.int64(i)
     out["episode"] = np.int64(self._episode_W[i])
     out["start"] = np.int64(start)  # global frame index of slot 0 (below the episode's first frame when padded)
+    if self._demos is not None:
+      entry = int(self._entry_W[i])
+      out["tasks"] = np.full_like(out["tasks"], self._demos.task[entry])
+      out["done_at"] = np.int64(self._demos.done_at[entry])
     return out
 
   def __getstate__(self):

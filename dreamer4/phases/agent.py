@@ -31,7 +31,7 @@ import numpy as np
 
 from data_pipelines import loader as data_loader
 from data_pipelines.envs.base import Action
-from data_pipelines.report import success_frames
+from data_pipelines.report import success_frames, task_demos
 from dreamer4 import runs
 from dreamer4.errors import ConfigError, UserError
 from dreamer4.inference.sampler import context_tau_index
@@ -95,8 +95,13 @@ def before_success(start_B, episode_B, window: int, done_at_E) -> np.ndarray:
   """bool [B, T]: slot t of each window is at or before the frame on which its episode
   accomplished its task (`data_pipelines.report.success_frames`; an episode that never did: its
   last frame). Slot t holds global frame start + t."""
+  return before_done(start_B, window, np.asarray(done_at_E)[np.asarray(episode_B, np.int64)])
+
+
+def before_done(start_B, window: int, done_B) -> np.ndarray:
+  """bool [B, T]: slot t of row b holds a global frame (start_B[b] + t) at or before done_B[b]."""
   frame_BT = np.asarray(start_B, np.int64)[:, None] + np.arange(window)[None, :]
-  return frame_BT <= np.asarray(done_at_E)[np.asarray(episode_B, np.int64)][:, None]
+  return frame_BT <= np.asarray(done_B, np.int64)[:, None]
 
 
 class MixtureStreams(Streams):
@@ -138,22 +143,33 @@ class MixtureStreams(Streams):
     # data.relevant_until_success: relevant windows start no later than the frame before the
     # goal's frame, so each holds at least one action taken before the task was accomplished.
     self._last_anchor = np.maximum(success_at - 1, offsets[:-1]) if config.data.relevant_until_success else None
+    # data.relabel_tasks: the relevant rows are windows of every (episode, task) the episode
+    # accomplished, with that task as its label (data_pipelines.report.task_demos).
+    self._demos = None
+    if config.data.relabel_tasks:
+      self._demos = task_demos(data.store, data.train_ids, bool(config.data.relevant_until_success))
+      relevant = sorted(set(self._demos.episode.tolist()))
+      logging.info("relabelled tasks: %d demonstrations in %d episodes", len(self._demos), len(relevant))
+      relevant_iter = data.make_iter(window, n_relevant, self._demos.episode, demos=self._demos)
+    else:
+      relevant_iter = data.make_iter(window, n_relevant, relevant, last_anchor=self._last_anchor)
     super().__init__(
-      {
-        "data": data.make_iter(window, local_batch - n_relevant),
-        "data_relevant": data.make_iter(window, n_relevant, relevant, last_anchor=self._last_anchor),
-      },
-      {"data": window},
+      {"data": data.make_iter(window, local_batch - n_relevant), "data_relevant": relevant_iter}, {"data": window}
     )
     self.relevant_ids = relevant
     self._store, self._eval_ids, self._pad = data.store, data.eval_ids, pad
     # bc_T: the BC labels end where the episode accomplished its task (config loss.bc_until_success).
     self._done_at = success_at if config.loss.bc_until_success else offsets[1:] - 1
+    self._bc_until_success = bool(config.loss.bc_until_success)
     self._window = window
 
   def next(self, kind: str) -> dict:
-    out = with_relevant(next(self.iters[kind]), next(self.iters["data_relevant"]), self.relevant_ids)
-    out["bc_T"] = before_success(out["start"], out["episode"], self._window, self._done_at)
+    uniform, relevant = next(self.iters[kind]), next(self.iters["data_relevant"])
+    out = with_relevant(uniform, relevant, self.relevant_ids)
+    done_B = self._done_at[out["episode"]]
+    if "done_at" in relevant and self._bc_until_success:  # relabelled rows: where their task was done
+      done_B[len(uniform["episode"]) :] = relevant["done_at"]
+    out["bc_T"] = before_done(out["start"], self._window, done_B)
     return out
 
   def label_eval(self, batches: list[dict]) -> None:
@@ -166,6 +182,9 @@ class MixtureStreams(Streams):
     if kind != "data":
       return ()
     offsets, window = self._store.episode_offsets, self.windows[kind]
+    if self._demos is not None:
+      d = self._demos
+      return (data_loader.window_table(offsets, d.episode, window, self._pad, entry_anchor=d.last_anchor),)
     return (data_loader.window_table(offsets, self.relevant_ids, window, self._pad, self._last_anchor),)
 
 

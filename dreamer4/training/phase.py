@@ -84,8 +84,9 @@ class TrainData:
   train_ids: Sequence[int]  # training episodes
   eval_ids: Sequence[int]  # held-out episodes
   local_batch: int  # rows per process
-  # make_iter(window, batch=local_batch, ids=train_ids, last_anchor=None): a checkpointable
-  # iterator of local batches (last_anchor: data_pipelines.windows.window_table)
+  # make_iter(window, batch=local_batch, ids=train_ids, last_anchor=None, demos=None): a
+  # checkpointable iterator of local batches (last_anchor: data_pipelines.windows.window_table;
+  # demos: data_pipelines.windows.Demos)
   make_iter: Callable[..., Any]
 
 

@@ -125,7 +125,7 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: _Preemption) 
   long_window = int(config.data.get("long_window", 0))  # a dynamics-phase key; other phases lack it
   fields, pad = phase.read_fields, phase.window_pad  # data_pipelines/windows.py: every frame lies in a window
 
-  def make_iter(window, batch=local_batch, ids=train_ids, last_anchor=None):
+  def make_iter(window, batch=local_batch, ids=train_ids, last_anchor=None, demos=None):
     return data_loader.train_iterator(
       config.data.path,
       window=window,
@@ -139,6 +139,7 @@ def _train_and_evaluate(config, workdir: str, make_phase, preempt: _Preemption) 
       fields=fields,
       pad=pad,
       last_anchor=last_anchor,
+      demos=demos,
     )
 
   # The phase's streams (training/phase.py Streams): by default uniform windows, with

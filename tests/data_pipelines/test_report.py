@@ -128,6 +128,26 @@ def test_success_is_the_task_achievement_not_any_reward(tmp_path):
   assert returns.tolist() == [1.0, 1.0, 2.0, 1.0, 0.0] and task_E.tolist() == [0, 1, 1, 2, 0]
   assert unlocked[1].tolist() == [True, False, False] and ach == names
   assert loader.relevant_episode_ids(store, range(5)) == [0, 2, 3]
+
+  # Hindsight task labels: every (episode, labelled task) where the episode accomplished the task.
+  # Episodes start at global frames 0, 4, 8, 12, 16. collect_wood: episodes 0, 1, 2 at local steps
+  # 2, 1, 1; place_table: episode 2 at step 3; reach_far (not an achievement): episode 3, its own
+  # task, at its first reward (step 1).
+  from data_pipelines.report import task_demos
+  from data_pipelines.windows import WindowSource
+
+  d = task_demos(store, range(5))
+  assert d.episode.tolist() == [0, 1, 2, 2, 3] and d.task.tolist() == [0, 0, 0, 1, 2]
+  assert d.done_at.tolist() == [2, 5, 9, 11, 13]
+  assert d.last_anchor.tolist() == [1, 4, 8, 10, 12]  # the frame before, not before the episode
+  assert task_demos(store, range(5), until_success=False).last_anchor.tolist() == [3, 7, 11, 11, 15]
+  assert task_demos(store, [1, 4]).episode.tolist() == [1]  # only the given episodes
+  src = WindowSource(str(tmp_path / "s"), 2, d.episode, ("tasks", "rewards"), "end", None, d)
+  records = [src[i] for i in range(len(src))]
+  # windows anchored at 0..1, 4, 8, 8..10, 12: each carries its demonstration's task and frame
+  assert [int(r["start"]) for r in records] == [0, 1, 4, 8, 8, 9, 10, 12]
+  assert [r["tasks"].tolist() for r in records] == [[0, 0]] * 4 + [[1, 1]] * 3 + [[2, 2]]
+  assert [int(r["done_at"]) for r in records] == [2, 2, 5, 9, 11, 11, 11, 13]
   assert loader.relevant_episode_ids(store, [1, 2, 4]) == [2]
   report = compute_report(store)
   assert [(t["task"], t["episodes"], t["successes"]) for t in report["tasks"]] == [

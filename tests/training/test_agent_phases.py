@@ -228,7 +228,13 @@ def test_relevant_windows_start_before_the_goal(tmp_path):
   def relevant_starts(until_success):
     config = ml_collections.ConfigDict(
       {
-        "data": {"path": path, "window": 4, "relevant_fraction": 0.5, "relevant_until_success": until_success},
+        "data": {
+          "path": path,
+          "window": 4,
+          "relevant_fraction": 0.5,
+          "relevant_until_success": until_success,
+          "relabel_tasks": False,
+        },
         "loss": {"bc_until_success": True},
       }
     )
@@ -246,6 +252,76 @@ def test_relevant_windows_start_before_the_goal(tmp_path):
 
   assert relevant_starts(True) == list(range(0, 5)) + [22, 23] + list(range(31, 44))
   assert relevant_starts(False) == list(range(0, 12)) + list(range(22, 45))
+
+
+def test_relabelled_tasks_label_each_window_with_the_task_it_demonstrates(tmp_path):
+  """data.relabel_tasks: the relevant rows are windows of every (episode, task) the episode
+  accomplished, carrying that task and BC labels up to the frame that accomplished it. Episodes
+  of 10, 8, 9 frames (offsets 0, 10, 18): episode 0 (labelled place_table) collects wood on local
+  frame 2 and places the table on 5; episode 1 (collect_wood) collects wood on 3; episode 2
+  (place_table) accomplishes nothing."""
+  import ml_collections
+
+  from data_pipelines import loader
+  from data_pipelines.report import UNLOCKS
+  from dreamer4.phases.agent import MixtureStreams
+  from dreamer4.training.phase import TrainData
+  from tests.data_pipelines.helpers import FRAME, SPEC, episode
+
+  path = str(tmp_path / "store")
+  tasks = ("collect_wood", "place_table")
+  store = EpisodeStore.create(path, env="craftax", frame_shape=FRAME, action_spec=SPEC, task_names=tasks, fps=10)
+  store.add_array(UNLOCKS, (2,), np.uint8, attrs={"names": list(tasks)})
+  for e, (n, task, hits) in enumerate([(10, 1, {0: 2, 1: 5}), (8, 0, {0: 3}), (9, 1, {})]):
+    unlocks = np.zeros((n, 2), np.uint8)
+    for k, t in hits.items():
+      unlocks[t, k] = 1
+    ep = dict(episode(e, n), tasks_T=np.full((n,), task, np.int32), rewards_T=unlocks.sum(-1).astype(np.float32))
+    store.append(**ep, extra={UNLOCKS: unlocks})
+
+  def make_iter(window, batch=4, ids=range(3), last_anchor=None, demos=None):
+    return loader.train_iterator(
+      path,
+      window=window,
+      batch_size=batch,
+      seed=0,
+      episode_ids=list(ids),
+      num_threads=1,
+      last_anchor=last_anchor,
+      demos=demos,
+    )
+
+  config = ml_collections.ConfigDict(
+    {
+      "data": {
+        "path": path,
+        "window": 4,
+        "relevant_fraction": 0.5,
+        "relevant_until_success": True,
+        "relabel_tasks": True,
+      },
+      "loss": {"bc_until_success": True},
+    }
+  )
+  streams = MixtureStreams(config, TrainData(store, [0, 1, 2], [], 4, make_iter), "end")
+  assert streams.relevant_ids == [0, 1]
+  # (episode, task, done frame): (0, wood, 2) anchors 0-1, (0, table, 5) anchors 0-4, (1, wood, 13) anchors 10-12
+  seen = set()
+  for _ in range(5):  # one epoch of the 10 relevant windows; each batch: 2 uniform rows, then 2 relevant
+    b = streams.next("data")
+    for row in (2, 3):
+      start, ep, task = int(b["start"][row]), int(b["episode"][row]), b["tasks"][row]
+      assert (task == task[0]).all()
+      done = {(0, 0): 2, (0, 1): 5, (1, 0): 13}[(ep, int(task[0]))]
+      assert start <= done - 1
+      np.testing.assert_array_equal(b["bc_T"][row], start + np.arange(4) <= done)
+      seen.add((ep, int(task[0]), start))
+    # uniform rows keep their stored task and their own task's frame (episode 0: the table, on 5)
+    for row in (0, 1):
+      ep = int(b["episode"][row])
+      own = {0: 5, 1: 13, 2: 26}[ep]
+      np.testing.assert_array_equal(b["bc_T"][row], int(b["start"][row]) + np.arange(4) <= own)
+  assert seen == {(0, 0, 0), (0, 0, 1)} | {(0, 1, s) for s in range(5)} | {(1, 0, s) for s in (10, 11, 12)}
 
 
 def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
