@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Hindsight task labels (ours; the paper's relevant data comes labelled): the relevant rows are
   # drawn from every (episode, task) where the episode accomplished a task some episode is labelled
   # with, labelled with that task, so an episode that placed a table on its way to a pickaxe also
-  # demonstrates place_table (data_pipelines.report.task_demos). Needs achievement unlocks in the
+  # demonstrates place_table (data_pipelines.loader.task_demos). Needs achievement unlocks in the
   # store (Craftax); without them it equals the plain relevant episodes.
   c.data.relabel_tasks = False
   c.agent = agent_config()

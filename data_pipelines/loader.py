@@ -116,6 +116,48 @@ def relevant_episode_ids(store, episode_ids: Sequence[int]) -> list[int]:
   return [int(e) for e in episode_ids if success[int(e)]]
 
 
+def task_demos(store, episode_ids, until_success: bool = True):
+  """Every (episode, task) among `episode_ids` where the episode accomplished the task, for each
+  task some episode of the store is labelled with (hindsight task labels; `windows.Demos`).
+
+  An episode labelled with one task often accomplishes others on its way (Craftax: every
+  make_wood_pickaxe episode first places a table), and up to that frame it demonstrates them as
+  well. Tasks are matched as `report.episode_success` does: a task named like an achievement counts
+  where that achievement was unlocked; a store without achievement unlocks gives each episode
+  only its own task, where it succeeded. until_success: windows are anchored no later than the
+  frame before the accomplishment (else anywhere in the episode). Entries are sorted by episode,
+  then task.
+  """
+  from data_pipelines.report import UNLOCKS, episode_success, success_frames  # pylint: disable=g-import-not-at-top
+
+  offsets = np.asarray(store.episode_offsets, np.int64)
+  ids = np.asarray(list(episode_ids), np.int64).reshape(-1)
+  success, task_E, _, _, ach_names = episode_success(store)
+  done_own = success_frames(store)
+  rows = []  # (episode, task, done_at)
+  if UNLOCKS in store.array_names:
+    unlocks = np.asarray(store.read_many([UNLOCKS], 0, store.num_frames)[UNLOCKS]) > 0
+    labelled = sorted(set(task_E[ids].tolist()))
+    for k in labelled:
+      name = store.task_names[k]
+      if name not in ach_names:
+        rows += [(e, k, done_own[e]) for e in ids if task_E[e] == k and success[e]]
+        continue
+      column = unlocks[:, ach_names.index(name)]
+      for e in ids:
+        hit = np.nonzero(column[offsets[e] : offsets[e + 1]])[0]
+        if hit.size:
+          rows.append((e, k, offsets[e] + hit[0]))
+  else:
+    rows = [(e, task_E[e], done_own[e]) for e in ids if success[e]]
+  rows.sort()
+  arr = np.asarray(rows, np.int64).reshape(-1, 3)
+  episode, task, done_at = arr[:, 0], arr[:, 1], arr[:, 2]
+  last = offsets[episode + 1] - 1
+  anchor = np.maximum(done_at - 1, offsets[episode]) if until_success else last
+  return Demos(episode=episode, task=task, done_at=done_at, last_anchor=anchor)
+
+
 def train_iterator(
   path: str,
   *,

@@ -196,7 +196,7 @@ class Demos:
   """Task demonstrations to draw windows from: entry i says that episode[i] accomplished task[i]
   on global frame done_at[i] (so it demonstrates that task up to there), and its windows may be
   anchored up to frame last_anchor[i]. An episode may appear once per task it accomplished,
-  whatever task it was labelled with (`data_pipelines.report.task_demos`).
+  whatever task it was labelled with (`data_pipelines.loader.task_demos`).
   """
 
   episode: np.ndarray  # int64 [D]

@@ -19,6 +19,8 @@ data_pipelines.loader.relevant_episode_ids) and the rest uniformly; the dynamics
 relevant ones, the reward loss all rows (see `loss_fn`). `MixtureStreams` draws these batches
 for the trainer (the phase's `make_streams`). With `data.relevant_until_success` the relevant
 windows start before their episode's goal (where BC has labels under `loss.bc_until_success`).
+With `data.relabel_tasks` the relevant rows are windows of every (episode, task) pair where the
+episode accomplished a labelled task, carrying that task (`data_pipelines.loader.task_demos`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 
 from data_pipelines import loader as data_loader
 from data_pipelines.envs.base import Action
-from data_pipelines.report import success_frames, task_demos
+from data_pipelines.report import success_frames
 from dreamer4 import runs
 from dreamer4.errors import ConfigError, UserError
 from dreamer4.inference.sampler import context_tau_index
@@ -144,10 +146,10 @@ class MixtureStreams(Streams):
     # goal's frame, so each holds at least one action taken before the task was accomplished.
     self._last_anchor = np.maximum(success_at - 1, offsets[:-1]) if config.data.relevant_until_success else None
     # data.relabel_tasks: the relevant rows are windows of every (episode, task) the episode
-    # accomplished, with that task as its label (data_pipelines.report.task_demos).
+    # accomplished, with that task as its label (data_pipelines.loader.task_demos).
     self._demos = None
     if config.data.relabel_tasks:
-      self._demos = task_demos(data.store, data.train_ids, bool(config.data.relevant_until_success))
+      self._demos = data_loader.task_demos(data.store, data.train_ids, bool(config.data.relevant_until_success))
       relevant = sorted(set(self._demos.episode.tolist()))
       logging.info("relabelled tasks: %d demonstrations in %d episodes", len(self._demos), len(relevant))
       relevant_iter = data.make_iter(window, n_relevant, self._demos.episode, demos=self._demos)

@@ -133,7 +133,7 @@ def test_success_is_the_task_achievement_not_any_reward(tmp_path):
   # Episodes start at global frames 0, 4, 8, 12, 16. collect_wood: episodes 0, 1, 2 at local steps
   # 2, 1, 1; place_table: episode 2 at step 3; reach_far (not an achievement): episode 3, its own
   # task, at its first reward (step 1).
-  from data_pipelines.report import task_demos
+  from data_pipelines.loader import task_demos
   from data_pipelines.windows import WindowSource
 
   d = task_demos(store, range(5))
