@@ -11,7 +11,7 @@ batch lengths 64 / 256, bf16 compute, remat, FSDP; check what fits first with
   python -m dreamer4.main --dry_run --config=configs/dynamics.py:paper --cpu_devices=8 \
       --config.train.batch_size=8
 which takes the latent shape from --config.data.latent_shape when no tokenizer is named),
-craftax (Craftax-Classic at a 2-core CPU budget: the toy model on 32 latents grouped 4 per token,
+craftax (Craftax-Classic at a 2-core CPU budget: the toy model on 27 latents grouped 3 per token,
 6000 steps; the dynamics stage of configs/pipeline.py:craftax), craftax_large (Craftax-Classic on
 one 80 GB GPU: width 768, 16 layers, GQA, bf16, remat, on the latents of tokenizer.py:craftax_large;
 check what fits first with
@@ -101,9 +101,9 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.remat = True  # recompute each block in the backward pass (activation memory)
     c.scan_layers = True  # one scanned layer group: memory and program flat in depth
   if variant == "craftax":
-    # tokenizer.py:craftax has 32 latents: 4 per spatial token keeps the toy's 8 tokens per frame
-    # (one row of 8 patches each, as the toy's 2 x 4 patches) and so its step time.
-    c.group = 4
+    # tokenizer.py:craftax has 27 latents of 3 cells each: 3 per spatial token gives 9 tokens
+    # per frame, one row of 9 cells each (the toy has 8 tokens of 8 patches).
+    c.group = 3
   if variant == "craftax_large":
     # Our sizes for one GPU (the paper has no Craftax dynamics model): 6x the toy's width, 2x its
     # depth. spatial_pos stays on: Craftax's view is player-centred with a fixed inventory strip.

@@ -99,15 +99,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.collect.skills = "1.0,0.9,0.0"
     c.collect.episodes = 600
     c.collect.max_steps = 150
-    # Frames resized to 64x64 (the default size). Craftax draws 9x9 cells of 7 px; kept at 63x63,
-    # with 7-px patches (one per cell), 27 tokenizer latents and 3 per dynamics token,
-    #   --config.collect.size=63 --config.tokenizer.model.patch_size=7
-    #   --config.tokenizer.model.num_latents=27 --config.dynamics.model.group=3
-    # the tokenizer reads back 98.6% of the map's blocks (84.5% at 64 px) and 16-frame rollouts beat
-    # a held real frame in block accuracy (82.5% against 81.2%), but the agents place a table in
-    # about 30% of their episodes instead of 50% (run cx18, docs/RESULTS.md, session 18).
-    # The stages are the phases' craftax variants: the toy model sizes (both worlds are 64x64x3;
-    # actions and tasks come from the dataset) with 32 tokenizer latents, tokenizer 3000 steps,
+    # Craftax's own 63x63 frames, not resized to 64: the game draws 9x9 cells of 7 px, so the
+    # tokenizer's 7-px patches (tokenizer.py:craftax) each hold exactly one block. On this data,
+    # held-out, 1000 tokenizer steps: 64 px with 8-px patches (cells blurred by the resize and cut
+    # across patches) read back 78.6 / 82.9 / 84.9 / 85.2% of the map's blocks at steps 250-1000;
+    # 63 px with 7-px patches 87.2 / 93.3 / 95.0 / 96.5% (docs/RESULTS.md, session 18); the full run
+    # (cx18) read back 98.6% at 3000 steps, and its 16-frame rollouts beat a held real frame in
+    # block accuracy (82.5% against 81.2%) where 64 px lost (70.7%). Its agents placed fewer
+    # tables until phase 2 read every task an episode accomplished (agent.py data.relabel_tasks).
+    c.collect.size = 63
+    # The stages are the phases' craftax variants: the toy model sizes (Craftax at 63x63x3;
+    # actions and tasks come from the dataset) with 7-px patches and 27 tokenizer latents, tokenizer 3000 steps,
     # dynamics 6000, agent 1800, imagination 150 with imagine.terminal_reward = 0 (the reasons
     # beside each).
     # The tasks the data's goals were drawn from (each has labelled episodes that unlocked it).

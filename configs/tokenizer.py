@@ -13,8 +13,8 @@ Variants (the argument after the colon):
         device with one window per device. Check what fits first:
           python -m dreamer4.main --dry_run --config=configs/tokenizer.py:paper --cpu_devices=8 \
               --config.train.batch_size=8
-  craftax  Craftax-Classic at a 2-core CPU budget: the toy model with 32 latents, 3000 steps (the
-        tokenizer stage of configs/pipeline.py:craftax).
+  craftax  Craftax-Classic at a 2-core CPU budget: the toy model on 63x63 frames with 7-px patches
+        (one per game cell) and 27 latents, 3000 steps (the tokenizer stage of configs/pipeline.py:craftax).
   craftax_large  Craftax-Classic on one GPU (an 80 GB H100): 64x64 frames, 8x8 patches, 64 latents x 16,
         width 512, 8+8 layers, bf16, remat, on the default 1M-frame collection
         (`python -m data_pipelines.collect --env=craftax --output=DATA`). Check what fits first:
@@ -123,9 +123,12 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     c.readout_bias_init = 0.0
     c.readout_init_scale = 1.0
   if variant == "craftax":
-    # 32 latents, 2 patches each (the reason: get_config's craftax block); dynamics.py:craftax
-    # groups 4 per token, so the dynamics model still sees the toy's 8 tokens per frame.
-    c.num_latents = 32
+    # Craftax frames at their own 63x63 (configs/pipeline.py:craftax): 7-px patches are the game's
+    # cells, 9x9 = 81 patches, one block each. 27 latents, 3 patches (a third of a row) each, so
+    # block_skip links each latent to whole cells; dynamics.py:craftax groups 3 per token, one
+    # row of the view per token. The reason (get_config's craftax block): the map read back.
+    c.patch_size = 7
+    c.num_latents = 27
   if variant == "craftax_large":
     # Our sizes for one GPU (the paper has no Craftax tokenizer): 4x the toy's width, 2x its depth.
     c.patch_size = 8  # 64x64 frames -> 8x8 = 64 patches
@@ -196,17 +199,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.optim = common.optim_config(lr=3e-4, warmup_steps=2000)  # not reported; our choice
   if variant == "craftax":
-    # The toy model with twice its latents and a step budget a 2-core CPU affords (our choice):
-    # the tokenizer stage of configs/pipeline.py:craftax. Chosen by what a world model needs
-    # from it, the map read back from the decoded frame (eval/craftax_block_acc_recon: the share
-    # of the 63 map cells the Craftax parser reads as the true block), not by PSNR. On the
-    # pipeline's data, held-out: toy settings 70.6% at 500 steps and 75.8% at 1000 (the 800-step
-    # run of session 12 read 74.1% against 92.8% for copying the previous real frame, so the
-    # tokenizer capped every rollout); masking at most half the patches instead of 90%, 74.0% at
-    # 500; 32 latents (model_config), 75.8% at 500 at the same step time (1.7 steps/s).
-    # Craftax's own 63x63 frames with 7-px patches (one per game cell) and 27 latents read back far
-    # more: 98.6% at 3000 steps against 84.5% (configs/pipeline.py:craftax, the overrides there),
-    # but the agents trained on that world model crafted less, so these settings stay the default.
+    # The toy model on the game's cells (model_config) and a step budget a 2-core CPU affords
+    # (our choice): the tokenizer stage of configs/pipeline.py:craftax. Chosen by what a world
+    # model needs from it, the map read back from the decoded frame (eval/craftax_block_acc_recon:
+    # the share of the 63 map cells the Craftax parser reads as the true block), not by PSNR.
+    # Held-out, at 64 px with 8-px patches: toy settings 70.6% at 500 steps and 75.8% at 1000 (the
+    # 800-step run of session 12 read 74.1% against 92.8% for copying the previous real frame, so
+    # the tokenizer capped every rollout); masking at most half the patches, 74.0% at 500; 32
+    # latents, 75.8% at 500 and 84.5% at 3000, still below a held real frame (88%). At 63 px with
+    # 7-px patches and 27 latents, on the 600-episode data: 93.3% at 500 steps, against 82.9% for
+    # 64 px and 32 latents on the same data, at the same step time (docs/RESULTS.md, session 18).
     c.train.num_steps = 3000  # about 30 minutes on 2 cores (0.59 s/step with the evaluations)
     c.train.eval_every = 500  # the block accuracy curve, 6 points
     c.train.checkpoint_every = 500

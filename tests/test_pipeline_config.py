@@ -12,15 +12,24 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
 
   toy, cx = pipeline_config.get_config("toy"), pipeline_config.get_config("craftax")
   assert cx.collect.env == "craftax" and cx.seeds >= 3  # mean ± std over seeds in the table
-  # The toy's model shapes (both worlds are 64x64x3) but for twice the tokenizer latents, grouped
-  # so that the dynamics model sees as many tokens per frame as the toy's.
+  # The toy's model shapes but on Craftax's own 63x63 frames: one 7-px patch per game cell (9x9),
+  # 27 latents of a third of a row each (block_skip needs whole blocks of patches), and the
+  # dynamics model's tokens one row of 9 cells each.
   without = lambda d, *keys: {k: v for k, v in d.items() if k not in keys}
   tok, dyn = cx.tokenizer.model, cx.dynamics.model
-  assert (tok.num_latents, dyn.group) == (2 * toy.tokenizer.model.num_latents, 2 * toy.dynamics.model.group)
-  assert tok.num_latents // dyn.group == toy.tokenizer.model.num_latents // toy.dynamics.model.group
-  assert without(tok.to_dict(), "num_latents") == without(toy.tokenizer.model.to_dict(), "num_latents")
+  assert cx.collect.size == 63 and toy.collect.size == 64 and cx.collect.size % tok.patch_size == 0
+  patches = (cx.collect.size // tok.patch_size) ** 2
+  assert (patches, tok.num_latents, dyn.group) == (81, 27, 3)
+  assert tok.block_skip and patches % tok.num_latents == 0 and tok.num_latents // dyn.group == 9
+  assert without(tok.to_dict(), "num_latents", "patch_size") == without(
+    toy.tokenizer.model.to_dict(), "num_latents", "patch_size"
+  )
   assert without(dyn.to_dict(), "group") == without(toy.dynamics.model.to_dict(), "group")
   assert cx.agent.agent.to_dict() == toy.agent.agent.to_dict()
+  # Craftax's goals share the tech tree's prefixes: phase 2 reads every task an episode accomplished;
+  # the toy's episodes end at their one goal.
+  assert cx.agent.data.relabel_tasks and not toy.agent.data.relabel_tasks
+  assert pipeline_config.get_config("craftax_large").agent.data.relabel_tasks
   assert without(cx.imagine.imagine.to_dict(), "terminal_reward") == without(
     toy.imagine.imagine.to_dict(), "terminal_reward"
   )
@@ -32,7 +41,7 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
   assert cx.evaluate.episodes % len(tasks) == 0  # every task gets the same count
   assert cx.evaluate.episodes >= 60  # per agent and seed
   # The evaluation env cuts episodes where the data did, at the data's frame size.
-  assert pipeline.eval_env_kwargs(cx, (64, 64, 3)) == {"size": 64, "max_steps": 150}
+  assert pipeline.eval_env_kwargs(cx, (63, 63, 3)) == {"size": 63, "max_steps": 150}
   assert cx.collect.max_steps == 150
   pipeline.check_config(cx)  # valid as shipped
 

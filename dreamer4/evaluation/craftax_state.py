@@ -15,7 +15,7 @@ below 0.5 random static is added, strongest at the edges), and greyed while asle
 stone, coal, iron / diamond, pickaxes, swords), each an icon when the count is > 0 and the
 count's digit drawn over it (counts are 0-9), untouched by daylight or sleep. The wrapper
 resizes the 63x63 image bilinearly to size x size, so cell edges blur into neighbours (at
-63 px, `--size=63`, it stores the image as drawn).
+63 px it stores the image as drawn: the `craftax` pipeline variant's frames).
 
 Templates come from the package itself: its renderer (the env's `get_obs`) draws synthetic
 states, every cell showing the same (block, overlay), which are resized as the wrapper does.

@@ -33,7 +33,7 @@ import numpy as np
 
 from data_pipelines import loader as data_loader
 from data_pipelines.envs.base import Action
-from data_pipelines.report import success_frames
+from data_pipelines.report import UNLOCKS, success_frames
 from dreamer4 import runs
 from dreamer4.errors import ConfigError, UserError
 from dreamer4.inference.sampler import context_tau_index
@@ -100,6 +100,32 @@ def before_success(start_B, episode_B, window: int, done_at_E) -> np.ndarray:
   return before_done(start_B, window, np.asarray(done_at_E)[np.asarray(episode_B, np.int64)])
 
 
+def task_reward_columns(store) -> np.ndarray:
+  """int64 [tasks]: per task of the store, its column of the achievement unlocks, or -1 where the
+  task is not an achievement (data.task_reward). Raises UserError for a store without unlocks."""
+  if UNLOCKS not in store.array_names:
+    raise UserError(
+      f"{store.path}: --config.data.task_reward needs the store's {UNLOCKS!r} array (a Craftax collection); "
+      "set --config.data.task_reward=False"
+    )
+  names = list(store.metadata["extra_arrays"][UNLOCKS].get("attrs", {}).get("names", []))
+  return np.asarray([names.index(t) if t in names else -1 for t in store.task_names], np.int64)
+
+
+def with_task_reward(batch: dict, columns_K: np.ndarray) -> dict:
+  """data.task_reward [P §4.1: sparse binary rewards, one per task]: each frame's reward becomes 1
+  where it unlocked the achievement of its row's task, else 0 (tasks that are not achievements keep
+  the stored reward), 0 on padding; the unlocks array is dropped from the batch."""
+  unlocks_BTK = np.asarray(batch.pop(UNLOCKS))
+  col_BT = columns_K[np.asarray(batch["tasks"], np.int64)]
+  hit_BT = np.take_along_axis(unlocks_BTK, np.maximum(col_BT, 0)[..., None], axis=-1)[..., 0] > 0
+  reward_BT = np.where(col_BT >= 0, hit_BT.astype(np.float32), np.asarray(batch["rewards"], np.float32))
+  if "valid_T" in batch:
+    reward_BT = reward_BT * np.asarray(batch["valid_T"], np.float32)
+  batch["rewards"] = reward_BT.astype(np.asarray(batch["rewards"]).dtype)
+  return batch
+
+
 def before_done(start_B, window: int, done_B) -> np.ndarray:
   """bool [B, T]: slot t of row b holds a global frame (start_B[b] + t) at or before done_B[b]."""
   frame_BT = np.asarray(start_B, np.int64)[:, None] + np.arange(window)[None, :]
@@ -163,6 +189,7 @@ class MixtureStreams(Streams):
     # bc_T: the BC labels end where the episode accomplished its task (config loss.bc_until_success).
     self._done_at = success_at if config.loss.bc_until_success else offsets[1:] - 1
     self._bc_until_success = bool(config.loss.bc_until_success)
+    self._reward_columns = task_reward_columns(data.store) if config.data.task_reward else None
     self._window = window
 
   def next(self, kind: str) -> dict:
@@ -172,13 +199,15 @@ class MixtureStreams(Streams):
     if "done_at" in relevant and self._bc_until_success:  # relabelled rows: where their task was done
       done_B[len(uniform["episode"]) :] = relevant["done_at"]
     out["bc_T"] = before_done(out["start"], self._window, done_B)
-    return out
+    return out if self._reward_columns is None else with_task_reward(out, self._reward_columns)
 
   def label_eval(self, batches: list[dict]) -> None:
     relevant_eval = data_loader.relevant_episode_ids(self._store, self._eval_ids)
     for b in batches:
       b["relevant_B"] = np.isin(b["episode"], relevant_eval)
       b["bc_T"] = before_success(b["start"], b["episode"], b["action_labelled"].shape[1], self._done_at)
+      if self._reward_columns is not None:
+        with_task_reward(b, self._reward_columns)
 
   def coverage_tables(self, kind: str) -> tuple:
     if kind != "data":
@@ -222,6 +251,13 @@ class AgentPhase(Phase):
         f"--config.data.relevant_fraction={frac} needs 0 <= fraction < 1 and no data.long_window; "
         "set it to 0.5 (the paper's mixture) or 0 (uniform batches)"
       )
+    if config.data.task_reward and frac <= 0:
+      raise ConfigError("--config.data.task_reward needs the data mixture: set --config.data.relevant_fraction=0.5")
+
+  @property
+  def read_fields(self) -> tuple[str, ...]:
+    """The step's store arrays, plus the achievement unlocks that data.task_reward turns into rewards on the host."""
+    return super().read_fields + ((UNLOCKS,) if self.config.data.task_reward else ())
 
   def init_aux(self):
     return normalize.rms_init(("dynamics", "bc", "reward"))

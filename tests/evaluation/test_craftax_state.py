@@ -228,8 +228,8 @@ def test_parser_exact_on_varied_states(episodes, render):
 
 
 def test_parser_exact_at_the_native_63px(episodes, render):
-  """At craftax's own 63 px (collected with --size=63: no resize, each cell its 7x7 source pixels)
-  the parse is exact as well, on varied states with every block and mob kind."""
+  """At craftax's own 63 px (the craftax pipeline's frames: no resize, each cell its 7x7 source
+  pixels) the parse is exact as well, on varied states with every block and mob kind."""
   native = cs.NATIVE_CELL * cs.GRID
   t = cs.templates(native)
   assert native == 63 and t.rows_GK.shape == (cs.GRID, cs.NATIVE_CELL) and not t.hidden_RCJ.any()

@@ -234,6 +234,7 @@ def test_relevant_windows_start_before_the_goal(tmp_path):
           "relevant_fraction": 0.5,
           "relevant_until_success": until_success,
           "relabel_tasks": False,
+          "task_reward": False,
         },
         "loss": {"bc_until_success": True},
       }
@@ -259,11 +260,13 @@ def test_relabelled_tasks_label_each_window_with_the_task_it_demonstrates(tmp_pa
   accomplished, carrying that task and BC labels up to the frame that accomplished it. Episodes
   of 10, 8, 9 frames (offsets 0, 10, 18): episode 0 (labelled place_table) collects wood on local
   frame 2 and places the table on 5; episode 1 (collect_wood) collects wood on 3; episode 2
-  (place_table) accomplishes nothing."""
+  (place_table) accomplishes nothing. With data.task_reward a frame's reward is 1 only where it
+  unlocked its row's task."""
   import ml_collections
 
   from data_pipelines import loader
   from data_pipelines.report import UNLOCKS
+  from data_pipelines.windows import DEFAULT_FIELDS
   from dreamer4.phases.agent import MixtureStreams
   from dreamer4.training.phase import TrainData
   from tests.data_pipelines.helpers import FRAME, SPEC, episode
@@ -289,6 +292,7 @@ def test_relabelled_tasks_label_each_window_with_the_task_it_demonstrates(tmp_pa
       num_threads=1,
       last_anchor=last_anchor,
       demos=demos,
+      fields=DEFAULT_FIELDS + (UNLOCKS,),
     )
 
   config = ml_collections.ConfigDict(
@@ -299,6 +303,7 @@ def test_relabelled_tasks_label_each_window_with_the_task_it_demonstrates(tmp_pa
         "relevant_fraction": 0.5,
         "relevant_until_success": True,
         "relabel_tasks": True,
+        "task_reward": True,
       },
       "loss": {"bc_until_success": True},
     }
@@ -315,12 +320,16 @@ def test_relabelled_tasks_label_each_window_with_the_task_it_demonstrates(tmp_pa
       done = {(0, 0): 2, (0, 1): 5, (1, 0): 13}[(ep, int(task[0]))]
       assert start <= done - 1
       np.testing.assert_array_equal(b["bc_T"][row], start + np.arange(4) <= done)
+      np.testing.assert_array_equal(b["rewards"][row], (start + np.arange(4) == done) & b["valid_T"][row])
       seen.add((ep, int(task[0]), start))
     # uniform rows keep their stored task and their own task's frame (episode 0: the table, on 5)
     for row in (0, 1):
       ep = int(b["episode"][row])
       own = {0: 5, 1: 13, 2: 26}[ep]
-      np.testing.assert_array_equal(b["bc_T"][row], int(b["start"][row]) + np.arange(4) <= own)
+      frame_T = int(b["start"][row]) + np.arange(4)
+      np.testing.assert_array_equal(b["bc_T"][row], frame_T <= own)
+      np.testing.assert_array_equal(b["rewards"][row], (frame_T == {0: 5, 1: 13, 2: -1}[ep]) & b["valid_T"][row])
+    assert UNLOCKS not in b
   assert seen == {(0, 0, 0), (0, 0, 1)} | {(0, 1, s) for s in range(5)} | {(1, 0, s) for s in (10, 11, 12)}
 
 
