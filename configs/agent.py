@@ -130,8 +130,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # on cx18's data 325 place_table demonstrations instead of 61 (make_wood_pickaxe 263 instead
     # of 62). Measured on cx18's world model (same worlds, 60 episodes per agent and seed): told
     # make_wood_pickaxe, its WM+BC agent placed a table in 53.9% of episodes, told place_table in
-    # 36.7%; with relabelled tasks (run cx19) WM+BC / Dreamer 4 place_table 50.0 / 60.0% from 30.0 /
-    # 33.3% (docs/RESULTS.md, session 19).
+    # 36.7%. With relabelled tasks (run cx19, 180 episodes per agent and seed) WM+BC / Dreamer 4
+    # placed a table in 42.2 / 51.1% of their place_table episodes, from 28.9 / 32.2% (docs/RESULTS.md,
+    # session 19).
     c.data.relabel_tasks = True
   if variant == "craftax_large":
     # One GPU, on dynamics.py:craftax_large (the world model's sizes come from its workdir).
