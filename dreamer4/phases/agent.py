@@ -21,6 +21,8 @@ for the trainer (the phase's `make_streams`). With `data.relevant_until_success`
 windows start before their episode's goal (where BC has labels under `loss.bc_until_success`).
 With `data.relabel_tasks` the relevant rows are windows of every (episode, task) pair where the
 episode accomplished a labelled task, carrying that task (`data_pipelines.loader.task_demos`).
+With `data.task_reward` the rewards are each row's task's: 1 on the frame that unlocked it, else 0
+(`with_task_reward`; Craftax's own reward pays every achievement alike).
 """
 
 from __future__ import annotations
