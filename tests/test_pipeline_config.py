@@ -30,6 +30,9 @@ def test_craftax_variant_trains_the_toy_models_and_evaluates_reachable_achieveme
   # the toy's episodes end at their one goal.
   assert cx.agent.data.relabel_tasks and not toy.agent.data.relabel_tasks
   assert pipeline_config.get_config("craftax_large").agent.data.relabel_tasks
+  # Rewards of the task only (Craftax pays every achievement); the toy's reward is its task's already.
+  assert cx.agent.data.task_reward and pipeline_config.get_config("craftax_large").agent.data.task_reward
+  assert not toy.agent.data.task_reward
   assert without(cx.imagine.imagine.to_dict(), "terminal_reward") == without(
     toy.imagine.imagine.to_dict(), "terminal_reward"
   )
