@@ -167,6 +167,8 @@ class MixtureStreams(Streams):
       len(relevant),
       len(data.train_ids),
     )
+    # data.task_reward: checked before any stream opens the unlocks it reads (a clear error without them)
+    self._reward_columns = task_reward_columns(data.store) if config.data.task_reward else None
     window = config.data.window
     offsets = np.asarray(data.store.episode_offsets, np.int64)
     success_at = success_frames(data.store)
@@ -191,7 +193,6 @@ class MixtureStreams(Streams):
     # bc_T: the BC labels end where the episode accomplished its task (config loss.bc_until_success).
     self._done_at = success_at if config.loss.bc_until_success else offsets[1:] - 1
     self._bc_until_success = bool(config.loss.bc_until_success)
-    self._reward_columns = task_reward_columns(data.store) if config.data.task_reward else None
     self._window = window
 
   def next(self, kind: str) -> dict:

@@ -333,6 +333,28 @@ def test_relabelled_tasks_label_each_window_with_the_task_it_demonstrates(tmp_pa
   assert seen == {(0, 0, 0), (0, 0, 1)} | {(0, 1, s) for s in range(5)} | {(1, 0, s) for s in (10, 11, 12)}
 
 
+def test_task_reward_without_achievement_unlocks_names_the_setting(tmp_path):
+  """data.task_reward on a store without achievement unlocks (the toy's): one error naming the setting."""
+  import ml_collections
+
+  from dreamer4.errors import UserError
+  from dreamer4.phases.agent import MixtureStreams
+  from dreamer4.training.phase import TrainData
+  from tests.data_pipelines.helpers import make_store
+
+  path = str(tmp_path / "store")
+  store, _ = make_store(path, [6, 6])  # rewards but no unlocks
+  config = ml_collections.ConfigDict(
+    {
+      "data": {"path": path, "window": 4, "relevant_fraction": 0.5, "relevant_until_success": True},
+      "loss": {"bc_until_success": True},
+    }
+  )
+  config.data.relabel_tasks, config.data.task_reward = False, True
+  with pytest.raises(UserError, match=r"--config.data.task_reward needs the store's 'achievement_unlocks'"):
+    MixtureStreams(config, TrainData(store, [0, 1], [], 4, None), "end")
+
+
 def test_agent_phase_trains_and_checkpoints(agent_run, run_dir):
   assert agent_run["stop_reason"] == "finished"
   assert agent_run["step"] == 4
