@@ -137,17 +137,18 @@ def task_demos(store, episode_ids, until_success: bool = True):
   rows = []  # (episode, task, done_at)
   if UNLOCKS in store.array_names:
     unlocks = np.asarray(store.read_many([UNLOCKS], 0, store.num_frames)[UNLOCKS]) > 0
-    labelled = sorted(set(task_E[ids].tolist()))
-    for k in labelled:
+    wanted = np.zeros(store.num_episodes, bool)
+    wanted[ids] = True
+    for k in sorted(set(task_E[ids].tolist())):
       name = store.task_names[k]
       if name not in ach_names:
         rows += [(e, k, done_own[e]) for e in ids if task_E[e] == k and success[e]]
         continue
-      column = unlocks[:, ach_names.index(name)]
-      for e in ids:
-        hit = np.nonzero(column[offsets[e] : offsets[e + 1]])[0]
-        if hit.size:
-          rows.append((e, k, offsets[e] + hit[0]))
+      hits = np.nonzero(unlocks[:, ach_names.index(name)])[0]  # frames that unlocked it, in order
+      episode_of_hit = np.searchsorted(offsets, hits, side="right") - 1
+      episodes, first = np.unique(episode_of_hit, return_index=True)  # each episode's first unlock
+      keep = wanted[episodes]
+      rows += [(e, k, f) for e, f in zip(episodes[keep].tolist(), hits[first][keep].tolist())]
   else:
     rows = [(e, task_E[e], done_own[e]) for e in ids if success[e]]
   rows.sort()
